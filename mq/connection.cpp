@@ -1,0 +1,69 @@
+#include "mq/connection.hpp"
+
+#include <string>
+
+#include "mq/error.hpp"
+#include "nats.hpp"
+
+namespace mq::detail {
+
+void check(natsStatus s, std::string_view what, jsErrCode js_code) {
+  if (s == NATS_OK) return;
+  std::string text(what);
+  text += ": ";
+  text += natsStatus_GetText(s);
+  if (js_code != 0) text += " (JetStream error " + std::to_string(static_cast<int>(js_code)) + ")";
+  if (const char* last = nats_GetLastError(nullptr); last != nullptr && *last != '\0') {
+    text += ": ";
+    text += last;
+  }
+  throw error(std::move(text), static_cast<int>(s), static_cast<int>(js_code));
+}
+
+}  // namespace mq::detail
+
+namespace mq {
+
+connection::connection(const connection_options& o) : impl_(std::make_unique<impl>()) {
+  natsOptions* raw_opts = nullptr;
+  detail::check(natsOptions_Create(&raw_opts), "creating NATS options");
+  detail::options_ptr opts{raw_opts};
+  detail::check(natsOptions_SetServers(opts.get(), nullptr, 0), "setting NATS servers");
+  detail::check(natsOptions_SetURL(opts.get(), o.url.c_str()), "setting the NATS URL");
+  detail::check(natsOptions_SetName(opts.get(), o.name.c_str()), "setting the connection name");
+  detail::check(natsOptions_SetTimeout(opts.get(), o.connect_timeout.count()), "setting the connect timeout");
+  detail::check(natsOptions_SetAllowReconnect(opts.get(), true), "enabling reconnect");
+  detail::check(natsOptions_SetMaxReconnect(opts.get(), o.max_reconnects), "setting max reconnects");
+  detail::check(natsOptions_SetReconnectWait(opts.get(), o.reconnect_wait.count()), "setting the reconnect wait");
+  // Publishes made while reconnecting are buffered and may still land: callers treat a
+  // timed-out publish as "outcome unknown", never as "not sent".
+  detail::check(natsOptions_SetRetryOnFailedConnect(opts.get(), false, nullptr, nullptr), "setting connect retry");
+
+  natsConnection* raw_conn = nullptr;
+  natsStatus s = natsConnection_Connect(&raw_conn, opts.get());
+  detail::connection_ptr conn{raw_conn};
+  if (s != NATS_OK) {
+    detail::check(s, "connecting to nats-server (is it running? scripts/nats start)");
+  }
+  impl_->conn = std::move(conn);
+
+  jsCtx* raw_js = nullptr;
+  detail::check(natsConnection_JetStream(&raw_js, impl_->conn.get(), nullptr), "creating the JetStream context");
+  impl_->js.reset(raw_js);
+}
+
+connection::~connection() = default;
+connection::connection(connection&&) noexcept = default;
+connection& connection::operator=(connection&&) noexcept = default;
+
+std::string connection::connected_url() const {
+  char buf[256] = {};
+  detail::check(natsConnection_GetConnectedUrl(impl_->conn.get(), buf, sizeof buf), "reading the connected URL");
+  return buf;
+}
+
+void connection::flush(std::chrono::milliseconds timeout) const {
+  detail::check(natsConnection_FlushTimeout(impl_->conn.get(), timeout.count()), "flushing the NATS connection");
+}
+
+}  // namespace mq

@@ -1,0 +1,40 @@
+#pragma once
+// One NATS connection per process: NATS.c connections are thread-safe, so share this one.
+
+#include <chrono>
+#include <memory>
+#include <string>
+
+namespace mq {
+
+/// How to reach nats-server. Defaults suit a service: reconnect forever, short connect timeout.
+struct connection_options {
+  std::string url = "nats://127.0.0.1:4222";   ///< comma-separated for a cluster
+  std::string name = "omnibus";                 ///< shown by the server's connz
+  std::chrono::milliseconds connect_timeout{2000};
+  std::chrono::milliseconds reconnect_wait{250};
+  int max_reconnects = -1;                      ///< -1: keep trying forever
+};
+
+/// An open NATS connection with reconnect enabled. Owns the natsConnection; movable, not
+/// copyable; thread-safe. Throws mq::error when the server cannot be reached.
+class connection {
+ public:
+  explicit connection(const connection_options& options);
+  ~connection();
+  connection(connection&&) noexcept;
+  connection& operator=(connection&&) noexcept;
+
+  /// The server's URL as NATS.c reports it, without any credentials.
+  [[nodiscard]] std::string connected_url() const;
+  /// Round trip to the server: every publish before it has been received. Throws mq::error.
+  void flush(std::chrono::milliseconds timeout) const;
+
+  struct impl;  ///< private to mq (see mq/nats.hpp)
+  [[nodiscard]] impl& native() const noexcept { return *impl_; }
+
+ private:
+  std::unique_ptr<impl> impl_;
+};
+
+}  // namespace mq

@@ -1,0 +1,26 @@
+#pragma once
+// Every NATS.c failure surfaces as mq::error, carrying what NATS.c said.
+
+#include <stdexcept>
+#include <string>
+
+namespace mq {
+
+/// A failed NATS.c call: the natsStatus, the JetStream error code (0 when the server sent
+/// none) and NATS.c's last error text, all folded into what(). Never contains credentials.
+class error : public std::runtime_error {
+ public:
+  error(std::string what, int status, int js_code)
+      : std::runtime_error(std::move(what)), status_(status), js_code_(js_code) {}
+
+  /// The natsStatus value (NATS_OK is never thrown).
+  [[nodiscard]] int status() const noexcept { return status_; }
+  /// The server's JetStream error code (e.g. 10058 stream name in use), or 0.
+  [[nodiscard]] int js_code() const noexcept { return js_code_; }
+
+ private:
+  int status_;
+  int js_code_;
+};
+
+}  // namespace mq
