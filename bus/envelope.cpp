@@ -1,0 +1,185 @@
+#include "bus/envelope.hpp"
+
+#include <charconv>
+#include <cstdio>
+#include <stdexcept>
+
+namespace bus {
+namespace {
+
+bool valid_meta_key(std::string_view k) noexcept {
+  if (k.empty()) return false;
+  for (char c : k) {
+    bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' || c == '-';
+    if (!ok) return false;
+  }
+  return true;
+}
+
+bool valid_header_value(std::string_view v) noexcept {
+  return v.find_first_of("\r\n") == std::string_view::npos;
+}
+
+void add_header(message& m, std::string_view name, std::string_view value) {
+  if (!valid_header_value(value)) {
+    throw std::invalid_argument("header " + std::string(name) + " has a CR or LF in its value");
+  }
+  m.headers.emplace_back(std::string(name), std::string(value));
+}
+
+const std::string& required(const message& msg, std::string_view name) {
+  const std::string* v = msg.header(name);
+  if (v == nullptr || v->empty()) {
+    throw decode_error(decode_failure::missing_header,
+                       "message on '" + msg.subject + "' lacks the " + std::string(name) + " header");
+  }
+  return *v;
+}
+
+template <class Int>
+bool parse_int(std::string_view s, Int& out) noexcept {
+  auto [p, ec] = std::from_chars(s.data(), s.data() + s.size(), out);
+  return ec == std::errc{} && p == s.data() + s.size();
+}
+
+}  // namespace
+
+std::string subject_for(std::string_view prefix, std::string_view event_name) {
+  std::string s;
+  s.reserve(prefix.size() + 1 + event_name.size());
+  s += prefix;
+  s += '.';
+  s += event_name;
+  return s;
+}
+
+message encode(const envelope& env, std::string_view prefix, std::size_t max_body_bytes) {
+  if (env.body.size() > max_body_bytes) {
+    throw event_too_large("event " + env.name + " " + env.id.to_string() + " has a " +
+                          std::to_string(env.body.size()) + "-byte body; the limit is " +
+                          std::to_string(max_body_bytes) + " bytes");
+  }
+  message m;
+  m.subject = subject_for(prefix, env.name);
+  m.headers.reserve(4 + 3 + env.meta.values.size());
+  add_header(m, header::msg_id, env.id.to_string());
+  add_header(m, header::event, env.name);
+  add_header(m, header::version, std::to_string(env.version));
+  add_header(m, header::published, format_time(env.published_at));
+  if (!env.meta.correlation_id.empty()) add_header(m, header::correlation_id, env.meta.correlation_id);
+  if (!env.meta.traceparent.empty()) add_header(m, header::traceparent, env.meta.traceparent);
+  if (!env.meta.tracestate.empty()) add_header(m, header::tracestate, env.meta.tracestate);
+  for (const auto& [k, v] : env.meta.values) {
+    if (!valid_meta_key(k)) throw std::invalid_argument("metadata key '" + k + "' is not [A-Za-z0-9_-]+");
+    add_header(m, std::string(header::meta_prefix) + k, v);
+  }
+  m.body = env.body;
+  return m;
+}
+
+envelope decode(const message& msg, std::string_view prefix, std::size_t max_body_bytes) {
+  envelope env;
+  const std::string& name = required(msg, header::event);
+  std::string_view subject = msg.subject;
+  if (subject.size() <= prefix.size() + 1 || subject.substr(0, prefix.size()) != prefix ||
+      subject[prefix.size()] != '.' || subject.substr(prefix.size() + 1) != name) {
+    throw decode_error(decode_failure::name_mismatch,
+                       "the Omnibus-Event header '" + name + "' does not match the subject '" + msg.subject + "'");
+  }
+  env.name = name;
+  const std::string& id = required(msg, header::msg_id);
+  try {
+    env.id = event_id::parse(id);
+  } catch (const error& e) {
+    throw decode_error(decode_failure::bad_header, "Nats-Msg-Id: " + std::string(e.what()));
+  }
+  const std::string& version = required(msg, header::version);
+  if (!parse_int(version, env.version) || env.version < 1) {
+    throw decode_error(decode_failure::bad_header, "Omnibus-Version '" + version + "' is not a positive integer");
+  }
+  env.published_at = parse_time(required(msg, header::published));
+  for (const auto& [k, v] : msg.headers) {
+    if (k == header::correlation_id) {
+      env.meta.correlation_id = v;
+    } else if (k == header::traceparent) {
+      env.meta.traceparent = v;
+    } else if (k == header::tracestate) {
+      env.meta.tracestate = v;
+    } else if (k.size() > header::meta_prefix.size() && k.compare(0, header::meta_prefix.size(), header::meta_prefix) == 0) {
+      env.meta.values.emplace_back(k.substr(header::meta_prefix.size()), v);
+    }
+  }
+  if (msg.body.size() > max_body_bytes) {
+    throw decode_error(decode_failure::oversized,
+                       "event " + env.name + " " + id + " has a " + std::to_string(msg.body.size()) +
+                           "-byte body; the limit is " + std::to_string(max_body_bytes) + " bytes");
+  }
+  env.body = msg.body;
+  return env;
+}
+
+namespace detail {
+
+void check_decodable(const envelope& env, std::string_view name, int version) {
+  if (env.name != name) {
+    throw decode_error(decode_failure::name_mismatch,
+                       "an envelope of " + env.name + " cannot decode as " + std::string(name));
+  }
+  if (env.version > version) {
+    throw decode_error(decode_failure::newer_version,
+                       env.name + " " + env.id.to_string() + " is version " + std::to_string(env.version) +
+                           "; this build knows up to version " + std::to_string(version));
+  }
+}
+
+}  // namespace detail
+
+std::string format_time(std::chrono::sys_time<std::chrono::microseconds> t) {
+  using namespace std::chrono;
+  auto day = floor<days>(t);
+  year_month_day ymd{day};
+  hh_mm_ss<microseconds> hms{t - day};
+  char buf[40];
+  std::snprintf(buf, sizeof buf, "%04d-%02u-%02uT%02d:%02d:%02d.%06ldZ", static_cast<int>(ymd.year()),
+                static_cast<unsigned>(ymd.month()), static_cast<unsigned>(ymd.day()),
+                static_cast<int>(hms.hours().count()), static_cast<int>(hms.minutes().count()),
+                static_cast<int>(hms.seconds().count()), static_cast<long>(hms.subseconds().count()));
+  return buf;
+}
+
+std::chrono::sys_time<std::chrono::microseconds> parse_time(std::string_view s) {
+  using namespace std::chrono;
+  auto bad = [&]() -> decode_error {
+    return decode_error(decode_failure::bad_header,
+                        "Omnibus-Published '" + std::string(s) + "' is not RFC 3339 UTC (2026-01-31T12:00:00.000000Z)");
+  };
+  // YYYY-MM-DDTHH:MM:SS[.f+]Z
+  if (s.size() < 20 || s[4] != '-' || s[7] != '-' || s[10] != 'T' || s[13] != ':' || s[16] != ':' || s.back() != 'Z') {
+    throw bad();
+  }
+  int y = 0;
+  unsigned mo = 0, d = 0;
+  int h = 0, mi = 0, se = 0;
+  if (!parse_int(s.substr(0, 4), y) || !parse_int(s.substr(5, 2), mo) || !parse_int(s.substr(8, 2), d) ||
+      !parse_int(s.substr(11, 2), h) || !parse_int(s.substr(14, 2), mi) || !parse_int(s.substr(17, 2), se)) {
+    throw bad();
+  }
+  long micros = 0;
+  std::string_view rest = s.substr(19, s.size() - 20);
+  if (!rest.empty()) {
+    if (rest.front() != '.' || rest.size() < 2) throw bad();
+    rest.remove_prefix(1);
+    int digits = 0;
+    for (char c : rest) {
+      if (c < '0' || c > '9') throw bad();
+      if (digits < 6) micros = micros * 10 + (c - '0');
+      ++digits;
+    }
+    for (; digits < 6; ++digits) micros *= 10;
+  }
+  year_month_day ymd{year{y}, month{mo}, day{d}};
+  if (!ymd.ok() || h > 23 || mi > 59 || se > 60) throw bad();
+  return sys_days{ymd} + hours{h} + minutes{mi} + seconds{se} + microseconds{micros};
+}
+
+}  // namespace bus

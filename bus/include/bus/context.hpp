@@ -1,0 +1,61 @@
+#pragma once
+// What a publisher hands to listeners besides the event: its transaction, its metadata, and
+// (in the worker) a deadline and a stop token.
+
+#include <chrono>
+#include <stop_token>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "bus/fwd.hpp"
+
+namespace bus {
+
+/// Metadata that travels with every event published under a context (see "Wire format").
+struct metadata {
+  std::string correlation_id;  ///< Omnibus-Correlation-Id; empty: not sent
+  std::string traceparent;     ///< W3C trace context; empty: not sent
+  std::string tracestate;      ///< W3C trace context; empty: not sent
+  /// User key/values, sent as Omnibus-Meta-<key>. Keys: [A-Za-z0-9_-]; values: no CR or LF.
+  std::vector<std::pair<std::string, std::string>> values;
+
+  /// The value of user key `key`, or nullptr.
+  [[nodiscard]] const std::string* value(std::string_view key) const noexcept;
+};
+
+/// The publisher's side of a publish, or the worker's side of a handler call. Not
+/// thread-safe: one context belongs to one call chain on one thread.
+class context {
+ public:
+  using clock = std::chrono::steady_clock;
+
+  /// No transaction: async events go straight to the stream.
+  context() = default;
+  /// Borrows `tx` (a pqxx::work or any transaction), which must outlive this context. Sync
+  /// listeners write through it; async events go to the outbox in it.
+  explicit context(pqxx::transaction_base& tx) noexcept : tx_(&tx) {}
+
+  /// The caller's transaction, or nullptr.
+  [[nodiscard]] pqxx::transaction_base* transaction() const noexcept { return tx_; }
+  /// The caller's transaction; throws std::logic_error when the context has none.
+  [[nodiscard]] pqxx::transaction_base& tx() const;
+
+  [[nodiscard]] bus::metadata& meta() noexcept { return meta_; }
+  [[nodiscard]] const bus::metadata& meta() const noexcept { return meta_; }
+
+  /// When the worker gives up on this handler call (time_point::max(): never).
+  [[nodiscard]] clock::time_point deadline() const noexcept { return deadline_; }
+  void set_deadline(clock::time_point d) noexcept { deadline_ = d; }
+  /// Requested when the deadline passes or the worker shuts down; long handlers poll it.
+  [[nodiscard]] std::stop_token stop_token() const noexcept { return stop_; }
+  void set_stop_token(std::stop_token t) noexcept { stop_ = std::move(t); }
+
+ private:
+  pqxx::transaction_base* tx_ = nullptr;  // borrowed
+  bus::metadata meta_;
+  clock::time_point deadline_ = clock::time_point::max();
+  std::stop_token stop_;
+};
+
+}  // namespace bus

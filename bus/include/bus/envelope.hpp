@@ -1,0 +1,79 @@
+#pragma once
+// The wire format of one event (README, "Wire format"): subject <prefix>.<event name>,
+// headers for id, name, version, publish time and metadata, and the msgpack map as body.
+
+#include <chrono>
+#include <cstddef>
+#include <string>
+#include <string_view>
+
+#include "bus/context.hpp"
+#include "bus/error.hpp"
+#include "bus/event_id.hpp"
+#include "bus/event_traits.hpp"
+#include "bus/message.hpp"
+
+namespace bus {
+
+/// The header names, exactly as they appear on the wire.
+namespace header {
+inline constexpr std::string_view msg_id = "Nats-Msg-Id";
+inline constexpr std::string_view event = "Omnibus-Event";
+inline constexpr std::string_view version = "Omnibus-Version";
+inline constexpr std::string_view published = "Omnibus-Published";
+inline constexpr std::string_view correlation_id = "Omnibus-Correlation-Id";
+inline constexpr std::string_view traceparent = "traceparent";
+inline constexpr std::string_view tracestate = "tracestate";
+inline constexpr std::string_view meta_prefix = "Omnibus-Meta-";
+}  // namespace header
+
+/// The default limit on an event's body; JetStream's own default max message size is 1 MiB.
+inline constexpr std::size_t default_max_body_bytes = 1024 * 1024;
+
+/// One event as it travels: everything the headers carry, plus the still-encoded body.
+struct envelope {
+  event_id id;
+  std::string name;
+  int version = 0;
+  std::chrono::sys_time<std::chrono::microseconds> published_at{};
+  bus::metadata meta;
+  std::string body;  ///< the msgpack map
+};
+
+/// "<prefix>.<name>".
+[[nodiscard]] std::string subject_for(std::string_view prefix, std::string_view event_name);
+
+/// The message for `env`. Throws event_too_large when the body is over `max_body_bytes`, and
+/// std::invalid_argument for a metadata key or value that cannot be a header.
+[[nodiscard]] message encode(const envelope& env, std::string_view prefix,
+                             std::size_t max_body_bytes = default_max_body_bytes);
+
+/// Reads and checks the headers against the subject; the body stays encoded. Throws
+/// decode_error (missing_header, bad_header, name_mismatch, oversized).
+[[nodiscard]] envelope decode(const message& msg, std::string_view prefix,
+                              std::size_t max_body_bytes = default_max_body_bytes);
+
+/// The typed event in `env`. Throws decode_error: newer_version when env.version is above
+/// E::version, name_mismatch for another event's envelope, malformed_body or wrong_type.
+/// An older version decodes, with defaults for the fields it lacks.
+template <event E>
+[[nodiscard]] E decode_event(const envelope& env);
+
+/// RFC 3339 in UTC with microseconds: 2026-11-22T18:51:32.123456Z.
+[[nodiscard]] std::string format_time(std::chrono::sys_time<std::chrono::microseconds> t);
+/// Parses format_time's form (any number of fraction digits, or none). Throws decode_error.
+[[nodiscard]] std::chrono::sys_time<std::chrono::microseconds> parse_time(std::string_view text);
+
+namespace detail {
+void check_decodable(const envelope& env, std::string_view name, int version);
+}
+
+template <event E>
+E decode_event(const envelope& env) {
+  detail::check_decodable(env, E::name, E::version);
+  E out{};
+  detail::decode_body(env.body, out);
+  return out;
+}
+
+}  // namespace bus

@@ -1,0 +1,32 @@
+#pragma once
+// Forward declarations: include this where a type is only passed along.
+
+#include <string>
+#include <string_view>
+
+namespace pqxx {
+class transaction_base;
+}
+
+namespace bus {
+
+class context;
+struct envelope;
+class error;
+class event_bus;
+class event_id;
+struct message;
+struct metadata;
+
+namespace detail {
+/// The msgpack map body of an event. Defined in bus/event.hpp, which every event type's
+/// header includes, so it is visible wherever an event is complete.
+template <class E>
+std::string encode_body(const E& event);
+/// Decodes a msgpack map body into `out` (missing fields keep their defaults). Throws
+/// bus::decode_error. Defined in bus/event.hpp.
+template <class E>
+void decode_body(std::string_view body, E& out);
+}  // namespace detail
+
+}  // namespace bus

@@ -1,0 +1,135 @@
+#pragma once
+// The queue the core needs: a stream of subjects, durable pull consumers, publish with ack,
+// and per-message settlement. mq::jetstream implements it over NATS.c; bus::memory_queue
+// implements it in memory for users' own unit tests.
+
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "bus/error.hpp"
+#include "bus/event_id.hpp"
+#include "bus/message.hpp"
+
+namespace bus {
+
+/// The stream every event goes to. Defaults are documented in the README ("Configuration").
+struct stream_config {
+  std::string name = "OMNIBUS";
+  std::string subject_prefix = "omnibus";  ///< the stream takes "<prefix>.>"
+  /// How long an event is kept: a listener may be down this long without missing events.
+  std::chrono::seconds max_age = std::chrono::hours(24 * 7);
+  std::int64_t max_bytes = std::int64_t{1} << 30;  ///< full stream: publishes are refused (DiscardNew)
+  /// Nats-Msg-Id dedup window: a re-publish of an event id within it lands once.
+  std::chrono::seconds duplicate_window = std::chrono::minutes(2);
+  std::int32_t max_msg_size = 1024 * 1024;  ///< bodies plus headers; matches the bus's body limit
+  bool memory_storage = false;              ///< file storage unless set (tests use memory)
+  int replicas = 1;
+};
+
+/// One durable pull consumer, the one an async listener reads.
+struct consumer_config {
+  std::string name;            ///< durable name: "<group>_<listener>", [A-Za-z0-9_-]
+  std::string filter_subject;  ///< "<prefix>.<event name>"
+  std::chrono::milliseconds ack_wait = std::chrono::seconds(30);
+  std::int64_t max_ack_pending = 1000;  ///< 1 for ordered listeners
+  /// Where a new consumer starts: nullopt is "now" (new events only); a time replays from it.
+  std::optional<std::chrono::system_clock::time_point> start_time;
+};
+
+/// The server's answer to a publish.
+struct publish_ack {
+  std::uint64_t sequence = 0;
+  bool duplicate = false;  ///< the id was seen within the duplicate window: nothing was added
+};
+
+/// Thrown by publish when the event did not reach the stream, or may not have.
+class publish_error : public error {
+ public:
+  enum class outcome {
+    not_sent,  ///< certainly not stored (refused, not connected): safe to retry or report
+    unknown,   ///< may still be stored (timeout, buffered during reconnect): retry with the same id
+  };
+  publish_error(outcome o, event_id id, const std::string& what) : error(what), outcome_(o), id_(id) {}
+  [[nodiscard]] outcome result() const noexcept { return outcome_; }
+  [[nodiscard]] event_id id() const noexcept { return id_; }
+
+ private:
+  outcome outcome_;
+  event_id id_;
+};
+
+/// One message's outcome in publish_batch: an ack, or the error it would have thrown.
+struct batch_result {
+  std::optional<publish_ack> ack;
+  std::optional<publish_error::outcome> failure;
+  std::string error;  ///< empty when acked
+};
+
+/// One fetched message. Settle it exactly once (ack, nak or term); in_progress() any number of
+/// times before. Settling is thread-safe with respect to other deliveries, not to itself.
+class delivery {
+ public:
+  virtual ~delivery() = default;
+  [[nodiscard]] virtual const message& msg() const noexcept = 0;
+  /// 1 on the first delivery; JetStream's count, so a redelivery after a crash counts too.
+  [[nodiscard]] virtual std::uint64_t delivery_count() const noexcept = 0;
+  [[nodiscard]] virtual std::uint64_t stream_sequence() const noexcept = 0;
+  virtual void ack() = 0;
+  /// Redeliver after `delay` (0: at once).
+  virtual void nak(std::chrono::milliseconds delay) = 0;
+  /// Never redeliver.
+  virtual void term() = 0;
+  /// Restart the AckWait clock: the handler is still working.
+  virtual void in_progress() = 0;
+};
+
+/// A pull subscription on one durable consumer. fetch() may be called from one thread at a time.
+class consumer {
+ public:
+  virtual ~consumer() = default;
+  /// Up to `max` messages, waiting at most `timeout` for the first; empty when none came.
+  [[nodiscard]] virtual std::vector<std::unique_ptr<delivery>> fetch(std::size_t max,
+                                                                      std::chrono::milliseconds timeout) = 0;
+};
+
+/// What the server knows of one consumer.
+struct consumer_info {
+  std::string name;
+  std::string filter_subject;
+  std::uint64_t pending = 0;      ///< in the stream, not yet delivered
+  std::uint64_t ack_pending = 0;  ///< delivered, not yet acked
+  std::uint64_t redelivered = 0;  ///< delivered more than once and not yet acked
+  std::optional<std::chrono::system_clock::time_point> last_delivered;
+};
+
+/// The broker. Implementations are thread-safe.
+class queue {
+ public:
+  virtual ~queue() = default;
+  /// Creates the stream and consumers that are missing; updates what may change; throws
+  /// bus::error when an existing one conflicts (another filter, other stream settings).
+  virtual void provision(const stream_config& stream, std::span<const consumer_config> consumers) = 0;
+  /// Publishes and waits for the ack. Throws publish_error carrying the Nats-Msg-Id's event id.
+  virtual publish_ack publish(const message& msg, std::chrono::milliseconds timeout) = 0;
+  /// Publishes all, pipelined, in order; waits for every ack. Never throws for one message's
+  /// failure: result i belongs to msgs[i].
+  [[nodiscard]] virtual std::vector<batch_result> publish_batch(std::span<const message> msgs,
+                                                                std::chrono::milliseconds timeout) = 0;
+  /// A pull subscription on an existing durable consumer of `stream`.
+  [[nodiscard]] virtual std::unique_ptr<consumer> open_consumer(const stream_config& stream,
+                                                                const std::string& consumer_name) = 0;
+  /// The consumer's counters; nullopt when it does not exist.
+  [[nodiscard]] virtual std::optional<consumer_info> info(const stream_config& stream,
+                                                          const std::string& consumer_name) = 0;
+  /// Every durable consumer on the stream.
+  [[nodiscard]] virtual std::vector<consumer_info> consumers(const stream_config& stream) = 0;
+  /// Deletes a durable consumer; false when it did not exist.
+  virtual bool delete_consumer(const stream_config& stream, const std::string& consumer_name) = 0;
+};
+
+}  // namespace bus

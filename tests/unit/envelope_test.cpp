@@ -1,0 +1,269 @@
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <map>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <catch2/catch.hpp>
+
+#include "bus/envelope.hpp"
+#include "bus/event.hpp"
+
+namespace {
+
+enum class tier : std::uint8_t { basic = 1, gold = 2 };
+
+struct address {
+  std::string city;
+  std::int32_t zip = 0;
+  OMNIBUS_FIELDS(city, zip);
+  bool operator==(const address&) const = default;
+};
+
+struct everything {
+  static constexpr std::string_view name = "test.everything";
+  static constexpr int version = 1;
+  std::int8_t i8 = 0;
+  std::int16_t i16 = 0;
+  std::int32_t i32 = 0;
+  std::int64_t i64 = 0;
+  std::uint8_t u8 = 0;
+  std::uint16_t u16 = 0;
+  std::uint32_t u32 = 0;
+  std::uint64_t u64 = 0;
+  bool flag = false;
+  double ratio = 0;
+  float small = 0;
+  std::string text;
+  std::vector<std::byte> blob;
+  std::optional<std::string> maybe;
+  std::optional<std::int64_t> none;
+  std::vector<std::int32_t> list;
+  std::map<std::string, std::int64_t> counts;
+  std::chrono::system_clock::time_point at;
+  address home;
+  std::vector<address> others;
+  tier level = tier::basic;
+  OMNIBUS_FIELDS(i8, i16, i32, i64, u8, u16, u32, u64, flag, ratio, small, text, blob, maybe, none, list, counts,
+                 at, home, others, level);
+  bool operator==(const everything&) const = default;
+};
+
+// Version 1 of an event, and version 2 with a field added.
+struct order_v1 {
+  static constexpr std::string_view name = "test.order";
+  static constexpr int version = 1;
+  std::int64_t id = 0;
+  OMNIBUS_FIELDS(id);
+};
+struct order_v2 {
+  static constexpr std::string_view name = "test.order";
+  static constexpr int version = 2;
+  std::int64_t id = 0;
+  std::string currency = "EUR";
+  OMNIBUS_FIELDS(id, currency);
+};
+struct order_wrong_type {  // same name, a field of another type
+  static constexpr std::string_view name = "test.order";
+  static constexpr int version = 1;
+  std::string id;
+  OMNIBUS_FIELDS(id);
+};
+
+template <class E>
+bus::envelope envelope_of(const E& e, bus::metadata meta = {}) {
+  bus::envelope env;
+  env.id = bus::event_id::generate();
+  env.name = E::name;
+  env.version = E::version;
+  env.published_at = std::chrono::time_point_cast<std::chrono::microseconds>(std::chrono::system_clock::now());
+  env.meta = std::move(meta);
+  env.body = bus::detail::encode_body(e);
+  return env;
+}
+
+bus::decode_failure failure_of(auto&& fn) {
+  try {
+    fn();
+  } catch (const bus::decode_error& e) {
+    return e.kind();
+  }
+  FAIL("no decode_error was thrown");
+  return bus::decode_failure::missing_header;
+}
+
+}  // namespace
+
+TEST_CASE("an event round-trips through the wire format with every field type", "[bus][envelope]") {
+  everything e;
+  e.i8 = -8;
+  e.i16 = -1600;
+  e.i32 = -320000;
+  e.i64 = -6400000000LL;
+  e.u8 = 200;
+  e.u16 = 60000;
+  e.u32 = 4000000000U;
+  e.u64 = 18000000000000000000ULL;
+  e.flag = true;
+  e.ratio = 0.125;
+  e.small = 1.5F;
+  e.text = "héllo";
+  e.blob = {std::byte{0}, std::byte{0xff}, std::byte{0x10}};
+  e.maybe = "present";
+  e.list = {3, 1, 2};
+  e.counts = {{"a", 1}, {"b", -2}};
+  e.at = std::chrono::system_clock::time_point{std::chrono::microseconds{1700000000123456}};
+  e.home = {"Lyon", 69001};
+  e.others = {{"Oslo", 150}, {"Kyiv", 1001}};
+  e.level = tier::gold;
+
+  bus::metadata meta;
+  meta.correlation_id = "corr-42";
+  meta.traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+  meta.tracestate = "rojo=00f067aa0ba902b7";
+  meta.values = {{"tenant", "acme"}, {"user-id", "17"}};
+  auto sent = envelope_of(e, meta);
+
+  bus::message msg = bus::encode(sent, "shop");
+  CHECK(msg.subject == "shop.test.everything");
+  CHECK(*msg.header("Nats-Msg-Id") == sent.id.to_string());
+  CHECK(*msg.header("Omnibus-Event") == "test.everything");
+  CHECK(*msg.header("Omnibus-Version") == "1");
+  CHECK(*msg.header("Omnibus-Meta-tenant") == "acme");
+
+  bus::envelope got = bus::decode(msg, "shop");
+  CHECK(got.id == sent.id);
+  CHECK(got.name == sent.name);
+  CHECK(got.version == 1);
+  CHECK(got.published_at == sent.published_at);
+  CHECK(got.meta.correlation_id == meta.correlation_id);
+  CHECK(got.meta.traceparent == meta.traceparent);
+  CHECK(got.meta.tracestate == meta.tracestate);
+  CHECK(got.meta.values == meta.values);
+  CHECK(bus::decode_event<everything>(got) == e);
+}
+
+TEST_CASE("the body is a msgpack map keyed by field name", "[bus][envelope]") {
+  // {"id": 5} as any msgpack library writes it: fixmap(1), fixstr(2) "id", positive fixint 5.
+  CHECK(bus::detail::encode_body(order_v1{5}) == std::string("\x81\xa2id\x05"));
+}
+
+TEST_CASE("an older message decodes into a newer struct with defaults for new fields", "[bus][envelope]") {
+  auto env = envelope_of(order_v1{77});
+  auto v2 = bus::decode_event<order_v2>(env);
+  CHECK(v2.id == 77);
+  CHECK(v2.currency == "EUR");
+
+  SECTION("and a newer message's unknown fields are ignored by an older struct of the same version") {
+    auto env2 = envelope_of(order_v2{5, "NOK"});
+    env2.version = 1;
+    CHECK(bus::decode_event<order_v1>(env2).id == 5);
+  }
+}
+
+TEST_CASE("each malformed input gives its typed error", "[bus][envelope]") {
+  auto good = envelope_of(order_v1{1});
+  bus::message msg = bus::encode(good, "shop");
+
+  SECTION("a newer version than this build knows") {
+    auto env = envelope_of(order_v2{1, "USD"});
+    CHECK(failure_of([&] { (void)bus::decode_event<order_v1>(env); }) == bus::decode_failure::newer_version);
+  }
+  SECTION("truncated msgpack") {
+    auto env = good;
+    env.body = env.body.substr(0, env.body.size() - 1);
+    CHECK(failure_of([&] { (void)bus::decode_event<order_v1>(env); }) == bus::decode_failure::malformed_body);
+  }
+  SECTION("random bytes") {
+    auto env = good;
+    env.body = "\xc1\xc1\xc1";  // 0xc1 is never used in msgpack
+    CHECK(failure_of([&] { (void)bus::decode_event<order_v1>(env); }) == bus::decode_failure::malformed_body);
+  }
+  SECTION("a body that is not a map") {
+    auto env = good;
+    env.body = "\x93\x01\x02\x03";  // [1, 2, 3]
+    CHECK(failure_of([&] { (void)bus::decode_event<order_v1>(env); }) == bus::decode_failure::malformed_body);
+  }
+  SECTION("trailing bytes after the map") {
+    auto env = good;
+    env.body += '\x01';
+    CHECK(failure_of([&] { (void)bus::decode_event<order_v1>(env); }) == bus::decode_failure::malformed_body);
+  }
+  SECTION("a field of the wrong type names the field") {
+    auto env = envelope_of(order_wrong_type{"not a number"});
+    try {
+      (void)bus::decode_event<order_v1>(env);
+      FAIL("decoded a string into an integer");
+    } catch (const bus::decode_error& e) {
+      CHECK(e.kind() == bus::decode_failure::wrong_type);
+      CHECK_THAT(e.what(), Catch::Contains("field 'id'") && Catch::Contains("test.order"));
+    }
+  }
+  SECTION("a nested field of the wrong type names the path") {
+    everything e;
+    auto env = envelope_of(e);
+    // Replace the nested "home" map's "zip" with a string by hand-building a body.
+    msgpack::sbuffer buf;
+    msgpack::packer<msgpack::sbuffer> pk(buf);
+    pk.pack_map(1);
+    pk.pack(std::string("home"));
+    pk.pack_map(1);
+    pk.pack(std::string("zip"));
+    pk.pack(std::string("oops"));
+    env.body.assign(buf.data(), buf.size());
+    try {
+      (void)bus::decode_event<everything>(env);
+      FAIL("decoded a string into a nested integer");
+    } catch (const bus::decode_error& e) {
+      CHECK(e.kind() == bus::decode_failure::wrong_type);
+      CHECK_THAT(e.what(), Catch::Contains("field 'home.zip'"));
+    }
+  }
+  SECTION("a name header that does not match the subject") {
+    msg.subject = "shop.test.other";
+    CHECK(failure_of([&] { (void)bus::decode(msg, "shop"); }) == bus::decode_failure::name_mismatch);
+  }
+  SECTION("a subject under another prefix") {
+    CHECK(failure_of([&] { (void)bus::decode(msg, "elsewhere"); }) == bus::decode_failure::name_mismatch);
+  }
+  SECTION("a missing header") {
+    std::erase_if(msg.headers, [](auto& h) { return h.first == "Nats-Msg-Id"; });
+    CHECK(failure_of([&] { (void)bus::decode(msg, "shop"); }) == bus::decode_failure::missing_header);
+  }
+  SECTION("a header that does not parse") {
+    for (auto& h : msg.headers) {
+      if (h.first == "Omnibus-Version") h.second = "two";
+    }
+    CHECK(failure_of([&] { (void)bus::decode(msg, "shop"); }) == bus::decode_failure::bad_header);
+  }
+  SECTION("an oversized body is refused when decoded") {
+    CHECK(failure_of([&] { (void)bus::decode(msg, "shop", 2); }) == bus::decode_failure::oversized);
+  }
+}
+
+TEST_CASE("a body over the limit is refused when encoded", "[bus][envelope]") {
+  auto env = envelope_of(order_v2{1, std::string(100, 'x')});
+  CHECK_THROWS_AS(bus::encode(env, "shop", 50), bus::event_too_large);
+  CHECK_NOTHROW(bus::encode(env, "shop", env.body.size()));
+}
+
+TEST_CASE("metadata that cannot be a header is refused", "[bus][envelope]") {
+  bus::metadata meta;
+  SECTION("a key outside [A-Za-z0-9_-]") { meta.values = {{"bad key", "v"}}; }
+  SECTION("a value with a newline") { meta.values = {{"key", "a\r\nInjected: yes"}}; }
+  auto env = envelope_of(order_v1{1}, meta);
+  CHECK_THROWS_AS(bus::encode(env, "shop"), std::invalid_argument);
+}
+
+TEST_CASE("publish times are RFC 3339 UTC with microseconds", "[bus][envelope]") {
+  using namespace std::chrono;
+  sys_time<microseconds> t{microseconds{1763837492123456}};
+  CHECK(bus::format_time(t) == "2025-11-22T18:51:32.123456Z");
+  CHECK(bus::parse_time("2025-11-22T18:51:32.123456Z") == t);
+  CHECK(bus::parse_time("2025-11-22T18:51:32Z") == floor<seconds>(t));
+  CHECK(bus::parse_time("2025-11-22T18:51:32.1Z") == floor<seconds>(t) + milliseconds(100));
+  CHECK_THROWS_AS(bus::parse_time("2025-11-22 18:51:32Z"), bus::decode_error);
+  CHECK_THROWS_AS(bus::parse_time("2025-02-30T00:00:00Z"), bus::decode_error);
+}
