@@ -1,5 +1,6 @@
 #include "bus/event_bus.hpp"
 
+#include <algorithm>
 #include <stdexcept>
 
 namespace bus {
@@ -37,6 +38,59 @@ event_bus::type_entry& event_bus::entry_for(std::size_t slot, std::string_view n
   e.name = name;
   names_.emplace(name, slot);
   return e;
+}
+
+namespace {
+bool valid_consumer_name(std::string_view n) {
+  if (n.empty() || n.size() > 200) return false;
+  for (char c : n) {
+    bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' || c == '-';
+    if (!ok) return false;
+  }
+  return true;
+}
+}  // namespace
+
+void event_bus::add_async(std::size_t slot, async_listener l) {
+  if (!valid_consumer_name(l.name)) {
+    throw std::logic_error("bus: listener name '" + l.name + "' must be 1-200 characters of [A-Za-z0-9_-]");
+  }
+  if (!valid_consumer_name(options_.group)) {
+    throw std::logic_error("bus: group '" + options_.group + "' must be 1-200 characters of [A-Za-z0-9_-]");
+  }
+  if (l.options.concurrency < 1) throw std::logic_error("bus: listener " + l.name + " needs a concurrency of at least 1");
+  if (l.options.retry.max_attempts < 1) throw std::logic_error("bus: listener " + l.name + " needs max_attempts of at least 1");
+  l.consumer_name = options_.group + "_" + l.name;
+  std::lock_guard lock(mutex_);
+  entry_for(slot, l.event_name);  // checks frozen and the name; an async-only type has an entry too
+  for (const async_listener& other : async_) {
+    if (other.name == l.name) {
+      throw std::logic_error("bus: two async listeners are named " + l.name + " (on " + other.event_name + " and " +
+                             l.event_name + "); a listener name owns one durable consumer");
+    }
+  }
+  async_.push_back(std::move(l));
+}
+
+std::vector<consumer_config> event_bus::consumer_configs() const {
+  std::vector<consumer_config> out;
+  out.reserve(async_.size());
+  for (const async_listener& l : async_) {
+    consumer_config c;
+    c.name = l.consumer_name;
+    c.filter_subject = subject_for(options_.stream.subject_prefix, l.event_name);
+    c.ack_wait = l.options.ack_wait;
+    c.max_ack_pending = l.options.ordered ? 1 : std::max<std::int64_t>(1000, l.options.concurrency);
+    c.start_time = l.options.replay_from;
+    out.push_back(std::move(c));
+  }
+  return out;
+}
+
+void event_bus::provision() {
+  freeze();
+  if (queue_ == nullptr) throw std::logic_error("bus: provision() needs a queue: construct the bus with one");
+  queue_->provision(options_.stream, consumer_configs());
 }
 
 void event_bus::check_name_free(std::size_t slot, std::string_view name) const {

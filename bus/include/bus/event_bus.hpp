@@ -16,6 +16,7 @@
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <type_traits>
@@ -40,6 +41,46 @@ struct bus_options {
   std::size_t max_body_bytes = default_max_body_bytes;
   /// How long publish() without a transaction waits for the stream's ack.
   std::chrono::milliseconds publish_timeout = std::chrono::seconds(5);
+};
+
+/// When and how often a failing async handler is retried (decision 9). The delay before
+/// attempt n+1 is min(initial * multiplier^(n-1), max), then spread by +-jitter.
+struct retry_policy {
+  int max_attempts = 10;  ///< deliveries in all; then the event is dead-lettered
+  std::chrono::milliseconds initial = std::chrono::seconds(1);
+  double multiplier = 2.0;
+  std::chrono::milliseconds max = std::chrono::minutes(5);
+  double jitter = 0.2;  ///< 0.2: each delay is drawn from [0.8, 1.2] times its nominal value
+};
+
+/// How one async listener runs in the worker.
+struct listener_options {
+  int concurrency = 4;  ///< handler slots: messages of this listener in flight in one worker
+  std::chrono::milliseconds ack_wait = std::chrono::seconds(30);  ///< server redelivers after this
+  std::chrono::milliseconds deadline = std::chrono::minutes(1);   ///< per handler call
+  retry_policy retry;
+  /// Strictly in stream order, one event in flight across all workers (MaxAckPending 1).
+  bool ordered = false;
+  /// A new consumer starts now; set this to replay from a time within the stream's MaxAge.
+  std::optional<std::chrono::system_clock::time_point> replay_from;
+};
+
+/// An async listener as the worker runs it: type-erased, decoding inside.
+struct async_listener {
+  std::string name;           ///< the listener's own name, [A-Za-z0-9_-]
+  std::string consumer_name;  ///< "<group>_<name>"
+  std::string event_name;
+  int event_version = 0;
+  listener_options options;
+  /// Decodes the envelope as the listener's event type and calls the user's handler.
+  /// Throws decode_error for a bad body, or whatever the handler throws.
+  std::function<void(context&, const envelope&)> handler;
+};
+
+/// Thrown by a handler to skip the remaining attempts: the event is dead-lettered at once.
+class permanent_error : public error {
+ public:
+  using error::error;
 };
 
 namespace detail {
@@ -70,11 +111,31 @@ class event_bus {
   template <class E, class F>
   void add_sync_listener(F&& handler);
 
+  /// Adds an async listener for E, run by the worker: `handler(bus::context&, const E&)`.
+  /// `name` ([A-Za-z0-9_-]+, unique in the bus) names its durable consumer "<group>_<name>":
+  /// renaming a listener makes a new consumer that starts from now. Throws std::logic_error
+  /// when frozen, for a bad or duplicate name, or a name clash of event types. Thread-safe.
+  template <class E, class F>
+  void add_async_listener(std::string name, F&& handler, listener_options options = {});
+
   /// Runs E's sync listeners, then sends the event on (see the dispatch rules above).
   /// Returns the event's id (nil for a local-only event). Throws what a listener threw,
   /// event_too_large, publish_error (no transaction), or std::logic_error for a name clash.
   template <class E>
   event_id publish(context& ctx, const E& event);
+
+  /// Freezes the registry, then creates the stream and every async listener's consumer that
+  /// is missing (publishers call it too, so that events published before any worker ran
+  /// still reach every listener). Throws std::logic_error without a queue, bus::error for a
+  /// conflicting existing consumer or stream.
+  void provision();
+
+  /// The async listeners, in registration order. Stable once frozen.
+  [[nodiscard]] const std::vector<async_listener>& async_listeners() const noexcept { return async_; }
+  /// The consumer each async listener needs.
+  [[nodiscard]] std::vector<consumer_config> consumer_configs() const;
+  /// The queue this bus sends through, or nullptr.
+  [[nodiscard]] queue* target() const noexcept { return queue_; }
 
   /// Freezes the registry. Idempotent; publish() and provision() call it.
   void freeze();
@@ -92,6 +153,7 @@ class event_bus {
   };
 
   type_entry& entry_for(std::size_t slot, std::string_view name);  // under mutex_, not frozen
+  void add_async(std::size_t slot, async_listener l);
   void check_name_free(std::size_t slot, std::string_view name) const;
   event_id emit(context& ctx, std::string_view name, int version, std::string body);
 
@@ -101,6 +163,7 @@ class event_bus {
   std::atomic<bool> frozen_{false};
   std::vector<type_entry> types_;                            // by detail::type_slot
   std::unordered_map<std::string_view, std::size_t> names_;  // event name -> slot
+  std::vector<async_listener> async_;
 };
 
 template <class E, class F>
@@ -114,6 +177,25 @@ void event_bus::add_sync_listener(F&& handler) {
       {new fn_t(std::forward<F>(handler)), [](void* fn) { delete static_cast<fn_t*>(fn); }}};
   std::lock_guard lock(mutex_);
   entry_for(detail::type_slot<E>(), E::name).sync.push_back(std::move(l));
+}
+
+template <class E, class F>
+void event_bus::add_async_listener(std::string name, F&& handler, listener_options options) {
+  detail::check_event<E>();
+  static_assert(!is_local_only<E>, "bus: a local-only event never leaves the process, so it cannot have async listeners");
+  using fn_t = std::decay_t<F>;
+  static_assert(std::is_invocable_v<fn_t&, context&, const E&>,
+                "bus: an async listener is callable as handler(bus::context&, const E&)");
+  async_listener l;
+  l.name = std::move(name);
+  l.event_name = E::name;
+  l.event_version = E::version;
+  l.options = options;
+  l.handler = [fn = fn_t(std::forward<F>(handler))](context& ctx, const envelope& env) mutable {
+    const E event = decode_event<E>(env);
+    fn(ctx, event);
+  };
+  add_async(detail::type_slot<E>(), std::move(l));
 }
 
 template <class E>
