@@ -100,7 +100,19 @@ void event_bus::check_name_free(std::size_t slot, std::string_view name) const {
   }
 }
 
-event_id event_bus::emit(context& ctx, std::string_view name, int version, std::string body) {
+bool batch_report::ok() const noexcept {
+  return std::all_of(results.begin(), results.end(), [](const batch_result& r) { return r.ack.has_value(); });
+}
+
+std::vector<std::size_t> batch_report::failed() const {
+  std::vector<std::size_t> out;
+  for (std::size_t i = 0; i < results.size(); ++i) {
+    if (!results[i].ack) out.push_back(i);
+  }
+  return out;
+}
+
+envelope event_bus::make_envelope(const context& ctx, std::string_view name, int version, std::string body) const {
   envelope env;
   env.id = event_id::generate();
   env.name = name;
@@ -108,6 +120,28 @@ event_id event_bus::emit(context& ctx, std::string_view name, int version, std::
   env.published_at = std::chrono::time_point_cast<std::chrono::microseconds>(std::chrono::system_clock::now());
   env.meta = ctx.meta();
   env.body = std::move(body);
+  return env;
+}
+
+batch_report event_bus::emit_batch(context& ctx, std::vector<envelope> envs) {
+  batch_report report;
+  std::vector<message> msgs;
+  msgs.reserve(envs.size());
+  report.ids.reserve(envs.size());
+  for (const envelope& env : envs) {  // encode all first: an oversized event stops the batch before anything leaves
+    msgs.push_back(encode(env, options_.stream.subject_prefix, options_.max_body_bytes));
+    report.ids.push_back(env.id);
+  }
+  if (ctx.transaction() != nullptr) {
+    throw std::logic_error("bus: publishing a batch inside a transaction needs the outbox, which this build does not have yet");
+  }
+  if (queue_ == nullptr) throw std::logic_error("bus: publish_batch() needs a queue: construct the bus with one");
+  report.results = queue_->publish_batch(msgs, options_.publish_timeout);
+  return report;
+}
+
+event_id event_bus::emit(context& ctx, std::string_view name, int version, std::string body) {
+  envelope env = make_envelope(ctx, name, version, std::move(body));
   message msg = encode(env, options_.stream.subject_prefix, options_.max_body_bytes);
   if (ctx.transaction() != nullptr) {
     throw std::logic_error("bus: publishing " + env.name +

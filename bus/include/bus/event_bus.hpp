@@ -16,6 +16,7 @@
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <span>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -77,6 +78,16 @@ struct async_listener {
   std::function<void(context&, const envelope&)> handler;
 };
 
+/// What publish_batch() did with each event, in the batch's order.
+struct batch_report {
+  std::vector<event_id> ids;          ///< the id given to each event
+  std::vector<batch_result> results;  ///< one per event: an ack, or why it failed
+  /// True when every event was stored.
+  [[nodiscard]] bool ok() const noexcept;
+  /// The positions of the events that failed.
+  [[nodiscard]] std::vector<std::size_t> failed() const;
+};
+
 /// Thrown by a handler to skip the remaining attempts: the event is dead-lettered at once.
 class permanent_error : public error {
  public:
@@ -110,6 +121,13 @@ class event_bus {
   /// Thread-safe.
   template <class E, class F>
   void add_sync_listener(F&& handler);
+
+  /// Publishes many events of one type: each one's sync listeners run first, in order (the
+  /// first throw stops everything, and nothing is sent). Then all leave together, pipelined,
+  /// in order: without a transaction every PubAck is awaited and the report says which
+  /// events failed. Throws what a listener threw, event_too_large, std::logic_error.
+  template <class E>
+  [[nodiscard]] batch_report publish_batch(context& ctx, std::span<const E> events);
 
   /// Adds an async listener for E, run by the worker: `handler(bus::context&, const E&)`.
   /// `name` ([A-Za-z0-9_-]+, unique in the bus) names its durable consumer "<group>_<name>":
@@ -156,6 +174,8 @@ class event_bus {
   void add_async(std::size_t slot, async_listener l);
   void check_name_free(std::size_t slot, std::string_view name) const;
   event_id emit(context& ctx, std::string_view name, int version, std::string body);
+  [[nodiscard]] envelope make_envelope(const context& ctx, std::string_view name, int version, std::string body) const;
+  [[nodiscard]] batch_report emit_batch(context& ctx, std::vector<envelope> envs);
 
   bus_options options_;
   queue* queue_ = nullptr;  // borrowed; outlives the bus
@@ -196,6 +216,25 @@ void event_bus::add_async_listener(std::string name, F&& handler, listener_optio
     fn(ctx, event);
   };
   add_async(detail::type_slot<E>(), std::move(l));
+}
+
+template <class E>
+batch_report event_bus::publish_batch(context& ctx, std::span<const E> events) {
+  detail::check_event<E>();
+  static_assert(!is_local_only<E>, "bus: publish_batch() sends events on; a local-only event goes through publish()");
+  if (!frozen_.load(std::memory_order_acquire)) freeze();
+  const std::size_t slot = detail::type_slot<E>();
+  const bool known = slot < types_.size() && !types_[slot].name.empty();
+  if (!known) check_name_free(slot, E::name);
+  std::vector<envelope> envs;
+  envs.reserve(events.size());
+  for (const E& event : events) {
+    if (known) {
+      for (const sync_listener& l : types_[slot].sync) l.call(l.fn.get(), ctx, &event);
+    }
+    envs.push_back(make_envelope(ctx, E::name, E::version, detail::encode_body(event)));
+  }
+  return emit_batch(ctx, std::move(envs));
 }
 
 template <class E>

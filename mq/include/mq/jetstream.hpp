@@ -1,0 +1,58 @@
+#pragma once
+// bus::queue over NATS JetStream (NATS.c): streams with limits retention and DiscardNew,
+// one durable pull consumer per async listener, publish with PubAck, pipelined batches.
+
+#include <chrono>
+#include <memory>
+#include <optional>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "bus/queue.hpp"
+#include "mq/connection.hpp"
+
+namespace mq {
+
+/// The JetStream implementation of bus::queue. Borrows `conn`, which must outlive it and every
+/// consumer and delivery it hands out. Thread-safe. NATS.c failures surface as mq::error,
+/// except publish failures (bus::publish_error) and configuration conflicts (bus::error).
+class jetstream final : public bus::queue {
+ public:
+  explicit jetstream(connection& conn);
+  ~jetstream() override;
+  jetstream(const jetstream&) = delete;
+  jetstream& operator=(const jetstream&) = delete;
+
+  /// Creates the stream if missing (limits retention, DiscardNew, the configured MaxAge,
+  /// MaxBytes, duplicate window); an existing stream whose settings differ throws bus::error
+  /// naming each difference, and is never recreated. Then each consumer: created if missing
+  /// (no BackOff, unlimited MaxDeliver, explicit ack); an existing one gets its editable
+  /// fields (AckWait, MaxAckPending) updated, and throws bus::error if its filter differs.
+  void provision(const bus::stream_config& stream, std::span<const bus::consumer_config> consumers) override;
+
+  /// js_PublishMsg, waiting at most `timeout` for the PubAck. Throws bus::publish_error:
+  /// not_sent when the server refused it or no stream listens; unknown on a timeout (NATS.c
+  /// may still deliver a publish it buffered during a reconnect).
+  bus::publish_ack publish(const bus::message& msg, std::chrono::milliseconds timeout) override;
+
+  /// js_PublishMsgAsync for all, in order, then waits up to `timeout` for every PubAck.
+  std::vector<bus::batch_result> publish_batch(std::span<const bus::message> msgs,
+                                               std::chrono::milliseconds timeout) override;
+
+  std::unique_ptr<bus::consumer> open_consumer(const bus::stream_config& stream,
+                                               const std::string& consumer_name) override;
+  std::optional<bus::consumer_info> info(const bus::stream_config& stream, const std::string& consumer_name) override;
+  std::vector<bus::consumer_info> consumers(const bus::stream_config& stream) override;
+  bool delete_consumer(const bus::stream_config& stream, const std::string& consumer_name) override;
+
+  /// The stream's last sequence (0 when empty). Throws mq::error when the stream is missing.
+  [[nodiscard]] std::uint64_t last_sequence(const bus::stream_config& stream);
+  /// Deletes the stream; false when it did not exist. For tests and operators.
+  bool delete_stream(const bus::stream_config& stream);
+
+ private:
+  connection& conn_;  // borrowed; outlives this
+};
+
+}  // namespace mq
