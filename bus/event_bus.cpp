@@ -3,6 +3,9 @@
 #include <algorithm>
 #include <stdexcept>
 
+#include "bus/migrations.hpp"
+#include "bus/outbox.hpp"
+
 namespace bus {
 
 namespace detail {
@@ -12,9 +15,11 @@ std::size_t next_type_slot() noexcept {
 }
 }  // namespace detail
 
-event_bus::event_bus(bus_options options) : options_(std::move(options)) {}
+event_bus::event_bus(bus_options options) : options_(std::move(options)) { detail::check_schema_name(options_.schema); }
 
-event_bus::event_bus(queue& q, bus_options options) : options_(std::move(options)), queue_(&q) {}
+event_bus::event_bus(queue& q, bus_options options) : options_(std::move(options)), queue_(&q) {
+  detail::check_schema_name(options_.schema);
+}
 
 event_bus::~event_bus() = default;
 
@@ -133,7 +138,10 @@ batch_report event_bus::emit_batch(context& ctx, std::vector<envelope> envs) {
     report.ids.push_back(env.id);
   }
   if (ctx.transaction() != nullptr) {
-    throw std::logic_error("bus: publishing a batch inside a transaction needs the outbox, which this build does not have yet");
+    // All rows in one COPY; a batch_report of the rows written (the relay sends them after commit).
+    outbox_insert_batch(*ctx.transaction(), options_.schema, msgs);
+    report.results.assign(msgs.size(), batch_result{publish_ack{}, std::nullopt, {}});
+    return report;
   }
   if (queue_ == nullptr) throw std::logic_error("bus: publish_batch() needs a queue: construct the bus with one");
   report.results = queue_->publish_batch(msgs, options_.publish_timeout);
@@ -144,8 +152,8 @@ event_id event_bus::emit(context& ctx, std::string_view name, int version, std::
   envelope env = make_envelope(ctx, name, version, std::move(body));
   message msg = encode(env, options_.stream.subject_prefix, options_.max_body_bytes);
   if (ctx.transaction() != nullptr) {
-    throw std::logic_error("bus: publishing " + env.name +
-                           " inside a transaction needs the outbox, which this build does not have yet");
+    outbox_insert(*ctx.transaction(), options_.schema, msg);  // sent by the relay after commit
+    return env.id;
   }
   if (queue_ == nullptr) {
     throw std::logic_error("bus: " + env.name +

@@ -16,6 +16,7 @@
 #include "mq/error.hpp"
 #include "mq/jetstream.hpp"
 #include "support/private_nats.hpp"
+#include "support/stream_reader.hpp"
 #include "support/test_env.hpp"
 
 namespace {
@@ -30,17 +31,7 @@ struct item_added {
   OMNIBUS_FIELDS(item, note);
 };
 
-// Every test gets its own stream and subject prefix, in memory, deleted afterwards.
-bus::bus_options options_for(const std::string& stem) {
-  bus::bus_options o;
-  o.group = "g";
-  o.stream.name = test_env::unique_name(stem);
-  o.stream.subject_prefix = o.stream.name;
-  o.stream.memory_storage = true;
-  o.stream.max_age = std::chrono::hours(1);
-  o.stream.max_bytes = 256 * 1024 * 1024;
-  return o;
-}
+bus::bus_options options_for(const std::string& stem) { return test_env::test_bus_options(stem); }
 
 struct js_fixture {
   mq::connection conn{{.url = test_env::nats_url()}};
@@ -49,25 +40,7 @@ struct js_fixture {
   explicit js_fixture(const std::string& stem = "js") : opts(options_for(stem)) {}
   ~js_fixture() { (void)js.delete_stream(opts.stream); }
 
-  // Every message in the stream, read through a throwaway consumer that starts at the beginning.
-  std::vector<bus::message> read_all(std::size_t expected) {
-    bus::consumer_config all;
-    all.name = test_env::unique_name("reader");
-    all.filter_subject = opts.stream.subject_prefix + ".>";
-    all.start_time = std::chrono::system_clock::time_point{};  // from the stream's start
-    std::vector<bus::consumer_config> v{all};
-    js.provision(opts.stream, v);
-    auto c = js.open_consumer(opts.stream, all.name);
-    std::vector<bus::message> out;
-    const auto deadline = std::chrono::steady_clock::now() + 30s;
-    while (out.size() < expected && std::chrono::steady_clock::now() < deadline) {
-      for (auto& d : c->fetch(256, 1s)) {
-        out.push_back(d->msg());
-        d->ack();
-      }
-    }
-    return out;
-  }
+  std::vector<bus::message> read_all(std::size_t expected) { return test_env::read_stream(js, opts.stream, expected); }
 };
 
 }  // namespace

@@ -39,6 +39,8 @@ struct bus_options {
   /// The application's fixed name: consumers are "<group>_<listener>". Never a host or pid.
   std::string group = "omnibus";
   stream_config stream;
+  /// The PostgreSQL schema of the library's tables (outbox, dead letters, inbox).
+  std::string schema = "omnibus";
   std::size_t max_body_bytes = default_max_body_bytes;
   /// How long publish() without a transaction waits for the stream's ack.
   std::chrono::milliseconds publish_timeout = std::chrono::seconds(5);

@@ -1,0 +1,38 @@
+#pragma once
+// The library's own tables (outbox, dead letters, inbox), created and upgraded by versioned
+// migrations inside a schema of the application's choosing.
+
+#include <string>
+#include <string_view>
+
+#include "bus/fwd.hpp"
+
+namespace pqxx {
+class connection_base;
+}
+
+namespace bus {
+
+/// The newest schema version this build knows.
+[[nodiscard]] int latest_schema_version() noexcept;
+
+/// Applies every missing migration to `schema`, in one transaction, under a transaction-level
+/// advisory lock taken before anything is created, so processes starting at once are safe.
+/// Throws bus::error when the database's version is newer than this build's (refuse to start),
+/// and std::invalid_argument for a schema name that is not [a-z_][a-z0-9_]*.
+/// Returns the version the schema is at afterwards. Uses `conn` from the calling thread only.
+int migrate(pqxx::connection_base& conn, std::string_view schema);
+
+/// The version `schema` is at: 0 when it has no Omnibus tables.
+[[nodiscard]] int schema_version(pqxx::connection_base& conn, std::string_view schema);
+
+/// Every migration as one SQL script, for users who run migrations with their own tool
+/// (Flyway, Liquibase, psql). Idempotent: it records versions as migrate() does.
+[[nodiscard]] std::string migrations_sql(std::string_view schema);
+
+namespace detail {
+/// Throws std::invalid_argument unless `schema` is [a-z_][a-z0-9_]{0,62}.
+void check_schema_name(std::string_view schema);
+}  // namespace detail
+
+}  // namespace bus

@@ -1,0 +1,31 @@
+#pragma once
+// The transactional outbox: async events published inside a transaction are rows in
+// <schema>.bus_outbox, written in that transaction; the relay sends them after commit.
+
+#include <span>
+#include <string>
+#include <string_view>
+
+#include "bus/fwd.hpp"
+#include "bus/message.hpp"
+
+namespace bus {
+
+/// INSERTs `msg` into <schema>.bus_outbox in `tx` and queues a NOTIFY that wakes the relay at
+/// commit. One round trip. Throws what pqxx throws (the caller's transaction is then aborted).
+void outbox_insert(pqxx::transaction_base& tx, std::string_view schema, const message& msg);
+
+/// Writes all of `msgs` in one COPY (pqxx::stream_to), in order, then one NOTIFY.
+void outbox_insert_batch(pqxx::transaction_base& tx, std::string_view schema, std::span<const message> msgs);
+
+/// The NOTIFY channel of `schema`'s outbox.
+[[nodiscard]] std::string outbox_channel(std::string_view schema);
+
+namespace detail {
+/// Headers as stored in the outbox: "Name: value" lines joined by CR LF.
+[[nodiscard]] std::string join_headers(const message& msg);
+/// The inverse of join_headers. Throws bus::error for a line without ": ".
+void split_headers(std::string_view text, message& out);
+}  // namespace detail
+
+}  // namespace bus

@@ -1,0 +1,94 @@
+// A second process for the outbox tests.
+//   outbox_tool publish <schema> <stream> <count>   commits <count> events in one transaction,
+//                                                   then runs a relay until it has sent them
+//   outbox_tool relay <schema> <stream> <batch>     runs a relay until SIGTERM, then prints
+//                                                   "relayed=<n> duplicates=<d>"
+// NATS and PostgreSQL come from OMNIBUS_NATS_URL and OMNIBUS_DATABASE_URL. OMNIBUS_FAILPOINT
+// makes it _exit at a chosen point (see bus/failpoint.hpp).
+
+#include <csignal>
+#include <cstdio>
+#include <cstdlib>
+#include <string>
+#include <vector>
+
+#include <pqxx/pqxx>
+#include <spdlog/sinks/stdout_sinks.h>
+#include <spdlog/spdlog.h>
+
+#include "bus/event.hpp"
+#include "bus/event_bus.hpp"
+#include "bus/migrations.hpp"
+#include "bus/relay.hpp"
+#include "mq/connection.hpp"
+#include "mq/jetstream.hpp"
+#include "tool_event.hpp"
+
+int main(int argc, char** argv) {
+  if (argc != 5) {
+    std::fprintf(stderr, "usage: outbox_tool publish|relay <schema> <stream> <count|batch>\n");
+    return 2;
+  }
+  const std::string mode = argv[1];
+  const char* nats_url = std::getenv("OMNIBUS_NATS_URL");
+  const char* db_url = std::getenv("OMNIBUS_DATABASE_URL");
+  if (nats_url == nullptr || db_url == nullptr) {
+    std::fprintf(stderr, "outbox_tool: OMNIBUS_NATS_URL and OMNIBUS_DATABASE_URL must be set\n");
+    return 2;
+  }
+  bus::bus_options opts;
+  opts.schema = argv[2];
+  opts.stream.name = argv[3];
+  opts.stream.subject_prefix = argv[3];
+  const long n = std::atol(argv[4]);
+
+  auto log = std::make_shared<spdlog::logger>("outbox_tool", std::make_shared<spdlog::sinks::stderr_sink_mt>());
+  mq::connection conn{{.url = nats_url}};
+  mq::jetstream js{conn};
+  bus::relay_options ro;
+  ro.database_url = db_url;
+  ro.schema = opts.schema;
+  ro.standby_poll = std::chrono::milliseconds(50);
+  ro.retry_backoff = std::chrono::milliseconds(100);
+
+  if (mode == "publish") {
+    pqxx::connection db{db_url};
+    bus::migrate(db, opts.schema);
+    bus::event_bus b{js, opts};
+    b.freeze();
+    {
+      pqxx::work tx{db};
+      bus::context ctx{tx};
+      for (long i = 0; i < n; ++i) b.publish(ctx, tool_event{i});
+      tx.commit();
+    }
+    std::printf("committed=%ld\n", n);
+    std::fflush(stdout);
+    bus::relay r{js, ro, log};
+    r.start();
+    while (r.stats().relayed.load() < static_cast<std::uint64_t>(n)) {
+      pqxx::nontransaction q{db};
+      if (q.exec1("SELECT count(*) FROM \"" + opts.schema + "\".bus_outbox")[0].as<long>() == 0) break;
+      q.commit();
+      ::usleep(10000);
+    }
+    return 0;
+  }
+  if (mode == "relay") {
+    ro.batch_size = static_cast<std::size_t>(n);
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGTERM);
+    pthread_sigmask(SIG_BLOCK, &set, nullptr);  // before the relay's thread starts, so it inherits the mask
+    bus::relay r{js, ro, log};
+    r.start();
+    int sig = 0;
+    sigwait(&set, &sig);
+    r.stop();
+    std::printf("relayed=%llu duplicates=%llu\n", static_cast<unsigned long long>(r.stats().relayed.load()),
+                static_cast<unsigned long long>(r.stats().duplicates.load()));
+    return 0;
+  }
+  std::fprintf(stderr, "outbox_tool: unknown mode %s\n", mode.c_str());
+  return 2;
+}
