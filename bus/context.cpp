@@ -16,4 +16,9 @@ pqxx::transaction_base& context::tx() const {
   return *tx_;
 }
 
+pqxx::connection_base& context::db() const {
+  if (db_ == nullptr) throw std::logic_error("bus::context::db() is for handlers run by the worker");
+  return db_->connection();
+}
+
 }  // namespace bus

@@ -27,6 +27,32 @@ constexpr std::array migrations{
               "  body bytea NOT NULL,\n"
               "  created_at timestamptz NOT NULL DEFAULT now()\n"
               ");\n"},
+    migration{2, "dead letters and failure history",
+              "CREATE TABLE {s}.bus_dead_letters (\n"
+              "  id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,\n"
+              "  listener text NOT NULL,\n"
+              "  event_id text NOT NULL,  -- Nats-Msg-Id as received; 'seq:<n>' for a message without one\n"
+              "  event_name text,         -- the Omnibus-Event header, when there was one\n"
+              "  subject text NOT NULL,\n"
+              "  headers text NOT NULL,\n"
+              "  body bytea NOT NULL,\n"
+              "  reason text NOT NULL,    -- handler_failed, permanent, malformed_body, name_mismatch, ...\n"
+              "  error text NOT NULL,\n"
+              "  attempts int NOT NULL,\n"
+              "  first_failed_at timestamptz NOT NULL,\n"
+              "  last_failed_at timestamptz NOT NULL,\n"
+              "  stream_sequence bigint,\n"
+              "  UNIQUE (listener, event_id)\n"
+              ");\n"
+              "CREATE TABLE {s}.bus_failures (  -- events whose listener failed and will be retried\n"
+              "  listener text NOT NULL,\n"
+              "  event_id text NOT NULL,\n"
+              "  failures int NOT NULL DEFAULT 1,\n"
+              "  first_failed_at timestamptz NOT NULL DEFAULT now(),\n"
+              "  last_failed_at timestamptz NOT NULL DEFAULT now(),\n"
+              "  last_error text NOT NULL,\n"
+              "  PRIMARY KEY (listener, event_id)\n"
+              ");\n"},
 };
 
 std::string with_schema(const char* sql, std::string_view schema) {

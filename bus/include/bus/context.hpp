@@ -24,6 +24,15 @@ struct metadata {
   [[nodiscard]] const std::string* value(std::string_view key) const noexcept;
 };
 
+/// Where a handler's context gets its database connection: the worker's pool. Implemented
+/// by the worker; a context never owns the connection.
+class connection_source {
+ public:
+  virtual ~connection_source() = default;
+  /// A connection for the rest of the handler call, on the calling thread. Throws bus::error.
+  virtual pqxx::connection_base& connection() = 0;
+};
+
 /// The publisher's side of a publish, or the worker's side of a handler call. Not
 /// thread-safe: one context belongs to one call chain on one thread.
 class context {
@@ -41,6 +50,12 @@ class context {
   /// The caller's transaction; throws std::logic_error when the context has none.
   [[nodiscard]] pqxx::transaction_base& tx() const;
 
+  /// In a worker's handler: a pooled connection, leased on first use for the rest of the
+  /// call (the same one each time). Throws std::logic_error outside the worker.
+  [[nodiscard]] pqxx::connection_base& db() const;
+  /// Set by the worker; `source` must outlive the handler call.
+  void set_connection_source(connection_source* source) noexcept { db_ = source; }
+
   [[nodiscard]] bus::metadata& meta() noexcept { return meta_; }
   [[nodiscard]] const bus::metadata& meta() const noexcept { return meta_; }
 
@@ -53,6 +68,7 @@ class context {
 
  private:
   pqxx::transaction_base* tx_ = nullptr;  // borrowed
+  connection_source* db_ = nullptr;       // borrowed
   bus::metadata meta_;
   clock::time_point deadline_ = clock::time_point::max();
   std::stop_token stop_;

@@ -4,9 +4,7 @@
 #include <string>
 #include <string_view>
 
-namespace pqxx {
-class transaction_base;
-}
+#include <pqxx/types>  // libpqxx's own forward declarations (connection_base, transaction_base, ...)
 
 namespace bus {
 

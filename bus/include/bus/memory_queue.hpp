@@ -34,6 +34,8 @@ class memory_queue final : public queue {
   std::optional<consumer_info> info(const stream_config& stream, const std::string& consumer_name) override;
   std::vector<consumer_info> consumers(const stream_config& stream) override;
   bool delete_consumer(const stream_config& stream, const std::string& consumer_name) override;
+  void flush(std::chrono::milliseconds) override {}
+
 
   /// Every message stored so far, in stream order (a copy).
   [[nodiscard]] std::vector<message> messages() const;

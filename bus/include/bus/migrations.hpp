@@ -7,10 +7,6 @@
 
 #include "bus/fwd.hpp"
 
-namespace pqxx {
-class connection_base;
-}
-
 namespace bus {
 
 /// The newest schema version this build knows.

@@ -130,6 +130,8 @@ class queue {
   [[nodiscard]] virtual std::vector<consumer_info> consumers(const stream_config& stream) = 0;
   /// Deletes a durable consumer; false when it did not exist.
   virtual bool delete_consumer(const stream_config& stream, const std::string& consumer_name) = 0;
+  /// Waits until every ack, nak and term sent so far has reached the server, at most `timeout`.
+  virtual void flush(std::chrono::milliseconds timeout) = 0;
 };
 
 }  // namespace bus

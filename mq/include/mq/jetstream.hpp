@@ -45,6 +45,9 @@ class jetstream final : public bus::queue {
   std::optional<bus::consumer_info> info(const bus::stream_config& stream, const std::string& consumer_name) override;
   std::vector<bus::consumer_info> consumers(const bus::stream_config& stream) override;
   bool delete_consumer(const bus::stream_config& stream, const std::string& consumer_name) override;
+  /// natsConnection_FlushTimeout: acks, naks and terms are fire-and-forget publishes.
+  void flush(std::chrono::milliseconds timeout) override { conn_.flush(timeout); }
+
 
   /// The stream's last sequence (0 when empty). Throws mq::error when the stream is missing.
   [[nodiscard]] std::uint64_t last_sequence(const bus::stream_config& stream);

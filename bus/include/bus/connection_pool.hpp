@@ -1,0 +1,62 @@
+#pragma once
+// A fixed-size pool of PostgreSQL connections for the worker's handler slots: a pqxx
+// connection belongs to one thread at a time, so each handler call leases one.
+
+#include <chrono>
+#include <condition_variable>
+#include <cstddef>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "bus/fwd.hpp"
+
+namespace bus {
+
+/// Thread-safe. Connections are opened lazily, and one that broke is replaced on its next lease.
+class connection_pool {
+ public:
+  /// `url` is never logged or put in an error message.
+  connection_pool(std::string url, std::size_t size);
+  ~connection_pool();
+  connection_pool(const connection_pool&) = delete;
+  connection_pool& operator=(const connection_pool&) = delete;
+
+  struct slot;  ///< one pqxx::connection (private)
+
+  /// One connection, for one thread, until the lease ends. Movable.
+  class lease {
+   public:
+    lease(lease&& other) noexcept;
+    lease& operator=(lease&&) = delete;
+    ~lease();
+    [[nodiscard]] pqxx::connection_base& operator*() const noexcept;
+    [[nodiscard]] pqxx::connection_base* operator->() const noexcept { return &**this; }
+    /// Drop the connection instead of returning it (after a failure that may have broken it).
+    void discard() noexcept { discard_ = true; }
+
+   private:
+    friend class connection_pool;
+    lease(connection_pool& pool, std::unique_ptr<slot> conn) noexcept;
+    connection_pool* pool_;
+    std::unique_ptr<slot> conn_;
+    bool discard_ = false;
+  };
+
+  /// Waits up to `timeout` for a free connection. Throws bus::error on timeout or when
+  /// PostgreSQL cannot be reached (without the URL in the message).
+  [[nodiscard]] lease acquire(std::chrono::milliseconds timeout);
+
+ private:
+  void give_back(std::unique_ptr<slot> conn, bool discard) noexcept;
+
+  std::string url_;
+  std::size_t size_;
+  std::mutex mutex_;
+  std::condition_variable freed_;
+  std::vector<std::unique_ptr<slot>> idle_;
+  std::size_t leased_ = 0;
+};
+
+}  // namespace bus

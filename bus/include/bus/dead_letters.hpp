@@ -1,0 +1,57 @@
+#pragma once
+// Dead letters and failure history in PostgreSQL (<schema>.bus_dead_letters, bus_failures).
+
+#include <chrono>
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "bus/fwd.hpp"
+#include "bus/message.hpp"
+
+namespace bus {
+
+/// One message a listener gave up on.
+struct dead_letter {
+  std::int64_t id = 0;  ///< assigned by the database
+  std::string listener;
+  std::string event_id;    ///< Nats-Msg-Id as received, or "seq:<stream sequence>" without one
+  std::string event_name;  ///< the Omnibus-Event header, or empty
+  message msg;             ///< subject, headers and body exactly as delivered
+  std::string reason;      ///< handler_failed, permanent, or a decode_failure name
+  std::string error;
+  int attempts = 0;
+  std::chrono::system_clock::time_point first_failed_at{};
+  std::chrono::system_clock::time_point last_failed_at{};
+  std::uint64_t stream_sequence = 0;
+};
+
+/// Records one failed attempt (upsert on (listener, event id)), in its own transaction.
+void record_failure(pqxx::connection_base& conn, std::string_view schema, std::string_view listener,
+                    std::string_view event_id, std::string_view error);
+
+/// Forgets the failure history of an event its listener has now handled.
+void clear_failure(pqxx::connection_base& conn, std::string_view schema, std::string_view listener,
+                   std::string_view event_id);
+
+/// Writes the dead letter and removes its failure history, in one transaction that has
+/// committed when this returns. Idempotent on (listener, event id): a second write updates
+/// attempts, error and last_failed_at. first_failed_at comes from the failure history (now
+/// when there is none).
+void write_dead_letter(pqxx::connection_base& conn, std::string_view schema, const dead_letter& dl);
+
+/// Dead letters, newest first, optionally only one listener's or one event name's.
+[[nodiscard]] std::vector<dead_letter> list_dead_letters(pqxx::connection_base& conn, std::string_view schema,
+                                                         std::string_view listener = {},
+                                                         std::string_view event_name = {}, std::size_t limit = 100);
+
+/// One dead letter by id, or nullopt.
+[[nodiscard]] std::optional<dead_letter> find_dead_letter(pqxx::connection_base& conn, std::string_view schema,
+                                                          std::int64_t id);
+
+/// Deletes one dead letter; false when it did not exist.
+bool discard_dead_letter(pqxx::connection_base& conn, std::string_view schema, std::int64_t id);
+
+}  // namespace bus

@@ -1,0 +1,75 @@
+#pragma once
+// The worker: drains every async listener's durable consumer with retries, dead letters,
+// deadlines and graceful shutdown (DESIGN decisions 8, 9, 11, 13, 14, 15).
+//
+// Threads: one fetcher per listener (a blocking fetch never occupies a handler thread), a
+// Boost.Asio pool with one thread per handler slot for the handlers (never NATS.c's threads),
+// and the thread that calls run(), which signals in-progress and enforces deadlines.
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <stop_token>
+#include <string>
+
+#include <spdlog/fwd.h>
+
+#include "bus/error.hpp"
+#include "bus/event_bus.hpp"
+
+namespace bus {
+
+/// The delay before the next attempt after attempt `attempt` (1-based) failed:
+/// min(initial * multiplier^(attempt-1), max), scaled by 1 + jitter * (2 * unit_random - 1).
+[[nodiscard]] std::chrono::milliseconds retry_delay(const retry_policy& policy, std::uint64_t attempt,
+                                                    double unit_random) noexcept;
+
+struct worker_options {
+  std::string database_url;  ///< dead letters and handlers' connections; never logged
+  std::size_t pool_size = 0;                                  ///< 0: one connection per handler slot
+  std::chrono::milliseconds fetch_wait{500};                  ///< one fetch's long poll
+  std::chrono::milliseconds shutdown_grace{10000};            ///< how long in-flight handlers may finish
+  std::chrono::milliseconds newer_version_delay{30000};       ///< nak delay for a version this build cannot read
+  std::chrono::milliseconds tick{50};                         ///< deadline and in-progress granularity
+  std::chrono::milliseconds db_wait{5000};                    ///< for a pooled connection
+};
+
+/// Counters, readable from any thread while the worker runs.
+struct worker_stats {
+  std::atomic<std::uint64_t> handled{0};        ///< handler returned, message acked
+  std::atomic<std::uint64_t> failed{0};         ///< handler threw and the message was nak'd for a retry
+  std::atomic<std::uint64_t> dead_lettered{0};  ///< written to bus_dead_letters, then termed
+  std::atomic<std::uint64_t> timed_out{0};      ///< handler passed its deadline
+  std::atomic<std::uint64_t> deferred{0};       ///< a newer version than this build knows, nak'd with a delay
+};
+
+/// Thrown by run() when every handler slot of a listener is stuck past its deadline. The
+/// stuck threads cannot be stopped: exit the process (non-zero) so its supervisor restarts it.
+class worker_stuck : public error {
+ public:
+  using error::error;
+};
+
+/// Runs `bus`'s async listeners. Borrows `bus` (and its queue), which must outlive it.
+class worker {
+ public:
+  worker(event_bus& bus, worker_options options, std::shared_ptr<spdlog::logger> log);
+  ~worker();
+  worker(const worker&) = delete;
+  worker& operator=(const worker&) = delete;
+
+  /// Migrates the schema, provisions (freezing the bus), then drains until `stop` is requested,
+  /// and shuts down gracefully: stop fetching, nak what was fetched but not started, let
+  /// in-flight handlers finish within shutdown_grace (nak the rest), flush, return. Throws
+  /// worker_stuck, or bus::error / mq::error when start-up fails. Call once.
+  void run(std::stop_token stop);
+
+  [[nodiscard]] const worker_stats& stats() const noexcept;
+
+ private:
+  struct impl;
+  std::unique_ptr<impl> impl_;
+};
+
+}  // namespace bus

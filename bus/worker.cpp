@@ -1,0 +1,424 @@
+#include "bus/worker.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <condition_variable>
+#include <mutex>
+#include <optional>
+#include <random>
+#include <thread>
+#include <utility>
+#include <vector>
+
+#include <boost/asio/post.hpp>
+#include <boost/asio/thread_pool.hpp>
+#include <pqxx/pqxx>
+#include <spdlog/spdlog.h>
+
+#include "bus/connection_pool.hpp"
+#include "bus/dead_letters.hpp"
+#include "bus/envelope.hpp"
+#include "bus/migrations.hpp"
+
+namespace bus {
+
+std::chrono::milliseconds retry_delay(const retry_policy& p, std::uint64_t attempt, double unit_random) noexcept {
+  const double exponent = attempt > 0 ? static_cast<double>(attempt - 1) : 0.0;
+  double nominal = static_cast<double>(p.initial.count()) * std::pow(p.multiplier, exponent);
+  nominal = std::min(nominal, static_cast<double>(p.max.count()));
+  const double factor = 1.0 + p.jitter * (2.0 * unit_random - 1.0);
+  return std::chrono::milliseconds(std::llround(std::max(0.0, nominal * factor)));
+}
+
+namespace {
+
+using clock = std::chrono::steady_clock;
+
+double unit_random() {
+  thread_local std::mt19937_64 random{std::random_device{}()};
+  return std::uniform_real_distribution<double>(0.0, 1.0)(random);
+}
+
+bool wait_for(std::stop_token& stop, clock::duration d) {
+  std::mutex m;
+  std::condition_variable_any cv;
+  std::unique_lock lock(m);
+  return !cv.wait_for(lock, stop, d, [] { return false; });
+}
+
+struct listener_state;
+
+// One delivery from fetch to settlement.
+struct job {
+  listener_state* l = nullptr;
+  std::unique_ptr<delivery> d;
+  std::mutex settle_mutex;  // ack/nak/term/in_progress on one message never run at once
+  bool settled = false;     // under settle_mutex: the first to settle (handler or deadline) wins
+  bool timed_out = false;   // under the listener's mutex
+  clock::time_point deadline;
+  clock::time_point last_progress;
+  std::stop_source stop;
+};
+
+struct listener_state {
+  const async_listener* def = nullptr;
+  std::unique_ptr<consumer> cons;
+  std::mutex mutex;
+  std::condition_variable_any slot_freed;
+  int in_flight = 0;  // slots taken, stuck ones included
+  int stuck = 0;      // past the deadline, handler still running
+  std::vector<std::shared_ptr<job>> jobs;
+};
+
+// A handler's database connection, leased from the pool on first use.
+class lazy_connection final : public connection_source {
+ public:
+  lazy_connection(connection_pool& pool, std::chrono::milliseconds wait) : pool_(pool), wait_(wait) {}
+  pqxx::connection_base& connection() override {
+    if (!lease_) lease_.emplace(pool_.acquire(wait_));
+    return **lease_;
+  }
+
+ private:
+  connection_pool& pool_;
+  std::chrono::milliseconds wait_;
+  std::optional<connection_pool::lease> lease_;
+};
+
+std::string event_id_of(const delivery& d) {
+  if (const std::string* id = d.msg().header(header::msg_id); id != nullptr && !id->empty()) return *id;
+  return "seq:" + std::to_string(d.stream_sequence());
+}
+
+std::string event_name_of(const delivery& d) {
+  const std::string* n = d.msg().header(header::event);
+  return n != nullptr ? *n : std::string();
+}
+
+}  // namespace
+
+struct worker::impl {
+  impl(event_bus& b, worker_options o, std::shared_ptr<spdlog::logger> l)
+      : bus(b), opts(std::move(o)), log(std::move(l)) {}
+
+  event_bus& bus;
+  worker_options opts;
+  std::shared_ptr<spdlog::logger> log;
+  worker_stats stats;
+  std::vector<std::unique_ptr<listener_state>> listeners;
+  std::unique_ptr<connection_pool> pool;
+  std::unique_ptr<boost::asio::thread_pool> threads;
+  std::atomic<bool> shutting_down{false};
+
+  // Settles `j` with `f` unless someone already did. Returns whether this call settled it.
+  template <class F>
+  bool settle(job& j, const char* what, F&& f) {
+    std::lock_guard lock(j.settle_mutex);
+    if (j.settled) return false;
+    j.settled = true;
+    try {
+      f(*j.d);
+    } catch (const std::exception& e) {
+      // The message is not lost: unsettled, the server redelivers it after AckWait.
+      log->error("listener {}: {} event {} failed: {}", j.l->def->name, what, event_id_of(*j.d), e.what());
+    }
+    return true;
+  }
+
+  void fetch_loop(listener_state& l, std::stop_token stop) {
+    const int slots = l.def->options.concurrency;
+    while (!stop.stop_requested()) {
+      int free = 0;
+      {
+        std::unique_lock lock(l.mutex);
+        if (!l.slot_freed.wait(lock, stop, [&] { return l.in_flight < slots; })) break;
+        free = slots - l.in_flight;
+      }
+      std::vector<std::unique_ptr<delivery>> batch;
+      try {
+        batch = l.cons->fetch(static_cast<std::size_t>(free), opts.fetch_wait);
+      } catch (const std::exception& e) {
+        log->warn("listener {}: fetch failed: {}; retrying in 1 s", l.def->name, e.what());
+        if (!wait_for(stop, std::chrono::seconds(1))) break;
+        continue;
+      }
+      for (auto& d : batch) {
+        if (stop.stop_requested() || shutting_down) {
+          // Fetched but not started: give it back at once for another worker.
+          auto j = std::make_shared<job>();
+          j->l = &l;
+          j->d = std::move(d);
+          settle(*j, "returning", [](delivery& x) { x.nak(std::chrono::milliseconds(0)); });
+          continue;
+        }
+        auto j = std::make_shared<job>();
+        j->l = &l;
+        j->d = std::move(d);
+        j->deadline = clock::now() + l.def->options.deadline;
+        j->last_progress = clock::now();
+        {
+          std::lock_guard lock(l.mutex);
+          ++l.in_flight;
+          l.jobs.push_back(j);
+        }
+        boost::asio::post(*threads, [this, j] {
+          run_job(*j);
+          finish(j);
+        });
+      }
+    }
+  }
+
+  void finish(const std::shared_ptr<job>& j) {
+    listener_state& l = *j->l;
+    {
+      std::lock_guard lock(l.mutex);
+      --l.in_flight;
+      if (j->timed_out) --l.stuck;
+      std::erase(l.jobs, j);
+    }
+    l.slot_freed.notify_all();
+  }
+
+  void run_job(job& j) {
+    const async_listener& def = *j.l->def;
+    delivery& d = *j.d;
+    if (shutting_down) {
+      settle(j, "returning", [](delivery& x) { x.nak(std::chrono::milliseconds(0)); });
+      return;
+    }
+    const std::uint64_t attempt = d.delivery_count();
+    envelope env;
+    try {
+      env = decode(d.msg(), bus.options().stream.subject_prefix, bus.options().max_body_bytes);
+    } catch (const decode_error& e) {
+      dead_letter_now(j, to_string(e.kind()), e.what(), attempt);
+      return;
+    }
+
+    std::string failure;
+    {
+      context ctx;
+      ctx.meta() = env.meta;
+      ctx.set_deadline(j.deadline);
+      ctx.set_stop_token(j.stop.get_token());
+      lazy_connection db{*pool, opts.db_wait};  // returned to the pool at the end of this scope
+      ctx.set_connection_source(&db);
+      try {
+        def.handler(ctx, env);
+      } catch (const decode_error& e) {
+        if (e.kind() == decode_failure::newer_version) {
+          log->info("listener {}: {} {} is a newer version than this build knows; retrying in {} ms", def.name,
+                    env.name, env.id.to_string(), opts.newer_version_delay.count());
+          settle(j, "deferring", [&](delivery& x) { x.nak(opts.newer_version_delay); });
+          stats.deferred.fetch_add(1, std::memory_order_relaxed);
+          return;
+        }
+        dead_letter_now(j, to_string(e.kind()), e.what(), attempt);
+        return;
+      } catch (const permanent_error& e) {
+        dead_letter_now(j, "permanent", e.what(), attempt);
+        return;
+      } catch (const std::exception& e) {
+        failure = e.what();
+      } catch (...) {
+        failure = "a handler threw something that is not a std::exception";
+      }
+    }
+    if (!failure.empty()) {
+      failed(j, env, failure, attempt);
+      return;
+    }
+    if (!settle(j, "acking", [](delivery& x) { x.ack(); })) {
+      log->warn("listener {}: {} {} finished after its deadline; the late result is discarded", def.name, env.name,
+                env.id.to_string());
+      return;
+    }
+    stats.handled.fetch_add(1, std::memory_order_relaxed);
+    if (attempt > 1) {
+      try {
+        auto lease = pool->acquire(opts.db_wait);
+        clear_failure(*lease, bus.options().schema, def.name, env.id.to_string());
+      } catch (const std::exception& e) {
+        log->warn("listener {}: could not clear the failure history of {}: {}", def.name, env.id.to_string(), e.what());
+      }
+    }
+  }
+
+  void failed(job& j, const envelope& env, const std::string& error, std::uint64_t attempt) {
+    const async_listener& def = *j.l->def;
+    const auto max = static_cast<std::uint64_t>(def.options.retry.max_attempts);
+    log->warn("listener {}: {} {} attempt {}/{} failed: {}", def.name, env.name, env.id.to_string(), attempt, max, error);
+    if (attempt >= max) {
+      dead_letter_now(j, "handler_failed", error, attempt);
+      return;
+    }
+    try {
+      auto lease = pool->acquire(opts.db_wait);
+      record_failure(*lease, bus.options().schema, def.name, env.id.to_string(), error);
+    } catch (const std::exception& e) {
+      log->warn("listener {}: could not record the failure of {}: {}", def.name, env.id.to_string(), e.what());
+    }
+    const auto delay = retry_delay(def.options.retry, attempt, unit_random());
+    if (settle(j, "naking", [&](delivery& x) { x.nak(delay); })) stats.failed.fetch_add(1, std::memory_order_relaxed);
+  }
+
+  void dead_letter_now(job& j, const std::string& reason, const std::string& error, std::uint64_t attempt) {
+    const async_listener& def = *j.l->def;
+    dead_letter dl;
+    dl.listener = def.name;
+    dl.event_id = event_id_of(*j.d);
+    dl.event_name = event_name_of(*j.d);
+    dl.msg = j.d->msg();
+    dl.reason = reason;
+    dl.error = error;
+    dl.attempts = static_cast<int>(attempt);
+    dl.stream_sequence = j.d->stream_sequence();
+    try {
+      auto lease = pool->acquire(opts.db_wait);
+      write_dead_letter(*lease, bus.options().schema, dl);  // committed before the term below
+    } catch (const std::exception& e) {
+      log->error("listener {}: could not write the dead letter of {} ({}): {}; it will be retried", def.name,
+                 dl.event_id, error, e.what());
+      const auto delay = retry_delay(def.options.retry, attempt, unit_random());
+      settle(j, "naking", [&](delivery& x) { x.nak(delay); });
+      return;
+    }
+    log->error("listener {}: {} {} dead-lettered after {} attempt(s) ({}): {}", def.name,
+               dl.event_name.empty() ? "message" : dl.event_name, dl.event_id, attempt, reason, error);
+    settle(j, "terminating", [](delivery& x) { x.term(); });
+    stats.dead_lettered.fetch_add(1, std::memory_order_relaxed);
+  }
+
+  // Signals progress for long handlers, and enforces deadlines. Returns the name of a listener
+  // whose every slot is stuck, or "".
+  std::string monitor() {
+    const auto now = clock::now();
+    for (auto& lp : listeners) {
+      listener_state& l = *lp;
+      const auto progress_every = std::max<clock::duration>(l.def->options.ack_wait / 4, opts.tick);
+      std::lock_guard lock(l.mutex);
+      for (const auto& jp : l.jobs) {
+        job& j = *jp;
+        if (j.timed_out) continue;
+        if (now >= j.deadline) {
+          j.timed_out = true;
+          ++l.stuck;
+          stats.timed_out.fetch_add(1, std::memory_order_relaxed);
+          const auto attempt = j.d->delivery_count();
+          const auto delay = retry_delay(l.def->options.retry, attempt, unit_random());
+          if (settle(j, "naking a timed-out", [&](delivery& x) { x.nak(delay); })) {
+            log->warn("listener {}: event {} attempt {} passed its {} ms deadline; retrying in {} ms", l.def->name,
+                      event_id_of(*j.d), attempt, l.def->options.deadline.count(), delay.count());
+          }
+          j.stop.request_stop();
+        } else if (now - j.last_progress >= progress_every) {
+          std::lock_guard settle_lock(j.settle_mutex);
+          if (!j.settled) {
+            try {
+              j.d->in_progress();
+            } catch (const std::exception& e) {
+              log->warn("listener {}: in-progress signal for {} failed: {}", l.def->name, event_id_of(*j.d), e.what());
+            }
+          }
+          j.last_progress = now;
+        }
+      }
+      if (l.stuck >= l.def->options.concurrency) return l.def->name;
+    }
+    return {};
+  }
+
+  int in_flight() {
+    int n = 0;
+    for (auto& l : listeners) {
+      std::lock_guard lock(l->mutex);
+      n += l->in_flight;
+    }
+    return n;
+  }
+};
+
+worker::worker(event_bus& bus, worker_options options, std::shared_ptr<spdlog::logger> log)
+    : impl_(std::make_unique<impl>(bus, std::move(options), std::move(log))) {
+  if (!impl_->log) throw std::invalid_argument("bus::worker needs a logger");
+  if (impl_->opts.database_url.empty()) throw std::invalid_argument("bus::worker needs a database_url (dead letters live there)");
+  if (bus.target() == nullptr) throw std::invalid_argument("bus::worker needs a bus with a queue");
+}
+
+worker::~worker() {
+  // After an abandoned shutdown the pool's threads may be stuck in handlers: never join them.
+  if (impl_->threads && impl_->shutting_down && impl_->in_flight() > 0) (void)impl_->threads.release();
+}
+
+const worker_stats& worker::stats() const noexcept { return impl_->stats; }
+
+void worker::run(std::stop_token stop) {
+  impl& w = *impl_;
+  std::size_t slots = 0;
+  for (const async_listener& l : w.bus.async_listeners()) slots += static_cast<std::size_t>(l.options.concurrency);
+  w.pool = std::make_unique<connection_pool>(w.opts.database_url, w.opts.pool_size > 0 ? w.opts.pool_size : std::max<std::size_t>(slots, 1));
+  {
+    auto lease = w.pool->acquire(w.opts.db_wait);
+    migrate(*lease, w.bus.options().schema);
+  }
+  w.bus.provision();
+  for (const async_listener& l : w.bus.async_listeners()) {
+    auto st = std::make_unique<listener_state>();
+    st->def = &l;
+    st->cons = w.bus.target()->open_consumer(w.bus.options().stream, l.consumer_name);
+    w.listeners.push_back(std::move(st));
+  }
+  w.threads = std::make_unique<boost::asio::thread_pool>(std::max<std::size_t>(slots, 1));
+  w.log->info("worker: {} listener(s), {} handler slot(s)", w.listeners.size(), slots);
+
+  std::stop_source fetch_stop;
+  std::vector<std::jthread> fetchers;
+  for (auto& l : w.listeners) {
+    fetchers.emplace_back([&w, &l, token = fetch_stop.get_token()] { w.fetch_loop(*l, token); });
+  }
+
+  std::string stuck;
+  while (!stop.stop_requested() && stuck.empty()) {
+    wait_for(stop, w.opts.tick);
+    stuck = w.monitor();
+  }
+
+  // Graceful shutdown (decision 14).
+  w.shutting_down = true;
+  fetch_stop.request_stop();
+  for (auto& l : w.listeners) l->slot_freed.notify_all();
+  fetchers.clear();  // joins: no fetch after this
+  const auto grace_end = clock::now() + (stuck.empty() ? w.opts.shutdown_grace : std::chrono::milliseconds(0));
+  while (w.in_flight() > 0 && clock::now() < grace_end) {
+    std::this_thread::sleep_for(w.opts.tick);
+    (void)w.monitor();
+  }
+  int abandoned = 0;
+  for (auto& l : w.listeners) {
+    std::lock_guard lock(l->mutex);
+    for (auto& j : l->jobs) {
+      j->stop.request_stop();
+      if (w.settle(*j, "returning", [](delivery& x) { x.nak(std::chrono::milliseconds(0)); })) ++abandoned;
+    }
+  }
+  try {
+    w.bus.target()->flush(std::chrono::seconds(5));
+  } catch (const std::exception& e) {
+    w.log->error("worker: flushing acks at shutdown failed: {}", e.what());
+  }
+  if (w.in_flight() == 0) {
+    w.threads->join();
+  } else {
+    w.log->error("worker: {} handler(s) still running after the shutdown grace; their messages were returned",
+                 w.in_flight());
+  }
+  if (abandoned > 0) w.log->warn("worker: returned {} unfinished message(s) for redelivery", abandoned);
+  if (!stuck.empty()) {
+    throw worker_stuck("every handler slot of listener " + stuck +
+                       " is stuck past its deadline; exit so that the supervisor restarts this worker");
+  }
+  w.log->info("worker: stopped");
+}
+
+}  // namespace bus

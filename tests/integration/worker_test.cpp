@@ -1,0 +1,351 @@
+// The worker against real nats-server and PostgreSQL: retries, dead letters, isolation between
+// listeners, garbage, deadlines, shared load across processes, SIGTERM and kill -9.
+
+#include <atomic>
+#include <chrono>
+#include <csignal>
+#include <future>
+#include <map>
+#include <mutex>
+#include <set>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <catch2/catch.hpp>
+#include <pqxx/pqxx>
+#include <spdlog/sinks/ostream_sink.h>
+#include <spdlog/spdlog.h>
+
+#include "bus/dead_letters.hpp"
+#include "bus/event_bus.hpp"
+#include "bus/migrations.hpp"
+#include "bus/worker.hpp"
+#include "mq/connection.hpp"
+#include "mq/jetstream.hpp"
+#include "support/child_process.hpp"
+#include "support/stream_reader.hpp"
+#include "support/test_env.hpp"
+#include "support/wait.hpp"
+#include "tools/tool_event.hpp"
+
+namespace {
+
+using namespace std::chrono_literals;
+
+struct worker_fixture {
+  mq::connection conn{{.url = test_env::nats_url()}};
+  mq::jetstream js{conn};
+  bus::bus_options opts = test_env::test_bus_options("worker");
+  pqxx::connection db{test_env::database_url()};
+  std::ostringstream log_text;
+  std::mutex log_mutex;
+  std::shared_ptr<spdlog::logger> log =
+      std::make_shared<spdlog::logger>("test", std::make_shared<spdlog::sinks::ostream_sink_mt>(log_text));
+  bus::event_bus b{js, opts};
+  std::unique_ptr<bus::worker> w;
+  std::jthread runner;
+  std::exception_ptr run_error;
+
+  worker_fixture() {
+    bus::migrate(db, opts.schema);
+    pqxx::work tx{db};
+    tx.exec0("CREATE TABLE \"" + opts.schema + "\".handled (n bigint NOT NULL, worker text NOT NULL)");
+    tx.commit();
+  }
+  ~worker_fixture() {
+    stop_worker();
+    (void)js.delete_stream(opts.stream);
+    try {
+      pqxx::work tx{db};
+      tx.exec0("DROP SCHEMA IF EXISTS \"" + opts.schema + "\" CASCADE");
+      tx.commit();
+    } catch (const std::exception& e) {
+      WARN("dropping schema " << opts.schema << ": " << e.what());
+    }
+  }
+
+  void start_worker() {
+    bus::worker_options wo;
+    wo.database_url = test_env::database_url();
+    wo.fetch_wait = 200ms;
+    w = std::make_unique<bus::worker>(b, wo, log);
+    runner = std::jthread([this](std::stop_token st) {
+      try {
+        w->run(st);
+      } catch (...) {
+        run_error = std::current_exception();
+      }
+    });
+    // The worker provisions before it drains: wait for its consumers.
+    REQUIRE(test_env::eventually([&] { return js.consumers(opts.stream).size() >= b.async_listeners().size(); }, 10s));
+  }
+  void stop_worker() {
+    if (runner.joinable()) {
+      runner.request_stop();
+      runner.join();
+    }
+  }
+
+  bus::event_id publish(long n) {
+    bus::context ctx;
+    return b.publish(ctx, tool_event{n});
+  }
+  std::vector<bus::dead_letter> dead_letters(const std::string& listener = {}) {
+    return bus::list_dead_letters(db, opts.schema, listener);
+  }
+  bool settled(const std::string& listener) {  // nothing pending or unacked on its consumer
+    auto i = js.info(opts.stream, "g_" + listener);
+    return i && i->pending == 0 && i->ack_pending == 0;
+  }
+  std::string logs() {
+    log->flush();
+    return log_text.str();
+  }
+  static bus::listener_options quick_retries(int attempts) {
+    bus::listener_options o;
+    o.retry.max_attempts = attempts;
+    o.retry.initial = 20ms;
+    o.retry.max = 100ms;
+    return o;
+  }
+};
+
+}  // namespace
+
+TEST_CASE_METHOD(worker_fixture, "a handler that fails twice then succeeds runs exactly three times, and is acked",
+                 "[integration][worker]") {
+  std::atomic<int> calls{0};
+  b.add_async_listener<tool_event>("flaky", [&](bus::context&, const tool_event&) {
+    if (++calls <= 2) throw std::runtime_error("database is busy");
+  }, quick_retries(5));
+  start_worker();
+  auto id = publish(1);
+  REQUIRE(test_env::eventually([&] { return w->stats().handled.load() == 1; }, 10s));
+  REQUIRE(test_env::eventually([&] { return settled("flaky"); }, 10s));
+  CHECK(calls == 3);
+  CHECK(w->stats().failed.load() == 2);
+  CHECK(dead_letters().empty());
+  pqxx::nontransaction q{db};
+  CHECK(q.exec1("SELECT count(*) FROM \"" + opts.schema + "\".bus_failures")[0].as<int>() == 0);  // history cleared
+  // One log line per failure, naming listener, event, id, attempt and error.
+  CHECK_THAT(logs(), Catch::Contains("listener flaky: test.tool_event " + id.to_string() + " attempt 1/5 failed: database is busy"));
+  CHECK_THAT(logs(), Catch::Contains("attempt 2/5 failed"));
+}
+
+TEST_CASE_METHOD(worker_fixture, "a handler that always fails becomes one dead letter with its error and attempts",
+                 "[integration][worker]") {
+  std::atomic<int> calls{0};
+  b.add_async_listener<tool_event>("broken", [&](bus::context&, const tool_event&) {
+    ++calls;
+    throw std::runtime_error("cannot reach the mail server");
+  }, quick_retries(3));
+  start_worker();
+  auto id = publish(7);
+  REQUIRE(test_env::eventually([&] { return dead_letters().size() == 1; }, 10s));
+  REQUIRE(test_env::eventually([&] { return settled("broken"); }, 10s));
+  auto dl = dead_letters().front();
+  CHECK(dl.listener == "broken");
+  CHECK(dl.event_id == id.to_string());
+  CHECK(dl.event_name == "test.tool_event");
+  CHECK(dl.reason == "handler_failed");
+  CHECK(dl.error == "cannot reach the mail server");
+  CHECK(dl.attempts == 3);
+  CHECK(dl.first_failed_at <= dl.last_failed_at);
+  CHECK(dl.first_failed_at < dl.last_failed_at);  // the first failure was recorded two attempts earlier
+  CHECK(bus::decode_event<tool_event>(bus::decode(dl.msg, opts.stream.subject_prefix)).n == 7);
+  CHECK(calls == 3);
+}
+
+TEST_CASE_METHOD(worker_fixture, "a permanent error skips the remaining attempts", "[integration][worker]") {
+  std::atomic<int> calls{0};
+  b.add_async_listener<tool_event>("strict", [&](bus::context&, const tool_event&) {
+    ++calls;
+    throw bus::permanent_error("customer does not exist");
+  }, quick_retries(10));
+  start_worker();
+  publish(1);
+  REQUIRE(test_env::eventually([&] { return dead_letters().size() == 1; }, 10s));
+  CHECK(dead_letters().front().reason == "permanent");
+  CHECK(dead_letters().front().attempts == 1);
+  CHECK(calls == 1);
+}
+
+TEST_CASE_METHOD(worker_fixture, "a failing listener never makes another one run twice", "[integration][worker]") {
+  std::mutex m;
+  std::map<long, int> good_seen;
+  b.add_async_listener<tool_event>("good", [&](bus::context&, const tool_event& e) {
+    std::lock_guard lock(m);
+    ++good_seen[e.n];
+  });
+  b.add_async_listener<tool_event>("bad", [&](bus::context&, const tool_event& e) {
+    if (e.n == 1) throw std::runtime_error("bad listener fails on 1");
+  }, quick_retries(3));
+  start_worker();
+  publish(1);
+  REQUIRE(test_env::eventually([&] { return dead_letters("bad").size() == 1; }, 10s));  // bad's retries are over
+  publish(2);  // the sentinel
+  REQUIRE(test_env::eventually([&] {
+    std::lock_guard lock(m);
+    return good_seen.count(2) == 1;
+  }, 10s));
+  std::lock_guard lock(m);
+  CHECK(good_seen[1] == 1);
+  CHECK(good_seen[2] == 1);
+}
+
+TEST_CASE_METHOD(worker_fixture, "garbage on a listener's subject becomes a dead letter with its reason, and events after it are handled",
+                 "[integration][worker]") {
+  std::atomic<int> handled{0};
+  b.add_async_listener<tool_event>("sturdy", [&](bus::context&, const tool_event&) { ++handled; });
+  start_worker();
+  const std::string subject = opts.stream.subject_prefix + ".test.tool_event";
+
+  bus::message no_headers;  // raw bytes, nothing else
+  no_headers.subject = subject;
+  no_headers.body = "\xde\xad\xbe\xef";
+  (void)js.publish(no_headers, 5s);
+
+  bus::envelope env;  // proper headers, a body that is not msgpack
+  env.id = bus::event_id::generate();
+  env.name = "test.tool_event";
+  env.version = 1;
+  env.body = "\xc1\xc1";
+  (void)js.publish(bus::encode(env, opts.stream.subject_prefix), 5s);
+
+  bus::envelope typed = env;  // a field of the wrong type
+  typed.id = bus::event_id::generate();
+  typed.body = "\x81\xa1n\xa3one";  // {"n": "one"}
+  (void)js.publish(bus::encode(typed, opts.stream.subject_prefix), 5s);
+
+  publish(1);
+  publish(2);
+  REQUIRE(test_env::eventually([&] { return handled == 2 && dead_letters().size() == 3; }, 10s));
+  std::set<std::string> reasons;
+  for (auto& dl : dead_letters()) reasons.insert(dl.reason);
+  CHECK(reasons == std::set<std::string>{"missing_header", "malformed_body", "wrong_type"});
+  for (auto& dl : dead_letters()) CHECK(dl.attempts == 1);  // bad input is not retried
+  for (auto& dl : dead_letters()) {
+    if (dl.reason == "missing_header") {
+      CHECK(dl.msg.body == "\xde\xad\xbe\xef");  // kept byte for byte
+      CHECK(dl.event_id.rfind("seq:", 0) == 0);     // no id on the wire: keyed by stream sequence
+    }
+  }
+}
+
+TEST_CASE_METHOD(worker_fixture, "a handler past its deadline is retried while another listener keeps running",
+                 "[integration][worker]") {
+  std::promise<void> release;
+  std::shared_future<void> released = release.get_future().share();
+  std::atomic<int> slow_calls{0};
+  std::atomic<int> fast_calls{0};
+  bus::listener_options slow_opts = quick_retries(5);
+  slow_opts.deadline = 300ms;
+  slow_opts.concurrency = 2;
+  b.add_async_listener<tool_event>("slow", [&](bus::context&, const tool_event&) {
+    if (++slow_calls == 1) released.wait();  // the first call hangs, ignoring its deadline
+  }, slow_opts);
+  b.add_async_listener<tool_event>("fast", [&](bus::context&, const tool_event&) { ++fast_calls; });
+  start_worker();
+  publish(1);
+  for (long n = 2; n <= 5; ++n) publish(n);
+  // The hung call passed its deadline; its message was retried in the other slot and handled.
+  REQUIRE(test_env::eventually([&] { return w->stats().timed_out.load() == 1 && slow_calls >= 6; }, 10s));
+  CHECK(fast_calls >= 5);
+  CHECK_THAT(logs(), Catch::Contains("passed its 300 ms deadline"));
+  release.set_value();  // the late result is discarded
+  REQUIRE(test_env::eventually([&] { return logs().find("late result is discarded") != std::string::npos; }, 5s));
+  REQUIRE(test_env::eventually([&] { return settled("slow") && settled("fast"); }, 10s));
+}
+
+namespace {
+
+struct process_fixture : worker_fixture {
+  test_env::child_process worker_process(const std::string& tag, std::vector<std::string> env = {}) {
+    return test_env::child_process({test_env::tool_path("OMNIBUS_WORKER_TOOL"), opts.schema, opts.stream.name, tag},
+                                   std::move(env));
+  }
+  void publish_many(long count) {
+    std::vector<tool_event> events;
+    for (long i = 0; i < count; ++i) events.push_back({i});
+    bus::context ctx;
+    REQUIRE(b.publish_batch(ctx, std::span<const tool_event>(events)).ok());
+  }
+  long count(const std::string& where = "true") {
+    pqxx::nontransaction q{db};
+    return q.exec1("SELECT count(*) FROM \"" + opts.schema + "\".handled WHERE " + where)[0].as<long>();
+  }
+  long distinct_handled() {
+    pqxx::nontransaction q{db};
+    return q.exec1("SELECT count(DISTINCT n) FROM \"" + opts.schema + "\".handled")[0].as<long>();
+  }
+  // The recorder listener, as worker_tool registers it, so that the stream and consumer exist
+  // before the first worker process starts.
+  void provision_recorder(std::chrono::milliseconds ack_wait = 30s) {
+    bus::listener_options lo;
+    lo.ack_wait = ack_wait;
+    b.add_async_listener<tool_event>("recorder", [](bus::context&, const tool_event&) {}, lo);
+    b.provision();
+  }
+};
+
+}  // namespace
+
+TEST_CASE_METHOD(process_fixture, "two worker processes share 10,000 events, each handled once",
+                 "[integration][worker][process]") {
+  provision_recorder();
+  publish_many(10000);
+  auto a = worker_process("a", {"OMNIBUS_TEST_DELAY_MS=1"});
+  auto c = worker_process("c", {"OMNIBUS_TEST_DELAY_MS=1"});
+  REQUIRE(test_env::eventually([&] { return count() >= 10000; }, 120s));
+  a.signal(SIGTERM);
+  c.signal(SIGTERM);
+  REQUIRE(a.wait(20s) == 0);
+  REQUIRE(c.wait(20s) == 0);
+  CHECK(count() == 10000);
+  CHECK(distinct_handled() == 10000);  // no event handled twice
+  CHECK(count("worker = 'a'") >= 1000);
+  CHECK(count("worker = 'c'") >= 1000);
+}
+
+TEST_CASE_METHOD(process_fixture, "SIGTERM mid-batch: the worker exits 0 and a second worker handles the rest",
+                 "[integration][worker][process]") {
+  provision_recorder();
+  publish_many(1000);
+  auto first = worker_process("first", {"OMNIBUS_TEST_DELAY_MS=20"});
+  REQUIRE(test_env::eventually([&] { return count() >= 50; }, 30s));
+  first.signal(SIGTERM);
+  REQUIRE(first.wait(30s) == 0);
+  const long by_first = count();
+  CHECK(by_first < 1000);
+  auto second = worker_process("second");
+  REQUIRE(test_env::eventually([&] { return distinct_handled() == 1000; }, 60s));
+  second.signal(SIGTERM);
+  REQUIRE(second.wait(20s) == 0);
+  CHECK(count() == 1000);  // in-flight calls finished and were acked; nothing ran twice
+}
+
+TEST_CASE_METHOD(process_fixture, "kill -9 mid-batch: the other worker handles every event after AckWait",
+                 "[integration][worker][process]") {
+  provision_recorder(2s);
+  publish_many(1000);
+  std::vector<std::string> env{"OMNIBUS_TEST_DELAY_MS=20", "OMNIBUS_TEST_ACK_WAIT_MS=2000"};
+  auto doomed = worker_process("doomed", env);
+  REQUIRE(test_env::eventually([&] { return count() >= 50; }, 30s));
+  auto survivor = worker_process("survivor", env);
+  doomed.signal(SIGKILL);
+  REQUIRE(doomed.wait(10s) == 128 + SIGKILL);
+  REQUIRE(test_env::eventually([&] { return distinct_handled() == 1000; }, 90s));
+  survivor.signal(SIGTERM);
+  REQUIRE(survivor.wait(20s) == 0);
+}
+
+TEST_CASE_METHOD(process_fixture, "a worker whose every slot is stuck exits non-zero for its supervisor",
+                 "[integration][worker][process]") {
+  provision_recorder();
+  publish_many(10);
+  auto stuck = worker_process("stuck", {"OMNIBUS_TEST_STUCK=1", "OMNIBUS_TEST_DEADLINE_MS=300"});
+  REQUIRE(stuck.wait(30s) == 3);
+  CHECK_THAT(stuck.output(), Catch::Contains("stuck past its deadline"));
+}
