@@ -103,4 +103,47 @@ bool discard_dead_letter(pqxx::connection_base& conn, std::string_view schema, s
   return r.affected_rows() > 0;
 }
 
+std::vector<parked_event> list_parked(pqxx::connection_base& conn, std::string_view schema) {
+  pqxx::read_transaction tx{conn};
+  std::vector<parked_event> out;
+  for (const auto& r : tx.exec("SELECT listener, event_id, coalesce(event_name, ''), coalesce(stream_sequence, 0), error, "
+                               "attempts, coalesce(action, '') FROM " + t(schema, "bus_parked") + " ORDER BY listener")) {
+    out.push_back({r[0].as<std::string>(), r[1].as<std::string>(), r[2].as<std::string>(), r[3].as<std::uint64_t>(),
+                   r[4].as<std::string>(), r[5].as<int>(), r[6].as<std::string>()});
+  }
+  return out;
+}
+
+std::optional<parked_event> find_parked(pqxx::connection_base& conn, std::string_view schema, std::string_view listener) {
+  for (auto& p : list_parked(conn, schema)) {
+    if (p.listener == listener) return p;
+  }
+  return std::nullopt;
+}
+
+void park(pqxx::connection_base& conn, std::string_view schema, const parked_event& p) {
+  pqxx::work tx{conn};
+  tx.exec_params0("INSERT INTO " + t(schema, "bus_parked") +
+                      " (listener, event_id, event_name, stream_sequence, error, attempts) VALUES ($1, $2, NULLIF($3, ''), $4, $5, $6) "
+                      "ON CONFLICT (listener) DO UPDATE SET event_id = EXCLUDED.event_id, event_name = EXCLUDED.event_name, "
+                      "stream_sequence = EXCLUDED.stream_sequence, error = EXCLUDED.error, attempts = EXCLUDED.attempts, "
+                      "parked_at = now(), action = NULL",
+                  p.listener, p.event_id, p.event_name, static_cast<std::int64_t>(p.stream_sequence), p.error, p.attempts);
+  tx.commit();
+}
+
+bool request_parked_action(pqxx::connection_base& conn, std::string_view schema, std::string_view listener,
+                           std::string_view action) {
+  pqxx::work tx{conn};
+  auto r = tx.exec_params("UPDATE " + t(schema, "bus_parked") + " SET action = $2 WHERE listener = $1",
+                          std::string(listener), std::string(action));
+  tx.commit();
+  return r.affected_rows() > 0;
+}
+
+void unpark(pqxx::connection_base& conn, std::string_view schema, std::string_view listener) {
+  pqxx::nontransaction tx{conn};
+  tx.exec_params0("DELETE FROM " + t(schema, "bus_parked") + " WHERE listener = $1", std::string(listener));
+}
+
 }  // namespace bus

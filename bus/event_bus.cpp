@@ -66,6 +66,7 @@ void event_bus::add_async(std::size_t slot, async_listener l) {
   if (l.options.concurrency < 1) throw std::logic_error("bus: listener " + l.name + " needs a concurrency of at least 1");
   if (l.options.retry.max_attempts < 1) throw std::logic_error("bus: listener " + l.name + " needs max_attempts of at least 1");
   l.consumer_name = options_.group + "_" + l.name;
+  if (l.options.ordered) l.options.concurrency = 1;  // one in flight, across all workers
   std::lock_guard lock(mutex_);
   entry_for(slot, l.event_name);  // checks frozen and the name; an async-only type has an entry too
   for (const async_listener& other : async_) {

@@ -53,6 +53,17 @@ constexpr std::array migrations{
               "  last_error text NOT NULL,\n"
               "  PRIMARY KEY (listener, event_id)\n"
               ");\n"},
+    migration{3, "parked ordered listeners",
+              "CREATE TABLE {s}.bus_parked (  -- an ordered listener stopped at an event that ran out of attempts\n"
+              "  listener text PRIMARY KEY,\n"
+              "  event_id text NOT NULL,\n"
+              "  event_name text,\n"
+              "  stream_sequence bigint,\n"
+              "  error text NOT NULL,\n"
+              "  attempts int NOT NULL,\n"
+              "  parked_at timestamptz NOT NULL DEFAULT now(),\n"
+              "  action text CHECK (action IN ('retry', 'skip'))  -- requested by an operator; NULL: stay parked\n"
+              ");\n"},
 };
 
 std::string with_schema(const char* sql, std::string_view schema) {

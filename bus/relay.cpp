@@ -12,19 +12,12 @@
 #include "bus/migrations.hpp"
 #include "bus/outbox.hpp"
 #include "failpoint.hpp"
+#include "stop_wait.hpp"
 
 namespace bus {
 namespace {
 
 using clock = std::chrono::steady_clock;
-
-// Waits until `until` or a stop request, whichever comes first. Returns false on stop.
-bool wait_until(std::stop_token& stop, clock::time_point until) {
-  std::mutex m;
-  std::condition_variable_any cv;
-  std::unique_lock lock(m);
-  return !cv.wait_until(lock, stop, until, [] { return false; });
-}
 
 class wake_flag final : public pqxx::notification_receiver {
  public:
@@ -143,7 +136,7 @@ void relay::run(std::stop_token stop) {
           log_->info("relay for schema {}: standing by; another process holds the relay lock", options_.schema);
           announced_standby = true;
         }
-        if (!wait_until(stop, clock::now() + options_.standby_poll)) return;
+        if (!detail::wait_until(stop, clock::now() + options_.standby_poll)) return;
       }
       stats_.active = true;
       log_->info("relay for schema {}: active", options_.schema);
@@ -165,7 +158,7 @@ void relay::run(std::stop_token stop) {
     } catch (const std::exception& e) {
       stats_.active = false;
       log_->error("relay for schema {}: {}; retrying in {} ms", options_.schema, e.what(), options_.retry_backoff.count());
-      if (!wait_until(stop, clock::now() + options_.retry_backoff)) return;
+      if (!detail::wait_until(stop, clock::now() + options_.retry_backoff)) return;
     }
   }
 }

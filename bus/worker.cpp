@@ -19,6 +19,7 @@
 #include "bus/dead_letters.hpp"
 #include "bus/envelope.hpp"
 #include "bus/migrations.hpp"
+#include "stop_wait.hpp"
 
 namespace bus {
 
@@ -37,13 +38,6 @@ using clock = std::chrono::steady_clock;
 double unit_random() {
   thread_local std::mt19937_64 random{std::random_device{}()};
   return std::uniform_real_distribution<double>(0.0, 1.0)(random);
-}
-
-bool wait_for(std::stop_token& stop, clock::duration d) {
-  std::mutex m;
-  std::condition_variable_any cv;
-  std::unique_lock lock(m);
-  return !cv.wait_for(lock, stop, d, [] { return false; });
 }
 
 struct listener_state;
@@ -139,7 +133,7 @@ struct worker::impl {
         batch = l.cons->fetch(static_cast<std::size_t>(free), opts.fetch_wait);
       } catch (const std::exception& e) {
         log->warn("listener {}: fetch failed: {}; retrying in 1 s", l.def->name, e.what());
-        if (!wait_for(stop, std::chrono::seconds(1))) break;
+        if (!detail::wait_for(stop, std::chrono::seconds(1))) break;
         continue;
       }
       for (auto& d : batch) {
@@ -196,10 +190,41 @@ struct worker::impl {
       return;
     }
 
+    // An ordered listener parked at this event runs it only when an operator says so.
+    const bool parks = def.options.ordered && def.options.park_when_exhausted;
+    bool operator_retry = false;
+    if (parks && attempt > 1) {
+      std::optional<parked_event> parked;
+      try {
+        auto lease = pool->acquire(opts.db_wait);
+        parked = find_parked(*lease, bus.options().schema, def.name);
+        if (parked && parked->event_id == env.id.to_string() && parked->action == "skip") {
+          unpark(*lease, bus.options().schema, def.name);
+          settle(j, "acking a skipped", [](delivery& x) { x.ack(); });
+          stats.skipped.fetch_add(1, std::memory_order_relaxed);
+          log->warn("listener {}: {} {} skipped by an operator; the listener goes on", def.name, env.name, env.id.to_string());
+          return;
+        }
+      } catch (const std::exception& e) {
+        log->warn("listener {}: cannot read its parked state: {}", def.name, e.what());
+        settle(j, "naking", [&](delivery& x) { x.nak(opts.parked_poll); });
+        return;
+      }
+      if (parked && parked->event_id == env.id.to_string()) {
+        if (parked->action != "retry") {  // stays parked: nothing overtakes it (MaxAckPending 1)
+          settle(j, "naking a parked", [&](delivery& x) { x.nak(opts.parked_poll); });
+          return;
+        }
+        operator_retry = true;
+      }
+    }
+
     std::string failure;
     {
       context ctx;
       ctx.meta() = env.meta;
+      ctx.set_event_id(env.id);
+      ctx.set_attempt(attempt);
       ctx.set_deadline(j.deadline);
       ctx.set_stop_token(j.stop.get_token());
       lazy_connection db{*pool, opts.db_wait};  // returned to the pool at the end of this scope
@@ -226,7 +251,7 @@ struct worker::impl {
       }
     }
     if (!failure.empty()) {
-      failed(j, env, failure, attempt);
+      failed(j, env, failure, attempt, operator_retry);
       return;
     }
     if (!settle(j, "acking", [](delivery& x) { x.ack(); })) {
@@ -239,18 +264,27 @@ struct worker::impl {
       try {
         auto lease = pool->acquire(opts.db_wait);
         clear_failure(*lease, bus.options().schema, def.name, env.id.to_string());
+        if (operator_retry) {
+          unpark(*lease, bus.options().schema, def.name);
+          log->info("listener {}: {} {} succeeded on an operator's retry; the listener goes on", def.name, env.name,
+                    env.id.to_string());
+        }
       } catch (const std::exception& e) {
         log->warn("listener {}: could not clear the failure history of {}: {}", def.name, env.id.to_string(), e.what());
       }
     }
   }
 
-  void failed(job& j, const envelope& env, const std::string& error, std::uint64_t attempt) {
+  void failed(job& j, const envelope& env, const std::string& error, std::uint64_t attempt, bool operator_retry) {
     const async_listener& def = *j.l->def;
     const auto max = static_cast<std::uint64_t>(def.options.retry.max_attempts);
     log->warn("listener {}: {} {} attempt {}/{} failed: {}", def.name, env.name, env.id.to_string(), attempt, max, error);
-    if (attempt >= max) {
-      dead_letter_now(j, "handler_failed", error, attempt);
+    if (attempt >= max || operator_retry) {
+      if (def.options.ordered && def.options.park_when_exhausted) {
+        park_now(j, env, error, attempt);
+      } else {
+        dead_letter_now(j, "handler_failed", error, attempt);
+      }
       return;
     }
     try {
@@ -261,6 +295,22 @@ struct worker::impl {
     }
     const auto delay = retry_delay(def.options.retry, attempt, unit_random());
     if (settle(j, "naking", [&](delivery& x) { x.nak(delay); })) stats.failed.fetch_add(1, std::memory_order_relaxed);
+  }
+
+  void park_now(job& j, const envelope& env, const std::string& error, std::uint64_t attempt) {
+    const async_listener& def = *j.l->def;
+    try {
+      auto lease = pool->acquire(opts.db_wait);
+      park(*lease, bus.options().schema,
+           {def.name, env.id.to_string(), env.name, j.d->stream_sequence(), error, static_cast<int>(attempt), ""});
+      stats.parked.fetch_add(1, std::memory_order_relaxed);
+      log->error("listener {}: parked at {} {} after {} attempt(s): {}. Nothing after it runs until "
+                 "`omnibus-worker parked retry {}` or `... skip {}`",
+                 def.name, env.name, env.id.to_string(), attempt, error, def.name, def.name);
+    } catch (const std::exception& e) {
+      log->error("listener {}: could not park at {}: {}", def.name, env.id.to_string(), e.what());
+    }
+    settle(j, "naking a parked", [&](delivery& x) { x.nak(opts.parked_poll); });
   }
 
   void dead_letter_now(job& j, const std::string& reason, const std::string& error, std::uint64_t attempt) {
@@ -380,7 +430,7 @@ void worker::run(std::stop_token stop) {
 
   std::string stuck;
   while (!stop.stop_requested() && stuck.empty()) {
-    wait_for(stop, w.opts.tick);
+    (void)detail::wait_for(stop, w.opts.tick);
     stuck = w.monitor();
   }
 

@@ -1,42 +1,266 @@
-// omnibus-worker: the worker binary. main() only wires configuration to the library.
-// Today: the migrations subcommands. The run loop and the operator commands follow.
+// omnibus-worker: runs the shop's async listeners, and operates the bus.
+// main() only wires configuration, signals and services; the logic lives in bus/ and services/.
 
+#include <csignal>
 #include <cstdio>
-#include <cstdlib>
+#include <ctime>
 #include <exception>
+#include <memory>
+#include <optional>
+#include <stop_token>
 #include <string>
+#include <thread>
 
 #include <CLI/CLI.hpp>
 #include <pqxx/pqxx>
+#include <spdlog/sinks/stdout_color_sinks.h>
+#include <spdlog/spdlog.h>
 
+#include "bus/dead_letters.hpp"
 #include "bus/error.hpp"
+#include "bus/event_bus.hpp"
 #include "bus/migrations.hpp"
+#include "bus/operations.hpp"
+#include "bus/relay.hpp"
+#include "bus/worker.hpp"
+#include "mq/connection.hpp"
+#include "mq/error.hpp"
+#include "mq/jetstream.hpp"
+#include "services/shop.hpp"
 
 namespace {
 
-// Exit codes: 0 ok, 1 runtime failure, 2 bad configuration (CLI11 uses 105-110 for parse errors).
+// Exit codes: 0 done, 1 a runtime failure, 2 bad configuration, 3 a stuck worker.
 constexpr int exit_failure = 1;
 constexpr int exit_config = 2;
+constexpr int exit_stuck = 3;
 
-const char* env_or(const char* name, const char* fallback) {
-  const char* v = std::getenv(name);
-  return v != nullptr && *v != '\0' ? v : fallback;
+struct config {
+  std::string nats_url = "nats://127.0.0.1:4222";
+  std::string database_url;
+  std::string log_level = "info";
+  bus::bus_options bus;
+  services::shop_options shop;
+  long max_age_s = 7 * 24 * 3600;
+  long duplicate_window_s = 120;
+  bool relay = true;
+};
+
+class config_error : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+void finish(config& c) {
+  if (c.database_url.empty()) throw config_error("no database: pass --database-url or set OMNIBUS_DATABASE_URL");
+  if (c.max_age_s <= 0 || c.duplicate_window_s <= 0) throw config_error("--stream-max-age and --duplicate-window must be positive");
+  if (c.bus.stream.max_bytes <= 0) throw config_error("--stream-max-bytes must be positive");
+  if (c.shop.concurrency < 1) throw config_error("--concurrency must be at least 1");
+  if (c.shop.flaky_failure_rate < 0 || c.shop.flaky_failure_rate > 1) throw config_error("--flaky-rate must be within 0..1");
+  c.bus.stream.max_age = std::chrono::seconds(c.max_age_s);
+  c.bus.stream.duplicate_window = std::chrono::seconds(c.duplicate_window_s);
+  try {
+    bus::detail::check_schema_name(c.bus.schema);
+    bus::detail::check_schema_name(c.shop.schema);
+  } catch (const std::invalid_argument& e) {
+    throw config_error(e.what());
+  }
+}
+
+std::shared_ptr<spdlog::logger> make_logger(const std::string& level) {
+  auto lvl = spdlog::level::from_str(level);
+  if (lvl == spdlog::level::off && level != "off") throw config_error("--log-level: unknown level '" + level + "'");
+  auto log = std::make_shared<spdlog::logger>("omnibus", std::make_shared<spdlog::sinks::stderr_color_sink_mt>());
+  log->set_level(lvl);
+  return log;
+}
+
+std::string when(std::chrono::system_clock::time_point t) {
+  std::time_t tt = std::chrono::system_clock::to_time_t(t);
+  char buf[32];
+  std::strftime(buf, sizeof buf, "%Y-%m-%d %H:%M:%S", std::gmtime(&tt));
+  return buf;
+}
+
+// SIGINT and SIGTERM become a stop request; blocked in every thread, taken by sigtimedwait.
+class signal_stop {
+ public:
+  signal_stop() {
+    sigemptyset(&set_);
+    sigaddset(&set_, SIGINT);
+    sigaddset(&set_, SIGTERM);
+    pthread_sigmask(SIG_BLOCK, &set_, nullptr);  // before any other thread starts
+    thread_ = std::jthread([this](std::stop_token st) {
+      timespec slice{0, 200'000'000};
+      while (!st.stop_requested()) {
+        if (sigtimedwait(&set_, nullptr, &slice) > 0) {
+          source_.request_stop();
+          return;
+        }
+      }
+    });
+  }
+  [[nodiscard]] std::stop_token token() const { return source_.get_token(); }
+
+ private:
+  sigset_t set_{};
+  std::stop_source source_;
+  std::jthread thread_;
+};
+
+int run(config& c) {
+  signal_stop signals;
+  auto log = make_logger(c.log_level);
+  mq::connection nats{{.url = c.nats_url, .name = "omnibus-worker"}};
+  mq::jetstream js{nats};
+  bus::event_bus bus{js, c.bus};
+  auto shop = services::make_shop(bus, c.shop);  // every service registers its listeners here
+  {
+    pqxx::connection db{c.database_url};
+    bus::migrate(db, c.bus.schema);
+    services::migrate_shop(db, c.shop);
+  }
+  std::optional<bus::relay> relay;
+  if (c.relay) {
+    bus::relay_options ro;
+    ro.database_url = c.database_url;
+    ro.schema = c.bus.schema;
+    relay.emplace(js, ro, log);
+    relay->start();  // active or standby: any worker can be the relay
+  }
+  bus::worker_options wo;
+  wo.database_url = c.database_url;
+  bus::worker worker{bus, wo, log};
+  try {
+    worker.run(signals.token());
+  } catch (const bus::worker_stuck& e) {
+    log->critical("{}", e.what());
+    log->flush();
+    std::_Exit(exit_stuck);  // stuck handler threads cannot be joined
+  }
+  const auto& s = worker.stats();
+  std::printf("worker: handled=%llu failed=%llu dead_lettered=%llu timed_out=%llu parked=%llu\n",
+              static_cast<unsigned long long>(s.handled.load()), static_cast<unsigned long long>(s.failed.load()),
+              static_cast<unsigned long long>(s.dead_lettered.load()), static_cast<unsigned long long>(s.timed_out.load()),
+              static_cast<unsigned long long>(s.parked.load()));
+  std::fflush(stdout);
+  return 0;
+}
+
+void print_letters(const std::vector<bus::dead_letter>& letters) {
+  std::printf("%-6s %-20s %-18s %-8s %-16s %-19s %s\n", "id", "listener", "event", "attempts", "reason", "last failed (UTC)", "error");
+  for (const auto& dl : letters) {
+    std::string err = dl.error.size() > 60 ? dl.error.substr(0, 57) + "..." : dl.error;
+    std::printf("%-6lld %-20s %-18s %-8d %-16s %-19s %s\n", static_cast<long long>(dl.id), dl.listener.c_str(),
+                dl.event_name.empty() ? "-" : dl.event_name.c_str(), dl.attempts, dl.reason.c_str(),
+                when(dl.last_failed_at).c_str(), err.c_str());
+  }
+  std::printf("%zu dead letter(s)\n", letters.size());
+}
+
+void print_letter(const bus::dead_letter& dl) {
+  std::printf("id:              %lld\nlistener:        %s\nevent:           %s\nevent id:        %s\n"
+              "stream sequence: %llu\nreason:          %s\nerror:           %s\nattempts:        %d\n"
+              "first failed:    %s UTC\nlast failed:     %s UTC\nsubject:         %s\nheaders:\n",
+              static_cast<long long>(dl.id), dl.listener.c_str(), dl.event_name.c_str(), dl.event_id.c_str(),
+              static_cast<unsigned long long>(dl.stream_sequence), dl.reason.c_str(), dl.error.c_str(), dl.attempts,
+              when(dl.first_failed_at).c_str(), when(dl.last_failed_at).c_str(), dl.msg.subject.c_str());
+  for (const auto& [k, v] : dl.msg.headers) std::printf("  %s: %s\n", k.c_str(), v.c_str());
+  std::printf("body (%zu bytes):", dl.msg.body.size());
+  for (std::size_t i = 0; i < dl.msg.body.size(); ++i) {
+    std::printf("%s%02x", i % 32 == 0 ? "\n  " : " ", static_cast<unsigned char>(dl.msg.body[i]));
+  }
+  std::printf("\n");
+}
+
+int report(const std::vector<bus::retry_outcome>& outcomes) {
+  int failed = 0;
+  for (const auto& o : outcomes) {
+    if (o.ok) {
+      std::printf("retried %lld (%s, %s): ok, removed\n", static_cast<long long>(o.id), o.listener.c_str(), o.event_id.c_str());
+    } else {
+      ++failed;
+      std::printf("retried %lld (%s, %s): failed again: %s\n", static_cast<long long>(o.id), o.listener.c_str(),
+                  o.event_id.c_str(), o.error.c_str());
+    }
+  }
+  std::printf("%zu retried: %zu succeeded, %d failed\n", outcomes.size(), outcomes.size() - static_cast<std::size_t>(failed), failed);
+  return failed == 0 ? 0 : exit_failure;
 }
 
 }  // namespace
 
 int main(int argc, char** argv) {
-  CLI::App app{"omnibus-worker: runs Omnibus async listeners, and operates the bus's tables"};
+  config c;
+  CLI::App app{"omnibus-worker: runs the shop's async listeners, and operates the bus.\n"
+               "Every option can also be set through the environment variable named in brackets."};
   app.require_subcommand(1);
-  std::string schema = env_or("OMNIBUS_SCHEMA", "omnibus");
-  std::string database_url = env_or("OMNIBUS_DATABASE_URL", "");
-  app.add_option("--schema", schema, "PostgreSQL schema of the bus's tables [env OMNIBUS_SCHEMA]")->capture_default_str();
+  app.add_option("--nats-url", c.nats_url, "NATS server URL")->envname("OMNIBUS_NATS_URL")->capture_default_str();
+  app.add_option("--database-url", c.database_url, "PostgreSQL URL (libpq)")->envname("OMNIBUS_DATABASE_URL");
+  app.add_option("--group", c.bus.group, "application name: consumers are <group>_<listener>")
+      ->envname("OMNIBUS_GROUP")->capture_default_str();
+  app.add_option("--schema", c.bus.schema, "PostgreSQL schema of the bus's tables")->envname("OMNIBUS_SCHEMA")->capture_default_str();
+  app.add_option("--shop-schema", c.shop.schema, "PostgreSQL schema of the shop's tables")
+      ->envname("OMNIBUS_SHOP_SCHEMA")->capture_default_str();
+  app.add_option("--stream", c.bus.stream.name, "JetStream stream")->envname("OMNIBUS_STREAM")->capture_default_str();
+  app.add_option("--subject-prefix", c.bus.stream.subject_prefix, "subjects are <prefix>.<event name>")
+      ->envname("OMNIBUS_SUBJECT_PREFIX")->capture_default_str();
+  app.add_option("--stream-max-age", c.max_age_s, "seconds an event is kept")->envname("OMNIBUS_STREAM_MAX_AGE")->capture_default_str();
+  app.add_option("--stream-max-bytes", c.bus.stream.max_bytes, "stream size limit (DiscardNew)")
+      ->envname("OMNIBUS_STREAM_MAX_BYTES")->capture_default_str();
+  app.add_option("--duplicate-window", c.duplicate_window_s, "seconds of Nats-Msg-Id dedup")
+      ->envname("OMNIBUS_DUPLICATE_WINDOW")->capture_default_str();
+  app.add_option("--flaky-rate", c.shop.flaky_failure_rate, "how often the shop's loyalty listener fails (0..1)")
+      ->envname("OMNIBUS_FLAKY_RATE")->capture_default_str();
+  app.add_option("--log-level", c.log_level, "trace, debug, info, warn, err, critical, off")
+      ->envname("OMNIBUS_LOG_LEVEL")->capture_default_str();
 
-  auto* migrations = app.add_subcommand("migrations", "Print or apply the bus's database migrations");
-  migrations->require_subcommand(1);
-  auto* print = migrations->add_subcommand("sql", "Print every migration as one SQL script (for Flyway, psql, ...)");
-  auto* apply = migrations->add_subcommand("apply", "Apply the missing migrations (processes also do this at start-up)");
-  apply->add_option("--database-url", database_url, "libpq URL [env OMNIBUS_DATABASE_URL]");
+  auto* run_cmd = app.add_subcommand("run", "Run every async listener until SIGINT or SIGTERM (and a relay)");
+  run_cmd->add_option("--concurrency", c.shop.concurrency, "handler slots per unordered listener")
+      ->envname("OMNIBUS_CONCURRENCY")->capture_default_str();
+  run_cmd->add_flag("!--no-relay", c.relay, "do not run an outbox relay in this process");
+
+  auto* dl_cmd = app.add_subcommand("dead-letters", "List, show, retry or discard dead letters");
+  dl_cmd->require_subcommand(1);
+  std::string f_listener, f_event;
+  std::int64_t id = 0;
+  std::size_t limit = 100;
+  auto* dl_list = dl_cmd->add_subcommand("list", "List dead letters, newest first");
+  dl_list->add_option("--listener", f_listener, "only this listener's");
+  dl_list->add_option("--event", f_event, "only this event name's");
+  dl_list->add_option("--limit", limit, "at most this many")->capture_default_str();
+  auto* dl_show = dl_cmd->add_subcommand("show", "Show one dead letter, headers and body included");
+  dl_show->add_option("id", id, "dead letter id")->required();
+  auto* dl_retry = dl_cmd->add_subcommand("retry", "Run dead letters through their own listener alone, in this process");
+  auto* retry_id = dl_retry->add_option("id", id, "dead letter id");
+  bool retry_all = false;
+  auto* retry_all_flag = dl_retry->add_flag("--all", retry_all, "every dead letter matching --listener/--event");
+  dl_retry->add_option("--listener", f_listener, "with --all: only this listener's");
+  dl_retry->add_option("--event", f_event, "with --all: only this event name's");
+  retry_id->excludes(retry_all_flag);
+  auto* dl_discard = dl_cmd->add_subcommand("discard", "Delete one dead letter");
+  dl_discard->add_option("id", id, "dead letter id")->required();
+
+  auto* parked_cmd = app.add_subcommand("parked", "Ordered listeners parked at an event");
+  parked_cmd->require_subcommand(1);
+  std::string listener;
+  auto* parked_list = parked_cmd->add_subcommand("list", "Show every parked listener");
+  auto* parked_retry = parked_cmd->add_subcommand("retry", "Run the parked event once more (after fixing the cause)");
+  parked_retry->add_option("listener", listener, "listener name")->required();
+  auto* parked_skip = parked_cmd->add_subcommand("skip", "Move past the parked event without handling it");
+  parked_skip->add_option("listener", listener, "listener name")->required();
+
+  auto* consumers_cmd = app.add_subcommand("consumers", "The stream's durable consumers");
+  consumers_cmd->require_subcommand(1);
+  auto* consumers_list = consumers_cmd->add_subcommand("list", "List consumers and whether a listener owns them");
+  auto* consumers_prune = consumers_cmd->add_subcommand("prune", "Delete this group's consumers that no listener owns");
+  bool dry_run = false;
+  consumers_prune->add_flag("--dry-run", dry_run, "only say what would be deleted");
+
+  auto* mig_cmd = app.add_subcommand("migrations", "The bus's database migrations");
+  mig_cmd->require_subcommand(1);
+  auto* mig_sql = mig_cmd->add_subcommand("sql", "Print every migration as one SQL script (for Flyway, psql, ...)");
+  auto* mig_apply = mig_cmd->add_subcommand("apply", "Apply the missing migrations (run also does this)");
 
   try {
     app.parse(argc, argv);
@@ -45,25 +269,83 @@ int main(int argc, char** argv) {
   }
 
   try {
-    if (print->parsed()) {
-      std::fputs(bus::migrations_sql(schema).c_str(), stdout);
+    if (mig_sql->parsed()) {
+      bus::detail::check_schema_name(c.bus.schema);
+      std::fputs(bus::migrations_sql(c.bus.schema).c_str(), stdout);
       return 0;
     }
-    if (apply->parsed()) {
-      if (database_url.empty()) {
-        std::fprintf(stderr, "omnibus-worker: no database: pass --database-url or set OMNIBUS_DATABASE_URL\n");
-        return exit_config;
+    finish(c);
+    if (run_cmd->parsed()) return run(c);
+
+    pqxx::connection db{c.database_url};
+    if (mig_apply->parsed()) {
+      std::printf("schema %s is at version %d\n", c.bus.schema.c_str(), bus::migrate(db, c.bus.schema));
+      return 0;
+    }
+    if (dl_list->parsed()) {
+      print_letters(bus::list_dead_letters(db, c.bus.schema, f_listener, f_event, limit));
+      return 0;
+    }
+    if (dl_show->parsed()) {
+      auto dl = bus::find_dead_letter(db, c.bus.schema, id);
+      if (!dl) throw bus::error("no dead letter " + std::to_string(id));
+      print_letter(*dl);
+      return 0;
+    }
+    if (dl_discard->parsed()) {
+      if (!bus::discard_dead_letter(db, c.bus.schema, id)) throw bus::error("no dead letter " + std::to_string(id));
+      std::printf("discarded dead letter %lld\n", static_cast<long long>(id));
+      return 0;
+    }
+    if (dl_retry->parsed()) {
+      if (!retry_all && retry_id->count() == 0) throw config_error("dead-letters retry: give an id, or --all");
+      bus::event_bus local{c.bus};  // the listeners, without a queue: retries run here, alone
+      auto shop = services::make_shop(local, c.shop);
+      if (retry_all) return report(bus::retry_dead_letters(local, db, f_listener, f_event));
+      return report({bus::retry_dead_letter(local, db, id)});
+    }
+    if (parked_list->parsed()) {
+      auto all = bus::list_parked(db, c.bus.schema);
+      for (const auto& p : all) {
+        std::printf("%s: parked at %s %s (stream sequence %llu) after %d attempt(s): %s%s\n", p.listener.c_str(),
+                    p.event_name.c_str(), p.event_id.c_str(), static_cast<unsigned long long>(p.stream_sequence), p.attempts,
+                    p.error.c_str(), p.action.empty() ? "" : (" [" + p.action + " requested]").c_str());
       }
-      pqxx::connection conn{database_url};
-      int v = bus::migrate(conn, schema);
-      std::printf("schema %s is at version %d\n", schema.c_str(), v);
+      std::printf("%zu parked listener(s)\n", all.size());
       return 0;
     }
-  } catch (const std::invalid_argument& e) {
+    if (parked_retry->parsed() || parked_skip->parsed()) {
+      const std::string action = parked_retry->parsed() ? "retry" : "skip";
+      if (!bus::request_parked_action(db, c.bus.schema, listener, action)) {
+        throw bus::error("listener " + listener + " is not parked");
+      }
+      std::printf("%s requested for %s: a worker acts on it within its parked poll\n", action.c_str(), listener.c_str());
+      return 0;
+    }
+    if (consumers_list->parsed() || consumers_prune->parsed()) {
+      mq::connection nats{{.url = c.nats_url, .name = "omnibus-worker"}};
+      mq::jetstream js{nats};
+      bus::event_bus bus{js, c.bus};
+      auto shop = services::make_shop(bus, c.shop);
+      if (consumers_list->parsed()) {
+        std::printf("%-32s %-8s %-32s %-8s %-11s\n", "consumer", "owned", "filter", "pending", "ack pending");
+        for (const auto& s : bus::list_consumers(bus)) {
+          std::printf("%-32s %-8s %-32s %-8llu %-11llu\n", s.info.name.c_str(), s.owned ? "yes" : "NO",
+                      s.info.filter_subject.c_str(), static_cast<unsigned long long>(s.info.pending),
+                      static_cast<unsigned long long>(s.info.ack_pending));
+        }
+        return 0;
+      }
+      auto pruned = bus::prune_consumers(bus, dry_run);
+      for (const auto& n : pruned) std::printf("%s %s\n", dry_run ? "would delete" : "deleted", n.c_str());
+      std::printf("%zu consumer(s) %s\n", pruned.size(), dry_run ? "to prune" : "pruned");
+      return 0;
+    }
+  } catch (const config_error& e) {
     std::fprintf(stderr, "omnibus-worker: %s\n", e.what());
     return exit_config;
   } catch (const pqxx::broken_connection&) {
-    // libpq's text can echo the connection string; say what failed without it.
+    // libpq's text can repeat parts of the connection string; say what failed without it.
     std::fprintf(stderr, "omnibus-worker: cannot connect to PostgreSQL (check --database-url / OMNIBUS_DATABASE_URL)\n");
     return exit_failure;
   } catch (const std::exception& e) {

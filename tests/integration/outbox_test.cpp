@@ -252,6 +252,25 @@ TEST_CASE_METHOD(outbox_fixture, "when the active relay dies, the standby takes 
   require_stream_holds(ids);
 }
 
+TEST_CASE_METHOD(outbox_fixture, "a standby relay stops promptly when asked", "[integration][outbox]") {
+  bus::relay active{js, relay_opts(), log};
+  active.start();
+  REQUIRE(test_env::eventually([&] { return active.stats().active.load(); }, 10s));
+  bus::relay standby{js, relay_opts(), log};
+  standby.start();
+  // Standing by: it polls for the lock and never becomes active while the other holds it.
+  auto own_session = [&] {
+    pqxx::nontransaction q{db};
+    return q.exec1("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()")[0].as<long>();
+  };
+  REQUIRE(test_env::eventually([&] { return own_session() >= 3; }, 10s));  // the fixture's, the active's, the standby's
+  const auto start = std::chrono::steady_clock::now();
+  standby.stop();
+  CHECK(std::chrono::steady_clock::now() - start < 2s);
+  CHECK_FALSE(standby.stats().active.load());
+  CHECK(active.stats().active.load());
+}
+
 TEST_CASE_METHOD(outbox_fixture, "migrations run twice, and from two processes at once", "[integration][outbox]") {
   const std::string schema = test_env::unique_name("mig");
   auto run = [&] {

@@ -51,7 +51,8 @@ struct worker_fixture {
   worker_fixture() {
     bus::migrate(db, opts.schema);
     pqxx::work tx{db};
-    tx.exec0("CREATE TABLE \"" + opts.schema + "\".handled (n bigint NOT NULL, worker text NOT NULL)");
+    tx.exec0("CREATE TABLE \"" + opts.schema +
+             "\".handled (seq bigint GENERATED ALWAYS AS IDENTITY, n bigint NOT NULL, worker text NOT NULL)");
     tx.commit();
   }
   ~worker_fixture() {
@@ -66,10 +67,11 @@ struct worker_fixture {
     }
   }
 
-  void start_worker() {
+  void start_worker(std::chrono::milliseconds parked_poll = 1000ms) {
     bus::worker_options wo;
     wo.database_url = test_env::database_url();
     wo.fetch_wait = 200ms;
+    wo.parked_poll = parked_poll;
     w = std::make_unique<bus::worker>(b, wo, log);
     runner = std::jthread([this](std::stop_token st) {
       try {
@@ -282,9 +284,10 @@ struct process_fixture : worker_fixture {
   }
   // The recorder listener, as worker_tool registers it, so that the stream and consumer exist
   // before the first worker process starts.
-  void provision_recorder(std::chrono::milliseconds ack_wait = 30s) {
+  void provision_recorder(std::chrono::milliseconds ack_wait = 30s, bool ordered = false) {
     bus::listener_options lo;
     lo.ack_wait = ack_wait;
+    lo.ordered = ordered;
     b.add_async_listener<tool_event>("recorder", [](bus::context&, const tool_event&) {}, lo);
     b.provision();
   }
@@ -348,4 +351,100 @@ TEST_CASE_METHOD(process_fixture, "a worker whose every slot is stuck exits non-
   auto stuck = worker_process("stuck", {"OMNIBUS_TEST_STUCK=1", "OMNIBUS_TEST_DEADLINE_MS=300"});
   REQUIRE(stuck.wait(30s) == 3);
   CHECK_THAT(stuck.output(), Catch::Contains("stuck past its deadline"));
+}
+
+TEST_CASE_METHOD(process_fixture, "an ordered listener sees 1,000 events in publish order across two workers, though #500 fails twice",
+                 "[integration][worker][ordered]") {
+  provision_recorder(30s, true);
+  publish_many(1000);
+  std::vector<std::string> env{"OMNIBUS_TEST_ORDERED=1", "OMNIBUS_TEST_FAIL_N=500"};
+  auto a = worker_process("a", env);
+  auto c = worker_process("c", env);
+  REQUIRE(test_env::eventually([&] { return count() >= 1000; }, 120s));
+  a.signal(SIGTERM);
+  c.signal(SIGTERM);
+  REQUIRE(a.wait(20s) == 0);
+  REQUIRE(c.wait(20s) == 0);
+  pqxx::nontransaction q{db};
+  auto rows = q.exec("SELECT n, worker FROM \"" + opts.schema + "\".handled ORDER BY seq");
+  REQUIRE(rows.size() == 1000);
+  std::set<std::string> workers;
+  for (std::size_t i = 0; i < rows.size(); ++i) {
+    REQUIRE(rows[i][0].as<long>() == static_cast<long>(i));  // in publish order, each once
+    workers.insert(rows[i][1].as<std::string>());
+  }
+  CHECK(workers.size() == 2);  // both workers took part, one event at a time
+  CHECK_THAT(a.output() + c.output(), Catch::Contains("event 500 fails twice"));
+}
+
+TEST_CASE_METHOD(worker_fixture, "an ordered listener parks at an event that keeps failing, until retried or skipped",
+                 "[integration][worker][ordered]") {
+  std::atomic<long> failing{1};
+  std::mutex m;
+  std::vector<long> seen;
+  bus::listener_options o = quick_retries(2);
+  o.ordered = true;
+  b.add_async_listener<tool_event>("ledger", [&](bus::context&, const tool_event& e) {
+    if (e.n == failing) throw std::runtime_error("ledger rejects " + std::to_string(e.n));
+    std::lock_guard lock(m);
+    seen.push_back(e.n);
+  }, o);
+  start_worker(100ms);
+  auto seen_now = [&] {
+    std::lock_guard lock(m);
+    return seen;
+  };
+  auto first = publish(1);
+  publish(2);
+  publish(3);
+  REQUIRE(test_env::eventually([&] {
+    auto p = bus::find_parked(db, opts.schema, "ledger");
+    return p && p->event_id == first.to_string();
+  }, 10s));
+  // Parked: event 1 is held (ack pending), 2 and 3 wait behind it, nothing overtook it.
+  REQUIRE(test_env::eventually([&] {
+    auto i = js.info(opts.stream, "g_ledger");
+    return i && i->ack_pending == 1 && i->pending == 2;
+  }, 10s));
+  CHECK(seen_now().empty());
+  CHECK(bus::find_parked(db, opts.schema, "ledger")->error == "ledger rejects 1");
+
+  SECTION("retry runs it once the handler is fixed") {
+    failing = -1;  // the fix is deployed
+    REQUIRE(bus::request_parked_action(db, opts.schema, "ledger", "retry"));
+    REQUIRE(test_env::eventually([&] { return seen_now().size() == 3; }, 10s));
+    CHECK(seen_now() == std::vector<long>{1, 2, 3});
+  }
+  SECTION("skip moves past it") {
+    REQUIRE(bus::request_parked_action(db, opts.schema, "ledger", "skip"));
+    REQUIRE(test_env::eventually([&] { return seen_now().size() == 2; }, 10s));
+    CHECK(seen_now() == std::vector<long>{2, 3});
+    CHECK(w->stats().skipped.load() == 1);
+  }
+  CHECK_FALSE(bus::find_parked(db, opts.schema, "ledger").has_value());
+  CHECK(dead_letters().empty());
+}
+
+TEST_CASE_METHOD(worker_fixture, "an ordered listener set to dead-letter goes on past a failing event",
+                 "[integration][worker][ordered]") {
+  std::mutex m;
+  std::vector<long> seen;
+  bus::listener_options o = quick_retries(2);
+  o.ordered = true;
+  o.park_when_exhausted = false;
+  b.add_async_listener<tool_event>("ledger", [&](bus::context&, const tool_event& e) {
+    if (e.n == 1) throw std::runtime_error("ledger rejects 1");
+    std::lock_guard lock(m);
+    seen.push_back(e.n);
+  }, o);
+  start_worker();
+  publish(1);
+  publish(2);
+  REQUIRE(test_env::eventually([&] {
+    std::lock_guard lock(m);
+    return seen.size() == 1;
+  }, 10s));
+  CHECK(seen == std::vector<long>{2});
+  CHECK(dead_letters("ledger").size() == 1);
+  CHECK_FALSE(bus::find_parked(db, opts.schema, "ledger").has_value());
 }

@@ -8,6 +8,8 @@
 //   OMNIBUS_TEST_ACK_WAIT_MS the consumer's AckWait (default 30000)
 //   OMNIBUS_TEST_STUCK       1: every handler call blocks forever, ignoring its deadline
 //   OMNIBUS_TEST_DEADLINE_MS the handler deadline (default 60000)
+//   OMNIBUS_TEST_ORDERED     1: the listener is ordered
+//   OMNIBUS_TEST_FAIL_N      event n fails on its first two attempts
 
 #include <csignal>
 #include <cstdio>
@@ -47,6 +49,7 @@ int main(int argc, char** argv) {
   const std::string tag = argv[3];
   const long delay_ms = env_long("OMNIBUS_TEST_DELAY_MS", 0);
   const bool stuck = env_long("OMNIBUS_TEST_STUCK", 0) == 1;
+  const long fail_n = env_long("OMNIBUS_TEST_FAIL_N", -1);
 
   sigset_t set;
   sigemptyset(&set);
@@ -71,10 +74,13 @@ int main(int argc, char** argv) {
   lo.ack_wait = std::chrono::milliseconds(env_long("OMNIBUS_TEST_ACK_WAIT_MS", 30000));
   lo.deadline = std::chrono::milliseconds(env_long("OMNIBUS_TEST_DEADLINE_MS", 60000));
   lo.concurrency = 4;
+  lo.ordered = env_long("OMNIBUS_TEST_ORDERED", 0) == 1;
+  lo.retry.initial = std::chrono::milliseconds(20);
   b.add_async_listener<tool_event>("recorder", [&](bus::context& ctx, const tool_event& e) {
     if (stuck) {
       for (;;) std::this_thread::sleep_for(std::chrono::hours(1));  // a handler that never returns
     }
+    if (e.n == fail_n && ctx.attempt() <= 2) throw std::runtime_error("event " + std::to_string(e.n) + " fails twice");
     if (delay_ms > 0) std::this_thread::sleep_for(std::chrono::milliseconds(delay_ms));  // simulated work
     pqxx::nontransaction tx{ctx.db()};
     tx.exec_params0("INSERT INTO \"" + schema + "\".handled (n, worker) VALUES ($1, $2)", e.n, tag);

@@ -3,11 +3,13 @@
 // (in the worker) a deadline and a stop token.
 
 #include <chrono>
+#include <cstdint>
 #include <stop_token>
 #include <string>
 #include <utility>
 #include <vector>
 
+#include "bus/event_id.hpp"
 #include "bus/fwd.hpp"
 
 namespace bus {
@@ -56,6 +58,13 @@ class context {
   /// Set by the worker; `source` must outlive the handler call.
   void set_connection_source(connection_source* source) noexcept { db_ = source; }
 
+  /// In a handler: the id of the event being handled (a good idempotency key). Nil elsewhere.
+  [[nodiscard]] const bus::event_id& event_id() const noexcept { return event_id_; }
+  void set_event_id(const bus::event_id& id) noexcept { event_id_ = id; }
+  /// In a handler: which attempt this is (1 the first; JetStream's delivery count). 0 elsewhere.
+  [[nodiscard]] std::uint64_t attempt() const noexcept { return attempt_; }
+  void set_attempt(std::uint64_t n) noexcept { attempt_ = n; }
+
   [[nodiscard]] bus::metadata& meta() noexcept { return meta_; }
   [[nodiscard]] const bus::metadata& meta() const noexcept { return meta_; }
 
@@ -70,6 +79,8 @@ class context {
   pqxx::transaction_base* tx_ = nullptr;  // borrowed
   connection_source* db_ = nullptr;       // borrowed
   bus::metadata meta_;
+  bus::event_id event_id_;
+  std::uint64_t attempt_ = 0;
   clock::time_point deadline_ = clock::time_point::max();
   std::stop_token stop_;
 };

@@ -54,4 +54,28 @@ void write_dead_letter(pqxx::connection_base& conn, std::string_view schema, con
 /// Deletes one dead letter; false when it did not exist.
 bool discard_dead_letter(pqxx::connection_base& conn, std::string_view schema, std::int64_t id);
 
+/// An ordered listener stopped at an event.
+struct parked_event {
+  std::string listener;
+  std::string event_id;
+  std::string event_name;
+  std::uint64_t stream_sequence = 0;
+  std::string error;
+  int attempts = 0;
+  std::string action;  ///< "", "retry" or "skip"
+};
+
+/// Every parked listener.
+[[nodiscard]] std::vector<parked_event> list_parked(pqxx::connection_base& conn, std::string_view schema);
+/// The listener's parked event, if any.
+[[nodiscard]] std::optional<parked_event> find_parked(pqxx::connection_base& conn, std::string_view schema,
+                                                      std::string_view listener);
+/// Parks `listener` at an event (or updates its error and attempts), clearing any request.
+void park(pqxx::connection_base& conn, std::string_view schema, const parked_event& p);
+/// Asks the worker to "retry" or "skip" the listener's parked event. False when not parked.
+bool request_parked_action(pqxx::connection_base& conn, std::string_view schema, std::string_view listener,
+                           std::string_view action);
+/// Removes the listener's parked row (its event was handled or skipped).
+void unpark(pqxx::connection_base& conn, std::string_view schema, std::string_view listener);
+
 }  // namespace bus

@@ -62,8 +62,13 @@ struct listener_options {
   std::chrono::milliseconds ack_wait = std::chrono::seconds(30);  ///< server redelivers after this
   std::chrono::milliseconds deadline = std::chrono::minutes(1);   ///< per handler call
   retry_policy retry;
-  /// Strictly in stream order, one event in flight across all workers (MaxAckPending 1).
+  /// Strictly in stream order, one event in flight across all workers (MaxAckPending 1,
+  /// concurrency 1). A failure is nak'd with a delay and stays pending, so nothing overtakes it.
   bool ordered = false;
+  /// For an ordered listener whose attempts ran out: true parks it at that event until an
+  /// operator retries or skips it (omnibus-worker parked ...); false dead-letters the event and
+  /// goes on (a dead letter retried later runs out of order).
+  bool park_when_exhausted = true;
   /// A new consumer starts now; set this to replay from a time within the stream's MaxAge.
   std::optional<std::chrono::system_clock::time_point> replay_from;
 };

@@ -33,6 +33,7 @@ struct worker_options {
   std::chrono::milliseconds newer_version_delay{30000};       ///< nak delay for a version this build cannot read
   std::chrono::milliseconds tick{50};                         ///< deadline and in-progress granularity
   std::chrono::milliseconds db_wait{5000};                    ///< for a pooled connection
+  std::chrono::milliseconds parked_poll{1000};                ///< how often a parked listener checks for an operator's word
 };
 
 /// Counters, readable from any thread while the worker runs.
@@ -42,6 +43,8 @@ struct worker_stats {
   std::atomic<std::uint64_t> dead_lettered{0};  ///< written to bus_dead_letters, then termed
   std::atomic<std::uint64_t> timed_out{0};      ///< handler passed its deadline
   std::atomic<std::uint64_t> deferred{0};       ///< a newer version than this build knows, nak'd with a delay
+  std::atomic<std::uint64_t> parked{0};         ///< ordered listeners parked at an event
+  std::atomic<std::uint64_t> skipped{0};        ///< parked events skipped by an operator
 };
 
 /// Thrown by run() when every handler slot of a listener is stuck past its deadline. The

@@ -1,0 +1,49 @@
+#pragma once
+// What an operator does to a running bus: retry dead letters, list and prune consumers.
+// The worker binary's CLI calls these; they are a library so that tests call them too.
+
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "bus/event_bus.hpp"
+#include "bus/fwd.hpp"
+#include "bus/queue.hpp"
+
+namespace bus {
+
+/// What happened to one retried dead letter.
+struct retry_outcome {
+  std::int64_t id = 0;
+  std::string listener;
+  std::string event_id;
+  bool ok = false;    ///< the handler returned: the dead letter is gone
+  std::string error;  ///< why not (the dead letter stays, with this error and one more attempt)
+};
+
+/// Runs dead letter `id` through **its own listener alone**, on the stored message, in this
+/// process (a republish would re-run every listener of the event: 2.9 consumers take one
+/// filter). `bus` must hold the services' listeners. On success the dead letter is deleted.
+/// Throws bus::error when there is no such dead letter.
+retry_outcome retry_dead_letter(const event_bus& bus, pqxx::connection_base& conn, std::int64_t id);
+
+/// Retries every dead letter matching the filters (empty: any), oldest first.
+std::vector<retry_outcome> retry_dead_letters(const event_bus& bus, pqxx::connection_base& conn,
+                                              std::string_view listener, std::string_view event_name);
+
+/// A consumer on the bus's stream, and whether a registered listener owns it.
+struct consumer_status {
+  consumer_info info;
+  bool owned = false;
+};
+
+/// Every durable consumer on the bus's stream.
+[[nodiscard]] std::vector<consumer_status> list_consumers(const event_bus& bus);
+
+/// Deletes the consumers of this bus's group that no registered listener owns (left behind by
+/// renamed or removed listeners); consumers of other groups are never touched. Returns their
+/// names. With `dry_run`, deletes nothing.
+std::vector<std::string> prune_consumers(const event_bus& bus, bool dry_run);
+
+}  // namespace bus

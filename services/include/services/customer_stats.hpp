@@ -1,0 +1,16 @@
+#pragma once
+
+#include "bus/event_bus.hpp"
+#include "services/shop_options.hpp"
+
+namespace services {
+
+/// Keeps per-customer order statistics, strictly in publish order (the ordered async listener
+/// "customer_stats"). It counts any order that arrives after a later one as out of order,
+/// which ordering makes impossible.
+class customer_stats {
+ public:
+  customer_stats(bus::event_bus& bus, const shop_options& options);
+};
+
+}  // namespace services

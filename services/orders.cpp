@@ -1,0 +1,22 @@
+#include "services/orders.hpp"
+
+#include <pqxx/pqxx>
+
+#include "models/order_placed.hpp"
+
+namespace services {
+
+orders::orders(bus::event_bus& bus, const shop_options& options) : bus_(bus), options_(options) {}
+
+std::int64_t orders::place(bus::context& ctx, const std::string& customer, const std::string& sku, int quantity,
+                           std::int64_t cents) {
+  const auto id = ctx.tx()
+                      .exec_params1("INSERT INTO " + table(options_, "orders") +
+                                        " (customer, sku, quantity, cents) VALUES ($1, $2, $3, $4) RETURNING id",
+                                    customer, sku, quantity, cents)[0]
+                      .as<std::int64_t>();
+  bus_.publish(ctx, models::order_placed{id, customer, sku, quantity, cents});  // inventory may throw here
+  return id;
+}
+
+}  // namespace services

@@ -1,0 +1,192 @@
+// The worker binary as an operator uses it, on the example shop: retrying a dead letter runs
+// only its listener; consumers prune removes what no listener owns; bad configuration gets a
+// clear error; and the demo runs end to end.
+
+#include <chrono>
+#include <string>
+#include <vector>
+
+#include <catch2/catch.hpp>
+#include <pqxx/pqxx>
+#include <spdlog/sinks/null_sink.h>
+#include <spdlog/spdlog.h>
+
+#include "bus/dead_letters.hpp"
+#include "bus/migrations.hpp"
+#include "bus/relay.hpp"
+#include "bus/worker.hpp"
+#include "mq/connection.hpp"
+#include "mq/jetstream.hpp"
+#include "services/shop.hpp"
+#include "support/child_process.hpp"
+#include "support/stream_reader.hpp"
+#include "support/test_env.hpp"
+#include "support/wait.hpp"
+
+namespace {
+
+using namespace std::chrono_literals;
+
+struct shop_fixture {
+  mq::connection conn{{.url = test_env::nats_url()}};
+  mq::jetstream js{conn};
+  bus::bus_options opts = [] {
+    auto o = test_env::test_bus_options("cli");
+    o.group = "shop";
+    return o;
+  }();
+  services::shop_options shop_opts = [] {
+    services::shop_options s;
+    s.schema = test_env::unique_name("shop");
+    s.flaky_failure_rate = 1.0;  // loyalty always fails
+    s.flaky_attempts = 2;
+    s.retry_initial = 20ms;
+    return s;
+  }();
+  pqxx::connection db{test_env::database_url()};
+
+  shop_fixture() {
+    bus::migrate(db, opts.schema);
+    services::migrate_shop(db, shop_opts);
+  }
+  ~shop_fixture() {
+    (void)js.delete_stream(opts.stream);
+    try {
+      pqxx::work tx{db};
+      tx.exec0("DROP SCHEMA IF EXISTS \"" + opts.schema + "\" CASCADE");
+      tx.exec0("DROP SCHEMA IF EXISTS \"" + shop_opts.schema + "\" CASCADE");
+      tx.commit();
+    } catch (const std::exception& e) {
+      WARN("dropping schemas: " << e.what());
+    }
+  }
+  // omnibus-worker with this fixture's names, plus `args`.
+  test_env::child_process cli(std::vector<std::string> args) {
+    std::vector<std::string> argv{test_env::tool_path("OMNIBUS_WORKER_BIN"), "--group", opts.group, "--schema", opts.schema,
+                                  "--shop-schema", shop_opts.schema, "--stream", opts.stream.name, "--subject-prefix",
+                                  opts.stream.subject_prefix};
+    argv.insert(argv.end(), args.begin(), args.end());
+    return test_env::child_process(argv);
+  }
+  long count(const std::string& sql) {
+    pqxx::nontransaction q{db};
+    return q.exec1(sql)[0].as<long>();
+  }
+};
+
+}  // namespace
+
+TEST_CASE_METHOD(shop_fixture, "retrying a dead letter from the CLI re-runs only its listener", "[integration][cli]") {
+  bus::event_bus b{js, opts};
+  auto shop = services::make_shop(b, shop_opts);
+  auto log = std::make_shared<spdlog::logger>("t", std::make_shared<spdlog::sinks::null_sink_mt>());
+  bus::relay_options ro;
+  ro.database_url = test_env::database_url();
+  ro.schema = opts.schema;
+  bus::relay relay{js, ro, log};
+  relay.start();
+  bus::worker_options wo;
+  wo.database_url = test_env::database_url();
+  bus::worker w{b, wo, log};
+  std::jthread runner([&](std::stop_token st) { w.run(st); });
+  REQUIRE(test_env::eventually([&] { return js.consumers(opts.stream).size() == b.async_listeners().size(); }, 10s));
+  {
+    pqxx::work tx{db};
+    bus::context ctx{tx};
+    shop->inventory.restock(ctx, "mug", 10);
+    shop->orders.place(ctx, "ada@example.com", "mug", 1, 1200);
+    tx.commit();
+  }
+  const std::string emails = "SELECT count(*) FROM \"" + shop_opts.schema + "\".emails WHERE kind = 'confirmation'";
+  const std::string loyalty = "SELECT count(*) FROM \"" + shop_opts.schema + "\".loyalty";
+  REQUIRE(test_env::eventually([&] { return bus::list_dead_letters(db, opts.schema).size() == 1 && count(emails) == 1; }, 20s));
+  runner.request_stop();
+  runner.join();
+  const auto dl = bus::list_dead_letters(db, opts.schema).front();
+  CHECK(dl.listener == "loyalty");
+
+  auto list = cli({"dead-letters", "list", "--listener", "loyalty"});
+  REQUIRE(list.wait(20s) == 0);
+  CHECK_THAT(list.output(), Catch::Contains("loyalty") && Catch::Contains("1 dead letter(s)"));
+  auto show = cli({"dead-letters", "show", std::to_string(dl.id)});
+  REQUIRE(show.wait(20s) == 0);
+  CHECK_THAT(show.output(), Catch::Contains("Nats-Msg-Id: " + dl.event_id) && Catch::Contains("loyalty backend timed out"));
+
+  auto retry = cli({"--flaky-rate", "0", "dead-letters", "retry", std::to_string(dl.id)});
+  REQUIRE(retry.wait(20s) == 0);
+  CHECK_THAT(retry.output(), Catch::Contains("ok, removed"));
+  CHECK(count(loyalty) == 1);                              // its listener ran
+  CHECK(count(emails) == 1);                               // the other listener did not
+  CHECK(bus::list_dead_letters(db, opts.schema).empty());  // and the dead letter is gone
+
+  auto again = cli({"dead-letters", "retry", std::to_string(dl.id)});
+  CHECK(again.wait(20s) == 1);
+  CHECK_THAT(again.output(), Catch::Contains("no dead letter"));
+}
+
+TEST_CASE_METHOD(shop_fixture, "consumers prune removes what no listener owns, and keeps the rest", "[integration][cli]") {
+  auto consumer = [&](const std::string& name) {
+    bus::consumer_config c;
+    c.name = name;
+    c.filter_subject = opts.stream.subject_prefix + ".order.placed";
+    return c;
+  };
+  std::vector<bus::consumer_config> v{consumer("shop_loyalty"), consumer("shop_renamed_listener"), consumer("billing_invoices")};
+  js.provision(opts.stream, v);
+
+  auto dry = cli({"consumers", "prune", "--dry-run"});
+  REQUIRE(dry.wait(20s) == 0);
+  CHECK_THAT(dry.output(), Catch::Contains("would delete shop_renamed_listener"));
+  CHECK(js.info(opts.stream, "shop_renamed_listener").has_value());
+
+  auto prune = cli({"consumers", "prune"});
+  REQUIRE(prune.wait(20s) == 0);
+  CHECK_THAT(prune.output(), Catch::Contains("deleted shop_renamed_listener") && Catch::Contains("1 consumer(s) pruned"));
+  CHECK_FALSE(js.info(opts.stream, "shop_renamed_listener").has_value());
+  CHECK(js.info(opts.stream, "shop_loyalty").has_value());      // owned by a listener
+  CHECK(js.info(opts.stream, "billing_invoices").has_value());  // another group's: never touched
+
+  auto list = cli({"consumers", "list"});
+  REQUIRE(list.wait(20s) == 0);
+  CHECK_THAT(list.output(), Catch::Contains("shop_loyalty") && Catch::Contains("billing_invoices"));
+}
+
+TEST_CASE_METHOD(shop_fixture, "bad configuration gets a clear error and exit code 2", "[integration][cli]") {
+  SECTION("a schema name that is not an identifier") {
+    auto p = test_env::child_process({test_env::tool_path("OMNIBUS_WORKER_BIN"), "--schema", "bad;name", "dead-letters", "list"});
+    CHECK(p.wait(20s) == 2);
+    CHECK_THAT(p.output(), Catch::Contains("schema name 'bad;name'"));
+  }
+  SECTION("a flaky rate out of range") {
+    auto p = cli({"--flaky-rate", "2", "run"});
+    CHECK(p.wait(20s) == 2);
+    CHECK_THAT(p.output(), Catch::Contains("--flaky-rate"));
+  }
+  SECTION("an unknown log level") {
+    auto p = cli({"--log-level", "loud", "run"});
+    CHECK(p.wait(20s) == 2);
+    CHECK_THAT(p.output(), Catch::Contains("unknown level 'loud'"));
+  }
+  SECTION("a database that cannot be reached, without its password in the message") {
+    auto p = test_env::child_process({test_env::tool_path("OMNIBUS_WORKER_BIN"), "--database-url",
+                                      "postgresql://app:s3cret-pw@127.0.0.1:1/app", "dead-letters", "list"});
+    CHECK(p.wait(20s) == 1);
+    CHECK_THAT(p.output(), Catch::Contains("cannot connect to PostgreSQL") && !Catch::Contains("s3cret-pw"));
+  }
+  SECTION("--help on a subcommand") {
+    auto p = test_env::child_process({test_env::tool_path("OMNIBUS_WORKER_BIN"), "dead-letters", "retry", "--help"});
+    CHECK(p.wait(20s) == 0);
+    CHECK_THAT(p.output(), Catch::Contains("--all"));
+  }
+}
+
+TEST_CASE("the demo runs end to end and its summary checks out against the database", "[integration][demo]") {
+  const std::string suffix = test_env::unique_name("d");
+  auto demo = test_env::child_process({test_env::tool_path("OMNIBUS_DEMO_BIN"), "--orders", "150", "--schema", "omnibus_" + suffix,
+                                       "--shop-schema", "shop_" + suffix, "--stream", "DEMO_" + suffix});
+  const int rc = demo.wait(150s);
+  INFO(demo.output());
+  REQUIRE(rc == 0);
+  CHECK_THAT(demo.output(), Catch::Contains("every count checks out against the database"));
+  CHECK_THAT(demo.output(), Catch::Contains("orders rolled back") && Catch::Contains("dead-lettered"));
+}
