@@ -64,6 +64,14 @@ constexpr std::array migrations{
               "  parked_at timestamptz NOT NULL DEFAULT now(),\n"
               "  action text CHECK (action IN ('retry', 'skip'))  -- requested by an operator; NULL: stay parked\n"
               ");\n"},
+    migration{4, "inbox",
+              "CREATE TABLE {s}.bus_inbox (  -- events an inbox listener has handled, committed with its effects\n"
+              "  listener text NOT NULL,\n"
+              "  event_id uuid NOT NULL,\n"
+              "  handled_at timestamptz NOT NULL DEFAULT now(),  -- the database's clock: pruning uses it\n"
+              "  PRIMARY KEY (listener, event_id)\n"
+              ");\n"
+              "CREATE INDEX bus_inbox_handled_at ON {s}.bus_inbox (handled_at);\n"},
 };
 
 std::string with_schema(const char* sql, std::string_view schema) {

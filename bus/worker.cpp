@@ -19,6 +19,7 @@
 #include "bus/dead_letters.hpp"
 #include "bus/envelope.hpp"
 #include "bus/migrations.hpp"
+#include "failpoint.hpp"
 #include "stop_wait.hpp"
 
 namespace bus {
@@ -103,6 +104,24 @@ struct worker::impl {
   std::unique_ptr<connection_pool> pool;
   std::unique_ptr<boost::asio::thread_pool> threads;
   std::atomic<bool> shutting_down{false};
+  std::string inbox_insert;  // INSERT ... ON CONFLICT DO NOTHING into <schema>.bus_inbox
+  clock::time_point next_prune{};
+
+  // Deletes inbox rows older than the retention, by the database's clock, now and then.
+  void prune_inbox() {
+    if (clock::now() < next_prune) return;
+    next_prune = clock::now() + opts.inbox_prune_every;
+    try {
+      auto lease = pool->acquire(opts.db_wait);
+      pqxx::nontransaction tx{*lease};
+      auto r = tx.exec_params("DELETE FROM \"" + bus.options().schema +
+                                  "\".bus_inbox WHERE handled_at < now() - make_interval(secs => $1)",
+                              static_cast<double>(opts.inbox_retention.count()));
+      if (r.affected_rows() > 0) log->info("worker: pruned {} inbox row(s)", r.affected_rows());
+    } catch (const std::exception& e) {
+      log->warn("worker: pruning the inbox failed: {}", e.what());
+    }
+  }
 
   // Settles `j` with `f` unless someone already did. Returns whether this call settled it.
   template <class F>
@@ -220,6 +239,8 @@ struct worker::impl {
     }
 
     std::string failure;
+    bool duplicate = false;
+    bool in_doubt = false;
     {
       context ctx;
       ctx.meta() = env.meta;
@@ -229,8 +250,19 @@ struct worker::impl {
       ctx.set_stop_token(j.stop.get_token());
       lazy_connection db{*pool, opts.db_wait};  // returned to the pool at the end of this scope
       ctx.set_connection_source(&db);
+      std::optional<pqxx::work> inbox_tx;  // aborted by its destructor unless committed
       try {
-        def.handler(ctx, env);
+        if (def.options.inbox) {
+          inbox_tx.emplace(db.connection());
+          inbox_tx->exec0("SET LOCAL lock_timeout = " + std::to_string(opts.inbox_lock_timeout.count()));
+          duplicate = inbox_tx->exec_params(inbox_insert, def.name, env.id.to_string()).affected_rows() == 0;
+          ctx.set_transaction(&*inbox_tx);
+        }
+        if (!duplicate) def.handler(ctx, env);
+        if (inbox_tx && !duplicate) {
+          inbox_tx->commit();
+          detail::failpoint("worker_after_inbox_commit");
+        }
       } catch (const decode_error& e) {
         if (e.kind() == decode_failure::newer_version) {
           log->info("listener {}: {} {} is a newer version than this build knows; retrying in {} ms", def.name,
@@ -244,11 +276,29 @@ struct worker::impl {
       } catch (const permanent_error& e) {
         dead_letter_now(j, "permanent", e.what(), attempt);
         return;
+      } catch (const pqxx::in_doubt_error& e) {
+        in_doubt = true;
+        failure = e.what();
       } catch (const std::exception& e) {
         failure = e.what();
       } catch (...) {
         failure = "a handler threw something that is not a std::exception";
       }
+    }
+    if (in_doubt) {
+      // Committed or not, nobody knows: never ack. The redelivery asks the inbox.
+      stats.in_doubt.fetch_add(1, std::memory_order_relaxed);
+      log->error("listener {}: {} {}: the inbox commit's outcome is unknown ({}); not acked, it will be redelivered",
+                 def.name, env.name, env.id.to_string(), failure);
+      const auto delay = retry_delay(def.options.retry, attempt, unit_random());
+      settle(j, "naking", [&](delivery& x) { x.nak(delay); });
+      return;
+    }
+    if (duplicate) {
+      settle(j, "acking a duplicate", [](delivery& x) { x.ack(); });
+      stats.duplicates.fetch_add(1, std::memory_order_relaxed);
+      log->debug("listener {}: {} {} was handled already (inbox): acked", def.name, env.name, env.id.to_string());
+      return;
     }
     if (!failure.empty()) {
       failed(j, env, failure, attempt, operator_retry);
@@ -413,6 +463,14 @@ void worker::run(std::stop_token stop) {
     migrate(*lease, w.bus.options().schema);
   }
   w.bus.provision();
+  w.inbox_insert = "INSERT INTO \"" + w.bus.options().schema +
+                   "\".bus_inbox (listener, event_id) VALUES ($1, $2::uuid) ON CONFLICT DO NOTHING";
+  bool any_inbox = false;
+  for (const async_listener& l : w.bus.async_listeners()) any_inbox = any_inbox || l.options.inbox;
+  if (any_inbox && w.opts.inbox_retention <= w.bus.options().stream.max_age) {
+    throw std::invalid_argument("worker: inbox_retention must exceed the stream's max_age: while the stream holds an "
+                                "event it can be delivered again, and only its inbox row stops a second run");
+  }
   for (const async_listener& l : w.bus.async_listeners()) {
     auto st = std::make_unique<listener_state>();
     st->def = &l;
@@ -432,6 +490,7 @@ void worker::run(std::stop_token stop) {
   while (!stop.stop_requested() && stuck.empty()) {
     (void)detail::wait_for(stop, w.opts.tick);
     stuck = w.monitor();
+    if (any_inbox) w.prune_inbox();
   }
 
   // Graceful shutdown (decision 14).

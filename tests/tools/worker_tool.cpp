@@ -10,6 +10,7 @@
 //   OMNIBUS_TEST_DEADLINE_MS the handler deadline (default 60000)
 //   OMNIBUS_TEST_ORDERED     1: the listener is ordered
 //   OMNIBUS_TEST_FAIL_N      event n fails on its first two attempts
+//   OMNIBUS_TEST_INBOX       1: an inbox listener, recording through the inbox transaction
 
 #include <csignal>
 #include <cstdio>
@@ -75,6 +76,7 @@ int main(int argc, char** argv) {
   lo.deadline = std::chrono::milliseconds(env_long("OMNIBUS_TEST_DEADLINE_MS", 60000));
   lo.concurrency = 4;
   lo.ordered = env_long("OMNIBUS_TEST_ORDERED", 0) == 1;
+  lo.inbox = env_long("OMNIBUS_TEST_INBOX", 0) == 1;
   lo.retry.initial = std::chrono::milliseconds(20);
   b.add_async_listener<tool_event>("recorder", [&](bus::context& ctx, const tool_event& e) {
     if (stuck) {
@@ -82,8 +84,13 @@ int main(int argc, char** argv) {
     }
     if (e.n == fail_n && ctx.attempt() <= 2) throw std::runtime_error("event " + std::to_string(e.n) + " fails twice");
     if (delay_ms > 0) std::this_thread::sleep_for(std::chrono::milliseconds(delay_ms));  // simulated work
+    const std::string insert = "INSERT INTO \"" + schema + "\".handled (n, worker) VALUES ($1, $2)";
+    if (ctx.transaction() != nullptr) {  // inbox: the effect commits with the inbox row
+      ctx.tx().exec_params0(insert, e.n, tag);
+      return;
+    }
     pqxx::nontransaction tx{ctx.db()};
-    tx.exec_params0("INSERT INTO \"" + schema + "\".handled (n, worker) VALUES ($1, $2)", e.n, tag);
+    tx.exec_params0(insert, e.n, tag);
   }, lo);
 
   bus::worker_options wo;

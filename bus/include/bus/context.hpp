@@ -47,6 +47,8 @@ class context {
   /// listeners write through it; async events go to the outbox in it.
   explicit context(pqxx::transaction_base& tx) noexcept : tx_(&tx) {}
 
+  /// Sets (or clears) the transaction; the worker sets an inbox listener's. Borrowed.
+  void set_transaction(pqxx::transaction_base* tx) noexcept { tx_ = tx; }
   /// The caller's transaction, or nullptr.
   [[nodiscard]] pqxx::transaction_base* transaction() const noexcept { return tx_; }
   /// The caller's transaction; throws std::logic_error when the context has none.

@@ -69,6 +69,11 @@ struct listener_options {
   /// operator retries or skips it (omnibus-worker parked ...); false dead-letters the event and
   /// goes on (a dead letter retried later runs out of order).
   bool park_when_exhausted = true;
+  /// Exactly-once effects: the worker opens a transaction, records (listener, event id) in
+  /// <schema>.bus_inbox, runs the handler with that transaction in its context (ctx.tx();
+  /// events it publishes go to the outbox in it), commits, and only then acks. An event
+  /// already recorded is acked without running the handler.
+  bool inbox = false;
   /// A new consumer starts now; set this to replay from a time within the stream's MaxAge.
   std::optional<std::chrono::system_clock::time_point> replay_from;
 };

@@ -34,6 +34,14 @@ struct worker_options {
   std::chrono::milliseconds tick{50};                         ///< deadline and in-progress granularity
   std::chrono::milliseconds db_wait{5000};                    ///< for a pooled connection
   std::chrono::milliseconds parked_poll{1000};                ///< how often a parked listener checks for an operator's word
+  /// An inbox transaction's lock_timeout: a hung handler's uncommitted inbox row cannot block
+  /// its redelivered copy for longer than this (that copy fails and is retried).
+  std::chrono::milliseconds inbox_lock_timeout{5000};
+  /// How long inbox rows are kept, by the database's clock. Must exceed the stream's MaxAge:
+  /// a message can be redelivered (or re-sent by a relay) while the stream holds it, and only
+  /// its inbox row stops a second run.
+  std::chrono::seconds inbox_retention{std::chrono::hours(24 * 8)};
+  std::chrono::seconds inbox_prune_every{std::chrono::minutes(10)};  ///< how often old rows are deleted
 };
 
 /// Counters, readable from any thread while the worker runs.
@@ -45,6 +53,8 @@ struct worker_stats {
   std::atomic<std::uint64_t> deferred{0};       ///< a newer version than this build knows, nak'd with a delay
   std::atomic<std::uint64_t> parked{0};         ///< ordered listeners parked at an event
   std::atomic<std::uint64_t> skipped{0};        ///< parked events skipped by an operator
+  std::atomic<std::uint64_t> duplicates{0};     ///< inbox listeners: already handled, acked without running
+  std::atomic<std::uint64_t> in_doubt{0};       ///< inbox commits whose outcome was unknown: not acked
 };
 
 /// Thrown by run() when every handler slot of a listener is stuck past its deadline. The
