@@ -25,6 +25,15 @@ event_bus::~event_bus() = default;
 
 void event_bus::freeze() {
   std::lock_guard lock(mutex_);
+  if (frozen_.load(std::memory_order_relaxed)) return;
+  // Nothing is added after this, so the listener vectors never move again.
+  dispatch_.assign(types_.size(), dispatch_range{});
+  for (std::size_t slot = 0; slot < types_.size(); ++slot) {
+    const type_entry& e = types_[slot];
+    if (e.name.empty()) continue;
+    dispatch_[slot] = e.sync.empty() ? dispatch_range{&no_listeners_, &no_listeners_}
+                                     : dispatch_range{e.sync.data(), e.sync.data() + e.sync.size()};
+  }
   frozen_.store(true, std::memory_order_release);
 }
 

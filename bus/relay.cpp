@@ -34,9 +34,10 @@ class relay::session {
   explicit session(const relay_options& o)
       : conn(o.database_url),
         lock_key("omnibus:relay:" + o.schema),
-        select_sql("SELECT id, event_id::text, subject, headers, body FROM \"" + o.schema +
-                   "\".bus_outbox ORDER BY id LIMIT " + std::to_string(o.batch_size)),
-        delete_sql("DELETE FROM \"" + o.schema + "\".bus_outbox WHERE id = ANY($1::bigint[])") {}
+        select_sql("SELECT id, subject, headers, body FROM \"" + o.schema + "\".bus_outbox ORDER BY id LIMIT " +
+                   std::to_string(o.batch_size)),
+        delete_sql("DELETE FROM \"" + o.schema + "\".bus_outbox WHERE id = ANY($1::bigint[])"),
+        delete_range_sql("DELETE FROM \"" + o.schema + "\".bus_outbox WHERE id BETWEEN $1 AND $2") {}
 
   bool try_lock() {
     pqxx::nontransaction tx{conn};
@@ -47,6 +48,7 @@ class relay::session {
   std::string lock_key;
   std::string select_sql;
   std::string delete_sql;
+  std::string delete_range_sql;
 };
 
 relay::relay(queue& q, relay_options options, std::shared_ptr<spdlog::logger> log)
@@ -83,9 +85,9 @@ std::size_t relay::sweep(session& s) {
       for (const auto& row : rows) {
         ids.push_back(row[0].as<std::int64_t>());
         message m;
-        m.subject = row[2].as<std::string>();
-        detail::split_headers(row[3].c_str(), m);
-        pqxx::binarystring body{row[4]};
+        m.subject = row[1].as<std::string>();
+        detail::split_headers(row[2].c_str(), m);
+        pqxx::binarystring body{row[3]};
         m.body.assign(body.get(), body.size());
         msgs.push_back(std::move(m));
       }
@@ -104,14 +106,20 @@ std::size_t relay::sweep(session& s) {
       ++prefix;
     }
     if (prefix > 0) {
-      std::string array = "{";
-      for (std::size_t i = 0; i < prefix; ++i) {
-        if (i > 0) array += ',';
-        array += std::to_string(ids[i]);
-      }
-      array += '}';
       pqxx::nontransaction tx{s.conn};
-      tx.exec_params0(s.delete_sql, array);
+      if (ids[prefix - 1] - ids[0] + 1 == static_cast<std::int64_t>(prefix)) {
+        // No gap: every id in the range is one we sent, so a range delete cannot touch a row
+        // that committed after our read.
+        tx.exec_params0(s.delete_range_sql, ids[0], ids[prefix - 1]);
+      } else {
+        std::string array = "{";
+        for (std::size_t i = 0; i < prefix; ++i) {
+          if (i > 0) array += ',';
+          array += std::to_string(ids[i]);
+        }
+        array += '}';
+        tx.exec_params0(s.delete_sql, array);
+      }
       stats_.relayed.fetch_add(prefix, std::memory_order_relaxed);
       sent += prefix;
     }
@@ -148,6 +156,10 @@ void relay::run(std::stop_token stop) {
         constexpr auto slice = std::chrono::milliseconds(100);
         s.conn.await_notification(0, std::chrono::duration_cast<std::chrono::microseconds>(slice).count());
         if (wake.woken || clock::now() >= next_sweep) {
+          if (wake.woken && options_.coalesce.count() > 0) {
+            if (!detail::wait_until(stop, clock::now() + options_.coalesce)) break;
+            s.conn.get_notifs();  // the ones that came meanwhile are served by this sweep
+          }
           wake.woken = false;
           sweep(s);
           next_sweep = clock::now() + options_.sweep_interval;

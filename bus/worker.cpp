@@ -4,6 +4,7 @@
 #include <cmath>
 #include <condition_variable>
 #include <mutex>
+#include <list>
 #include <optional>
 #include <random>
 #include <thread>
@@ -42,6 +43,8 @@ double unit_random() {
 }
 
 struct listener_state;
+struct job;
+using job_list = std::list<std::shared_ptr<job>>;
 
 // One delivery from fetch to settlement.
 struct job {
@@ -53,6 +56,7 @@ struct job {
   clock::time_point deadline;
   clock::time_point last_progress;
   std::stop_source stop;
+  job_list::iterator self;  // its place in the listener's list, for O(1) removal
 };
 
 struct listener_state {
@@ -62,7 +66,8 @@ struct listener_state {
   std::condition_variable_any slot_freed;
   int in_flight = 0;  // slots taken, stuck ones included
   int stuck = 0;      // past the deadline, handler still running
-  std::vector<std::shared_ptr<job>> jobs;
+  int refill_at = 0;  // the fetcher fetches again once in_flight is at or below this
+  job_list jobs;
 };
 
 // A handler's database connection, leased from the pool on first use.
@@ -143,8 +148,10 @@ struct worker::impl {
     while (!stop.stop_requested()) {
       int free = 0;
       {
+        // Refill when half the slots are free: fewer, larger fetches than one per freed slot,
+        // and never more messages than free slots (they would wait out their AckWait).
         std::unique_lock lock(l.mutex);
-        if (!l.slot_freed.wait(lock, stop, [&] { return l.in_flight < slots; })) break;
+        if (!l.slot_freed.wait(lock, stop, [&] { return l.in_flight <= l.refill_at; })) break;
         free = slots - l.in_flight;
       }
       std::vector<std::unique_ptr<delivery>> batch;
@@ -172,7 +179,7 @@ struct worker::impl {
         {
           std::lock_guard lock(l.mutex);
           ++l.in_flight;
-          l.jobs.push_back(j);
+          j->self = l.jobs.insert(l.jobs.end(), j);
         }
         boost::asio::post(*threads, [this, j] {
           run_job(*j);
@@ -184,13 +191,15 @@ struct worker::impl {
 
   void finish(const std::shared_ptr<job>& j) {
     listener_state& l = *j->l;
+    bool wake = false;
     {
       std::lock_guard lock(l.mutex);
       --l.in_flight;
       if (j->timed_out) --l.stuck;
-      std::erase(l.jobs, j);
+      l.jobs.erase(j->self);
+      wake = l.in_flight == l.refill_at;  // the fetcher waits for exactly this
     }
-    l.slot_freed.notify_all();
+    if (wake) l.slot_freed.notify_one();
   }
 
   void run_job(job& j) {
@@ -474,6 +483,7 @@ void worker::run(std::stop_token stop) {
   for (const async_listener& l : w.bus.async_listeners()) {
     auto st = std::make_unique<listener_state>();
     st->def = &l;
+    st->refill_at = l.options.concurrency / 2;
     st->cons = w.bus.target()->open_consumer(w.bus.options().stream, l.consumer_name);
     w.listeners.push_back(std::move(st));
   }

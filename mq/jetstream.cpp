@@ -336,6 +336,7 @@ std::vector<bus::batch_result> jetstream::publish_batch(std::span<const bus::mes
   if (msgs.empty()) return results;
   batch_state st;
   st.results = &results;
+  st.index.reserve(msgs.size());
 
   // A context of its own, so that this batch's acks reach this batch's handler.
   jsOptions jo;

@@ -20,6 +20,7 @@
 #include "services/shop.hpp"
 #include "support/child_process.hpp"
 #include "support/stream_reader.hpp"
+#include "support/schema.hpp"
 #include "support/test_env.hpp"
 #include "support/wait.hpp"
 
@@ -51,14 +52,7 @@ struct shop_fixture {
   }
   ~shop_fixture() {
     (void)js.delete_stream(opts.stream);
-    try {
-      pqxx::work tx{db};
-      tx.exec0("DROP SCHEMA IF EXISTS \"" + opts.schema + "\" CASCADE");
-      tx.exec0("DROP SCHEMA IF EXISTS \"" + shop_opts.schema + "\" CASCADE");
-      tx.commit();
-    } catch (const std::exception& e) {
-      WARN("dropping schemas: " << e.what());
-    }
+    test_env::drop_schemas(db, {opts.schema, shop_opts.schema});
   }
   // omnibus-worker with this fixture's names, plus `args`.
   test_env::child_process cli(std::vector<std::string> args) {

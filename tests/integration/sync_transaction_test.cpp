@@ -9,6 +9,7 @@
 
 #include "bus/event.hpp"
 #include "bus/event_bus.hpp"
+#include "support/schema.hpp"
 #include "support/test_env.hpp"
 
 namespace {
@@ -34,13 +35,7 @@ struct schema_fixture {
     tx.commit();
   }
   ~schema_fixture() {
-    try {
-      pqxx::work tx{conn};
-      tx.exec0("DROP SCHEMA " + tx.quote_name(schema) + " CASCADE");
-      tx.commit();
-    } catch (const std::exception& e) {
-      WARN("dropping schema " << schema << ": " << e.what());
-    }
+    test_env::drop_schemas(conn, {schema});
   }
   long rows(const std::string& email) {
     pqxx::work tx{conn};

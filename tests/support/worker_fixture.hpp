@@ -24,6 +24,7 @@
 #include "mq/jetstream.hpp"
 #include "support/child_process.hpp"
 #include "support/stream_reader.hpp"
+#include "support/schema.hpp"
 #include "support/test_env.hpp"
 #include "support/wait.hpp"
 #include "tools/tool_event.hpp"
@@ -56,13 +57,7 @@ struct worker_fixture {
   ~worker_fixture() {
     stop_worker();
     (void)js.delete_stream(opts.stream);
-    try {
-      pqxx::work tx{db};
-      tx.exec0("DROP SCHEMA IF EXISTS \"" + opts.schema + "\" CASCADE");
-      tx.commit();
-    } catch (const std::exception& e) {
-      WARN("dropping schema " << opts.schema << ": " << e.what());
-    }
+    test_env::drop_schemas(db, {opts.schema});
   }
 
   void start_worker(std::chrono::milliseconds parked_poll = 1000ms) {

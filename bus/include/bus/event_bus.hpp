@@ -108,12 +108,10 @@ class permanent_error : public error {
 
 namespace detail {
 std::size_t next_type_slot() noexcept;
-/// A dense per-type index, assigned on first use; the same in every bus.
+/// A dense per-type index, the same in every bus. A variable, not a function-local static, so
+/// reading it on the publish path costs a load and no initialization guard.
 template <class E>
-std::size_t type_slot() noexcept {
-  static const std::size_t slot = next_type_slot();
-  return slot;
-}
+inline const std::size_t type_slot = next_type_slot();
 }  // namespace detail
 
 /// The typed event bus. Construct it, let every service add its listeners, then publish.
@@ -152,7 +150,7 @@ class event_bus {
   /// Returns the event's id (nil for a local-only event). Throws what a listener threw,
   /// event_too_large, publish_error (no transaction), or std::logic_error for a name clash.
   template <class E>
-  event_id publish(context& ctx, const E& event);
+  [[gnu::always_inline]] inline event_id publish(context& ctx, const E& event);
 
   /// Freezes the registry, then creates the stream and every async listener's consumer that
   /// is missing (publishers call it too, so that events published before any worker ran
@@ -174,12 +172,18 @@ class event_bus {
 
  private:
   struct sync_listener {
-    void (*call)(void* fn, context& ctx, const void* event);
-    std::unique_ptr<void, void (*)(void*)> fn;  // the type-erased callable, owned
+    void (*call)(void* fn, context& ctx, const void* event) = nullptr;
+    std::unique_ptr<void, void (*)(void*)> fn{nullptr, [](void*) {}};  // the type-erased callable, owned
   };
   struct type_entry {
     std::string_view name;  // E::name (static storage); empty: slot unused by this bus
     std::vector<sync_listener> sync;
+  };
+  // What publish() reads, built at freeze: a type's sync listeners as [first, last); first is
+  // nullptr for a type no listener registered (publish then checks its name).
+  struct dispatch_range {
+    const sync_listener* first = nullptr;
+    const sync_listener* last = nullptr;
   };
 
   type_entry& entry_for(std::size_t slot, std::string_view name);  // under mutex_, not frozen
@@ -194,6 +198,8 @@ class event_bus {
   std::mutex mutex_;        // guards registration until frozen
   std::atomic<bool> frozen_{false};
   std::vector<type_entry> types_;                            // by detail::type_slot
+  std::vector<dispatch_range> dispatch_;                     // by detail::type_slot, once frozen
+  sync_listener no_listeners_{};                             // the range of a type with none
   std::unordered_map<std::string_view, std::size_t> names_;  // event name -> slot
   std::vector<async_listener> async_;
 };
@@ -208,7 +214,7 @@ void event_bus::add_sync_listener(F&& handler) {
       [](void* fn, context& ctx, const void* ev) { (*static_cast<fn_t*>(fn))(ctx, *static_cast<const E*>(ev)); },
       {new fn_t(std::forward<F>(handler)), [](void* fn) { delete static_cast<fn_t*>(fn); }}};
   std::lock_guard lock(mutex_);
-  entry_for(detail::type_slot<E>(), E::name).sync.push_back(std::move(l));
+  entry_for(detail::type_slot<E>, E::name).sync.push_back(std::move(l));
 }
 
 template <class E, class F>
@@ -227,7 +233,7 @@ void event_bus::add_async_listener(std::string name, F&& handler, listener_optio
     const E event = decode_event<E>(env);
     fn(ctx, event);
   };
-  add_async(detail::type_slot<E>(), std::move(l));
+  add_async(detail::type_slot<E>, std::move(l));
 }
 
 template <class E>
@@ -235,27 +241,26 @@ batch_report event_bus::publish_batch(context& ctx, std::span<const E> events) {
   detail::check_event<E>();
   static_assert(!is_local_only<E>, "bus: publish_batch() sends events on; a local-only event goes through publish()");
   if (!frozen_.load(std::memory_order_acquire)) freeze();
-  const std::size_t slot = detail::type_slot<E>();
-  const bool known = slot < types_.size() && !types_[slot].name.empty();
-  if (!known) check_name_free(slot, E::name);
+  const std::size_t slot = detail::type_slot<E>;
+  const dispatch_range r = slot < dispatch_.size() ? dispatch_[slot] : dispatch_range{};
+  if (r.first == nullptr) check_name_free(slot, E::name);
   std::vector<envelope> envs;
   envs.reserve(events.size());
   for (const E& event : events) {
-    if (known) {
-      for (const sync_listener& l : types_[slot].sync) l.call(l.fn.get(), ctx, &event);
-    }
+    for (const sync_listener* l = r.first; l != r.last; ++l) l->call(l->fn.get(), ctx, &event);
     envs.push_back(make_envelope(ctx, E::name, E::version, detail::encode_body(event)));
   }
   return emit_batch(ctx, std::move(envs));
 }
 
 template <class E>
-event_id event_bus::publish(context& ctx, const E& event) {
+inline event_id event_bus::publish(context& ctx, const E& event) {
   detail::check_event<E>();
-  if (!frozen_.load(std::memory_order_acquire)) freeze();
-  const std::size_t slot = detail::type_slot<E>();
-  if (slot < types_.size() && !types_[slot].name.empty()) {
-    for (const sync_listener& l : types_[slot].sync) l.call(l.fn.get(), ctx, &event);
+  if (!frozen_.load(std::memory_order_acquire)) [[unlikely]] freeze();
+  const std::size_t slot = detail::type_slot<E>;
+  const dispatch_range r = slot < dispatch_.size() ? dispatch_[slot] : dispatch_range{};
+  if (r.first != nullptr) [[likely]] {
+    for (const sync_listener* l = r.first; l != r.last; ++l) l->call(l->fn.get(), ctx, &event);
   } else {
     check_name_free(slot, E::name);
   }

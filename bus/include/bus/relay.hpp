@@ -22,6 +22,9 @@ struct relay_options {
   std::string schema = "omnibus";
   std::size_t batch_size = 1000;                            ///< rows read and published at once
   std::chrono::milliseconds sweep_interval{1000};           ///< fallback sweep without a NOTIFY
+  /// After a NOTIFY, gather the next ones this long before sweeping: one sweep then sends many
+  /// events instead of one row per transaction (a little latency for much less load).
+  std::chrono::milliseconds coalesce{5};
   std::chrono::milliseconds standby_poll{500};              ///< how often a standby tries to take over
   std::chrono::milliseconds retry_backoff{1000};            ///< after a database or stream failure
   std::chrono::milliseconds publish_timeout{10000};         ///< for one batch's PubAcks

@@ -1,0 +1,187 @@
+// The worker: drain rate, publish-to-handler latency, and memory over a million messages.
+
+#include <algorithm>
+#include <cstdlib>
+#include <atomic>
+#include <fstream>
+#include <mutex>
+#include <span>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <nats/nats.h>
+#include <pqxx/pqxx>
+
+#include "bench_support.hpp"
+#include "bench_world.hpp"
+#include "bus/relay.hpp"
+#include "bus/worker.hpp"
+
+namespace bench {
+namespace {
+
+std::int64_t now_ns() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(clock::now().time_since_epoch()).count();
+}
+
+void publish_events(world& w, long count) {
+  bus::context ctx;
+  std::vector<payload> chunk(10000, payload{});
+  for (long done = 0; done < count; done += static_cast<long>(chunk.size())) {
+    if (!w.bus->publish_batch(ctx, std::span<const payload>(chunk)).ok()) throw std::runtime_error("publish_batch failed");
+  }
+}
+
+long vm_hwm_kb() {
+  std::ifstream in("/proc/self/status");
+  for (std::string line; std::getline(in, line);) {
+    if (line.rfind("VmHWM:", 0) == 0) return std::stol(line.substr(6));
+  }
+  return -1;
+}
+
+bus::worker_options worker_opts() {
+  bus::worker_options wo;
+  wo.database_url = env("OMNIBUS_DATABASE_URL");
+  return wo;
+}
+
+}  // namespace
+
+void bench_drain() {
+  constexpr long n = 100000;
+  world w{"drain"};
+  std::atomic<long> handled{0};
+  bus::listener_options lo;
+  const char* conc = std::getenv("OMNIBUS_BENCH_CONCURRENCY");
+  lo.concurrency = conc != nullptr ? std::atoi(conc) : 256;  // fetch batches of up to 256, like the baseline
+  w.bus->add_async_listener<payload>("noop", [&](bus::context&, const payload&) { handled.fetch_add(1); }, lo);
+  w.bus->provision();
+  publish_events(w, n);
+  bus::worker worker{*w.bus, worker_opts(), w.log};
+  auto t = clock::now();
+  std::jthread run([&](std::stop_token st) { worker.run(st); });
+  while (handled.load() < n) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  const double ours = n / seconds_since(t);
+  run.request_stop();
+  run.join();
+
+  // Baseline: a durable pull consumer from the stream's start, Fetch(256) + natsMsg_Ack.
+  natsConnection* nc = nullptr;
+  natsConnection_ConnectTo(&nc, env("OMNIBUS_NATS_URL").c_str());
+  jsCtx* js = nullptr;
+  natsConnection_JetStream(&js, nc, nullptr);
+  jsSubOptions so;
+  jsSubOptions_Init(&so);
+  so.Stream = w.opts.stream.name.c_str();
+  so.Config.DeliverPolicy = js_DeliverAll;
+  so.Config.AckPolicy = js_AckExplicit;
+  natsSubscription* sub = nullptr;
+  const std::string subject = w.opts.stream.subject_prefix + ".>";
+  if (js_PullSubscribe(&sub, js, subject.c_str(), "raw_baseline", nullptr, &so, nullptr) != NATS_OK) {
+    throw std::runtime_error("js_PullSubscribe");
+  }
+  long got = 0;
+  t = clock::now();
+  while (got < n) {
+    natsMsgList list{};
+    static const int batch = std::getenv("OMNIBUS_BENCH_BASELINE_BATCH") ? std::atoi(std::getenv("OMNIBUS_BENCH_BASELINE_BATCH")) : 256;
+    if (natsSubscription_Fetch(&list, sub, batch, 5000, nullptr) != NATS_OK) throw std::runtime_error("Fetch");
+    for (int i = 0; i < list.Count; ++i) natsMsg_Ack(list.Msgs[i], nullptr);
+    got += list.Count;
+    natsMsgList_Destroy(&list);
+  }
+  const double base = n / seconds_since(t);
+  natsSubscription_Destroy(sub);
+  jsCtx_Destroy(js);
+  natsConnection_Destroy(nc);
+  line("worker_drain_noop_handler", ours, "msg/s", base, ours / base, ">=", 0.7);
+}
+
+void bench_latency(bool through_outbox) {
+  world w{through_outbox ? "latout" : "latdir"};
+  std::mutex m;
+  std::vector<double> ms;
+  w.bus->add_async_listener<payload>("timer", [&](bus::context&, const payload& e) {
+    const double d = static_cast<double>(now_ns() - e.sent_ns) / 1e6;
+    std::lock_guard lock(m);
+    ms.push_back(d);
+  });
+  w.bus->provision();
+  auto wo = worker_opts();
+  wo.fetch_wait = std::chrono::milliseconds(1000);
+  bus::worker worker{*w.bus, wo, w.log};
+  std::jthread run([&](std::stop_token st) { worker.run(st); });
+  std::optional<bus::relay> relay;
+  if (through_outbox) {
+    bus::relay_options ro;
+    ro.database_url = env("OMNIBUS_DATABASE_URL");
+    ro.schema = w.opts.schema;
+    relay.emplace(w.js, ro, w.log);
+    relay->start();
+  }
+  std::this_thread::sleep_for(std::chrono::milliseconds(500));  // let the worker and relay settle before the clock runs
+  constexpr int n = 5000;  // 5 s at 1,000 events/s
+  auto next = clock::now();
+  for (int i = 0; i < n; ++i) {
+    next += std::chrono::microseconds(1000);
+    std::this_thread::sleep_until(next);  // pace the publisher at 1,000 events/s
+    payload e;
+    e.n = i;
+    e.sent_ns = now_ns();
+    if (through_outbox) {
+      pqxx::work tx{w.db};
+      bus::context ctx{tx};
+      w.bus->publish(ctx, e);
+      tx.commit();
+    } else {
+      bus::context ctx;
+      w.bus->publish(ctx, e);
+    }
+  }
+  const auto deadline = clock::now() + std::chrono::seconds(30);
+  for (;;) {
+    {
+      std::lock_guard lock(m);
+      if (ms.size() >= static_cast<std::size_t>(n)) break;
+    }
+    if (clock::now() > deadline) throw std::runtime_error("latency: not every event arrived");
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  if (relay) relay->stop();
+  run.request_stop();
+  run.join();
+  std::sort(ms.begin(), ms.end());
+  const double p99 = ms[ms.size() * 99 / 100];
+  const double budget = through_outbox ? 25.0 : 10.0;
+  line(through_outbox ? "latency_p99_through_outbox_1000_per_s" : "latency_p99_direct_1000_per_s", p99, "ms", budget,
+       p99 / budget, "<=", 1);
+}
+
+// In a child process of its own (so that its high-water mark is the worker's alone): drain
+// 1,000,000 messages with a no-op listener, reading VmHWM after 100,000 and at the end.
+int memory_child() {
+  constexpr long total = 1000000;
+  world w{"mem"};
+  std::atomic<long> handled{0};
+  bus::listener_options lo;
+  lo.concurrency = 64;
+  w.bus->add_async_listener<payload>("noop", [&](bus::context&, const payload&) { handled.fetch_add(1); }, lo);
+  w.bus->provision();
+  publish_events(w, 100000);
+  bus::worker worker{*w.bus, worker_opts(), w.log};
+  std::jthread run([&](std::stop_token st) { worker.run(st); });
+  while (handled.load() < 100000) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  const long at_100k = vm_hwm_kb();
+  publish_events(w, total - 100000);
+  while (handled.load() < total) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  const long at_1m = vm_hwm_kb();
+  run.request_stop();
+  run.join();
+  const double budget = 1.1 * static_cast<double>(at_100k);
+  line("worker_peak_rss_1m_vs_100k", static_cast<double>(at_1m), "KiB", budget, static_cast<double>(at_1m) / budget, "<=", 1);
+  return 0;
+}
+
+}  // namespace bench

@@ -1,0 +1,71 @@
+#pragma once
+// A benchmark's own stream, schema and bus, deleted afterwards.
+
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include <unistd.h>
+
+#include <pqxx/pqxx>
+#include <spdlog/sinks/null_sink.h>
+#include <spdlog/spdlog.h>
+
+#include "bench_support.hpp"
+#include "bus/event.hpp"
+#include "bus/event_bus.hpp"
+#include "bus/migrations.hpp"
+#include "mq/connection.hpp"
+#include "mq/jetstream.hpp"
+
+namespace bench {
+
+/// About 200 bytes on the wire with headers, like the baselines in NOTES-debian12.md.
+struct payload {
+  static constexpr std::string_view name = "bench.payload";
+  static constexpr int version = 1;
+  std::int64_t n = 0;
+  std::int64_t sent_ns = 0;  ///< steady clock at publish, for latency
+  std::string text = std::string(40, 'x');
+  OMNIBUS_FIELDS(n, sent_ns, text);
+};
+
+struct world {
+  explicit world(const std::string& stem)
+      : conn({.url = env("OMNIBUS_NATS_URL"), .name = "omnibus-bench"}), js(conn), db(env("OMNIBUS_DATABASE_URL")) {
+    const std::string tag = stem + std::to_string(::getpid());
+    opts.group = "bench";
+    opts.schema = "bench_" + tag;
+    opts.stream.name = "BENCH_" + tag;
+    opts.stream.subject_prefix = "bench_" + tag;
+    opts.stream.max_bytes = std::int64_t{4} << 30;
+    (void)js.delete_stream(opts.stream);
+    bus::migrate(db, opts.schema);
+    bus = std::make_unique<bus::event_bus>(js, opts);
+    log = std::make_shared<spdlog::logger>("bench", std::make_shared<spdlog::sinks::null_sink_mt>());
+  }
+  ~world() {
+    bus.reset();
+    (void)js.delete_stream(opts.stream);
+    try {
+      pqxx::work tx{db};
+      tx.exec0("DROP SCHEMA IF EXISTS \"" + opts.schema + "\" CASCADE");
+      tx.commit();
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "bench: could not drop schema %s: %s\n", opts.schema.c_str(), e.what());
+    }
+  }
+  long outbox_rows() {
+    pqxx::nontransaction q{db};
+    return q.exec1("SELECT count(*) FROM \"" + opts.schema + "\".bus_outbox")[0].as<long>();
+  }
+
+  mq::connection conn;
+  mq::jetstream js;
+  pqxx::connection db;
+  bus::bus_options opts;
+  std::unique_ptr<bus::event_bus> bus;
+  std::shared_ptr<spdlog::logger> log;
+};
+
+}  // namespace bench
