@@ -113,7 +113,7 @@ void bench_outbox() {
     base.push_back(n / seconds_since(t));
   }
   line("outbox_one_event_per_tx_with_relay", median(ours), "tx/s", median(base), median(ours) / median(base), ">=", 0.7);
-  while (w.outbox_rows() > 0) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  await([&] { return w.outbox_rows() == 0; }, "the relay to empty the outbox");
 
   // Relay throughput: 20,000 committed rows, from commit to an empty outbox; against a plain
   // loop: SELECT 1,000 ORDER BY id, js_PublishMsgAsync each, wait, DELETE up to the last id.
@@ -125,7 +125,7 @@ void bench_outbox() {
     auto r = w.bus->publish_batch(ctx, std::span<const payload>(many));
     auto t = clock::now();
     tx.commit();  // the NOTIFY wakes the running relay
-    while (w.outbox_rows() > 0) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    await([&] { return w.outbox_rows() == 0; }, "the relay to send 20,000 rows");
     const double relay_rate = rows / seconds_since(t);
     relay.stop();
 

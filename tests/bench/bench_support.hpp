@@ -7,6 +7,7 @@
 #include <cstdlib>
 #include <stdexcept>
 #include <string>
+#include <thread>
 #include <vector>
 
 namespace bench {
@@ -28,6 +29,16 @@ inline double median(std::vector<double> v) {
 
 inline double seconds_since(clock::time_point start) {
   return std::chrono::duration<double>(clock::now() - start).count();
+}
+
+// Waits until cond() holds; a benchmark that cannot finish fails instead of hanging.
+template <class F>
+inline void await(F&& cond, const char* what, std::chrono::seconds within = std::chrono::seconds(120)) {
+  const auto deadline = clock::now() + within;
+  while (!cond()) {
+    if (clock::now() > deadline) throw std::runtime_error(std::string("timed out waiting for ") + what);
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));  // poll, bounded by the deadline
+  }
 }
 
 inline std::string env(const char* name) {

@@ -13,6 +13,7 @@
 //   OMNIBUS_TEST_INBOX       1: an inbox listener, recording through the inbox transaction
 
 #include <csignal>
+#include <future>
 #include <cstdio>
 #include <cstdlib>
 #include <string>
@@ -80,7 +81,8 @@ int main(int argc, char** argv) {
   lo.retry.initial = std::chrono::milliseconds(20);
   b.add_async_listener<tool_event>("recorder", [&](bus::context& ctx, const tool_event& e) {
     if (stuck) {
-      for (;;) std::this_thread::sleep_for(std::chrono::hours(1));  // a handler that never returns
+      std::promise<void> never;
+      never.get_future().wait();  // a handler that never returns, whatever its deadline says
     }
     if (e.n == fail_n && ctx.attempt() <= 2) throw std::runtime_error("event " + std::to_string(e.n) + " fails twice");
     if (delay_ms > 0) std::this_thread::sleep_for(std::chrono::milliseconds(delay_ms));  // simulated work
