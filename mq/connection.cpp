@@ -39,6 +39,26 @@ connection::connection(const connection_options& o) : impl_(std::make_unique<imp
   // timed-out publish as "outcome unknown", never as "not sent".
   detail::check(natsOptions_SetRetryOnFailedConnect(opts.get(), false, nullptr, nullptr), "setting connect retry");
 
+  if (!o.user.empty() || !o.password.empty()) {
+    detail::check(natsOptions_SetUserInfo(opts.get(), o.user.c_str(), o.password.c_str()), "setting the NATS user");
+  }
+  if (!o.token.empty()) detail::check(natsOptions_SetToken(opts.get(), o.token.c_str()), "setting the NATS token");
+  if (!o.credentials_file.empty()) {
+    detail::check(natsOptions_SetUserCredentialsFromFiles(opts.get(), o.credentials_file.c_str(), nullptr),
+                  "loading the NATS credentials file " + o.credentials_file);
+  }
+  if (o.tls || !o.tls_ca_file.empty() || !o.tls_cert_file.empty()) {
+    detail::check(natsOptions_SetSecure(opts.get(), true), "enabling TLS");
+    if (!o.tls_ca_file.empty()) {
+      detail::check(natsOptions_LoadCATrustedCertificates(opts.get(), o.tls_ca_file.c_str()),
+                    "loading the TLS CA " + o.tls_ca_file);
+    }
+    if (!o.tls_cert_file.empty()) {
+      detail::check(natsOptions_LoadCertificatesChain(opts.get(), o.tls_cert_file.c_str(), o.tls_key_file.c_str()),
+                    "loading the TLS client certificate " + o.tls_cert_file);
+    }
+  }
+
   natsConnection* raw_conn = nullptr;
   natsStatus s = natsConnection_Connect(&raw_conn, opts.get());
   detail::connection_ptr conn{raw_conn};
@@ -57,9 +77,14 @@ connection::connection(connection&&) noexcept = default;
 connection& connection::operator=(connection&&) noexcept = default;
 
 std::string connection::connected_url() const {
-  char buf[256] = {};
+  char buf[512] = {};
   detail::check(natsConnection_GetConnectedUrl(impl_->conn.get(), buf, sizeof buf), "reading the connected URL");
-  return buf;
+  std::string url = buf;
+  // Never hand out credentials that came in the URL.
+  if (auto scheme = url.find("://"), at = url.rfind('@'); scheme != std::string::npos && at != std::string::npos && at > scheme) {
+    url.erase(scheme + 3, at - scheme - 2);
+  }
+  return url;
 }
 
 void connection::flush(std::chrono::milliseconds timeout) const {

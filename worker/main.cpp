@@ -36,7 +36,7 @@ constexpr int exit_config = 2;
 constexpr int exit_stuck = 3;
 
 struct config {
-  std::string nats_url = "nats://127.0.0.1:4222";
+  mq::connection_options nats{.url = "nats://127.0.0.1:4222", .name = "omnibus-worker"};
   std::string database_url;
   std::string log_level = "info";
   bus::bus_options bus;
@@ -111,7 +111,7 @@ class signal_stop {
 int run(config& c) {
   signal_stop signals;
   auto log = make_logger(c.log_level);
-  mq::connection nats{{.url = c.nats_url, .name = "omnibus-worker"}};
+  mq::connection nats{c.nats};
   mq::jetstream js{nats};
   bus::event_bus bus{js, c.bus};
   auto shop = services::make_shop(bus, c.shop);  // every service registers its listeners here
@@ -195,7 +195,16 @@ int main(int argc, char** argv) {
   CLI::App app{"omnibus-worker: runs the shop's async listeners, and operates the bus.\n"
                "Every option can also be set through the environment variable named in brackets."};
   app.require_subcommand(1);
-  app.add_option("--nats-url", c.nats_url, "NATS server URL")->envname("OMNIBUS_NATS_URL")->capture_default_str();
+  app.add_option("--nats-url", c.nats.url, "NATS server URL")->envname("OMNIBUS_NATS_URL")->capture_default_str();
+  app.add_option("--nats-user", c.nats.user, "NATS user")->envname("OMNIBUS_NATS_USER");
+  app.add_option("--nats-password", c.nats.password, "NATS password (prefer the environment variable)")
+      ->envname("OMNIBUS_NATS_PASSWORD");
+  app.add_option("--nats-token", c.nats.token, "NATS token (prefer the environment variable)")->envname("OMNIBUS_NATS_TOKEN");
+  app.add_option("--nats-creds", c.nats.credentials_file, "NATS .creds file")->envname("OMNIBUS_NATS_CREDS");
+  app.add_flag("--nats-tls", c.nats.tls, "require TLS to nats-server")->envname("OMNIBUS_NATS_TLS");
+  app.add_option("--nats-tls-ca", c.nats.tls_ca_file, "CA file to verify nats-server")->envname("OMNIBUS_NATS_TLS_CA");
+  app.add_option("--nats-tls-cert", c.nats.tls_cert_file, "client certificate file")->envname("OMNIBUS_NATS_TLS_CERT");
+  app.add_option("--nats-tls-key", c.nats.tls_key_file, "client certificate key file")->envname("OMNIBUS_NATS_TLS_KEY");
   app.add_option("--database-url", c.database_url, "PostgreSQL URL (libpq)")->envname("OMNIBUS_DATABASE_URL");
   app.add_option("--group", c.bus.group, "application name: consumers are <group>_<listener>")
       ->envname("OMNIBUS_GROUP")->capture_default_str();
@@ -323,7 +332,7 @@ int main(int argc, char** argv) {
       return 0;
     }
     if (consumers_list->parsed() || consumers_prune->parsed()) {
-      mq::connection nats{{.url = c.nats_url, .name = "omnibus-worker"}};
+      mq::connection nats{c.nats};
       mq::jetstream js{nats};
       bus::event_bus bus{js, c.bus};
       auto shop = services::make_shop(bus, c.shop);

@@ -17,7 +17,11 @@ namespace test_env {
 
 class private_nats {
  public:
-  private_nats() : port_(free_port()), dir_("/tmp/omnibus-test-nats-" + std::to_string(port_)) { start(); }
+  /// `server_args`: extra nats-server flags (authorization, TLS).
+  explicit private_nats(std::string server_args = {})
+      : port_(free_port()), dir_("/tmp/omnibus-test-nats-" + std::to_string(port_)), args_(std::move(server_args)) {
+    start();
+  }
   ~private_nats() { run("stop"); }
   private_nats(const private_nats&) = delete;
   private_nats& operator=(const private_nats&) = delete;
@@ -50,13 +54,14 @@ class private_nats {
   int run(const char* cmd) const {
     const char* root = std::getenv("OMNIBUS_SOURCE_ROOT");
     if (root == nullptr) return -1;  // start() has failed the test already
-    std::string line = "OMNIBUS_RUN_DIR=" + dir_ + " " + root + "/scripts/nats " + cmd + " " + std::to_string(port_) +
-                       " >/dev/null 2>&1";
+    std::string line = "OMNIBUS_RUN_DIR=" + dir_ + " OMNIBUS_NATS_ARGS='" + args_ + "' " + root + "/scripts/nats " +
+                       cmd + " " + std::to_string(port_) + " >/dev/null 2>&1";
     return std::system(line.c_str());
   }
 
   int port_;
   std::string dir_;
+  std::string args_;
 };
 
 }  // namespace test_env

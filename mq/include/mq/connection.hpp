@@ -14,6 +14,16 @@ struct connection_options {
   std::chrono::milliseconds connect_timeout{2000};
   std::chrono::milliseconds reconnect_wait{250};
   int max_reconnects = -1;                      ///< -1: keep trying forever
+  // Credentials: never logged, never put in an error message.
+  std::string user{};              ///< with `password`; a URL's user:password works too
+  std::string password{};
+  std::string token{};             ///< server --auth token
+  std::string credentials_file{};  ///< a .creds file (user JWT and NKey seed)
+  // TLS: on when `tls` is set or any file below is given.
+  bool tls = false;
+  std::string tls_ca_file{};    ///< CA to verify the server with (default: the system's)
+  std::string tls_cert_file{};  ///< client certificate, for servers that verify clients
+  std::string tls_key_file{};   ///< its private key
 };
 
 /// An open NATS connection with reconnect enabled. Owns the natsConnection; movable, not
@@ -25,7 +35,7 @@ class connection {
   connection(connection&&) noexcept;
   connection& operator=(connection&&) noexcept;
 
-  /// The server's URL as NATS.c reports it, without any credentials.
+  /// The server's URL as NATS.c reports it, with any user:password removed.
   [[nodiscard]] std::string connected_url() const;
   /// Round trip to the server: every publish before it has been received. Throws mq::error.
   void flush(std::chrono::milliseconds timeout) const;

@@ -1,0 +1,145 @@
+// Credentials and TLS to nats-server, against private servers started with authorization and
+// TLS on loopback; and no secret in an error message or the worker's output.
+
+#include <chrono>
+#include <cstdlib>
+#include <string>
+#include <vector>
+
+#include <catch2/catch.hpp>
+#include <unistd.h>
+
+#include "bus/event.hpp"
+#include "bus/event_bus.hpp"
+#include "mq/connection.hpp"
+#include "mq/error.hpp"
+#include "mq/jetstream.hpp"
+#include "support/child_process.hpp"
+#include "support/private_nats.hpp"
+#include "support/stream_reader.hpp"
+#include "support/test_env.hpp"
+
+namespace {
+
+using namespace std::chrono_literals;
+
+struct secret_event {
+  static constexpr std::string_view name = "test.secret_event";
+  static constexpr int version = 1;
+  std::int64_t n = 0;
+  OMNIBUS_FIELDS(n);
+};
+
+// A throwaway CA, a server certificate for IP 127.0.0.1, and a client certificate.
+struct test_certs {
+  std::string dir = "/tmp/omnibus-test-tls-" + std::to_string(::getpid()) + "-" + test_env::unique_name("c");
+  test_certs() {
+    const std::string ec = "-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes";
+    const std::string cmd =
+        "set -e; mkdir -p " + dir + "; cd " + dir + "; " +
+        "openssl req -x509 " + ec + " -keyout ca.key -out ca.pem -days 2 -subj /CN=omnibus-test-ca; " +
+        "openssl req " + ec + " -keyout server.key -out server.csr -subj /CN=127.0.0.1; " +
+        "printf 'subjectAltName=IP:127.0.0.1\\n' > san.ext; " +
+        "openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out server.pem -days 2 -extfile san.ext; " +
+        "openssl req " + ec + " -keyout client.key -out client.csr -subj /CN=omnibus-client; " +
+        "openssl x509 -req -in client.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out client.pem -days 2";
+    REQUIRE(std::system(("(" + cmd + ") >/dev/null 2>&1").c_str()) == 0);
+  }
+  ~test_certs() { (void)std::system(("rm -rf " + dir).c_str()); }
+  std::string file(const char* name) const { return dir + "/" + name; }
+};
+
+// A JetStream round trip on `opts`: the connection is not only open but usable.
+void round_trip(const mq::connection_options& opts) {
+  mq::connection conn{opts};
+  mq::jetstream js{conn};
+  auto bo = test_env::test_bus_options("sec");
+  bus::event_bus b{js, bo};
+  b.provision();
+  bus::context ctx;
+  auto id = b.publish(ctx, secret_event{1});
+  auto stored = test_env::read_stream(js, bo.stream, 1);
+  REQUIRE(stored.size() == 1);
+  CHECK(bus::decode(stored[0], bo.stream.subject_prefix).id == id);
+  (void)js.delete_stream(bo.stream);
+}
+
+std::string refusal(const mq::connection_options& opts) {
+  try {
+    mq::connection conn{opts};
+  } catch (const mq::error& e) {
+    return e.what();
+  }
+  FAIL("the connection was accepted");
+  return {};
+}
+
+}  // namespace
+
+TEST_CASE("user and password: the right ones connect, a wrong one is refused without echoing it",
+          "[integration][security]") {
+  test_env::private_nats server{"--user alice --pass s3cret-pw"};
+  round_trip({.url = server.url(), .user = "alice", .password = "s3cret-pw"});
+
+  SECTION("credentials in the URL are never handed back") {
+    const std::string url = "nats://alice:s3cret-pw@" + server.url().substr(std::string("nats://").size());
+    mq::connection conn{{.url = url}};
+    CHECK_THAT(conn.connected_url(), !Catch::Contains("s3cret-pw") && Catch::Contains("127.0.0.1"));
+  }
+  SECTION("a wrong password") {
+    auto what = refusal({.url = server.url(), .connect_timeout = 2000ms, .user = "alice", .password = "wr0ng-pw"});
+    CHECK_THAT(what, Catch::Contains("Authorization") && !Catch::Contains("wr0ng-pw") && !Catch::Contains("s3cret-pw"));
+  }
+  SECTION("no credentials") {
+    CHECK_THAT(refusal({.url = server.url(), .connect_timeout = 2000ms}), Catch::Contains("Authorization"));
+  }
+}
+
+TEST_CASE("a token connects; without it the server refuses", "[integration][security]") {
+  test_env::private_nats server{"--auth tok-s3cret"};
+  round_trip({.url = server.url(), .token = "tok-s3cret"});
+  CHECK_THAT(refusal({.url = server.url(), .connect_timeout = 2000ms, .token = "tok-wr0ng"}),
+             Catch::Contains("Authorization") && !Catch::Contains("tok-wr0ng"));
+}
+
+TEST_CASE("TLS to nats-server with the project's CA; a client that does not trust it is refused",
+          "[integration][security]") {
+  test_certs certs;
+  test_env::private_nats server{"--tls --tlscert " + certs.file("server.pem") + " --tlskey " + certs.file("server.key")};
+  round_trip({.url = server.url(), .tls_ca_file = certs.file("ca.pem")});
+  CHECK_FALSE(refusal({.url = server.url(), .connect_timeout = 2000ms, .tls = true}).empty());  // system CAs only
+}
+
+TEST_CASE("TLS with a client certificate for a server that verifies clients", "[integration][security]") {
+  test_certs certs;
+  test_env::private_nats server{"--tlsverify --tlscert " + certs.file("server.pem") + " --tlskey " +
+                                certs.file("server.key") + " --tlscacert " + certs.file("ca.pem")};
+  round_trip({.url = server.url(), .tls_ca_file = certs.file("ca.pem"), .tls_cert_file = certs.file("client.pem"),
+              .tls_key_file = certs.file("client.key")});
+  CHECK_FALSE(refusal({.url = server.url(), .connect_timeout = 2000ms, .tls_ca_file = certs.file("ca.pem")}).empty());
+}
+
+TEST_CASE("the worker binary never prints a secret it was given", "[integration][security]") {
+  test_env::private_nats server{"--user alice --pass s3cret-pw"};
+  const std::string host = server.url().substr(std::string("nats://").size());
+  const std::string bin = test_env::tool_path("OMNIBUS_WORKER_BIN");
+  const std::string db = test_env::database_url();
+  SECTION("a wrong password in the URL") {
+    test_env::child_process p({bin, "--nats-url", "nats://alice:Wr0ng-Secret@" + host, "--database-url", db, "consumers", "list"});
+    CHECK(p.wait(30s) == 1);
+    CHECK_THAT(p.output(), Catch::Contains("Authorization") && !Catch::Contains("Wr0ng-Secret"));
+  }
+  SECTION("a wrong password in the environment") {
+    test_env::child_process p({bin, "--nats-url", server.url(), "--nats-user", "alice", "--database-url", db, "consumers", "list"},
+                              {"OMNIBUS_NATS_PASSWORD=Wr0ng-Secret"});
+    CHECK(p.wait(30s) == 1);
+    CHECK_THAT(p.output(), Catch::Contains("Authorization") && !Catch::Contains("Wr0ng-Secret"));
+  }
+  SECTION("the right password: it works and still prints no secret") {
+    test_env::child_process p({bin, "--nats-url", server.url(), "--nats-user", "alice", "--database-url", db, "--stream",
+                               test_env::unique_name("S"), "consumers", "list"},
+                              {"OMNIBUS_NATS_PASSWORD=s3cret-pw"});
+    CHECK(p.wait(30s) == 0);
+    CHECK_THAT(p.output(), Catch::Contains("consumer") && !Catch::Contains("s3cret-pw"));
+  }
+}
