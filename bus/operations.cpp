@@ -52,7 +52,22 @@ retry_outcome retry_dead_letter(const event_bus& bus, pqxx::connection_base& con
     ctx.set_event_id(env.id);
     borrowed_connection db{conn};
     ctx.set_connection_source(&db);
-    it->handler(ctx, env);
+    if (it->options.inbox) {
+      // As the worker runs it: the inbox row, the handler's writes and its outbox rows commit
+      // together, and an event already recorded is not run again.
+      pqxx::work tx{conn};
+      const bool fresh = tx.exec_params("INSERT INTO \"" + schema +
+                                            "\".bus_inbox (listener, event_id) VALUES ($1, $2::uuid) ON CONFLICT DO NOTHING",
+                                        it->name, env.id.to_string())
+                             .affected_rows() == 1;
+      if (fresh) {
+        ctx.set_transaction(&tx);
+        it->handler(ctx, env);
+        tx.commit();
+      }
+    } else {
+      it->handler(ctx, env);
+    }
     out.ok = true;
   } catch (const std::exception& e) {
     out.error = e.what();

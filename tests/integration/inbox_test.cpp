@@ -14,6 +14,7 @@
 #include <pqxx/pqxx>
 
 #include "bus/event.hpp"
+#include "bus/operations.hpp"
 #include "bus/outbox.hpp"
 #include "support/worker_fixture.hpp"
 
@@ -160,4 +161,29 @@ TEST_CASE_METHOD(worker_fixture, "inbox rows are pruned by the database's clock 
       return q.exec1("SELECT count(*) FROM " + inbox)[0].as<long>() == 1;
     }, 10s));
   }
+}
+
+TEST_CASE_METHOD(worker_fixture, "retrying an inbox listener's dead letter runs it in its own inbox transaction, once",
+                 "[integration][inbox]") {
+  std::atomic<bool> broken{true};
+  const std::string insert = "INSERT INTO \"" + opts.schema + "\".handled (n, worker) VALUES ($1, 'retry')";
+  b.add_async_listener<tool_event>("ledger", [&](bus::context& ctx, const tool_event& e) {
+    if (broken) throw bus::permanent_error("ledger closed");
+    ctx.tx().exec_params0(insert, e.n);
+  }, inbox_options());
+  start_worker();
+  publish(9);
+  REQUIRE(test_env::eventually([&] { return dead_letters("ledger").size() == 1; }, 10s));
+  stop_worker();
+  broken = false;
+  const auto id = dead_letters("ledger").front().id;
+  auto first = bus::retry_dead_letter(b, db, id);
+  CHECK(first.ok);
+  INFO(first.error);
+  {
+    pqxx::nontransaction q{db};
+    CHECK(q.exec1("SELECT count(*) FROM \"" + opts.schema + "\".handled WHERE n = 9")[0].as<long>() == 1);
+    CHECK(q.exec1("SELECT count(*) FROM \"" + opts.schema + "\".bus_inbox WHERE listener = 'ledger'")[0].as<long>() == 1);
+  }
+  CHECK(dead_letters("ledger").empty());
 }
