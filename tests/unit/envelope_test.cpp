@@ -186,6 +186,18 @@ TEST_CASE("each malformed input gives its typed error", "[bus][envelope]") {
     env.body = "\x93\x01\x02\x03";  // [1, 2, 3]
     CHECK(failure_of([&] { (void)bus::decode_event<order_v1>(env); }) == bus::decode_failure::malformed_body);
   }
+  SECTION("a container that announces more elements than the body has bytes (found by the fuzzer)") {
+    auto env = good;
+    env.body = std::string("\xdd\xff\xff\xff\xff", 5);  // array32 of 2^32-1: no allocation up front
+    CHECK(failure_of([&] { (void)bus::decode_event<order_v1>(env); }) == bus::decode_failure::malformed_body);
+    env.body = std::string("\x81\xa1n\xdf\x7f\xff\xff\xff", 8);  // {"n": map32 of 2^31-1}
+    CHECK(failure_of([&] { (void)bus::decode_event<order_v1>(env); }) == bus::decode_failure::malformed_body);
+  }
+  SECTION("maps nested deeper than the limit") {
+    auto env = good;
+    env.body = "\x81\xa1n" + std::string(bus::detail::max_body_depth + 1, '\x91') + '\x01';
+    CHECK(failure_of([&] { (void)bus::decode_event<order_v1>(env); }) == bus::decode_failure::malformed_body);
+  }
   SECTION("trailing bytes after the map") {
     auto env = good;
     env.body += '\x01';

@@ -133,12 +133,19 @@ std::string encode_body(const E& event) {
 
 [[noreturn]] void throw_malformed(std::string_view event_name, const char* what);
 
+/// How deep maps and arrays may nest in a body (an event's own nesting is far shallower).
+inline constexpr std::size_t max_body_depth = 64;
+
 template <class E>
 void decode_body(std::string_view body, E& out) {
   msgpack::object_handle oh;
   std::size_t offset = 0;
+  // A container or string cannot hold more elements or bytes than the body has: without this
+  // limit a 5-byte body announcing 2^32 elements makes msgpack-c allocate them up front.
+  const std::size_t most = body.size();
+  const msgpack::unpack_limit limit(most, most, most, most, most, max_body_depth);
   try {
-    msgpack::unpack(oh, body.data(), body.size(), offset);
+    msgpack::unpack(oh, body.data(), body.size(), offset, nullptr, nullptr, limit);
   } catch (const std::exception& e) {  // msgpack's unpack_error, insufficient_bytes, ...
     throw_malformed(E::name, e.what());
   }
