@@ -455,12 +455,28 @@ std::uint64_t jetstream::last_sequence(const bus::stream_config& stream) {
   return info->State.LastSeq;
 }
 
+std::optional<bus::stream_state> jetstream::state(const bus::stream_config& stream) {
+  jsStreamInfo* raw = nullptr;
+  jsErrCode code{};
+  check(js_GetStreamInfo(&raw, conn_.native().js.get(), stream.name.c_str(), nullptr, &code),
+        "reading stream " + stream.name, code);
+  stream_info_ptr info{raw};
+  return bus::stream_state{info->State.Msgs, info->State.Bytes, info->State.FirstSeq, info->State.LastSeq,
+                           info->Config->MaxBytes};
+}
+
 bool jetstream::delete_stream(const bus::stream_config& stream) {
   jsErrCode code{};
   natsStatus s = js_DeleteStream(conn_.native().js.get(), stream.name.c_str(), nullptr, &code);
   if (s == NATS_NOT_FOUND || code == JSStreamNotFoundErr) return false;
   check(s, "deleting stream " + stream.name, code);
   return true;
+}
+
+void jetstream::purge_stream(const bus::stream_config& stream) {
+  jsErrCode code{};
+  check(js_PurgeStream(conn_.native().js.get(), stream.name.c_str(), nullptr, &code), "purging stream " + stream.name,
+        code);
 }
 
 }  // namespace mq

@@ -107,6 +107,15 @@ struct consumer_info {
   std::optional<std::chrono::system_clock::time_point> last_delivered;
 };
 
+/// How full the stream is.
+struct stream_state {
+  std::uint64_t messages = 0;
+  std::uint64_t bytes = 0;
+  std::uint64_t first_sequence = 0;
+  std::uint64_t last_sequence = 0;
+  std::int64_t max_bytes = 0;  ///< the server's limit (<= 0: none)
+};
+
 /// The broker. Implementations are thread-safe.
 class queue {
  public:
@@ -132,6 +141,8 @@ class queue {
   virtual bool delete_consumer(const stream_config& stream, const std::string& consumer_name) = 0;
   /// Waits until every ack, nak and term sent so far has reached the server, at most `timeout`.
   virtual void flush(std::chrono::milliseconds timeout) = 0;
+  /// The stream's fill; nullopt where the broker has no such limit (memory_queue).
+  [[nodiscard]] virtual std::optional<stream_state> state(const stream_config&) { return std::nullopt; }
 };
 
 }  // namespace bus

@@ -47,12 +47,16 @@ class jetstream final : public bus::queue {
   bool delete_consumer(const bus::stream_config& stream, const std::string& consumer_name) override;
   /// natsConnection_FlushTimeout: acks, naks and terms are fire-and-forget publishes.
   void flush(std::chrono::milliseconds timeout) override { conn_.flush(timeout); }
+  [[nodiscard]] std::optional<bus::stream_state> state(const bus::stream_config& stream) override;
 
 
   /// The stream's last sequence (0 when empty). Throws mq::error when the stream is missing.
   [[nodiscard]] std::uint64_t last_sequence(const bus::stream_config& stream);
   /// Deletes the stream; false when it did not exist. For tests and operators.
   bool delete_stream(const bus::stream_config& stream);
+  /// Removes every message of the stream and keeps the stream and its consumers: room for
+  /// publishers after a full stream (DiscardNew). Unhandled events go too. For operators.
+  void purge_stream(const bus::stream_config& stream);
 
  private:
   connection& conn_;  // borrowed; outlives this
