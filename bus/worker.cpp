@@ -68,6 +68,15 @@ struct listener_state {
   int stuck = 0;      // past the deadline, handler still running
   int refill_at = 0;  // the fetcher fetches again once in_flight is at or below this
   job_list jobs;
+
+  // Under mutex. Refill when half the usable slots are free: fewer, larger fetches than one
+  // per freed slot. Slots held by handlers stuck past their deadline are not usable, and do
+  // not stop the others from fetching.
+  [[nodiscard]] bool may_fetch() const {
+    const int slots = def->options.concurrency;
+    const int free = slots - in_flight;
+    return free > 0 && free >= slots - stuck - refill_at;
+  }
 };
 
 // A handler's database connection, leased from the pool on first use.
@@ -128,6 +137,29 @@ struct worker::impl {
     }
   }
 
+  // Warns when the stream is nearly full. On a thread of its own: a slow answer from the
+  // server must not delay deadlines.
+  void watch_stream(std::stop_token stop) {
+    do {
+      check_stream();
+    } while (detail::wait_for(stop, opts.stream_check_every));
+  }
+  void check_stream() {
+    const stream_config& stream = bus.options().stream;
+    try {
+      auto st = bus.target()->state(stream);
+      if (!st || st->max_bytes <= 0) return;
+      const double fill = static_cast<double>(st->bytes) / static_cast<double>(st->max_bytes);
+      if (fill < opts.stream_full_warning) return;
+      log->warn("worker: stream {} is {:.0f}% full ({} of {} bytes, {} events): when full every publish is "
+                "refused. Raise max_bytes or lower max_age; near full, nats-server before 2.10.5 may drop the "
+                "oldest events despite DiscardNew (nats-io/nats-server#4771)",
+                stream.name, fill * 100, st->bytes, st->max_bytes, st->messages);
+    } catch (const std::exception& e) {
+      log->warn("worker: cannot read the state of stream {}: {}", stream.name, e.what());
+    }
+  }
+
   // Settles `j` with `f` unless someone already did. Returns whether this call settled it.
   template <class F>
   bool settle(job& j, const char* what, F&& f) {
@@ -148,10 +180,9 @@ struct worker::impl {
     while (!stop.stop_requested()) {
       int free = 0;
       {
-        // Refill when half the slots are free: fewer, larger fetches than one per freed slot,
-        // and never more messages than free slots (they would wait out their AckWait).
+        // Never more messages than free slots (they would wait out their AckWait).
         std::unique_lock lock(l.mutex);
-        if (!l.slot_freed.wait(lock, stop, [&] { return l.in_flight <= l.refill_at; })) break;
+        if (!l.slot_freed.wait(lock, stop, [&] { return l.may_fetch(); })) break;
         free = slots - l.in_flight;
       }
       std::vector<std::unique_ptr<delivery>> batch;
@@ -197,7 +228,7 @@ struct worker::impl {
       --l.in_flight;
       if (j->timed_out) --l.stuck;
       l.jobs.erase(j->self);
-      wake = l.in_flight == l.refill_at;  // the fetcher waits for exactly this
+      wake = l.may_fetch();
     }
     if (wake) l.slot_freed.notify_one();
   }
@@ -263,7 +294,14 @@ struct worker::impl {
       try {
         if (def.options.inbox) {
           inbox_tx.emplace(db.connection());
-          inbox_tx->exec0("SET LOCAL lock_timeout = " + std::to_string(opts.inbox_lock_timeout.count()));
+          // Past the deadline PostgreSQL ends the session of a handler that hangs (idle in its
+          // transaction) or runs one endless statement: its inbox row's lock goes with it, so
+          // the redelivered copy is not blocked for as long as the hung thread lives.
+          const auto left = std::max<std::int64_t>(
+              1, std::chrono::duration_cast<std::chrono::milliseconds>(j.deadline - clock::now()).count());
+          inbox_tx->exec0("SET LOCAL lock_timeout = " + std::to_string(opts.inbox_lock_timeout.count()) +
+                          "; SET LOCAL idle_in_transaction_session_timeout = " + std::to_string(left) +
+                          "; SET LOCAL statement_timeout = " + std::to_string(left));
           duplicate = inbox_tx->exec_params(inbox_insert, def.name, env.id.to_string()).affected_rows() == 0;
           ctx.set_transaction(&*inbox_tx);
         }
@@ -413,6 +451,7 @@ struct worker::impl {
         if (now >= j.deadline) {
           j.timed_out = true;
           ++l.stuck;
+          l.slot_freed.notify_one();  // fewer usable slots: the fetcher may refill sooner
           stats.timed_out.fetch_add(1, std::memory_order_relaxed);
           const auto attempt = j.d->delivery_count();
           const auto delay = retry_delay(l.def->options.retry, attempt, unit_random());
@@ -443,6 +482,14 @@ struct worker::impl {
     for (auto& l : listeners) {
       std::lock_guard lock(l->mutex);
       n += l->in_flight;
+    }
+    return n;
+  }
+  int running_in_time() {  // in flight and not yet past the deadline
+    int n = 0;
+    for (auto& l : listeners) {
+      std::lock_guard lock(l->mutex);
+      n += l->in_flight - l->stuck;
     }
     return n;
   }
@@ -496,6 +543,8 @@ void worker::run(std::stop_token stop) {
     fetchers.emplace_back([&w, &l, token = fetch_stop.get_token()] { w.fetch_loop(*l, token); });
   }
 
+  std::jthread stream_watch([&w](std::stop_token st) { w.watch_stream(st); });
+
   std::string stuck;
   while (!stop.stop_requested() && stuck.empty()) {
     (void)detail::wait_for(stop, w.opts.tick);
@@ -504,12 +553,14 @@ void worker::run(std::stop_token stop) {
   }
 
   // Graceful shutdown (decision 14).
+  stream_watch.request_stop();
   w.shutting_down = true;
   fetch_stop.request_stop();
   for (auto& l : w.listeners) l->slot_freed.notify_all();
   fetchers.clear();  // joins: no fetch after this
   const auto grace_end = clock::now() + (stuck.empty() ? w.opts.shutdown_grace : std::chrono::milliseconds(0));
-  while (w.in_flight() > 0 && clock::now() < grace_end) {
+  // Handlers past their deadline were nak'd already: the grace is for the others only.
+  while (w.running_in_time() > 0 && clock::now() < grace_end) {
     std::this_thread::sleep_for(w.opts.tick);
     (void)w.monitor();
   }
