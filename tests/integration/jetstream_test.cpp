@@ -15,7 +15,7 @@
 #include "mq/connection.hpp"
 #include "mq/error.hpp"
 #include "mq/jetstream.hpp"
-#include "support/private_nats.hpp"
+#include "support/private_servers.hpp"
 #include "support/stream_reader.hpp"
 #include "support/test_env.hpp"
 

@@ -8,6 +8,7 @@
 #include <fstream>
 #include <sstream>
 #include <string>
+#include <string_view>
 #include <utility>
 #include <vector>
 
@@ -26,12 +27,22 @@ namespace test_env {
 
 class child_process {
  public:
-  /// Starts `argv` with this process's environment plus `extra_env` ("NAME=value").
+  /// Starts `argv` with this process's environment plus `extra_env` ("NAME=value"), which
+  /// replaces an inherited variable of the same name.
   /// Its stdout and stderr go to a file, read back by output().
   child_process(std::vector<std::string> argv, std::vector<std::string> extra_env = {})
       : out_path_("/tmp/omnibus-child-" + std::to_string(::getpid()) + "-" + std::to_string(next_id()) + ".log") {
     std::vector<std::string> env;
-    for (char** e = environ; *e != nullptr; ++e) env.emplace_back(*e);
+    auto overridden = [&](std::string_view inherited) {
+      for (const auto& e : extra_env) {
+        const auto eq = e.find('=');
+        if (inherited.substr(0, eq + 1) == std::string_view(e).substr(0, eq + 1)) return true;
+      }
+      return false;
+    };
+    for (char** e = environ; *e != nullptr; ++e) {
+      if (!overridden(*e)) env.emplace_back(*e);
+    }
     for (auto& e : extra_env) env.push_back(std::move(e));
     std::vector<char*> cargv, cenv;
     for (auto& a : argv) cargv.push_back(a.data());

@@ -5,6 +5,7 @@
 #include <chrono>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <span>
 #include <sstream>
 #include <string>
@@ -33,11 +34,21 @@ namespace test_env {
 
 using namespace std::chrono_literals;
 
+/// Where a fixture's servers are: the suite's shared ones, or a test's private ones.
+struct servers {
+  std::string nats_url;
+  std::string database_url;
+  bool file_storage = false;  ///< the stream on file (survives a nats-server restart)
+  std::int64_t stream_max_bytes = 0;  ///< 0: the test default (256 MiB)
+  static servers shared() { return {test_env::nats_url(), test_env::database_url()}; }
+};
+
 struct worker_fixture {
-  mq::connection conn{{.url = test_env::nats_url()}};
+  servers where;
+  mq::connection conn{{.url = where.nats_url}};
   mq::jetstream js{conn};
-  bus::bus_options opts = test_env::test_bus_options("worker");
-  pqxx::connection db{test_env::database_url()};
+  bus::bus_options opts = stream_options(where);
+  pqxx::connection db{where.database_url};
   std::ostringstream log_text;
   std::mutex log_mutex;
   std::shared_ptr<spdlog::logger> log =
@@ -47,7 +58,8 @@ struct worker_fixture {
   std::jthread runner;
   std::exception_ptr run_error;
 
-  worker_fixture() {
+  worker_fixture() : worker_fixture(servers::shared()) {}
+  explicit worker_fixture(servers s) : where(std::move(s)) {
     bus::migrate(db, opts.schema);
     pqxx::work tx{db};
     tx.exec0("CREATE TABLE \"" + opts.schema +
@@ -57,12 +69,29 @@ struct worker_fixture {
   ~worker_fixture() {
     stop_worker();
     (void)js.delete_stream(opts.stream);
-    test_env::drop_schemas(db, {opts.schema});
+    try {
+      test_env::drop_schemas(live_db(), {opts.schema});
+    } catch (const pqxx::broken_connection&) {  // cut by a PostgreSQL restart: once more, anew
+      test_env::drop_schemas(live_db(true), {opts.schema});
+    }
   }
+  static bus::bus_options stream_options(const servers& s) {
+    auto o = test_env::test_bus_options("worker");
+    o.stream.memory_storage = !s.file_storage;
+    if (s.stream_max_bytes > 0) o.stream.max_bytes = s.stream_max_bytes;
+    return o;
+  }
+  /// `db`, or after a PostgreSQL restart cut it (libpqxx 6 connections do not reconnect), a
+  /// new connection; `renew` opens another one.
+  pqxx::connection& live_db(bool renew = false) {
+    if (renew) replacement_db_.emplace(where.database_url);
+    return replacement_db_ ? *replacement_db_ : db;
+  }
+  std::optional<pqxx::connection> replacement_db_;
 
   void start_worker(std::chrono::milliseconds parked_poll = 1000ms) {
     bus::worker_options wo;
-    wo.database_url = test_env::database_url();
+    wo.database_url = where.database_url;
     wo.parked_poll = parked_poll;
     start_worker(wo);
   }
@@ -112,14 +141,24 @@ struct worker_fixture {
 
 
 struct process_fixture : worker_fixture {
+  using worker_fixture::worker_fixture;
+
   std::vector<std::string> worker_argv(const std::string& tag) const {
     return {test_env::tool_path("OMNIBUS_WORKER_TOOL"), opts.schema, opts.stream.name, tag};
   }
+  /// The environment a tool process needs to reach this fixture's servers and stream.
+  std::vector<std::string> tool_env(std::vector<std::string> extra) const {
+    extra.push_back("OMNIBUS_NATS_URL=" + where.nats_url);
+    extra.push_back("OMNIBUS_DATABASE_URL=" + where.database_url);
+    if (where.file_storage) extra.push_back("OMNIBUS_TEST_FILE_STORAGE=1");
+    if (where.stream_max_bytes > 0) extra.push_back("OMNIBUS_TEST_MAX_BYTES=" + std::to_string(where.stream_max_bytes));
+    return extra;
+  }
   test_env::child_process worker_process(const std::string& tag, std::vector<std::string> env = {}) {
-    return test_env::child_process(worker_argv(tag), std::move(env));
+    return test_env::child_process(worker_argv(tag), tool_env(std::move(env)));
   }
   std::unique_ptr<test_env::child_process> worker_process_ptr(const std::string& tag, std::vector<std::string> env = {}) {
-    return std::make_unique<test_env::child_process>(worker_argv(tag), std::move(env));
+    return std::make_unique<test_env::child_process>(worker_argv(tag), tool_env(std::move(env)));
   }
   void publish_many(long count) {
     std::vector<tool_event> events;
@@ -127,13 +166,22 @@ struct process_fixture : worker_fixture {
     bus::context ctx;
     REQUIRE(b.publish_batch(ctx, std::span<const tool_event>(events)).ok());
   }
-  long count(const std::string& where = "true") {
-    pqxx::nontransaction q{db};
-    return q.exec1("SELECT count(*) FROM \"" + opts.schema + "\".handled WHERE " + where)[0].as<long>();
+  long count(const std::string& condition = "true") {
+    return scalar("SELECT count(*) FROM \"" + opts.schema + "\".handled WHERE " + condition);
   }
-  long distinct_handled() {
-    pqxx::nontransaction q{db};
-    return q.exec1("SELECT count(DISTINCT n) FROM \"" + opts.schema + "\".handled")[0].as<long>();
+  long distinct_handled() { return scalar("SELECT count(DISTINCT n) FROM \"" + opts.schema + "\".handled"); }
+  /// One number from the database; through a PostgreSQL restart, -1 until it is back.
+  long scalar(const std::string& sql) {
+    try {
+      pqxx::nontransaction q{live_db()};
+      return q.exec1(sql)[0].as<long>();
+    } catch (const pqxx::broken_connection&) {
+      try {
+        (void)live_db(true);
+      } catch (const pqxx::broken_connection&) {  // still down: the next call tries again
+      }
+      return -1;
+    }
   }
   // The recorder listener, as worker_tool registers it, so that the stream and consumer exist
   // before the first worker process starts.

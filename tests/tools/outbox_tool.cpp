@@ -3,6 +3,13 @@
 //                                                   then runs a relay until it has sent them
 //   outbox_tool relay <schema> <stream> <batch>     runs a relay until SIGTERM, then prints
 //                                                   "relayed=<n> duplicates=<d>"
+//   outbox_tool publisher <schema> <stream> <txs>   a service: its own relay, and <txs>
+//                                                   transactions of OMNIBUS_TEST_PER_TX events
+//                                                   numbered from OMNIBUS_TEST_FIRST, each also
+//                                                   INSERTing its numbers into <schema>.committed;
+//                                                   OMNIBUS_TEST_KILL_AFTER_TX=k: SIGKILL itself
+//                                                   right after the k-th COMMIT, before its relay
+//                                                   can send it
 // NATS and PostgreSQL come from OMNIBUS_NATS_URL and OMNIBUS_DATABASE_URL. OMNIBUS_FAILPOINT
 // makes it _exit at a chosen point (see bus/failpoint.hpp).
 
@@ -27,7 +34,7 @@
 
 int main(int argc, char** argv) {
   if (argc != 5) {
-    std::fprintf(stderr, "usage: outbox_tool publish|relay <schema> <stream> <count|batch>\n");
+    std::fprintf(stderr, "usage: outbox_tool publish|relay|publisher <schema> <stream> <count|batch>\n");
     return 2;
   }
   const std::string mode = argv[1];
@@ -91,6 +98,43 @@ int main(int argc, char** argv) {
     r.stop();
     std::printf("relayed=%llu duplicates=%llu\n", static_cast<unsigned long long>(r.stats().relayed.load()),
                 static_cast<unsigned long long>(r.stats().duplicates.load()));
+    return 0;
+  }
+  if (mode == "publisher") {
+    const char* per_tx_env = std::getenv("OMNIBUS_TEST_PER_TX");
+    const char* first_env = std::getenv("OMNIBUS_TEST_FIRST");
+    const char* kill_env = std::getenv("OMNIBUS_TEST_KILL_AFTER_TX");
+    const long per_tx = per_tx_env != nullptr ? std::atol(per_tx_env) : 1;
+    const long first = first_env != nullptr ? std::atol(first_env) : 0;
+    const long kill_after = kill_env != nullptr ? std::atol(kill_env) : -1;
+    pqxx::connection db{db_url};
+    bus::event_bus b{js, opts};
+    b.freeze();
+    bus::relay r{js, ro, log};
+    r.start();
+    const std::string record = "INSERT INTO \"" + opts.schema + "\".committed (n) VALUES ($1)";
+    for (long t = 0; t < n; ++t) {
+      pqxx::work tx{db};
+      bus::context ctx{tx};
+      for (long i = 0; i < per_tx; ++i) {
+        const long number = first + t * per_tx + i;
+        b.publish(ctx, tool_event{number});
+        tx.exec_params0(record, number);
+      }
+      tx.commit();
+      if (t + 1 == kill_after) ::raise(SIGKILL);  // kill -9, committed and not relayed
+    }
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+    for (;;) {  // a service's relay keeps running; this one stops once the outbox is empty
+      pqxx::nontransaction q{db};
+      if (q.exec1("SELECT count(*) FROM \"" + opts.schema + "\".bus_outbox")[0].as<long>() == 0) break;
+      if (std::chrono::steady_clock::now() > deadline) {
+        std::fprintf(stderr, "outbox_tool: the outbox did not empty within 60 s\n");
+        return 1;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));  // poll, bounded by the deadline above
+    }
+    std::printf("committed=%ld\n", n * per_tx);
     return 0;
   }
   std::fprintf(stderr, "outbox_tool: unknown mode %s\n", mode.c_str());

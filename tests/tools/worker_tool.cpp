@@ -11,11 +11,21 @@
 //   OMNIBUS_TEST_ORDERED     1: the listener is ordered
 //   OMNIBUS_TEST_FAIL_N      event n fails on its first two attempts
 //   OMNIBUS_TEST_INBOX       1: an inbox listener, recording through the inbox transaction
+//   OMNIBUS_TEST_HANG_N      "3,17": the first attempt at each of these events never returns
+//   OMNIBUS_TEST_BYSTANDER   1: a second listener, "bystander", records (n, 'bystander')
+//   OMNIBUS_TEST_RELAY       1: the process also runs an outbox relay, as omnibus-worker does
+//   OMNIBUS_TEST_FILE_STORAGE 1: the stream is on file (it must match the test's)
+//   OMNIBUS_TEST_MAX_BYTES   the stream's MaxBytes (default 256 MiB; it must match the test's)
+//   OMNIBUS_TEST_STREAM_CHECK_MS how often the worker reads the stream's fill (default 30000)
+//   OMNIBUS_TEST_MAX_BODY    the bus's body limit in bytes (default: the library's)
 
 #include <csignal>
 #include <future>
 #include <cstdio>
 #include <cstdlib>
+#include <optional>
+#include <set>
+#include <sstream>
 #include <string>
 #include <thread>
 
@@ -24,6 +34,7 @@
 #include <spdlog/spdlog.h>
 
 #include "bus/event_bus.hpp"
+#include "bus/relay.hpp"
 #include "bus/worker.hpp"
 #include "mq/connection.hpp"
 #include "mq/jetstream.hpp"
@@ -33,6 +44,15 @@ namespace {
 long env_long(const char* name, long fallback) {
   const char* v = std::getenv(name);
   return v != nullptr ? std::atol(v) : fallback;
+}
+std::set<long> env_set(const char* name) {
+  std::set<long> out;
+  const char* v = std::getenv(name);
+  if (v == nullptr) return out;
+  std::stringstream in(v);
+  std::string item;
+  while (std::getline(in, item, ',')) out.insert(std::atol(item.c_str()));
+  return out;
 }
 }  // namespace
 
@@ -52,6 +72,7 @@ int main(int argc, char** argv) {
   const long delay_ms = env_long("OMNIBUS_TEST_DELAY_MS", 0);
   const bool stuck = env_long("OMNIBUS_TEST_STUCK", 0) == 1;
   const long fail_n = env_long("OMNIBUS_TEST_FAIL_N", -1);
+  const std::set<long> hang_n = env_set("OMNIBUS_TEST_HANG_N");
 
   sigset_t set;
   sigemptyset(&set);
@@ -64,9 +85,10 @@ int main(int argc, char** argv) {
   opts.schema = schema;
   opts.stream.name = argv[2];
   opts.stream.subject_prefix = argv[2];
-  opts.stream.memory_storage = true;
+  opts.stream.memory_storage = env_long("OMNIBUS_TEST_FILE_STORAGE", 0) != 1;
   opts.stream.max_age = std::chrono::hours(1);
-  opts.stream.max_bytes = 256 * 1024 * 1024;
+  opts.stream.max_bytes = env_long("OMNIBUS_TEST_MAX_BYTES", 256 * 1024 * 1024);
+  opts.max_body_bytes = static_cast<std::size_t>(env_long("OMNIBUS_TEST_MAX_BODY", static_cast<long>(opts.max_body_bytes)));
 
   auto log = std::make_shared<spdlog::logger>("worker_tool", std::make_shared<spdlog::sinks::stderr_sink_mt>());
   mq::connection conn{{.url = nats_url}};
@@ -80,7 +102,7 @@ int main(int argc, char** argv) {
   lo.inbox = env_long("OMNIBUS_TEST_INBOX", 0) == 1;
   lo.retry.initial = std::chrono::milliseconds(20);
   b.add_async_listener<tool_event>("recorder", [&](bus::context& ctx, const tool_event& e) {
-    if (stuck) {
+    if (stuck || (ctx.attempt() == 1 && hang_n.contains(e.n))) {
       std::promise<void> never;
       never.get_future().wait();  // a handler that never returns, whatever its deadline says
     }
@@ -94,9 +116,28 @@ int main(int argc, char** argv) {
     pqxx::nontransaction tx{ctx.db()};
     tx.exec_params0(insert, e.n, tag);
   }, lo);
+  if (env_long("OMNIBUS_TEST_BYSTANDER", 0) == 1) {
+    bus::listener_options bo;
+    bo.retry.initial = std::chrono::milliseconds(20);
+    b.add_async_listener<tool_event>("bystander", [&](bus::context& ctx, const tool_event& e) {
+      pqxx::nontransaction tx{ctx.db()};
+      tx.exec_params0("INSERT INTO \"" + schema + "\".handled (n, worker) VALUES ($1, 'bystander')", e.n);
+    }, bo);
+  }
 
+  std::optional<bus::relay> relay;
+  if (env_long("OMNIBUS_TEST_RELAY", 0) == 1) {
+    bus::relay_options ro;
+    ro.database_url = db_url;
+    ro.schema = schema;
+    ro.standby_poll = std::chrono::milliseconds(50);
+    ro.retry_backoff = std::chrono::milliseconds(100);
+    relay.emplace(js, ro, log);
+    relay->start();
+  }
   bus::worker_options wo;
   wo.database_url = db_url;
+  wo.stream_check_every = std::chrono::milliseconds(env_long("OMNIBUS_TEST_STREAM_CHECK_MS", 30000));
   bus::worker w{b, wo, log};
   std::jthread signals([&](std::stop_token) {
     int sig = 0;

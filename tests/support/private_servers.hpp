@@ -1,0 +1,95 @@
+#pragma once
+// A nats-server or a PostgreSQL cluster of one test's own, on a free loopback port, started
+// and stopped through scripts/nats and scripts/postgres: for tests that take a server down.
+
+#include <cstdlib>
+#include <random>
+#include <string>
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <catch2/catch.hpp>
+
+namespace test_env {
+
+/// A loopback port nothing listens on right now.
+inline int free_loopback_port() {
+  std::mt19937 random{std::random_device{}()};
+  for (int attempt = 0; attempt < 50; ++attempt) {
+    int port = 20000 + static_cast<int>(random() % 20000);
+    int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_port = htons(static_cast<uint16_t>(port));
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    bool free = ::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0;
+    ::close(fd);
+    if (free) return port;
+  }
+  FAIL("no free loopback port for a private server");
+  return 0;
+}
+
+/// Runs `scripts/<script> <cmd> <port>` with `env` ("A=b C=d") in front; its exit code.
+inline int run_server_script(const std::string& env, const char* script, const char* cmd, int port) {
+  const char* root = std::getenv("OMNIBUS_SOURCE_ROOT");
+  if (root == nullptr) return -1;  // the caller's REQUIRE reports it
+  std::string line = env + " " + root + "/scripts/" + script + " " + cmd + " " + std::to_string(port) + " >/dev/null 2>&1";
+  return std::system(line.c_str());
+}
+
+class private_nats {
+ public:
+  /// `server_args`: extra nats-server flags (authorization, TLS). Storage is on file, kept
+  /// across stop() and start().
+  explicit private_nats(std::string server_args = {})
+      : port_(free_loopback_port()), dir_("/tmp/omnibus-test-nats-" + std::to_string(port_)), args_(std::move(server_args)) {
+    start();
+  }
+  ~private_nats() {
+    (void)run("stop");
+    (void)std::system(("rm -rf " + dir_).c_str());
+  }
+  private_nats(const private_nats&) = delete;
+  private_nats& operator=(const private_nats&) = delete;
+
+  void start() {
+    REQUIRE(std::getenv("OMNIBUS_SOURCE_ROOT") != nullptr);  // meson test sets it
+    REQUIRE(run("start") == 0);
+  }
+  void stop() { REQUIRE(run("stop") == 0); }
+  [[nodiscard]] std::string url() const { return "nats://127.0.0.1:" + std::to_string(port_); }
+
+ private:
+  int run(const char* cmd) const {
+    return run_server_script("OMNIBUS_RUN_DIR=" + dir_ + " OMNIBUS_NATS_ARGS='" + args_ + "'", "nats", cmd, port_);
+  }
+
+  int port_;
+  std::string dir_;
+  std::string args_;
+};
+
+class private_postgres {
+ public:
+  private_postgres() : port_(free_loopback_port()) {
+    REQUIRE(std::getenv("OMNIBUS_SOURCE_ROOT") != nullptr);  // meson test sets it
+    REQUIRE(run("start") == 0);
+  }
+  ~private_postgres() { (void)run("stop"); }
+  private_postgres(const private_postgres&) = delete;
+  private_postgres& operator=(const private_postgres&) = delete;
+
+  /// A fast restart: every session is cut, the data stays.
+  void restart() { REQUIRE(run("restart") == 0); }
+  [[nodiscard]] std::string url() const { return "postgresql://postgres@127.0.0.1:" + std::to_string(port_) + "/postgres"; }
+
+ private:
+  int run(const char* cmd) const { return run_server_script("", "postgres", cmd, port_); }
+  int port_;
+};
+
+}  // namespace test_env
