@@ -15,7 +15,8 @@
 #include "mq/error.hpp"
 #include "mq/jetstream.hpp"
 #include "support/child_process.hpp"
-#include "support/private_nats.hpp"
+#include "support/private_servers.hpp"
+#include "support/schema.hpp"
 #include "support/stream_reader.hpp"
 #include "support/test_env.hpp"
 
@@ -141,5 +142,29 @@ TEST_CASE("the worker binary never prints a secret it was given", "[integration]
                               {"OMNIBUS_NATS_PASSWORD=s3cret-pw"});
     CHECK(p.wait(30s) == 0);
     CHECK_THAT(p.output(), Catch::Contains("consumer") && !Catch::Contains("s3cret-pw"));
+  }
+}
+
+TEST_CASE("a PostgreSQL password in the database URL never reaches the output", "[integration][security]") {
+  const std::string bin = test_env::tool_path("OMNIBUS_WORKER_BIN");
+  // The test cluster trusts loopback, so any password is accepted: what matters is the output.
+  std::string db = test_env::database_url();
+  db.insert(db.find("postgres@"), "postgres:Db-S3cret@");
+  db.erase(db.find("@postgres@"), std::string("@postgres").size());
+  REQUIRE_THAT(db, Catch::Contains("postgres:Db-S3cret@127.0.0.1"));
+  SECTION("a server that is down, URL from the environment") {
+    const int free_port = test_env::free_loopback_port();
+    std::string down = db.substr(0, db.rfind(':') + 1) + std::to_string(free_port) + "/postgres";
+    test_env::child_process p({bin, "migrations", "apply"}, {"OMNIBUS_DATABASE_URL=" + down});
+    CHECK(p.wait(30s) == 1);
+    CHECK_THAT(p.output(), Catch::Contains("PostgreSQL") && !Catch::Contains("Db-S3cret"));
+  }
+  SECTION("the server up: it works and prints no secret") {
+    const std::string schema = test_env::unique_name("s");
+    test_env::child_process p({bin, "--schema", schema, "migrations", "apply"}, {"OMNIBUS_DATABASE_URL=" + db});
+    CHECK(p.wait(30s) == 0);
+    CHECK_THAT(p.output(), !Catch::Contains("Db-S3cret"));
+    pqxx::connection cleanup{test_env::database_url()};
+    test_env::drop_schemas(cleanup, {schema});
   }
 }
