@@ -15,6 +15,7 @@
 #include "mq/error.hpp"
 #include "mq/jetstream.hpp"
 #include "support/child_process.hpp"
+#include "support/nkeys.hpp"
 #include "support/private_servers.hpp"
 #include "support/schema.hpp"
 #include "support/stream_reader.hpp"
@@ -94,6 +95,27 @@ TEST_CASE("user and password: the right ones connect, a wrong one is refused wit
   SECTION("no credentials") {
     CHECK_THAT(refusal({.url = server.url(), .connect_timeout = 2000ms}), Catch::Contains("Authorization"));
   }
+}
+
+TEST_CASE("a .creds file (user JWT and NKey seed) connects to a server in operator mode; a wrong seed is refused",
+          "[integration][security]") {
+  test_env::nkeys::decentralized_auth auth;
+  const std::string dir = "/tmp/omnibus-test-creds-" + test_env::unique_name("c");
+  REQUIRE(std::system(("mkdir -p " + dir).c_str()) == 0);
+  test_env::nkeys::write_file(dir + "/server.conf", auth.server_config());
+  test_env::nkeys::write_file(dir + "/user.creds", auth.creds());
+  const test_env::nkeys::key_pair stranger{test_env::nkeys::kind::user};
+  test_env::nkeys::write_file(dir + "/wrong.creds", auth.creds(&stranger));
+  test_env::private_nats server{"-c " + dir + "/server.conf"};
+  round_trip({.url = server.url(), .credentials_file = dir + "/user.creds"});
+  SECTION("a seed that does not match the JWT") {
+    CHECK_THAT(refusal({.url = server.url(), .connect_timeout = 2000ms, .credentials_file = dir + "/wrong.creds"}),
+               Catch::Contains("Authorization") && !Catch::Contains(stranger.seed()) && !Catch::Contains(auth.user.seed()));
+  }
+  SECTION("no credentials") {
+    CHECK_THAT(refusal({.url = server.url(), .connect_timeout = 2000ms}), Catch::Contains("Authorization"));
+  }
+  (void)std::system(("rm -rf " + dir).c_str());
 }
 
 TEST_CASE("a token connects; without it the server refuses", "[integration][security]") {
