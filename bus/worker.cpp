@@ -152,7 +152,7 @@ struct worker::impl {
       const double fill = static_cast<double>(st->bytes) / static_cast<double>(st->max_bytes);
       if (fill < opts.stream_full_warning) return;
       log->warn("worker: stream {} is {:.0f}% full ({} of {} bytes, {} events): when full every publish is "
-                "refused. Raise max_bytes or lower max_age; near full, nats-server before 2.10.5 may drop the "
+                "refused. Raise max_bytes or lower max_age; near full, nats-server 2.9 may drop the "
                 "oldest events despite DiscardNew (nats-io/nats-server#4771)",
                 stream.name, fill * 100, st->bytes, st->max_bytes, st->messages);
     } catch (const std::exception& e) {

@@ -44,7 +44,7 @@ struct worker_options {
   std::chrono::seconds inbox_prune_every{std::chrono::minutes(10)};  ///< how often old rows are deleted
   /// How often the worker reads the stream's fill, and warns from `stream_full_warning` (a
   /// fraction of max_bytes) on: a full stream refuses every publish, and near full nats-server
-  /// before 2.10.5 may drop its oldest messages despite DiscardNew (nats-io/nats-server#4771).
+  /// 2.9 may drop its oldest messages despite DiscardNew (nats-io/nats-server#4771).
   std::chrono::milliseconds stream_check_every{std::chrono::seconds(30)};
   double stream_full_warning = 0.8;
 };
