@@ -175,6 +175,15 @@ void stop_all(std::vector<std::unique_ptr<test_env::child_process>>& workers, bo
   }
 }
 
+/// What every scenario requires of its line: nothing lost, no inbox effect twice, and only the
+/// dead letters it expects.
+void check_line(const tally& t, long expected_dead = 0) {
+  CHECK(t.events > 0);
+  CHECK(t.lost == 0);
+  CHECK(t.duplicate_effects == 0);
+  CHECK(t.dead == expected_dead);
+}
+
 std::string replay(unsigned seed) {
   return "seed " + std::to_string(seed) + " (replay: OMNIBUS_FAULT_SEED=" + std::to_string(seed) + ")";
 }
@@ -207,9 +216,7 @@ TEST_CASE("worker kills: kill -9 workers while two drain; inbox effects exactly 
   stop_all(workers);
   CHECK(killed == kills);
   CHECK(t.events == events);
-  CHECK(t.lost == 0);
-  CHECK(t.duplicate_effects == 0);  // killed workers left committed effects unacked
-  CHECK(t.dead == 0);
+  check_line(t);  // no duplicate effect, though killed workers left committed effects unacked
 }
 
 TEST_CASE("publisher kills: kill -9 right after COMMIT, before the publisher's relay sends", "[fault][publisher_kills]") {
@@ -240,10 +247,7 @@ TEST_CASE("publisher kills: kill -9 right after COMMIT, before the publisher's r
   }
   const tally t = f.settle_and_report("publisher_kills", seed, false, 120s);
   stop_all(workers);
-  CHECK(t.events > 0);
-  CHECK(t.lost == 0);
-  CHECK(t.duplicate_effects == 0);
-  CHECK(t.dead == 0);
+  check_line(t);
   CHECK(f.outbox_rows() == 0);
 }
 
@@ -290,9 +294,7 @@ TEST_CASE("random rollbacks: no event of a rolled-back transaction is ever handl
   const tally t = f.settle_and_report("random_rollbacks", seed, false, 120s);
   INFO(rolled_back << " rolled back, " << listener_failures << " failed by a sync listener");
   CHECK(rolled_back + listener_failures > 0);
-  CHECK(t.lost == 0);
-  CHECK(t.duplicate_effects == 0);
-  CHECK(t.dead == 0);
+  check_line(t);
   CHECK(f.outbox_rows() == 0);
   // Nothing from a rolled-back transaction reached a listener. The relay is idle by now (the
   // outbox is empty), so nothing can still arrive.
@@ -368,9 +370,7 @@ TEST_CASE("nats-server restart mid-publish and mid-drain (file storage)", "[faul
     for (auto& e : odd_errors) UNSCOPED_INFO("undocumented error: " << e);
   }
   CHECK(outbox_done == per_publisher / 5 * 5);  // outbox publishers all finished
-  CHECK(t.lost == 0);
-  CHECK(t.duplicate_effects == 0);
-  CHECK(t.dead == 0);
+  check_line(t);
   CHECK(f.outbox_rows() == 0);
   for (auto& w : workers) CHECK(w->wait(0ms) == -1);  // the workers reconnected, never exited
   stop_all(workers);
@@ -424,10 +424,7 @@ TEST_CASE("PostgreSQL restart: relay, worker and inbox reconnect", "[fault][post
   publisher.join();
   const tally t = f.settle_and_report("postgres_restart", seed, true, 180s);
   INFO(tx_failed << " transaction(s) failed while the database restarted");
-  CHECK(t.events > 0);
-  CHECK(t.lost == 0);
-  CHECK(t.duplicate_effects == 0);
-  CHECK(t.dead == 0);
+  check_line(t);
   CHECK(f.outbox_rows() == 0);
   for (auto& w : workers) CHECK(w->wait(0ms) == -1);
   stop_all(workers);
@@ -517,9 +514,7 @@ TEST_CASE("garbage on the event subjects is dead-lettered with its reason; good 
     }
   }
   CHECK(reasons == expected);
-  CHECK(t.lost == 0);
-  CHECK(t.duplicate_effects == 0);
-  CHECK(t.dead == garbage);
+  check_line(t, garbage);
   for (auto& w : workers) CHECK(w->wait(0ms) == -1);  // no garbage crashed it
   stop_all(workers);
 }
@@ -596,9 +591,7 @@ TEST_CASE("stream full (DiscardNew): a clear error for publishers; the outbox ke
   REQUIRE(test_env::eventually([&] { return f.outbox_rows() == 0; }, 60s));
   const tally t = f.settle_and_report("stream_full", seed, false, 60s);
   relay.stop();
-  CHECK(t.lost == 0);
-  CHECK(t.duplicate_effects == 0);
-  CHECK(t.dead == 0);
+  check_line(t);
   stop_all(workers);
 }
 
@@ -634,9 +627,7 @@ TEST_CASE("a hung handler is bounded by its deadline and retried; another listen
   };
   const tally t = f.settle_and_report("hung_handler", seed, true, 180s, supervise);
   INFO(restarts << " worker restart(s) after every slot was stuck");
-  CHECK(t.lost == 0);
-  CHECK(t.duplicate_effects == 0);
-  CHECK(t.dead == 0);
+  check_line(t);
   // The hung events were handled by a later attempt, after their deadline.
   CHECK(f.scalar("SELECT count(DISTINCT n) FROM " + f.table("handled") + " WHERE worker <> 'bystander' AND n IN (" +
                  hang_list + ")") == static_cast<long>(hang.size()));

@@ -29,38 +29,28 @@ inline std::uint16_t crc16(const std::string& bytes) {  // CRC-16/XMODEM, as NKe
   return crc;
 }
 
-inline std::string base32(const std::string& bytes) {  // RFC 4648 alphabet, no padding
-  static constexpr std::string_view alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
+/// `bytes` as text, `bits` bits a character from `alphabet`, without padding.
+inline std::string encode_bits(const std::string& bytes, std::string_view alphabet, int bits_per_char) {
   std::string out;
   unsigned buffer = 0;
   int bits = 0;
+  const unsigned mask = (1U << bits_per_char) - 1;
   for (unsigned char b : bytes) {
     buffer = (buffer << 8) | b;
     bits += 8;
-    while (bits >= 5) {
-      out += alphabet[(buffer >> (bits - 5)) & 31];
-      bits -= 5;
+    while (bits >= bits_per_char) {
+      out += alphabet[(buffer >> (bits - bits_per_char)) & mask];
+      bits -= bits_per_char;
     }
   }
-  if (bits > 0) out += alphabet[(buffer << (5 - bits)) & 31];
+  if (bits > 0) out += alphabet[(buffer << (bits_per_char - bits)) & mask];
   return out;
 }
-
-inline std::string base64url(const std::string& bytes) {  // no padding
-  static constexpr std::string_view alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-  std::string out;
-  unsigned buffer = 0;
-  int bits = 0;
-  for (unsigned char b : bytes) {
-    buffer = (buffer << 8) | b;
-    bits += 8;
-    while (bits >= 6) {
-      out += alphabet[(buffer >> (bits - 6)) & 63];
-      bits -= 6;
-    }
-  }
-  if (bits > 0) out += alphabet[(buffer << (6 - bits)) & 63];
-  return out;
+inline std::string base32(const std::string& bytes) {  // RFC 4648, as NKeys use it
+  return encode_bits(bytes, "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567", 5);
+}
+inline std::string base64url(const std::string& bytes) {  // as JWTs use it
+  return encode_bits(bytes, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_", 6);
 }
 
 inline std::string with_crc(std::string raw) {
