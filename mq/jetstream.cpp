@@ -446,14 +446,7 @@ bool jetstream::delete_consumer(const bus::stream_config& stream, const std::str
   return true;
 }
 
-std::uint64_t jetstream::last_sequence(const bus::stream_config& stream) {
-  jsStreamInfo* raw = nullptr;
-  jsErrCode code{};
-  check(js_GetStreamInfo(&raw, conn_.native().js.get(), stream.name.c_str(), nullptr, &code),
-        "reading stream " + stream.name, code);
-  stream_info_ptr info{raw};
-  return info->State.LastSeq;
-}
+std::uint64_t jetstream::last_sequence(const bus::stream_config& stream) { return state(stream)->last_sequence; }
 
 std::optional<bus::stream_state> jetstream::state(const bus::stream_config& stream) {
   jsStreamInfo* raw = nullptr;
