@@ -51,8 +51,10 @@ class config_error : public std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
-void finish(config& c) {
-  if (c.database_url.empty()) throw config_error("no database: pass --database-url or set OMNIBUS_DATABASE_URL");
+void finish(config& c, bool needs_database = true) {
+  if (needs_database && c.database_url.empty()) {
+    throw config_error("no database: pass --database-url or set OMNIBUS_DATABASE_URL");
+  }
   if (c.max_age_s <= 0 || c.duplicate_window_s <= 0) throw config_error("--stream-max-age and --duplicate-window must be positive");
   if (c.bus.stream.max_bytes <= 0) throw config_error("--stream-max-bytes must be positive");
   if (c.shop.concurrency < 1) throw config_error("--concurrency must be at least 1");
@@ -266,6 +268,13 @@ int main(int argc, char** argv) {
   bool dry_run = false;
   consumers_prune->add_flag("--dry-run", dry_run, "only say what would be deleted");
 
+  auto* stream_cmd = app.add_subcommand("stream", "The JetStream stream: how full it is, and making room");
+  stream_cmd->require_subcommand(1);
+  auto* stream_info = stream_cmd->add_subcommand("info", "Events, bytes, and how full the stream is");
+  auto* stream_purge = stream_cmd->add_subcommand("purge", "Delete every event in the stream, handled or not, to make room");
+  bool purge_confirmed = false;
+  stream_purge->add_flag("--yes", purge_confirmed, "confirm: events no listener has handled yet are lost");
+
   auto* mig_cmd = app.add_subcommand("migrations", "The bus's database migrations");
   mig_cmd->require_subcommand(1);
   auto* mig_sql = mig_cmd->add_subcommand("sql", "Print every migration as one SQL script (for Flyway, psql, ...)");
@@ -283,8 +292,29 @@ int main(int argc, char** argv) {
       std::fputs(bus::migrations_sql(c.bus.schema).c_str(), stdout);
       return 0;
     }
-    finish(c);
+    finish(c, !stream_cmd->parsed());
     if (run_cmd->parsed()) return run(c);
+    if (stream_info->parsed() || stream_purge->parsed()) {
+      if (stream_purge->parsed() && !purge_confirmed) {
+        throw config_error("stream purge deletes every event in the stream, including those no listener has "
+                           "handled yet: add --yes to confirm");
+      }
+      mq::connection nats{c.nats};
+      mq::jetstream js{nats};
+      const auto st = js.state(c.bus.stream);
+      const double fill = st->max_bytes > 0 ? 100.0 * static_cast<double>(st->bytes) / static_cast<double>(st->max_bytes) : 0;
+      if (stream_info->parsed()) {
+        std::printf("stream %s: %llu event(s), %llu of %lld bytes (%.1f%% full), sequences %llu..%llu\n",
+                    c.bus.stream.name.c_str(), static_cast<unsigned long long>(st->messages),
+                    static_cast<unsigned long long>(st->bytes), static_cast<long long>(st->max_bytes), fill,
+                    static_cast<unsigned long long>(st->first_sequence), static_cast<unsigned long long>(st->last_sequence));
+        return 0;
+      }
+      js.purge_stream(c.bus.stream);
+      std::printf("purged stream %s: %llu event(s) removed; outbox relays send their waiting rows now\n",
+                  c.bus.stream.name.c_str(), static_cast<unsigned long long>(st->messages));
+      return 0;
+    }
 
     pqxx::connection db{c.database_url};
     if (mig_apply->parsed()) {

@@ -17,6 +17,7 @@
 #include "bus/worker.hpp"
 #include "mq/connection.hpp"
 #include "mq/jetstream.hpp"
+#include "models/user_registered.hpp"
 #include "services/shop.hpp"
 #include "support/child_process.hpp"
 #include "support/stream_reader.hpp"
@@ -143,6 +144,27 @@ TEST_CASE_METHOD(shop_fixture, "consumers prune removes what no listener owns, a
   auto list = cli({"consumers", "list"});
   REQUIRE(list.wait(20s) == 0);
   CHECK_THAT(list.output(), Catch::Contains("shop_loyalty") && Catch::Contains("billing_invoices"));
+}
+
+TEST_CASE_METHOD(shop_fixture, "stream info says how full the stream is; purge needs --yes", "[integration][cli]") {
+  bus::event_bus b{js, opts};
+  b.provision();
+  bus::context ctx;
+  for (int i = 0; i < 3; ++i) (void)b.publish(ctx, models::user_registered{i, "u@example.com"});
+
+  auto info = cli({"stream", "info"});
+  REQUIRE(info.wait(20s) == 0);
+  CHECK_THAT(info.output(), Catch::Contains("stream " + opts.stream.name + ": 3 event(s)") && Catch::Contains("% full"));
+
+  auto refused = cli({"stream", "purge"});
+  REQUIRE(refused.wait(20s) == 2);
+  CHECK_THAT(refused.output(), Catch::Contains("add --yes"));
+  CHECK(js.state(opts.stream)->messages == 3);
+
+  auto purge = cli({"stream", "purge", "--yes"});
+  REQUIRE(purge.wait(20s) == 0);
+  CHECK_THAT(purge.output(), Catch::Contains("3 event(s) removed"));
+  CHECK(js.state(opts.stream)->messages == 0);
 }
 
 TEST_CASE_METHOD(shop_fixture, "bad configuration gets a clear error and exit code 2", "[integration][cli]") {
