@@ -3,6 +3,7 @@
 #include <pqxx/pqxx>
 
 #include "bus/outbox.hpp"
+#include "bus/text.hpp"
 
 namespace bus {
 namespace {
@@ -20,9 +21,11 @@ dead_letter from_row(const pqxx::row& r) {
   dl.event_id = r[2].as<std::string>();
   dl.event_name = r[3].is_null() ? "" : r[3].as<std::string>();
   dl.msg.subject = r[4].as<std::string>();
-  detail::split_headers(r[5].c_str(), dl.msg);
+  pqxx::binarystring headers{r[5]};
+  detail::split_headers(std::string_view(headers.get(), headers.size()), dl.msg);
   pqxx::binarystring body{r[6]};
   dl.msg.body.assign(body.get(), body.size());
+  if (!r[13].is_null()) dl.raw_header_block = pqxx::binarystring{r[13]}.str();
   dl.reason = r[7].as<std::string>();
   dl.error = r[8].as<std::string>();
   dl.attempts = r[9].as<int>();
@@ -35,7 +38,7 @@ dead_letter from_row(const pqxx::row& r) {
 std::string select_columns(std::string_view schema) {
   return "SELECT id, listener, event_id, event_name, subject, headers, body, reason, error, attempts, "
          "(extract(epoch FROM first_failed_at) * 1000000)::bigint, (extract(epoch FROM last_failed_at) * 1000000)::bigint, "
-         "stream_sequence FROM " +
+         "stream_sequence, raw_headers FROM " +
          t(schema, "bus_dead_letters");
 }
 
@@ -66,14 +69,15 @@ void write_dead_letter(pqxx::connection_base& conn, std::string_view schema, con
           " WHERE listener = $1 AND event_id = $2 RETURNING first_failed_at) "
           "INSERT INTO " + t(schema, "bus_dead_letters") +
           " (listener, event_id, event_name, subject, headers, body, reason, error, attempts, first_failed_at, "
-          "last_failed_at, stream_sequence) "
+          "last_failed_at, stream_sequence, raw_headers) "
           "VALUES ($1, $2, NULLIF($3, ''), $4, $5, $6, $7, $8, $9, coalesce((SELECT first_failed_at FROM history), now()), "
-          "now(), $10) "
+          "now(), $10, NULLIF($11, ''::bytea)) "
           "ON CONFLICT (listener, event_id) DO UPDATE SET attempts = greatest(bus_dead_letters.attempts, EXCLUDED.attempts), "
           "reason = EXCLUDED.reason, error = EXCLUDED.error, last_failed_at = now()",
-      dl.listener, dl.event_id, dl.event_name, dl.msg.subject, detail::join_headers(dl.msg),
-      pqxx::binarystring(dl.msg.body.data(), dl.msg.body.size()), dl.reason, dl.error, dl.attempts,
-      static_cast<std::int64_t>(dl.stream_sequence));
+      dl.listener, to_text(dl.event_id), to_text(dl.event_name), to_text(dl.msg.subject),
+      pqxx::binarystring(detail::join_headers(dl.msg)), pqxx::binarystring(dl.msg.body.data(), dl.msg.body.size()),
+      dl.reason, to_text(dl.error), dl.attempts, static_cast<std::int64_t>(dl.stream_sequence),
+      pqxx::binarystring(dl.raw_header_block));
   tx.commit();
 }
 

@@ -4,6 +4,8 @@
 #include <cstdio>
 #include <stdexcept>
 
+#include "bus/text.hpp"
+
 namespace bus {
 namespace {
 
@@ -17,12 +19,37 @@ bool valid_meta_key(std::string_view k) noexcept {
 }
 
 bool valid_header_value(std::string_view v) noexcept {
-  return v.find_first_of("\r\n") == std::string_view::npos;
+  return v.find_first_of("\r\n") == std::string_view::npos && is_utf8(v);
+}
+
+bool is_omnibus_header(std::string_view k) noexcept {
+  return k == header::msg_id || k == header::event || k == header::version || k == header::published ||
+         k == header::correlation_id || k == header::traceparent || k == header::tracestate ||
+         (k.size() > header::meta_prefix.size() && k.substr(0, header::meta_prefix.size()) == header::meta_prefix);
+}
+
+// Refuses what no Omnibus producer writes and what could be read two ways: before any value is
+// used, so a hostile header never reaches a handler's context or a text column.
+void check_headers(const message& msg) {
+  if (msg.headers.size() > max_headers) {
+    throw decode_error(decode_failure::too_many_headers, "message on '" + to_text(msg.subject) + "' has " +
+                                                             std::to_string(msg.headers.size()) + " headers; at most " +
+                                                             std::to_string(max_headers) + " are read");
+  }
+  for (std::size_t i = 0; i < msg.headers.size(); ++i) {
+    const auto& [k, v] = msg.headers[i];
+    if (k.empty()) throw decode_error(decode_failure::bad_header, "a header has an empty name");
+    if (!is_omnibus_header(k)) continue;
+    if (!is_utf8(v)) throw decode_error(decode_failure::bad_header, "header " + k + " is not UTF-8: '" + to_text(v) + "'");
+    for (std::size_t other = i + 1; other < msg.headers.size(); ++other) {
+      if (msg.headers[other].first == k) throw decode_error(decode_failure::bad_header, "header " + k + " appears more than once");
+    }
+  }
 }
 
 void add_header(message& m, std::string_view name, std::string_view value) {
   if (!valid_header_value(value)) {
-    throw std::invalid_argument("header " + std::string(name) + " has a CR or LF in its value");
+    throw std::invalid_argument("header " + std::string(name) + " has a CR or LF, or bytes that are not UTF-8, in its value");
   }
   m.headers.emplace_back(std::string(name), std::string(value));
 }
@@ -31,7 +58,7 @@ const std::string& required(const message& msg, std::string_view name) {
   const std::string* v = msg.header(name);
   if (v == nullptr || v->empty()) {
     throw decode_error(decode_failure::missing_header,
-                       "message on '" + msg.subject + "' lacks the " + std::string(name) + " header");
+                       "message on '" + to_text(msg.subject) + "' lacks the " + std::string(name) + " header");
   }
   return *v;
 }
@@ -79,12 +106,13 @@ message encode(const envelope& env, std::string_view prefix, std::size_t max_bod
 
 envelope decode(const message& msg, std::string_view prefix, std::size_t max_body_bytes) {
   envelope env;
+  check_headers(msg);
   const std::string& name = required(msg, header::event);
   std::string_view subject = msg.subject;
   if (subject.size() <= prefix.size() + 1 || subject.substr(0, prefix.size()) != prefix ||
       subject[prefix.size()] != '.' || subject.substr(prefix.size() + 1) != name) {
     throw decode_error(decode_failure::name_mismatch,
-                       "the Omnibus-Event header '" + name + "' does not match the subject '" + msg.subject + "'");
+                       "the Omnibus-Event header '" + name + "' does not match the subject '" + to_text(msg.subject) + "'");
   }
   env.name = name;
   const std::string& id = required(msg, header::msg_id);

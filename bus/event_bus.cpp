@@ -74,6 +74,11 @@ void event_bus::add_async(std::size_t slot, async_listener l) {
   }
   if (l.options.concurrency < 1) throw std::logic_error("bus: listener " + l.name + " needs a concurrency of at least 1");
   if (l.options.retry.max_attempts < 1) throw std::logic_error("bus: listener " + l.name + " needs max_attempts of at least 1");
+  if (l.options.retry.max_attempts >= options_.max_deliveries) {
+    throw std::logic_error("bus: listener " + l.name + "'s max_attempts (" + std::to_string(l.options.retry.max_attempts) +
+                           ") must be below bus_options::max_deliveries (" + std::to_string(options_.max_deliveries) + ")");
+  }
+  if (l.name == "_abandoned") throw std::logic_error("bus: the listener name _abandoned is the worker's own");
   l.consumer_name = options_.group + "_" + l.name;
   if (l.options.ordered) l.options.concurrency = 1;  // one in flight, across all workers
   std::lock_guard lock(mutex_);
@@ -97,6 +102,7 @@ std::vector<consumer_config> event_bus::consumer_configs() const {
     c.ack_wait = l.options.ack_wait;
     c.max_ack_pending = l.options.ordered ? 1 : std::max<std::int64_t>(1000, l.options.concurrency);
     c.start_time = l.options.replay_from;
+    c.max_deliver = options_.max_deliveries;
     out.push_back(std::move(c));
   }
   return out;

@@ -72,6 +72,11 @@ constexpr std::array migrations{
               "  PRIMARY KEY (listener, event_id)\n"
               ");\n"
               "CREATE INDEX bus_inbox_handled_at ON {s}.bus_inbox (handled_at);\n"},
+    migration{5, "dead letters keep the exact bytes producers sent",
+              "-- Headers are bytes from producers: text refuses invalid UTF-8 and NUL, bytea does not.\n"
+              "ALTER TABLE {s}.bus_dead_letters ALTER COLUMN headers TYPE bytea USING convert_to(headers, 'UTF8');\n"
+              "-- The header block as stored in the stream, for a message whose header block did not parse.\n"
+              "ALTER TABLE {s}.bus_dead_letters ADD COLUMN raw_headers bytea;\n"},
 };
 
 std::string with_schema(const char* sql, std::string_view schema) {

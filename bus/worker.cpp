@@ -3,7 +3,9 @@
 #include <algorithm>
 #include <cmath>
 #include <condition_variable>
+#include <stdexcept>
 #include <mutex>
+#include <limits>
 #include <list>
 #include <optional>
 #include <random>
@@ -20,6 +22,7 @@
 #include "bus/dead_letters.hpp"
 #include "bus/envelope.hpp"
 #include "bus/migrations.hpp"
+#include "bus/text.hpp"
 #include "failpoint.hpp"
 #include "stop_wait.hpp"
 
@@ -103,6 +106,34 @@ std::string event_name_of(const delivery& d) {
   const std::string* n = d.msg().header(header::event);
   return n != nullptr ? *n : std::string();
 }
+
+// A failure to write a dead letter that writing again cannot cure: the row itself is refused
+// (data, constraint or size), not the database's availability.
+bool lasting(const std::exception& e) {
+  if (const auto* sql = dynamic_cast<const pqxx::sql_error*>(&e)) {
+    const std::string& state = sql->sqlstate();
+    return state.rfind("22", 0) == 0 || state.rfind("23", 0) == 0 || state.rfind("54", 0) == 0;
+  }
+  return dynamic_cast<const pqxx::conversion_error*>(&e) != nullptr ||
+         dynamic_cast<const pqxx::argument_error*>(&e) != nullptr || dynamic_cast<const std::length_error*>(&e) != nullptr;
+}
+
+dead_letter letter_of(const async_listener& def, const delivery& d, std::string reason, std::string error,
+                      std::uint64_t attempt) {
+  dead_letter dl;
+  dl.listener = def.name;
+  dl.event_id = event_id_of(d);
+  dl.event_name = event_name_of(d);
+  dl.msg = d.msg();
+  dl.raw_header_block = std::string(d.raw_header_block());
+  dl.reason = std::move(reason);
+  dl.error = std::move(error);
+  dl.attempts = static_cast<int>(std::min<std::uint64_t>(attempt, std::numeric_limits<int>::max()));
+  dl.stream_sequence = d.stream_sequence();
+  return dl;
+}
+
+enum class parked_outcome { not_parked, retry, settled };
 
 }  // namespace
 
@@ -241,6 +272,10 @@ struct worker::impl {
       return;
     }
     const std::uint64_t attempt = d.delivery_count();
+    if (!d.header_error().empty()) {  // nothing to decode: keep its bytes and never see it again
+      dead_letter_now(j, "malformed_headers", std::string(d.header_error()), attempt);
+      return;
+    }
     envelope env;
     try {
       env = decode(d.msg(), bus.options().stream.subject_prefix, bus.options().max_body_bytes);
@@ -253,28 +288,10 @@ struct worker::impl {
     const bool parks = def.options.ordered && def.options.park_when_exhausted;
     bool operator_retry = false;
     if (parks && attempt > 1) {
-      std::optional<parked_event> parked;
-      try {
-        auto lease = pool->acquire(opts.db_wait);
-        parked = find_parked(*lease, bus.options().schema, def.name);
-        if (parked && parked->event_id == env.id.to_string() && parked->action == "skip") {
-          unpark(*lease, bus.options().schema, def.name);
-          settle(j, "acking a skipped", [](delivery& x) { x.ack(); });
-          stats.skipped.fetch_add(1, std::memory_order_relaxed);
-          log->warn("listener {}: {} {} skipped by an operator; the listener goes on", def.name, env.name, env.id.to_string());
-          return;
-        }
-      } catch (const std::exception& e) {
-        log->warn("listener {}: cannot read its parked state: {}", def.name, e.what());
-        settle(j, "naking", [&](delivery& x) { x.nak(opts.parked_poll); });
-        return;
-      }
-      if (parked && parked->event_id == env.id.to_string()) {
-        if (parked->action != "retry") {  // stays parked: nothing overtakes it (MaxAckPending 1)
-          settle(j, "naking a parked", [&](delivery& x) { x.nak(opts.parked_poll); });
-          return;
-        }
-        operator_retry = true;
+      switch (wait_while_parked(j, env)) {
+        case parked_outcome::not_parked: break;
+        case parked_outcome::retry: operator_retry = true; break;
+        case parked_outcome::settled: return;
       }
     }
 
@@ -314,8 +331,9 @@ struct worker::impl {
         if (e.kind() == decode_failure::newer_version) {
           log->info("listener {}: {} {} is a newer version than this build knows; retrying in {} ms", def.name,
                     env.name, env.id.to_string(), opts.newer_version_delay.count());
-          settle(j, "deferring", [&](delivery& x) { x.nak(opts.newer_version_delay); });
-          stats.deferred.fetch_add(1, std::memory_order_relaxed);
+          if (retry_later(j, opts.newer_version_delay, "deferring", e.what())) {
+            stats.deferred.fetch_add(1, std::memory_order_relaxed);
+          }
           return;
         }
         dead_letter_now(j, to_string(e.kind()), e.what(), attempt);
@@ -337,8 +355,7 @@ struct worker::impl {
       stats.in_doubt.fetch_add(1, std::memory_order_relaxed);
       log->error("listener {}: {} {}: the inbox commit's outcome is unknown ({}); not acked, it will be redelivered",
                  def.name, env.name, env.id.to_string(), failure);
-      const auto delay = retry_delay(def.options.retry, attempt, unit_random());
-      settle(j, "naking", [&](delivery& x) { x.nak(delay); });
+      (void)retry_later(j, retry_delay(def.options.retry, attempt, unit_random()), "naking", failure);
       return;
     }
     if (duplicate) {
@@ -390,8 +407,9 @@ struct worker::impl {
     } catch (const std::exception& e) {
       log->warn("listener {}: could not record the failure of {}: {}", def.name, env.id.to_string(), e.what());
     }
-    const auto delay = retry_delay(def.options.retry, attempt, unit_random());
-    if (settle(j, "naking", [&](delivery& x) { x.nak(delay); })) stats.failed.fetch_add(1, std::memory_order_relaxed);
+    if (retry_later(j, retry_delay(def.options.retry, attempt, unit_random()), "naking", error)) {
+      stats.failed.fetch_add(1, std::memory_order_relaxed);
+    }
   }
 
   void park_now(job& j, const envelope& env, const std::string& error, std::uint64_t attempt) {
@@ -407,34 +425,158 @@ struct worker::impl {
     } catch (const std::exception& e) {
       log->error("listener {}: could not park at {}: {}", def.name, env.id.to_string(), e.what());
     }
-    settle(j, "naking a parked", [&](delivery& x) { x.nak(opts.parked_poll); });
+    // Redelivered at once, the event is held (wait_while_parked) until an operator's word.
+    (void)retry_later(j, std::chrono::milliseconds(0), "naking a parked", error);
+  }
+
+  // Holds a parked ordered listener's event until an operator retries or skips it: the
+  // message stays in flight (the monitor signals in-progress, no deadline applies), so waiting
+  // costs no redeliveries however long it lasts. At shutdown the message goes back.
+  parked_outcome wait_while_parked(job& j, const envelope& env) {
+    const async_listener& def = *j.l->def;
+    const std::string id = env.id.to_string();
+    bool held = false;
+    bool warned = false;
+    for (;;) {
+      try {
+        auto lease = pool->acquire(opts.db_wait);
+        const std::optional<parked_event> parked = find_parked(*lease, bus.options().schema, def.name);
+        if (!parked || parked->event_id != id) {
+          if (held) set_deadline(j, clock::now() + def.options.deadline);
+          return parked_outcome::not_parked;
+        }
+        if (parked->action == "skip") {
+          unpark(*lease, bus.options().schema, def.name);
+          settle(j, "acking a skipped", [](delivery& x) { x.ack(); });
+          stats.skipped.fetch_add(1, std::memory_order_relaxed);
+          log->warn("listener {}: {} {} skipped by an operator; the listener goes on", def.name, env.name, id);
+          return parked_outcome::settled;
+        }
+        if (parked->action == "retry") {
+          set_deadline(j, clock::now() + def.options.deadline);
+          return parked_outcome::retry;
+        }
+      } catch (const std::exception& e) {
+        if (!warned) log->warn("listener {}: cannot read its parked state (holding {} meanwhile): {}", def.name, id, e.what());
+        warned = true;
+      }
+      if (!held) {
+        set_deadline(j, clock::time_point::max());
+        held = true;
+      }
+      for (const auto until = clock::now() + opts.parked_poll; clock::now() < until;) {
+        if (shutting_down) {
+          settle(j, "returning a parked", [](delivery& x) { x.nak(std::chrono::milliseconds(0)); });
+          return parked_outcome::settled;
+        }
+        std::this_thread::sleep_for(std::min<clock::duration>(opts.tick, until - clock::now()));
+      }
+    }
+  }
+
+  void set_deadline(job& j, clock::time_point deadline) {
+    std::lock_guard lock(j.l->mutex);
+    j.deadline = deadline;
+  }
+
+  // Naks for a redelivery after `delay`, unless this delivery is the last the server makes
+  // (bus_options::max_deliveries): then the message becomes a dead letter instead, so that
+  // nothing is redelivered forever. Returns whether it was nak'd.
+  bool retry_later(job& j, std::chrono::milliseconds delay, const char* what, const std::string& why) {
+    const std::uint64_t attempt = j.d->delivery_count();
+    const auto ceiling = static_cast<std::uint64_t>(bus.options().max_deliveries);
+    if (attempt >= ceiling) {
+      dead_letter_now(j, "max_deliveries",
+                      "delivered " + std::to_string(attempt) + " times, the most bus_options::max_deliveries allows; "
+                      "the last time: " + why, attempt);
+      return false;
+    }
+    settle(j, what, [&](delivery& x) { x.nak(delay); });
+    return true;
   }
 
   void dead_letter_now(job& j, const std::string& reason, const std::string& error, std::uint64_t attempt) {
     const async_listener& def = *j.l->def;
-    dead_letter dl;
-    dl.listener = def.name;
-    dl.event_id = event_id_of(*j.d);
-    dl.event_name = event_name_of(*j.d);
-    dl.msg = j.d->msg();
-    dl.reason = reason;
-    dl.error = error;
-    dl.attempts = static_cast<int>(attempt);
-    dl.stream_sequence = j.d->stream_sequence();
+    const dead_letter dl = letter_of(def, *j.d, reason, error, attempt);
     try {
       auto lease = pool->acquire(opts.db_wait);
       write_dead_letter(*lease, bus.options().schema, dl);  // committed before the term below
     } catch (const std::exception& e) {
-      log->error("listener {}: could not write the dead letter of {} ({}): {}; it will be retried", def.name,
-                 dl.event_id, error, e.what());
-      const auto delay = retry_delay(def.options.retry, attempt, unit_random());
-      settle(j, "naking", [&](delivery& x) { x.nak(delay); });
+      if (!lasting(e) && attempt < static_cast<std::uint64_t>(bus.options().max_deliveries)) {
+        log->error("listener {}: could not write the dead letter of {} ({}): {}; it will be retried", def.name,
+                   to_text(dl.event_id), to_text(error), e.what());
+        settle(j, "naking", [&](delivery& x) { x.nak(retry_delay(def.options.retry, attempt, unit_random())); });
+        return;
+      }
+      // Writing again would fail again: never loop on it. The stream still holds the message.
+      log->error("listener {}: could not write the dead letter of stream message #{} on {} ({}: {}): {}; "
+                 "terminated without one: read it from the stream by its sequence",
+                 def.name, dl.stream_sequence, to_text(dl.msg.subject), reason, to_text(error), e.what());
+      if (settle(j, "terminating", [](delivery& x) { x.term(); })) {
+        stats.unrecorded.fetch_add(1, std::memory_order_relaxed);
+      }
       return;
     }
     log->error("listener {}: {} {} dead-lettered after {} attempt(s) ({}): {}", def.name,
-               dl.event_name.empty() ? "message" : dl.event_name, dl.event_id, attempt, reason, error);
+               dl.event_name.empty() ? "message" : to_text(dl.event_name), to_text(dl.event_id), attempt, reason,
+               to_text(error));
     settle(j, "terminating", [](delivery& x) { x.term(); });
     stats.dead_lettered.fetch_add(1, std::memory_order_relaxed);
+  }
+
+  // The server's reports of messages it stopped delivering (max_deliveries reached while no
+  // worker could settle them): each becomes a dead letter of its listener.
+  void abandoned_loop(consumer& reports, std::stop_token stop) {
+    while (!stop.stop_requested()) {
+      std::vector<std::unique_ptr<delivery>> batch;
+      try {
+        batch = reports.fetch(16, opts.fetch_wait);
+      } catch (const std::exception& e) {
+        log->warn("worker: reading the server's max-deliveries reports failed: {}; retrying in 1 s", e.what());
+        if (!detail::wait_for(stop, std::chrono::seconds(1))) break;
+        continue;
+      }
+      for (auto& d : batch) record_abandoned(*d);
+    }
+  }
+
+  void record_abandoned(delivery& d) {
+    const async_listener* def = nullptr;
+    for (const auto& l : listeners) {
+      if (l->def->consumer_name == d.abandoned_by()) def = l->def;
+    }
+    try {
+      if (def == nullptr) {  // another group's consumer: that group's workers record it
+        d.ack();
+        return;
+      }
+      std::string error = "nats-server stopped delivering it after " + std::to_string(d.delivery_count()) +
+                          " deliveries (bus_options::max_deliveries) without the worker settling it";
+      if (!d.header_error().empty()) error += "; " + std::string(d.header_error());
+      const dead_letter dl = letter_of(*def, d, "max_deliveries", error, d.delivery_count());
+      try {
+        auto lease = pool->acquire(opts.db_wait);
+        write_dead_letter(*lease, bus.options().schema, dl);
+      } catch (const std::exception& e) {
+        if (!lasting(e)) {
+          log->warn("listener {}: could not write the dead letter of abandoned stream message #{}: {}; retrying",
+                    def->name, dl.stream_sequence, e.what());
+          d.nak(std::chrono::seconds(1));
+          return;
+        }
+        log->error("listener {}: could not write the dead letter of abandoned stream message #{}: {}; read it "
+                   "from the stream by its sequence", def->name, dl.stream_sequence, e.what());
+        stats.unrecorded.fetch_add(1, std::memory_order_relaxed);
+        d.ack();
+        return;
+      }
+      d.ack();
+      stats.dead_lettered.fetch_add(1, std::memory_order_relaxed);
+      log->error("listener {}: stream message #{} ({}) dead-lettered: {}", def->name, dl.stream_sequence,
+                 to_text(dl.event_id), error);
+    } catch (const std::exception& e) {  // settling the report failed: it comes back
+      log->warn("worker: settling a max-deliveries report failed: {}", e.what());
+    }
   }
 
   // Signals progress for long handlers, and enforces deadlines. Returns the name of a listener
@@ -544,6 +686,10 @@ void worker::run(std::stop_token stop) {
   }
 
   std::jthread stream_watch([&w](std::stop_token st) { w.watch_stream(st); });
+  std::unique_ptr<consumer> reports =
+      w.listeners.empty() ? nullptr : w.bus.target()->open_abandoned(w.bus.options().stream, w.bus.options().group);
+  std::jthread report_reader;
+  if (reports) report_reader = std::jthread([&w, &reports](std::stop_token st) { w.abandoned_loop(*reports, st); });
 
   std::string stuck;
   while (!stop.stop_requested() && stuck.empty()) {
@@ -554,6 +700,10 @@ void worker::run(std::stop_token stop) {
 
   // Graceful shutdown (decision 14).
   stream_watch.request_stop();
+  if (report_reader.joinable()) {
+    report_reader.request_stop();
+    report_reader.join();
+  }
   w.shutting_down = true;
   fetch_stop.request_stop();
   for (auto& l : w.listeners) l->slot_freed.notify_all();

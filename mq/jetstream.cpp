@@ -1,13 +1,17 @@
 #include "mq/jetstream.hpp"
 
 #include <algorithm>
+#include <condition_variable>
+#include <cstdlib>
 #include <cstring>
+#include <deque>
 #include <mutex>
 #include <unordered_map>
 
 #include "bus/envelope.hpp"
 #include "mq/error.hpp"
 #include "nats.hpp"
+#include "wire.hpp"
 
 namespace mq {
 namespace {
@@ -41,26 +45,6 @@ detail::msg_ptr to_nats(const bus::message& m) {
     check(natsMsgHeader_Add(msg.get(), k.c_str(), v.c_str()), "setting header " + k);
   }
   return msg;
-}
-
-bus::message from_nats(natsMsg* m) {
-  bus::message out;
-  out.subject = natsMsg_GetSubject(m);
-  if (const char* data = natsMsg_GetData(m)) out.body.assign(data, static_cast<std::size_t>(natsMsg_GetDataLength(m)));
-  const char** keys = nullptr;
-  int count = 0;
-  natsStatus s = natsMsgHeader_Keys(m, &keys, &count);
-  if (s == NATS_NOT_FOUND) return out;  // no headers at all
-  check(s, "reading header names");
-  std::unique_ptr<const char*, void (*)(const char**)> keys_owner{keys, [](const char** p) { std::free(p); }};
-  for (int i = 0; i < count; ++i) {
-    const char** values = nullptr;
-    int nvalues = 0;
-    check(natsMsgHeader_Values(m, keys[i], &values, &nvalues), std::string("reading header ") + keys[i]);
-    std::unique_ptr<const char*, void (*)(const char**)> values_owner{values, [](const char** p) { std::free(p); }};
-    for (int j = 0; j < nvalues; ++j) out.headers.emplace_back(keys[i], values[j]);
-  }
-  return out;
 }
 
 // Which publish failures certainly stored nothing.
@@ -138,61 +122,329 @@ bus::consumer_info to_info(const jsConsumerInfo& ci) {
   return info;
 }
 
+// Reads every header of `m` through NATS.c. Returns NATS.c's complaint when the header block
+// does not parse, "" otherwise.
+std::string read_headers(natsMsg* m, bus::message& out) {
+  const char** keys = nullptr;
+  int count = 0;
+  natsStatus s = natsMsgHeader_Keys(m, &keys, &count);
+  if (s == NATS_NOT_FOUND) return {};  // no headers at all
+  auto complaint = [](natsStatus st) {
+    const char* last = nats_GetLastError(nullptr);
+    std::string text = natsStatus_GetText(st);
+    if (last != nullptr && *last != '\0') text += std::string(": ") + last;
+    return text;
+  };
+  if (s != NATS_OK) return complaint(s);
+  std::unique_ptr<const char*, void (*)(const char**)> keys_owner{keys, [](const char** p) { std::free(p); }};
+  for (int i = 0; i < count; ++i) {
+    const char** values = nullptr;
+    int nvalues = 0;
+    s = natsMsgHeader_Values(m, keys[i], &values, &nvalues);
+    if (s != NATS_OK) return complaint(s);
+    std::unique_ptr<const char*, void (*)(const char**)> values_owner{values, [](const char** p) { std::free(p); }};
+    for (int j = 0; j < nvalues; ++j) out.headers.emplace_back(keys[i], values[j]);
+  }
+  return {};
+}
+
+// $JS.API.STREAM.MSG.GET: one stored message by sequence, byte-exact. nullopt when the stream
+// no longer has it. Throws mq::error when the server does not answer.
+std::optional<detail::stored_message> read_stored(natsConnection* conn, const std::string& stream, std::uint64_t seq,
+                                                  milliseconds timeout) {
+  const std::string subject = "$JS.API.STREAM.MSG.GET." + stream;
+  const std::string request = "{\"seq\":" + std::to_string(seq) + "}";
+  natsMsg* raw = nullptr;
+  check(natsConnection_Request(&raw, conn, subject.c_str(), request.data(), static_cast<int>(request.size()),
+                               std::max<std::int64_t>(1, timeout.count())),
+        "reading message " + std::to_string(seq) + " of stream " + stream);
+  detail::msg_ptr reply{raw};
+  const char* data = natsMsg_GetData(reply.get());
+  try {
+    return detail::parse_msg_get_response(std::string_view(data != nullptr ? data : "", static_cast<std::size_t>(natsMsg_GetDataLength(reply.get()))));
+  } catch (const std::runtime_error& e) {
+    throw error("reading message " + std::to_string(seq) + " of stream " + stream + ": " + e.what(), NATS_ERR, 0);
+  }
+}
+
+// One message fetched by jetstream_consumer, settled by publishing JetStream's ack protocol to
+// its reply subject (NATS.c's natsMsg_Ack family needs a JetStream subscription; ours is plain).
 class jetstream_delivery final : public bus::delivery {
  public:
-  jetstream_delivery(detail::msg_ptr msg, bus::message copy, std::uint64_t count, std::uint64_t seq)
-      : msg_(std::move(msg)), copy_(std::move(copy)), count_(count), seq_(seq) {}
+  jetstream_delivery(natsConnection* conn, detail::msg_ptr msg, bus::message copy, detail::ack_metadata meta)
+      : conn_(conn), msg_(std::move(msg)), copy_(std::move(copy)), meta_(std::move(meta)) {}
   const bus::message& msg() const noexcept override { return copy_; }
-  std::uint64_t delivery_count() const noexcept override { return count_; }
-  std::uint64_t stream_sequence() const noexcept override { return seq_; }
-  // The error text is built only on failure: these run once per message.
-  void ack() override { settle(natsMsg_Ack(msg_.get(), nullptr), "acking"); }
+  std::uint64_t delivery_count() const noexcept override { return meta_.delivered; }
+  std::uint64_t stream_sequence() const noexcept override { return meta_.stream_sequence; }
+  void ack() override { send("+ACK", "acking"); }
   void nak(std::chrono::milliseconds delay) override {
-    settle(delay.count() <= 0 ? natsMsg_Nak(msg_.get(), nullptr) : natsMsg_NakWithDelay(msg_.get(), delay.count(), nullptr),
-           "naking");
+    if (delay.count() <= 0) return send("-NAK", "naking");
+    send("-NAK {\"delay\": " + std::to_string(duration_cast<nanoseconds>(delay).count()) + "}", "naking");
   }
-  void term() override { settle(natsMsg_Term(msg_.get(), nullptr), "terminating"); }
-  void in_progress() override { settle(natsMsg_InProgress(msg_.get(), nullptr), "signalling progress on"); }
- private:
-  void settle(natsStatus s, const char* verb) const {
-    if (s != NATS_OK) check(s, std::string(verb) + " " + copy_.subject + " #" + std::to_string(seq_));
+  void term() override { send("+TERM", "terminating"); }
+  void in_progress() override { send("+WPI", "signalling progress on"); }
+  std::string_view header_error() const noexcept override { return header_error_; }
+  std::string_view raw_header_block() const noexcept override { return raw_header_block_; }
+
+  void set_malformed(std::string why, std::string raw_block) {
+    header_error_ = std::move(why);
+    raw_header_block_ = std::move(raw_block);
   }
 
+ private:
+  void send(const std::string& body, const char* verb) const {
+    natsStatus s = natsConnection_Publish(conn_, natsMsg_GetReply(msg_.get()), body.data(), static_cast<int>(body.size()));
+    // The error text is built only on failure: these run once per message.
+    if (s != NATS_OK) check(s, std::string(verb) + " " + copy_.subject + " #" + std::to_string(meta_.stream_sequence));
+  }
+
+  natsConnection* conn_;  // borrowed: the connection outlives every delivery
   detail::msg_ptr msg_;
   bus::message copy_;
-  std::uint64_t count_;
-  std::uint64_t seq_;
+  detail::ack_metadata meta_;
+  std::string header_error_;
+  std::string raw_header_block_;
 };
 
+// What the subscription's callback hands to fetch(): messages, and the end of a pull request.
+struct inbox_state {
+  std::mutex mutex;
+  std::condition_variable arrived;
+  std::deque<detail::msg_ptr> messages;  // user messages, in arrival order
+  std::uint64_t request = 0;             // the newest pull request's number
+  bool request_done = false;             // its terminal status (404, 408, 409) came
+  std::string request_error;             // a status that is an error (409 consumer deleted, 503)
+};
+
+// A status line's code and description: "408" and "Request Timeout". Server-made, so NATS.c's
+// own header reading is trusted here.
+std::pair<int, std::string> status_of(natsMsg* m) {
+  const char* code = nullptr;
+  const char* description = nullptr;
+  int status = 0;
+  if (natsMsgHeader_Get(m, "Status", &code) == NATS_OK && code != nullptr) status = std::atoi(code);
+  std::string text;
+  if (natsMsgHeader_Get(m, "Description", &description) == NATS_OK && description != nullptr) text = description;
+  return {status, text};
+}
+
+// Called on NATS.c's delivery thread for each message on the consumer's inbox: queues user
+// messages and notes the end of a request. Never runs user code; never throws.
+void on_inbox_message(natsConnection*, natsSubscription*, natsMsg* raw, void* closure) {
+  detail::msg_ptr m{raw};
+  auto* st = static_cast<inbox_state*>(closure);
+  const char* reply = natsMsg_GetReply(m.get());
+  const bool user = reply != nullptr && std::strncmp(reply, "$JS.ACK.", 8) == 0;
+  std::lock_guard lock(st->mutex);
+  if (user) {
+    st->messages.push_back(std::move(m));
+  } else {
+    // A status for request n arrives on "<inbox>.<n>": a late one for an older request is ignored.
+    const std::string_view subject = natsMsg_GetSubject(m.get());
+    const auto dot = subject.rfind('.');
+    if (dot == std::string_view::npos || subject.substr(dot + 1) != std::to_string(st->request)) return;
+    const auto [status, description] = status_of(m.get());
+    if (status == 100) return;  // an idle heartbeat: the request goes on
+    st->request_done = true;
+    if (status == 409 || status == 503) {
+      st->request_error = std::to_string(status) + " " + (description.empty() ? "from the server" : description);
+    }
+  }
+  st->arrived.notify_all();
+}
+
+// A durable pull consumer read through a plain subscription on an inbox of its own, so that
+// every message reaches Omnibus whatever its header block holds: NATS.c's own fetch reads the
+// headers of each message on the way and fails the whole fetch on one it cannot parse.
 class jetstream_consumer final : public bus::consumer {
  public:
-  explicit jetstream_consumer(detail::subscription_ptr sub) : sub_(std::move(sub)) {}
+  jetstream_consumer(natsConnection* conn, std::string stream, const std::string& name)
+      : conn_(conn),
+        stream_(std::move(stream)),
+        next_subject_("$JS.API.CONSUMER.MSG.NEXT." + stream_ + "." + name),
+        state_(std::make_unique<inbox_state>()) {
+    natsInbox* raw_inbox = nullptr;
+    check(natsInbox_Create(&raw_inbox), "creating an inbox for consumer " + name);
+    inbox_ = raw_inbox;
+    natsInbox_Destroy(raw_inbox);
+    natsSubscription* raw_sub = nullptr;
+    check(natsConnection_Subscribe(&raw_sub, conn_, (inbox_ + ".*").c_str(), on_inbox_message, state_.get()),
+          "subscribing to consumer " + name);
+    sub_.reset(raw_sub);
+    // The default limits would drop messages past 64 MiB queued; fetch() asks for no more
+    // than the worker has slots for, so the queue stays small anyway.
+    check(natsSubscription_SetPendingLimits(sub_.get(), -1, -1), "lifting the pending limits of consumer " + name);
+  }
+
+  ~jetstream_consumer() override {
+    // Drain: no callback runs once the drain completed, so the state may go. If it does not
+    // complete in time (connection gone), keep the state alive rather than risk a late callback.
+    bool drained = natsSubscription_Drain(sub_.get()) == NATS_OK &&
+                   natsSubscription_WaitForDrainCompletion(sub_.get(), 5000) == NATS_OK;
+    if (!drained && natsSubscription_IsValid(sub_.get())) (void)state_.release();
+  }
+
+  std::vector<std::unique_ptr<bus::delivery>> fetch(std::size_t max, std::chrono::milliseconds timeout) override {
+    std::vector<detail::msg_ptr> taken;
+    if (max == 0) return {};
+    std::unique_lock lock(state_->mutex);
+    take(taken, max);
+    if (taken.size() < max) {
+      // Ask for the rest: wait for them unless some came already, then only take what is there.
+      const std::size_t want = max - taken.size();
+      const std::uint64_t n = ++state_->request;
+      state_->request_done = false;
+      state_->request_error.clear();
+      lock.unlock();
+      std::string request = "{\"batch\":" + std::to_string(want);
+      request += taken.empty() ? ",\"expires\":" + std::to_string(duration_cast<nanoseconds>(std::max(timeout, milliseconds(1))).count())
+                               : std::string(",\"no_wait\":true");
+      request += "}";
+      const std::string reply = inbox_ + "." + std::to_string(n);
+      check(natsConnection_PublishRequest(conn_, next_subject_.c_str(), reply.c_str(), request.data(),
+                                          static_cast<int>(request.size())),
+            "asking consumer " + next_subject_ + " for messages");
+      lock.lock();
+      // The server ends the request itself at `timeout` (408); the margin covers the trip.
+      const auto until = steady_clock::now() + timeout + milliseconds(200);
+      state_->arrived.wait_until(lock, until, [&] { return state_->messages.size() >= want || state_->request_done; });
+      take(taken, max);
+      if (taken.empty() && !state_->request_error.empty()) {
+        const std::string why = state_->request_error;
+        lock.unlock();
+        throw error("fetching from " + next_subject_ + ": " + why, NATS_ERR, 0);
+      }
+    }
+    lock.unlock();
+    std::vector<std::unique_ptr<bus::delivery>> out;
+    out.reserve(taken.size());
+    for (auto& m : taken) out.push_back(to_delivery(std::move(m)));
+    return out;
+  }
+
+  // The message as stored in the stream, byte-exact; nullopt when the stream no longer has it.
+  std::optional<detail::stored_message> stored(std::uint64_t seq) { return read_stored(conn_, stream_, seq, seconds(5)); }
+
+ private:
+  void take(std::vector<detail::msg_ptr>& into, std::size_t max) {  // under the state's mutex
+    while (into.size() < max && !state_->messages.empty()) {
+      into.push_back(std::move(state_->messages.front()));
+      state_->messages.pop_front();
+    }
+  }
+
+  std::unique_ptr<bus::delivery> to_delivery(detail::msg_ptr m) {
+    // The callback queued only messages whose reply starts with $JS.ACK.; one that does not
+    // parse further is still settled through its reply, counted as a first delivery.
+    auto meta = detail::parse_ack_subject(natsMsg_GetReply(m.get())).value_or(detail::ack_metadata{});
+    if (meta.delivered == 0) meta.delivered = 1;
+    bus::message copy;
+    copy.subject = natsMsg_GetSubject(m.get());
+    if (const char* data = natsMsg_GetData(m.get())) copy.body.assign(data, static_cast<std::size_t>(natsMsg_GetDataLength(m.get())));
+    std::string complaint = read_headers(m.get(), copy);
+    auto d = std::make_unique<jetstream_delivery>(conn_, std::move(m), std::move(copy), meta);
+    if (!complaint.empty()) {
+      // Keep the exact bytes for the dead letter: NATS.c does not hand them out, the stream does.
+      std::string raw;
+      try {
+        if (auto s = stored(meta.stream_sequence)) raw = std::move(s->header_block);
+      } catch (const std::exception& e) {
+        complaint += " (its raw header block could not be read back: " + std::string(e.what()) + ")";
+      }
+      d->set_malformed("the header block does not parse: " + complaint, std::move(raw));
+    }
+    return d;
+  }
+
+  natsConnection* conn_;  // borrowed: the connection outlives every consumer
+  std::string stream_;
+  std::string next_subject_;
+  std::string inbox_;
+  std::unique_ptr<inbox_state> state_;  // reached by the callback until the subscription drained
+  detail::subscription_ptr sub_;        // declared last: drained and destroyed first
+};
+
+// A report that the server gave up on a message: the advisory's own delivery (settling it
+// settles the report) around the abandoned message, read back from the stream.
+class abandoned_delivery final : public bus::delivery {
+ public:
+  abandoned_delivery(std::unique_ptr<bus::delivery> report, bus::message original, detail::max_deliveries_advisory a)
+      : report_(std::move(report)), original_(std::move(original)), advisory_(std::move(a)) {}
+  const bus::message& msg() const noexcept override { return original_; }
+  std::uint64_t delivery_count() const noexcept override { return advisory_.deliveries; }
+  std::uint64_t stream_sequence() const noexcept override { return advisory_.stream_sequence; }
+  void ack() override { report_->ack(); }
+  void nak(std::chrono::milliseconds delay) override { report_->nak(delay); }
+  void term() override { report_->term(); }
+  void in_progress() override { report_->in_progress(); }
+  std::string_view header_error() const noexcept override { return header_error_; }
+  std::string_view raw_header_block() const noexcept override { return raw_header_block_; }
+  std::string_view abandoned_by() const noexcept override { return advisory_.consumer; }
+
+  void set_malformed(std::string why, std::string raw_block) {
+    header_error_ = std::move(why);
+    raw_header_block_ = std::move(raw_block);
+  }
+
+ private:
+  std::unique_ptr<bus::delivery> report_;
+  bus::message original_;
+  detail::max_deliveries_advisory advisory_;
+  std::string header_error_;
+  std::string raw_header_block_;
+};
+
+// Reads the max-deliveries advisories that the stream <events>_ABANDONED captures, and hands
+// out each abandoned message with the consumer that gave up on it.
+class abandoned_consumer final : public bus::consumer {
+ public:
+  abandoned_consumer(natsConnection* conn, std::string events_stream, const std::string& advisory_stream,
+                     const std::string& name)
+      : conn_(conn), events_stream_(std::move(events_stream)), reports_(conn, advisory_stream, name) {}
+
   std::vector<std::unique_ptr<bus::delivery>> fetch(std::size_t max, std::chrono::milliseconds timeout) override {
     std::vector<std::unique_ptr<bus::delivery>> out;
-    if (max == 0) return out;
-    natsMsgList list{};
-    jsErrCode code{};
-    natsStatus s = natsSubscription_Fetch(&list, sub_.get(), static_cast<int>(max), std::max<std::int64_t>(1, timeout.count()), &code);
-    // The list owns the messages until each is moved into a delivery.
-    std::unique_ptr<natsMsgList, void (*)(natsMsgList*)> owner{&list, [](natsMsgList* l) { natsMsgList_Destroy(l); }};
-    if (s == NATS_TIMEOUT && list.Count == 0) return out;
-    if (s != NATS_OK && s != NATS_TIMEOUT) check(s, "fetching", code);
-    out.reserve(static_cast<std::size_t>(list.Count));
-    for (int i = 0; i < list.Count; ++i) {
-      detail::msg_ptr m{list.Msgs[i]};
-      list.Msgs[i] = nullptr;
-      jsMsgMetaData* raw_meta = nullptr;
-      check(natsMsg_GetMetaData(&raw_meta, m.get()), "reading delivery metadata");
-      meta_ptr meta{raw_meta};
-      bus::message copy = from_nats(m.get());
-      out.push_back(std::make_unique<jetstream_delivery>(std::move(m), std::move(copy), meta->NumDelivered,
-                                                         meta->Sequence.Stream));
+    for (auto& report : reports_.fetch(max, timeout)) {
+      auto advisory = detail::parse_max_deliveries_advisory(report->msg().body);
+      if (!advisory) {  // the stream captures only these advisories; anything else is not ours to act on
+        report->term();
+        continue;
+      }
+      bus::message original;
+      std::string why;
+      std::string raw;
+      std::optional<detail::stored_message> s;
+      try {
+        s = read_stored(conn_, events_stream_, advisory->stream_sequence, seconds(5));
+      } catch (const std::exception&) {
+        report->nak(seconds(1));  // the server did not answer: the report comes back
+        continue;
+      }
+      if (s) {
+        original.subject = s->subject;
+        original.body = std::move(s->body);
+        if (!s->header_block.empty()) {
+          try {
+            original.headers = detail::parse_header_block(s->header_block).headers;
+          } catch (const detail::header_block_error& e) {
+            why = std::string("the header block does not parse: ") + e.what();
+            raw = std::move(s->header_block);
+          }
+        }
+      } else {
+        why = "the stream no longer holds it (aged out or purged)";
+      }
+      auto d = std::make_unique<abandoned_delivery>(std::move(report), std::move(original), std::move(*advisory));
+      if (!why.empty()) d->set_malformed(std::move(why), std::move(raw));
+      out.push_back(std::move(d));
     }
     return out;
   }
 
  private:
-  detail::subscription_ptr sub_;
+  natsConnection* conn_;  // borrowed: the connection outlives every consumer
+  std::string events_stream_;
+  jetstream_consumer reports_;
 };
 
 // The state of one publish_batch, reached from NATS.c's ack-handler thread.
@@ -256,6 +508,8 @@ void jetstream::provision(const bus::stream_config& stream, std::span<const bus:
                      "deliberately");
   }
 
+  provision_abandoned(stream);
+
   for (const bus::consumer_config& c : consumers) {
     jsConsumerConfig cc;
     jsConsumerConfig_Init(&cc);
@@ -263,7 +517,9 @@ void jetstream::provision(const bus::stream_config& stream, std::span<const bus:
     cc.FilterSubject = c.filter_subject.c_str();
     cc.AckPolicy = js_AckExplicit;
     cc.AckWait = ns(c.ack_wait);
-    cc.MaxDeliver = -1;  // the worker counts attempts and dead-letters; the server must never give up silently
+    // The worker counts attempts and dead-letters long before this ceiling; when the server
+    // reaches it anyway, its advisory lands in <stream>_ABANDONED and becomes a dead letter.
+    cc.MaxDeliver = c.max_deliver;
     cc.MaxAckPending = c.max_ack_pending;
     if (c.start_time && c.start_time->time_since_epoch().count() <= 0) {
       cc.DeliverPolicy = js_DeliverAll;  // the server reads a zero start time as "not set"
@@ -399,21 +655,63 @@ std::vector<bus::batch_result> jetstream::publish_batch(std::span<const bus::mes
 }
 
 std::unique_ptr<bus::consumer> jetstream::open_consumer(const bus::stream_config& stream, const std::string& name) {
-  jsCtx* js = conn_.native().js.get();
   jsConsumerInfo* raw_ci = nullptr;
   jsErrCode code{};
-  check(js_GetConsumerInfo(&raw_ci, js, stream.name.c_str(), name.c_str(), nullptr, &code),
+  check(js_GetConsumerInfo(&raw_ci, conn_.native().js.get(), stream.name.c_str(), name.c_str(), nullptr, &code),
         "reading consumer " + name + " (provision() creates it)", code);
   consumer_info_ptr ci{raw_ci};
-  jsSubOptions so;
-  jsSubOptions_Init(&so);
-  so.Stream = stream.name.c_str();
-  so.Consumer = name.c_str();
-  natsSubscription* raw_sub = nullptr;
-  code = {};
-  check(js_PullSubscribe(&raw_sub, js, ci->Config->FilterSubject, name.c_str(), nullptr, &so, &code),
-        "subscribing to consumer " + name, code);
-  return std::make_unique<jetstream_consumer>(detail::subscription_ptr{raw_sub});
+  return std::make_unique<jetstream_consumer>(conn_.native().conn.get(), stream.name, name);
+}
+
+std::string jetstream::abandoned_stream(const bus::stream_config& stream) { return stream.name + "_ABANDONED"; }
+
+void jetstream::provision_abandoned(const bus::stream_config& stream) {
+  // The server's max-deliveries advisories for this stream's consumers, kept until a worker
+  // of each group has turned them into dead letters: an advisory nobody hears is lost.
+  const std::string name = abandoned_stream(stream);
+  const std::string subject = "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES." + stream.name + ".*";
+  const char* subjects[1] = {subject.c_str()};
+  jsStreamConfig c;
+  jsStreamConfig_Init(&c);
+  c.Name = name.c_str();
+  c.Subjects = subjects;
+  c.SubjectsLen = 1;
+  c.Retention = js_LimitsPolicy;
+  c.Discard = js_DiscardOld;  // reports are small; a full report stream drops the oldest
+  c.MaxAge = ns(stream.max_age);
+  c.MaxBytes = 8 * 1024 * 1024;  // ~25,000 reports
+  c.Storage = stream.memory_storage ? js_MemoryStorage : js_FileStorage;
+  c.Replicas = stream.replicas;
+  jsStreamInfo* raw = nullptr;
+  jsErrCode code{};
+  natsStatus s = js_AddStream(&raw, conn_.native().js.get(), &c, nullptr, &code);
+  stream_info_ptr info{raw};
+  if (s != NATS_OK && code == JSStreamNameExistErr) return;  // made earlier, by this or another process
+  check(s, "provisioning stream " + name, code);
+}
+
+std::unique_ptr<bus::consumer> jetstream::open_abandoned(const bus::stream_config& stream, const std::string& group) {
+  const std::string reports = abandoned_stream(stream);
+  const std::string name = group + "__abandoned";
+  jsConsumerConfig cc;
+  jsConsumerConfig_Init(&cc);
+  cc.Durable = name.c_str();
+  cc.AckPolicy = js_AckExplicit;
+  cc.DeliverPolicy = js_DeliverAll;  // every report since the stream was made
+  cc.AckWait = ns(seconds(30));
+  cc.MaxDeliver = -1;
+  jsConsumerInfo* raw_ci = nullptr;
+  jsErrCode code{};
+  natsStatus s = js_GetConsumerInfo(&raw_ci, conn_.native().js.get(), reports.c_str(), name.c_str(), nullptr, &code);
+  consumer_info_ptr ci{raw_ci};
+  if (s == NATS_NOT_FOUND || code == JSConsumerNotFoundErr) {
+    code = {};
+    raw_ci = nullptr;
+    s = js_AddConsumer(&raw_ci, conn_.native().js.get(), reports.c_str(), &cc, nullptr, &code);
+    ci.reset(raw_ci);
+  }
+  check(s, "opening consumer " + name + " on " + reports, code);
+  return std::make_unique<abandoned_consumer>(conn_.native().conn.get(), stream.name, reports, name);
 }
 
 std::optional<bus::consumer_info> jetstream::info(const bus::stream_config& stream, const std::string& name) {
@@ -460,6 +758,9 @@ std::optional<bus::stream_state> jetstream::state(const bus::stream_config& stre
 
 bool jetstream::delete_stream(const bus::stream_config& stream) {
   jsErrCode code{};
+  // Its reports go with it (there may be none).
+  (void)js_DeleteStream(conn_.native().js.get(), abandoned_stream(stream).c_str(), nullptr, &code);
+  code = {};
   natsStatus s = js_DeleteStream(conn_.native().js.get(), stream.name.c_str(), nullptr, &code);
   if (s == NATS_NOT_FOUND || code == JSStreamNotFoundErr) return false;
   check(s, "deleting stream " + stream.name, code);

@@ -16,6 +16,7 @@
 #include <csignal>
 #include <cstdio>
 #include <cstdlib>
+#include <functional>
 #include <map>
 #include <memory>
 #include <random>
@@ -32,6 +33,7 @@
 #include "bus/event.hpp"
 #include "bus/relay.hpp"
 #include "support/private_servers.hpp"
+#include "support/raw_nats.hpp"
 #include "support/worker_fixture.hpp"
 
 using namespace std::chrono_literals;
@@ -84,12 +86,14 @@ struct chaos_fixture : test_env::process_fixture {
 
   /// The listeners worker_tool registers, provisioned before any event is published (a new
   /// consumer starts at "now").
-  void provision_listeners(bool bystander, std::chrono::milliseconds ack_wait) {
+  void provision_listeners(bool bystander, std::chrono::milliseconds ack_wait, bool bystander_ordered = false) {
     bus::listener_options lo;
     lo.ack_wait = ack_wait;
     lo.inbox = true;
     b.add_async_listener<tool_event>("recorder", [](bus::context&, const tool_event&) {}, lo);
-    if (bystander) b.add_async_listener<tool_event>("bystander", [](bus::context&, const tool_event&) {});
+    bus::listener_options bo;
+    bo.ordered = bystander_ordered;
+    if (bystander) b.add_async_listener<tool_event>("bystander", [](bus::context&, const tool_event&) {}, bo);
     b.provision();
   }
 
@@ -430,16 +434,37 @@ TEST_CASE("PostgreSQL restart: relay, worker and inbox reconnect", "[fault][post
   stop_all(workers);
 }
 
-TEST_CASE("garbage on the event subjects is dead-lettered with its reason; good events keep flowing",
+// A message as raw bytes: what a hostile or broken producer can put on the stream.
+struct crafted {
+  std::string subject;
+  std::string block;   ///< the header block, exactly as sent ("" for none)
+  std::string body;
+  std::string needle;  ///< bytes the dead letter's headers must hold exactly ("" for none)
+  const char* reason;  ///< the dead letter's reason; nullptr: no listener's subject, no dead letter
+};
+
+std::string header_block_of(const bus::message& m) {
+  std::string b = "NATS/1.0\r\n";
+  for (const auto& [k, v] : m.headers) b += k + ": " + v + "\r\n";
+  return b + "\r\n";
+}
+
+crafted crafted_from(const bus::message& m, const char* reason) {
+  return {m.subject, m.headers.empty() ? "" : header_block_of(m), m.body, "", reason};
+}
+
+TEST_CASE("garbage on the event subjects is dead-lettered with its reason and exact bytes; good events keep flowing",
           "[fault][garbage]") {
   const unsigned seed = chaos_seed();
   INFO(replay(seed));
   chaos_fixture f;
-  f.provision_listeners(false, 5s);
+  f.provision_listeners(true, 5s, true);  // the bystander is ordered: one stuck message would stall it
   constexpr std::size_t body_limit = 4096;
   std::vector<std::unique_ptr<test_env::child_process>> workers;
-  workers.push_back(f.worker("w0", {"OMNIBUS_TEST_MAX_BODY=" + std::to_string(body_limit)}));
-  const std::string subject = f.opts.stream.subject_prefix + ".test.tool_event";
+  workers.push_back(f.worker("w0", {"OMNIBUS_TEST_MAX_BODY=" + std::to_string(body_limit), "OMNIBUS_TEST_BYSTANDER=1",
+                                    "OMNIBUS_TEST_BYSTANDER_ORDERED=1"}));
+  const std::string prefix = f.opts.stream.subject_prefix;
+  const std::string subject = prefix + ".test.tool_event";
   std::mt19937 random{seed};
   auto good_envelope = [&] {
     bus::envelope env;
@@ -449,72 +474,180 @@ TEST_CASE("garbage on the event subjects is dead-lettered with its reason; good 
     env.body = bus::detail::encode_body(tool_event{static_cast<std::int64_t>(random())});
     return env;
   };
-  // Each kind of garbage and the reason its dead letter must carry.
-  const std::vector<std::pair<const char*, std::function<bus::message()>>> kinds{
-      {"missing_header", [&] {  // random bytes, no headers at all
-         bus::message m;
-         m.subject = subject;
-         for (int i = 0; i < 1 + static_cast<int>(random() % 64); ++i) m.body += static_cast<char>(random());
-         return m;
-       }},
-      {"malformed_body", [&] {  // msgpack cut short
-         auto env = good_envelope();
-         env.body = bus::detail::encode_body(tool_event{1'000'000'000'000});
-         env.body.resize(env.body.size() - 1 - random() % 3);
-         return bus::encode(env, f.opts.stream.subject_prefix);
-       }},
-      {"wrong_type", [&] {  // {"n": "one"}
-         auto env = good_envelope();
-         env.body = "\x81\xa1n\xa3one";
-         return bus::encode(env, f.opts.stream.subject_prefix);
-       }},
-      {"name_mismatch", [&] {  // the name header says another event than the subject
-         auto env = good_envelope();
-         env.name = "test.other_event";
-         auto m = bus::encode(env, f.opts.stream.subject_prefix);
-         m.subject = subject;
-         return m;
-       }},
-      {"oversized", [&] {  // over the worker's body limit
-         auto m = bus::encode(good_envelope(), f.opts.stream.subject_prefix);
-         m.body.append(body_limit, '\0');  // trailing bytes too, but the size is checked first
-         return m;
-       }},
-      {"missing_header", [&] {  // a good body without its event-name header
-         auto m = bus::encode(good_envelope(), f.opts.stream.subject_prefix);
-         std::erase_if(m.headers, [](const auto& h) { return h.first == bus::header::event; });
-         return m;
-       }},
-      {"bad_header", [&] {  // a version that is not a number
-         auto m = bus::encode(good_envelope(), f.opts.stream.subject_prefix);
-         for (auto& [k, v] : m.headers) {
-           if (k == bus::header::version) v = "one";
-         }
-         return m;
-       }},
+  auto good = [&] { return bus::encode(good_envelope(), prefix); };
+  auto with_header = [&](const std::string& name, const std::string& value, const char* reason) {
+    bus::message m = good();
+    std::erase_if(m.headers, [&](const auto& h) { return h.first == name; });
+    m.headers.emplace_back(name, value);
+    crafted c = crafted_from(m, reason);
+    c.needle = value;
+    return c;
   };
-  const long good = pick(2000L, 20000L);
-  const long garbage_every = 25;
-  std::map<std::string, long> expected;
-  long garbage = 0;
-  for (long n = 0; n < good; n += garbage_every) {
-    f.commit_direct(n, garbage_every);
-    const auto& kind = kinds[random() % kinds.size()];
-    (void)f.js.publish(kind.second(), 5s);
-    ++expected[kind.first];
-    ++garbage;
+  // Each kind of garbage and the reason its dead letter must carry.
+  const std::vector<std::function<crafted()>> kinds{
+      [&] {  // random bytes, no headers at all
+        bus::message m;
+        m.subject = subject;
+        for (int i = 0; i < 1 + static_cast<int>(random() % 64); ++i) m.body += static_cast<char>(random());
+        return crafted_from(m, "missing_header");
+      },
+      [&] {  // msgpack cut short
+        auto env = good_envelope();
+        env.body = bus::detail::encode_body(tool_event{1'000'000'000'000});
+        env.body.resize(env.body.size() - 1 - random() % 3);
+        return crafted_from(bus::encode(env, prefix), "malformed_body");
+      },
+      [&] {  // {"n": "one"}
+        auto env = good_envelope();
+        env.body = "\x81\xa1n\xa3one";
+        return crafted_from(bus::encode(env, prefix), "wrong_type");
+      },
+      [&] {  // the name header says another event than the subject
+        auto env = good_envelope();
+        env.name = "test.other_event";
+        auto m = bus::encode(env, prefix);
+        m.subject = subject;
+        return crafted_from(m, "name_mismatch");
+      },
+      [&] {  // over the worker's body limit
+        auto m = good();
+        m.body.append(body_limit, '\0');  // trailing bytes too, but the size is checked first
+        return crafted_from(m, "oversized");
+      },
+      [&] {  // a good body without its event-name header
+        auto m = good();
+        std::erase_if(m.headers, [](const auto& h) { return h.first == bus::header::event; });
+        return crafted_from(m, "missing_header");
+      },
+      [&] { return with_header(std::string(bus::header::version), "one", "bad_header"); },
+      [&] {  // unique, or the stream would drop it as a duplicate of the first one
+        return with_header(std::string(bus::header::msg_id), "\xff\xfe-not-a-uuid-" + std::to_string(random()), "bad_header");
+      },
+      [&] { return with_header(std::string(bus::header::event), "test.tool\xff_event", "bad_header"); },
+      [&] { return with_header("Omnibus-Meta-origin", "caf\xe9 \x1b[31mred", "bad_header"); },
+      [&] {  // a header line without a colon
+        return crafted{subject, "NATS/1.0\r\nNoColonHere\r\n\r\n", good().body, "", "malformed_headers"};
+      },
+      [&] {  // the same with no body: NATS.c's own fetch failed on this one
+        return crafted{subject, "NATS/1.0\r\nNoColonHere\r\n\r\n", "", "", "malformed_headers"};
+      },
+      [&] {  // a status line that is not NATS/1.0
+        bus::message m = good();
+        std::string block = header_block_of(m);
+        block.replace(0, 8, "HTTP/1.1 200 OK");
+        return crafted{subject, block, m.body, "", "malformed_headers"};
+      },
+      [&] {  // an Omnibus header twice, with two values
+        bus::message m = good();
+        m.headers.emplace_back(std::string(bus::header::msg_id), bus::event_id::generate().to_string());
+        return crafted_from(m, "bad_header");
+      },
+      [&] {  // an empty header
+        bus::message m = good();
+        std::string block = header_block_of(m);
+        block.insert(block.size() - 2, "Omnibus-Event:\r\n");
+        return crafted{subject, block, m.body, "", "malformed_headers"};
+      },
+      [&] {  // 10,000 headers (short ones: nats-server refuses header blocks over 64 KiB)
+        bus::message m = good();
+        for (int i = 0; i < 10'000; ++i) m.headers.emplace_back("X", std::to_string(i % 10));
+        return crafted_from(m, "too_many_headers");
+      },
+      [&] {  // nested containers, each announcing 2^32 - 1 elements
+        auto env = good_envelope();
+        env.body.clear();
+        for (int i = 0; i < 64; ++i) env.body += "\xdd\xff\xff\xff\xff";
+        return crafted_from(bus::encode(env, prefix), "malformed_body");
+      },
+      [&] {  // not UTF-8 in the subject's event token: no listener's subject, so no dead letter
+        bus::message m = good();
+        m.subject = prefix + ".test.tool\xff\xfe";
+        return crafted_from(m, nullptr);
+      },
+  };
+
+  test_env::raw_nats raw{f.where.nats_url};
+  struct sent {
+    crafted what;
+    std::uint64_t seq;
+  };
+  std::vector<sent> garbage;
+  long published = 0;
+  auto publish_garbage = [&](const crafted& c) {
+    const std::string ack = raw.publish(c.subject, c.block, c.body);
+    INFO("PubAck: " << ack);
+    const auto at = ack.find("\"seq\":");
+    REQUIRE(at != std::string::npos);
+    REQUIRE(ack.find("duplicate") == std::string::npos);
+    REQUIRE(ack.find("\"error\"") == std::string::npos);
+    garbage.push_back({c, std::stoull(ack.substr(at + 6))});
+    ++published;
+  };
+  auto handled_by_both = [&](long n) {
+    return f.scalar("SELECT count(DISTINCT worker = 'bystander') FROM " + f.table("handled") +
+                    " WHERE n = " + std::to_string(n)) == 2;
+  };
+
+  // Every kind once, each followed by a good event that both listeners, the ordered one
+  // included, must handle within seconds: no kind of garbage stalls a listener.
+  long n = 0;
+  for (const auto& kind : kinds) {
+    publish_garbage(kind());
+    f.commit_direct(n, 1);
+    ++published;
+    INFO("the good event after garbage of reason " << (garbage.back().what.reason ? garbage.back().what.reason : "none"));
+    CHECK(test_env::eventually([&] { return handled_by_both(n); }, 4s));
+    ++n;
   }
-  const tally t = f.settle_and_report("garbage", seed, false, 120s);
-  REQUIRE(test_env::eventually([&] { return f.count_up(false).dead == garbage; }, 60s));
+  // Then the seeded mix.
+  const long goods = pick(2000L, 20000L);
+  const long garbage_every = 25;
+  for (; n < goods; n += garbage_every) {
+    f.commit_direct(n, garbage_every);
+    published += garbage_every;
+    publish_garbage(kinds[random() % kinds.size()]());
+  }
+
+  long expected_dead = 0;
+  std::map<std::string, long> expected;
+  for (const auto& g : garbage) {
+    if (g.what.reason != nullptr) {
+      expected[g.what.reason] += 2;  // one dead letter per listener
+      expected_dead += 2;
+    }
+  }
+  const tally t = f.settle_and_report("garbage", seed, true, 120s);
+  CHECK(test_env::eventually([&] { return f.count_up(true).dead == expected_dead; }, 60s));
   std::map<std::string, long> reasons;
   {
     pqxx::nontransaction q{f.db};
     for (const auto& row : q.exec("SELECT reason, count(*) FROM " + f.table("bus_dead_letters") + " GROUP BY reason")) {
       reasons[row[0].as<std::string>()] = row[1].as<long>();
     }
+    // Each dead letter keeps the producer's bytes exactly.
+    for (const auto& g : garbage) {
+      if (g.what.reason == nullptr) continue;
+      INFO("garbage at stream sequence " << g.seq << ", reason " << g.what.reason);
+      const auto rows = q.exec_params("SELECT reason, body, coalesce(raw_headers, ''::bytea), "
+                                      "position($2::bytea IN headers) > 0 FROM " + f.table("bus_dead_letters") +
+                                      " WHERE stream_sequence = $1",
+                                      static_cast<std::int64_t>(g.seq), pqxx::binarystring(g.what.needle));
+      CHECK(rows.size() == 2);
+      for (const auto& row : rows) {
+        CHECK(row[0].as<std::string>() == g.what.reason);
+        CHECK(pqxx::binarystring(row[1]).str() == g.what.body);
+        if (std::string_view(g.what.reason) == "malformed_headers") CHECK(pqxx::binarystring(row[2]).str() == g.what.block);
+        if (!g.what.needle.empty()) CHECK(row[3].as<bool>());
+      }
+    }
   }
   CHECK(reasons == expected);
-  check_line(t, garbage);
+  check_line(t, expected_dead);
+  // Termed, not pending: nothing comes back after AckWait. And nothing was lost from the stream.
+  for (const char* listener : {"recorder", "bystander"}) {
+    CHECK(test_env::eventually([&] { return f.js.info(f.opts.stream, "g_" + std::string(listener))->ack_pending == 0; }, 10s));
+  }
+  CHECK(f.js.state(f.opts.stream)->messages == static_cast<std::uint64_t>(published));
   for (auto& w : workers) CHECK(w->wait(0ms) == -1);  // no garbage crashed it
   stop_all(workers);
 }

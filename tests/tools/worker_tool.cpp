@@ -13,6 +13,7 @@
 //   OMNIBUS_TEST_INBOX       1: an inbox listener, recording through the inbox transaction
 //   OMNIBUS_TEST_HANG_N      "3,17": the first attempt at each of these events never returns
 //   OMNIBUS_TEST_BYSTANDER   1: a second listener, "bystander", records (n, 'bystander')
+//   OMNIBUS_TEST_BYSTANDER_ORDERED 1: the bystander is an ordered listener
 //   OMNIBUS_TEST_RELAY       1: the process also runs an outbox relay, as omnibus-worker does
 //   OMNIBUS_TEST_FILE_STORAGE 1: the stream is on file (it must match the test's)
 //   OMNIBUS_TEST_MAX_BYTES   the stream's MaxBytes (default 256 MiB; it must match the test's)
@@ -119,6 +120,7 @@ int main(int argc, char** argv) {
   if (env_long("OMNIBUS_TEST_BYSTANDER", 0) == 1) {
     bus::listener_options bo;
     bo.retry.initial = std::chrono::milliseconds(20);
+    bo.ordered = env_long("OMNIBUS_TEST_BYSTANDER_ORDERED", 0) == 1;
     b.add_async_listener<tool_event>("bystander", [&](bus::context& ctx, const tool_event& e) {
       pqxx::nontransaction tx{ctx.db()};
       tx.exec_params0("INSERT INTO \"" + schema + "\".handled (n, worker) VALUES ($1, 'bystander')", e.n);

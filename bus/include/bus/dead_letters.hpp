@@ -17,10 +17,16 @@ namespace bus {
 struct dead_letter {
   std::int64_t id = 0;  ///< assigned by the database
   std::string listener;
-  std::string event_id;    ///< Nats-Msg-Id as received, or "seq:<stream sequence>" without one
-  std::string event_name;  ///< the Omnibus-Event header, or empty
+  /// Nats-Msg-Id as received, or "seq:<stream sequence>" without one. Stored as text: bytes
+  /// that are not UTF-8 read \xHH there (bus::to_text); msg keeps the exact bytes.
+  std::string event_id;
+  std::string event_name;  ///< the Omnibus-Event header (as text, like event_id), or empty
   message msg;             ///< subject, headers and body exactly as delivered
-  std::string reason;      ///< handler_failed, permanent, or a decode_failure name
+  /// The header block byte for byte, when it did not parse (reason malformed_headers); msg
+  /// then has no headers. Empty otherwise, or when the broker could not read it back.
+  std::string raw_header_block;
+  /// handler_failed, permanent, malformed_headers, max_deliveries, or a decode_failure name
+  std::string reason;
   std::string error;
   int attempts = 0;
   std::chrono::system_clock::time_point first_failed_at{};
@@ -37,7 +43,8 @@ void clear_failure(pqxx::connection_base& conn, std::string_view schema, std::st
                    std::string_view event_id);
 
 /// Writes the dead letter and removes its failure history, in one transaction that has
-/// committed when this returns. Idempotent on (listener, event id): a second write updates
+/// committed when this returns. Producers' bytes are stored exactly (bytea) or as text made
+/// valid with bus::to_text (event id, event name, subject, error). Idempotent on (listener, event id): a second write updates
 /// attempts, error and last_failed_at. first_failed_at comes from the failure history (now
 /// when there is none).
 void write_dead_letter(pqxx::connection_base& conn, std::string_view schema, const dead_letter& dl);

@@ -27,6 +27,9 @@ inline constexpr std::string_view tracestate = "tracestate";
 inline constexpr std::string_view meta_prefix = "Omnibus-Meta-";
 }  // namespace header
 
+/// The most headers a message may carry to decode: Omnibus' own and metadata, with room to spare.
+inline constexpr std::size_t max_headers = 256;
+
 /// The default limit on an event's body; JetStream's own default max message size is 1 MiB.
 inline constexpr std::size_t default_max_body_bytes = 1024 * 1024;
 
@@ -44,12 +47,15 @@ struct envelope {
 [[nodiscard]] std::string subject_for(std::string_view prefix, std::string_view event_name);
 
 /// The message for `env`. Throws event_too_large when the body is over `max_body_bytes`, and
-/// std::invalid_argument for a metadata key or value that cannot be a header.
+/// std::invalid_argument for a metadata key or value that cannot be a header (a CR or LF, or
+/// bytes that are not UTF-8).
 [[nodiscard]] message encode(const envelope& env, std::string_view prefix,
                              std::size_t max_body_bytes = default_max_body_bytes);
 
 /// Reads and checks the headers against the subject; the body stays encoded. Throws
-/// decode_error (missing_header, bad_header, name_mismatch, oversized).
+/// decode_error: too_many_headers past max_headers; bad_header for an empty header name, an
+/// Omnibus header given twice, a value that is not UTF-8 (Omnibus headers, trace context and
+/// metadata), or one that does not parse; missing_header; name_mismatch; oversized.
 [[nodiscard]] envelope decode(const message& msg, std::string_view prefix,
                               std::size_t max_body_bytes = default_max_body_bytes);
 

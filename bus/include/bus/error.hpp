@@ -17,7 +17,8 @@ class error : public std::runtime_error {
 /// Why a message could not be turned back into an event.
 enum class decode_failure {
   missing_header,   ///< a required header is absent or empty
-  bad_header,       ///< a header's value does not parse (id, version, time)
+  bad_header,       ///< a header's value does not parse (id, version, time), is not UTF-8, or repeats
+  too_many_headers, ///< more headers than an event carries (max_headers)
   name_mismatch,    ///< the event-name header does not match the subject
   newer_version,    ///< written by a newer schema than this build knows: retry later, elsewhere
   oversized,        ///< the body is over the configured limit

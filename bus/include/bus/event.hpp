@@ -133,6 +133,12 @@ std::string encode_body(const E& event) {
 
 [[noreturn]] void throw_malformed(std::string_view event_name, const char* what);
 
+/// Walks the msgpack bytes once, without allocating, and throws decode_error(malformed_body)
+/// when a container announces more elements, or a string more bytes, than the bytes left
+/// could hold. Run before msgpack-c, which reserves every announced container up front: with
+/// this check what it reserves stays proportional to the body, however the body lies.
+void check_sizes(std::string_view body, std::string_view event_name);
+
 /// How deep maps and arrays may nest in a body (an event's own nesting is far shallower).
 inline constexpr std::size_t max_body_depth = 64;
 
@@ -140,10 +146,12 @@ template <class E>
 void decode_body(std::string_view body, E& out) {
   msgpack::object_handle oh;
   std::size_t offset = 0;
-  // A container or string cannot hold more elements or bytes than the body has: without this
-  // limit a 5-byte body announcing 2^32 elements makes msgpack-c allocate them up front.
+  // A container or string cannot hold more elements or bytes than the body has: without these
+  // checks a 5-byte body announcing 2^32 elements makes msgpack-c allocate them up front, and
+  // nested containers each announcing the body's size reserve that much again per level.
   const std::size_t most = body.size();
   const msgpack::unpack_limit limit(most, most, most, most, most, max_body_depth);
+  check_sizes(body, E::name);
   try {
     msgpack::unpack(oh, body.data(), body.size(), offset, nullptr, nullptr, limit);
   } catch (const std::exception& e) {  // msgpack's unpack_error, insufficient_bytes, ...

@@ -44,6 +44,12 @@ struct bus_options {
   std::size_t max_body_bytes = default_max_body_bytes;
   /// How long publish() without a transaction waits for the stream's ack.
   std::chrono::milliseconds publish_timeout = std::chrono::seconds(5);
+  /// The most deliveries of one message to one listener, counting every kind of redelivery
+  /// (retries, deadlines, newer versions, restarts). The worker settles a message at this
+  /// delivery at the latest (dead letter, reason max_deliveries), and the server stops at it
+  /// (consumers' MaxDeliver) if the worker could not, reporting it so that it becomes a dead
+  /// letter too: no message is redelivered forever. Must exceed every listener's max_attempts.
+  std::int64_t max_deliveries = 1000;
 };
 
 /// When and how often a failing async handler is retried (decision 9). The delay before

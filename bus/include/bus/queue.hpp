@@ -9,6 +9,7 @@
 #include <optional>
 #include <span>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "bus/error.hpp"
@@ -39,6 +40,10 @@ struct consumer_config {
   std::int64_t max_ack_pending = 1000;  ///< 1 for ordered listeners
   /// Where a new consumer starts: nullopt is "now" (new events only); a time replays from it.
   std::optional<std::chrono::system_clock::time_point> start_time;
+  /// The server's ceiling on deliveries of one message (-1: none). The worker settles every
+  /// message well before it; the ceiling only catches what the worker cannot act on (a
+  /// message that crashes it, say), and the queue reports each one (queue::open_abandoned).
+  std::int64_t max_deliver = -1;
 };
 
 /// The server's answer to a publish.
@@ -86,6 +91,15 @@ class delivery {
   virtual void term() = 0;
   /// Restart the AckWait clock: the handler is still working.
   virtual void in_progress() = 0;
+  /// Why the message's header block could not be read, or empty. msg() then has no headers,
+  /// and the worker dead-letters the message without decoding it.
+  [[nodiscard]] virtual std::string_view header_error() const noexcept { return {}; }
+  /// With header_error(): the header block exactly as the broker stores it (empty when it
+  /// could not be read back).
+  [[nodiscard]] virtual std::string_view raw_header_block() const noexcept { return {}; }
+  /// For a delivery from queue::open_abandoned(): the consumer the broker stopped delivering
+  /// msg() to. Settling it settles that report, never the original message.
+  [[nodiscard]] virtual std::string_view abandoned_by() const noexcept { return {}; }
 };
 
 /// A pull subscription on one durable consumer. fetch() may be called from one thread at a time.
@@ -143,6 +157,13 @@ class queue {
   virtual void flush(std::chrono::milliseconds timeout) = 0;
   /// The stream's fill; nullopt where the broker has no such limit (memory_queue).
   [[nodiscard]] virtual std::optional<stream_state> state(const stream_config&) { return std::nullopt; }
+  /// Messages the broker gave up delivering (consumer_config::max_deliver reached), for the
+  /// consumers of every group: each delivery's msg() is the abandoned message, read back from
+  /// the stream, and abandoned_by() names its consumer. Durable per `group`: a report waits
+  /// until that group's worker settles it. nullptr where the broker never gives up (memory_queue).
+  [[nodiscard]] virtual std::unique_ptr<consumer> open_abandoned(const stream_config&, const std::string& /*group*/) {
+    return nullptr;
+  }
 };
 
 }  // namespace bus

@@ -33,7 +33,8 @@ struct worker_options {
   std::chrono::milliseconds newer_version_delay{30000};       ///< nak delay for a version this build cannot read
   std::chrono::milliseconds tick{50};                         ///< deadline and in-progress granularity
   std::chrono::milliseconds db_wait{5000};                    ///< for a pooled connection
-  std::chrono::milliseconds parked_poll{1000};                ///< how often a parked listener checks for an operator's word
+  /// How often a parked listener's held event checks for an operator's word.
+  std::chrono::milliseconds parked_poll{1000};
   /// An inbox transaction's lock_timeout: a hung handler's uncommitted inbox row cannot block
   /// its redelivered copy for longer than this (that copy fails and is retried).
   std::chrono::milliseconds inbox_lock_timeout{5000};
@@ -60,6 +61,9 @@ struct worker_stats {
   std::atomic<std::uint64_t> skipped{0};        ///< parked events skipped by an operator
   std::atomic<std::uint64_t> duplicates{0};     ///< inbox listeners: already handled, acked without running
   std::atomic<std::uint64_t> in_doubt{0};       ///< inbox commits whose outcome was unknown: not acked
+  /// Messages terminated although their dead letter could not be written (the row was refused,
+  /// or max_deliveries was reached): each is logged with its stream sequence.
+  std::atomic<std::uint64_t> unrecorded{0};
 };
 
 /// Thrown by run() when every handler slot of a listener is stuck past its deadline. The

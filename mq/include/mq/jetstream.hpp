@@ -27,8 +27,12 @@ class jetstream final : public bus::queue {
   /// Creates the stream if missing (limits retention, DiscardNew, the configured MaxAge,
   /// MaxBytes, duplicate window); an existing stream whose settings differ throws bus::error
   /// naming each difference, and is never recreated. Then each consumer: created if missing
-  /// (no BackOff, unlimited MaxDeliver, explicit ack); an existing one gets its editable
-  /// fields (AckWait, MaxAckPending) updated, and throws bus::error if its filter differs.
+  /// (no BackOff, MaxDeliver the configured ceiling, explicit ack); an existing one gets its
+  /// editable fields (AckWait, MaxAckPending, MaxDeliver) updated, and throws bus::error if its
+  /// filter differs. Also creates <stream>_ABANDONED, which keeps the server's max-deliveries
+  /// advisories for the stream's consumers until open_abandoned() reads them.
+  /// Consumers are read through plain subscriptions (see open_consumer), so a message whose
+  /// header block NATS.c cannot parse is still fetched, alone, with delivery::header_error().
   void provision(const bus::stream_config& stream, std::span<const bus::consumer_config> consumers) override;
 
   /// js_PublishMsg, waiting at most `timeout` for the PubAck. Throws bus::publish_error:
@@ -48,6 +52,11 @@ class jetstream final : public bus::queue {
   /// natsConnection_FlushTimeout: acks, naks and terms are fire-and-forget publishes.
   void flush(std::chrono::milliseconds timeout) override { conn_.flush(timeout); }
   [[nodiscard]] std::optional<bus::stream_state> state(const bus::stream_config& stream) override;
+  /// The durable "<group>__abandoned" on <stream>_ABANDONED: each report carries the message,
+  /// read back byte-exact by its sequence.
+  std::unique_ptr<bus::consumer> open_abandoned(const bus::stream_config& stream, const std::string& group) override;
+  /// The name of the stream that keeps `stream`'s max-deliveries advisories.
+  [[nodiscard]] static std::string abandoned_stream(const bus::stream_config& stream);
 
 
   /// The stream's last sequence (0 when empty). Throws mq::error when the stream is missing.
@@ -59,6 +68,8 @@ class jetstream final : public bus::queue {
   void purge_stream(const bus::stream_config& stream);
 
  private:
+  void provision_abandoned(const bus::stream_config& stream);
+
   connection& conn_;  // borrowed; outlives this
 };
 
