@@ -24,6 +24,7 @@
 #include "bus/migrations.hpp"
 #include "bus/text.hpp"
 #include "failpoint.hpp"
+#include "settle.hpp"
 #include "stop_wait.hpp"
 
 namespace bus {
@@ -272,17 +273,13 @@ struct worker::impl {
       return;
     }
     const std::uint64_t attempt = d.delivery_count();
-    if (!d.header_error().empty()) {  // nothing to decode: keep its bytes and never see it again
-      dead_letter_now(j, "malformed_headers", std::string(d.header_error()), attempt);
+    detail::settle_decision first =
+        detail::before_handler(d.msg(), d.header_error(), bus.options().stream.subject_prefix, bus.options().max_body_bytes);
+    if (first.what != detail::settle_decision::action::run) {
+      dead_letter_now(j, first.reason, first.error, attempt);
       return;
     }
-    envelope env;
-    try {
-      env = decode(d.msg(), bus.options().stream.subject_prefix, bus.options().max_body_bytes);
-    } catch (const decode_error& e) {
-      dead_letter_now(j, to_string(e.kind()), e.what(), attempt);
-      return;
-    }
+    const envelope env = std::move(first.env);
 
     // An ordered listener parked at this event runs it only when an operator says so.
     const bool parks = def.options.ordered && def.options.park_when_exhausted;
@@ -328,15 +325,16 @@ struct worker::impl {
           detail::failpoint("worker_after_inbox_commit");
         }
       } catch (const decode_error& e) {
-        if (e.kind() == decode_failure::newer_version) {
+        const detail::settle_decision then = detail::after_decode_error(e);
+        if (then.what == detail::settle_decision::action::defer) {
           log->info("listener {}: {} {} is a newer version than this build knows; retrying in {} ms", def.name,
                     env.name, env.id.to_string(), opts.newer_version_delay.count());
-          if (retry_later(j, opts.newer_version_delay, "deferring", e.what())) {
+          if (retry_later(j, opts.newer_version_delay, "deferring", then.error)) {
             stats.deferred.fetch_add(1, std::memory_order_relaxed);
           }
           return;
         }
-        dead_letter_now(j, to_string(e.kind()), e.what(), attempt);
+        dead_letter_now(j, then.reason, then.error, attempt);
         return;
       } catch (const permanent_error& e) {
         dead_letter_now(j, "permanent", e.what(), attempt);

@@ -253,6 +253,42 @@ TEST_CASE("each malformed input gives its typed error", "[bus][envelope]") {
   SECTION("an oversized body is refused when decoded") {
     CHECK(failure_of([&] { (void)bus::decode(msg, "shop", 2); }) == bus::decode_failure::oversized);
   }
+  SECTION("nested containers, each announcing more elements than the bytes left") {
+    auto env = good;
+    env.body.clear();
+    for (int i = 0; i < 64; ++i) env.body += std::string("\xdd\x00\x00\x01\x00", 5);  // 256 each: more than is left
+    CHECK(failure_of([&] { (void)bus::decode_event<order_v1>(env); }) == bus::decode_failure::malformed_body);
+    env.body = std::string("\x81\xa1n\xdb\xff\xff\xff\xff", 8);  // {"n": a string of 4 GiB}
+    CHECK(failure_of([&] { (void)bus::decode_event<order_v1>(env); }) == bus::decode_failure::malformed_body);
+  }
+  SECTION("an Omnibus header given twice") {
+    msg.headers.emplace_back("Omnibus-Version", "1");
+    CHECK(failure_of([&] { (void)bus::decode(msg, "shop"); }) == bus::decode_failure::bad_header);
+  }
+  SECTION("an Omnibus header that is not UTF-8") {
+    for (auto& h : msg.headers) {
+      if (h.first == "Nats-Msg-Id") h.second = "\xff\xfe-not-a-uuid";
+    }
+    CHECK(failure_of([&] { (void)bus::decode(msg, "shop"); }) == bus::decode_failure::bad_header);
+  }
+  SECTION("metadata that is not UTF-8") {
+    msg.headers.emplace_back("Omnibus-Meta-origin", "caf\xe9");
+    CHECK(failure_of([&] { (void)bus::decode(msg, "shop"); }) == bus::decode_failure::bad_header);
+  }
+  SECTION("a header with an empty name") {
+    msg.headers.emplace_back("", "x");
+    CHECK(failure_of([&] { (void)bus::decode(msg, "shop"); }) == bus::decode_failure::bad_header);
+  }
+  SECTION("more headers than an event carries") {
+    for (std::size_t i = 0; i < bus::max_headers; ++i) msg.headers.emplace_back("X", "1");
+    CHECK(failure_of([&] { (void)bus::decode(msg, "shop"); }) == bus::decode_failure::too_many_headers);
+  }
+}
+
+TEST_CASE("foreign headers that are not UTF-8 are ignored, not refused", "[bus][envelope]") {
+  bus::message msg = bus::encode(envelope_of(order_v1{1}), "shop");
+  msg.headers.emplace_back("X-Other-System", "\xff");
+  CHECK(bus::decode(msg, "shop").name == "test.order");
 }
 
 TEST_CASE("a body over the limit is refused when encoded", "[bus][envelope]") {
@@ -265,6 +301,7 @@ TEST_CASE("metadata that cannot be a header is refused", "[bus][envelope]") {
   bus::metadata meta;
   SECTION("a key outside [A-Za-z0-9_-]") { meta.values = {{"bad key", "v"}}; }
   SECTION("a value with a newline") { meta.values = {{"key", "a\r\nInjected: yes"}}; }
+  SECTION("a value that is not UTF-8") { meta.values = {{"key", "caf\xe9"}}; }
   auto env = envelope_of(order_v1{1}, meta);
   CHECK_THROWS_AS(bus::encode(env, "shop"), std::invalid_argument);
 }
