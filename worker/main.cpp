@@ -22,6 +22,7 @@
 #include "bus/migrations.hpp"
 #include "bus/operations.hpp"
 #include "bus/relay.hpp"
+#include "bus/text.hpp"
 #include "bus/worker.hpp"
 #include "mq/connection.hpp"
 #include "mq/error.hpp"
@@ -149,12 +150,17 @@ int run(config& c) {
   return 0;
 }
 
+// Dead letters hold what producers sent: every such string goes through bus::for_terminal, so
+// that escape sequences in a subject, header or error never reach the operator's terminal.
+std::string shown(std::string_view s) { return bus::for_terminal(s); }
+
 void print_letters(const std::vector<bus::dead_letter>& letters) {
-  std::printf("%-6s %-20s %-18s %-8s %-16s %-19s %s\n", "id", "listener", "event", "attempts", "reason", "last failed (UTC)", "error");
+  std::printf("%-6s %-20s %-18s %-8s %-17s %-19s %s\n", "id", "listener", "event", "attempts", "reason", "last failed (UTC)", "error");
   for (const auto& dl : letters) {
-    std::string err = dl.error.size() > 60 ? dl.error.substr(0, 57) + "..." : dl.error;
-    std::printf("%-6lld %-20s %-18s %-8d %-16s %-19s %s\n", static_cast<long long>(dl.id), dl.listener.c_str(),
-                dl.event_name.empty() ? "-" : dl.event_name.c_str(), dl.attempts, dl.reason.c_str(),
+    std::string err = shown(dl.error);
+    if (err.size() > 60) err = err.substr(0, 57) + "...";
+    std::printf("%-6lld %-20s %-18s %-8d %-17s %-19s %s\n", static_cast<long long>(dl.id), shown(dl.listener).c_str(),
+                dl.event_name.empty() ? "-" : shown(dl.event_name).c_str(), dl.attempts, shown(dl.reason).c_str(),
                 when(dl.last_failed_at).c_str(), err.c_str());
   }
   std::printf("%zu dead letter(s)\n", letters.size());
@@ -164,10 +170,15 @@ void print_letter(const bus::dead_letter& dl) {
   std::printf("id:              %lld\nlistener:        %s\nevent:           %s\nevent id:        %s\n"
               "stream sequence: %llu\nreason:          %s\nerror:           %s\nattempts:        %d\n"
               "first failed:    %s UTC\nlast failed:     %s UTC\nsubject:         %s\nheaders:\n",
-              static_cast<long long>(dl.id), dl.listener.c_str(), dl.event_name.c_str(), dl.event_id.c_str(),
-              static_cast<unsigned long long>(dl.stream_sequence), dl.reason.c_str(), dl.error.c_str(), dl.attempts,
-              when(dl.first_failed_at).c_str(), when(dl.last_failed_at).c_str(), dl.msg.subject.c_str());
-  for (const auto& [k, v] : dl.msg.headers) std::printf("  %s: %s\n", k.c_str(), v.c_str());
+              static_cast<long long>(dl.id), shown(dl.listener).c_str(), shown(dl.event_name).c_str(),
+              shown(dl.event_id).c_str(), static_cast<unsigned long long>(dl.stream_sequence), shown(dl.reason).c_str(),
+              shown(dl.error).c_str(), dl.attempts, when(dl.first_failed_at).c_str(), when(dl.last_failed_at).c_str(),
+              shown(dl.msg.subject).c_str());
+  for (const auto& [k, v] : dl.msg.headers) std::printf("  %s: %s\n", shown(k).c_str(), shown(v).c_str());
+  if (!dl.raw_header_block.empty()) {
+    std::printf("raw header block (%zu bytes, did not parse):\n  %s\n", dl.raw_header_block.size(),
+                shown(dl.raw_header_block).c_str());
+  }
   std::printf("body (%zu bytes):", dl.msg.body.size());
   for (std::size_t i = 0; i < dl.msg.body.size(); ++i) {
     std::printf("%s%02x", i % 32 == 0 ? "\n  " : " ", static_cast<unsigned char>(dl.msg.body[i]));
@@ -248,6 +259,8 @@ int main(int argc, char** argv) {
   auto* retry_all_flag = dl_retry->add_flag("--all", retry_all, "every dead letter matching --listener/--event");
   dl_retry->add_option("--listener", f_listener, "with --all: only this listener's");
   dl_retry->add_option("--event", f_event, "with --all: only this event name's");
+  bool retry_confirmed = false;
+  dl_retry->add_flag("--yes", retry_confirmed, "with --all and no --listener/--event: confirm re-running every dead letter");
   retry_id->excludes(retry_all_flag);
   auto* dl_discard = dl_cmd->add_subcommand("discard", "Delete one dead letter");
   dl_discard->add_option("id", id, "dead letter id")->required();
@@ -338,6 +351,10 @@ int main(int argc, char** argv) {
     }
     if (dl_retry->parsed()) {
       if (!retry_all && retry_id->count() == 0) throw config_error("dead-letters retry: give an id, or --all");
+      if (retry_all && f_listener.empty() && f_event.empty() && !retry_confirmed) {
+        throw config_error("dead-letters retry --all with no --listener or --event re-runs every dead letter of every "
+                           "listener: add --yes to confirm, or narrow it");
+      }
       bus::event_bus local{c.bus};  // the listeners, without a queue: retries run here, alone
       auto shop = services::make_shop(local, c.shop);
       if (retry_all) return report(bus::retry_dead_letters(local, db, f_listener, f_event));
@@ -347,8 +364,8 @@ int main(int argc, char** argv) {
       auto all = bus::list_parked(db, c.bus.schema);
       for (const auto& p : all) {
         std::printf("%s: parked at %s %s (stream sequence %llu) after %d attempt(s): %s%s\n", p.listener.c_str(),
-                    p.event_name.c_str(), p.event_id.c_str(), static_cast<unsigned long long>(p.stream_sequence), p.attempts,
-                    p.error.c_str(), p.action.empty() ? "" : (" [" + p.action + " requested]").c_str());
+                    shown(p.event_name).c_str(), shown(p.event_id).c_str(), static_cast<unsigned long long>(p.stream_sequence),
+                    p.attempts, shown(p.error).c_str(), p.action.empty() ? "" : (" [" + p.action + " requested]").c_str());
       }
       std::printf("%zu parked listener(s)\n", all.size());
       return 0;

@@ -167,6 +167,47 @@ TEST_CASE_METHOD(shop_fixture, "stream info says how full the stream is; purge n
   CHECK(js.state(opts.stream)->messages == 0);
 }
 
+TEST_CASE_METHOD(shop_fixture, "a producer's escape sequences in a dead letter reach the terminal escaped",
+                 "[integration][cli]") {
+  bus::dead_letter dl;
+  dl.listener = "mailer";
+  dl.event_id = "\x1b]0;owned\x07";
+  dl.event_name = "user.registered";
+  dl.msg.subject = opts.stream.subject_prefix + ".user.registered";
+  dl.msg.headers = {{"Omnibus-Event", "user.registered"}, {"X-Evil", "\x1b[2J\x1b[31mred\r"}};
+  dl.raw_header_block = "NATS/1.0\r\nNoColon\x1b[5m\r\n\r\n";
+  dl.msg.body = "\x1b[0m";
+  dl.reason = "bad_header";
+  dl.error = "header X-Evil: \x1b[31mred \xff";
+  dl.attempts = 1;
+  bus::write_dead_letter(db, opts.schema, dl);
+  const long id = count("SELECT max(id) FROM \"" + opts.schema + "\".bus_dead_letters");
+  for (std::vector<std::string> args : {std::vector<std::string>{"dead-letters", "list"},
+                                        std::vector<std::string>{"dead-letters", "show", std::to_string(id)}}) {
+    auto p = cli(args);
+    REQUIRE(p.wait(20s) == 0);
+    INFO(p.output());
+    CHECK(p.output().find('\x1b') == std::string::npos);  // no ESC byte at all
+    CHECK(p.output().find('\x07') == std::string::npos);
+    CHECK_THAT(p.output(), Catch::Contains("\\e[31mred"));
+    if (args[1] == "show") {
+      CHECK_THAT(p.output(), Catch::Contains("\\e]0;owned\\x07") && Catch::Contains("\\e[2J") &&
+                                 Catch::Contains("raw header block") && Catch::Contains("NoColon\\e[5m"));
+    }
+  }
+}
+
+TEST_CASE_METHOD(shop_fixture, "retrying every dead letter without a filter needs --yes", "[integration][cli]") {
+  auto refused = cli({"--flaky-rate", "0", "dead-letters", "retry", "--all"});
+  CHECK(refused.wait(20s) == 2);
+  CHECK_THAT(refused.output(), Catch::Contains("add --yes"));
+  auto confirmed = cli({"--flaky-rate", "0", "dead-letters", "retry", "--all", "--yes"});
+  CHECK(confirmed.wait(20s) == 0);
+  CHECK_THAT(confirmed.output(), Catch::Contains("0 retried"));
+  auto narrowed = cli({"--flaky-rate", "0", "dead-letters", "retry", "--all", "--listener", "loyalty"});
+  CHECK(narrowed.wait(20s) == 0);
+}
+
 TEST_CASE_METHOD(shop_fixture, "bad configuration gets a clear error and exit code 2", "[integration][cli]") {
   SECTION("a schema name that is not an identifier") {
     auto p = test_env::child_process({test_env::tool_path("OMNIBUS_WORKER_BIN"), "--schema", "bad;name", "dead-letters", "list"});

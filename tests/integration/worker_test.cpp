@@ -334,3 +334,107 @@ TEST_CASE_METHOD(worker_fixture, "an ordered listener set to dead-letter goes on
   CHECK(dead_letters("ledger").size() == 1);
   CHECK_FALSE(bus::find_parked(db, opts.schema, "ledger").has_value());
 }
+
+namespace {
+// A bus and worker of the test's own with a low max_deliveries, on the fixture's stream.
+struct ceiling_world {
+  test_env::worker_fixture& f;
+  bus::event_bus bus;
+  std::unique_ptr<bus::worker> worker;
+  std::jthread runner;
+  ceiling_world(test_env::worker_fixture& fixture, std::int64_t max_deliveries)
+      : f(fixture), bus(fixture.js, [&] {
+          auto o = fixture.opts;
+          o.max_deliveries = max_deliveries;
+          return o;
+        }()) {}
+  ~ceiling_world() {
+    if (runner.joinable()) {
+      runner.request_stop();
+      runner.join();
+    }
+  }
+  void start(std::chrono::milliseconds newer_version_delay = 30s) {
+    bus::worker_options wo;
+    wo.database_url = f.where.database_url;
+    wo.fetch_wait = 200ms;
+    wo.newer_version_delay = newer_version_delay;
+    worker = std::make_unique<bus::worker>(bus, wo, f.log);
+    runner = std::jthread([this](std::stop_token st) { worker->run(st); });
+    REQUIRE(test_env::eventually([&] { return f.js.consumers(f.opts.stream).size() >= bus.async_listeners().size(); }, 10s));
+  }
+};
+}  // namespace
+
+TEST_CASE_METHOD(worker_fixture, "a message no worker settles stops at max_deliveries and the server's report becomes a dead letter",
+                 "[integration][worker][ceiling]") {
+  ceiling_world world{*this, 3};
+  std::atomic<long> handled{0};
+  bus::listener_options o = quick_retries(2);
+  o.deadline = 200ms;
+  world.bus.add_async_listener<tool_event>("stubborn", [&](bus::context& ctx, const tool_event& e) {
+    if (e.n == 7) {  // never finishes in time: each delivery is nak'd by the deadline, never settled
+      while (!ctx.stop_token().stop_requested()) std::this_thread::sleep_for(5ms);
+      return;
+    }
+    ++handled;
+  }, o);
+  world.start();
+  bus::context ctx;
+  const auto id = world.bus.publish(ctx, tool_event{7});
+  (void)world.bus.publish(ctx, tool_event{8});
+  // The server delivered it three times, gave up, reported it; the worker recorded the report.
+  REQUIRE(test_env::eventually([&] { return dead_letters("stubborn").size() == 1; }, 20s));
+  const auto dl = dead_letters("stubborn").front();
+  CHECK(dl.reason == "max_deliveries");
+  CHECK(dl.event_id == id.to_string());
+  CHECK(dl.attempts == 3);
+  CHECK(dl.msg.body == bus::detail::encode_body(tool_event{7}));  // read back from the stream, exactly
+  CHECK_THAT(dl.error, Catch::Contains("nats-server stopped delivering it after 3 deliveries"));
+  CHECK(test_env::eventually([&] { return handled == 1; }, 10s));
+}
+
+TEST_CASE_METHOD(worker_fixture, "a newer version deferred until max_deliveries becomes a dead letter instead of a loop",
+                 "[integration][worker][ceiling]") {
+  ceiling_world world{*this, 4};
+  std::atomic<long> handled{0};
+  world.bus.add_async_listener<tool_event>("patient", [&](bus::context&, const tool_event&) { ++handled; }, quick_retries(2));
+  world.start(10ms);
+  bus::envelope env;
+  env.id = bus::event_id::generate();
+  env.name = "test.tool_event";
+  env.version = 99;  // from a build far ahead of this one
+  env.body = bus::detail::encode_body(tool_event{1});
+  (void)js.publish(bus::encode(env, opts.stream.subject_prefix), 5s);
+  bus::context ctx;
+  (void)world.bus.publish(ctx, tool_event{2});
+  REQUIRE(test_env::eventually([&] { return dead_letters("patient").size() == 1; }, 20s));
+  const auto dl = dead_letters("patient").front();
+  CHECK(dl.reason == "max_deliveries");
+  CHECK(dl.attempts == 4);
+  CHECK_THAT(dl.error, Catch::Contains("version 99"));
+  CHECK(world.worker->stats().deferred.load() == 3);
+  REQUIRE(test_env::eventually([&] { return handled == 1 && settled("patient"); }, 10s));
+}
+
+TEST_CASE_METHOD(worker_fixture, "a dead letter the database refuses for good is terminated and logged with its sequence, not retried",
+                 "[integration][worker]") {
+  {
+    pqxx::work tx{db};  // a row that can never be written, as an encoding or size error would be
+    tx.exec0("ALTER TABLE \"" + opts.schema + "\".bus_dead_letters ADD CONSTRAINT refuse_permanent CHECK (reason <> 'permanent')");
+    tx.commit();
+  }
+  std::atomic<long> handled{0};
+  b.add_async_listener<tool_event>("strict", [&](bus::context&, const tool_event& e) {
+    if (e.n == 3) throw bus::permanent_error("never");
+    ++handled;
+  }, quick_retries(5));
+  start_worker();
+  publish(3);
+  publish(4);
+  REQUIRE(test_env::eventually([&] { return w->stats().unrecorded.load() == 1 && handled == 1; }, 10s));
+  REQUIRE(test_env::eventually([&] { return settled("strict"); }, 10s));  // termed: nothing comes back
+  CHECK_THAT(logs(), Catch::Contains("terminated without one") && Catch::Contains("stream message #1 "));
+  CHECK(dead_letters().empty());
+  CHECK(w->stats().dead_lettered.load() == 0);
+}
