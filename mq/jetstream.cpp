@@ -167,9 +167,24 @@ std::optional<detail::stored_message> read_stored(natsConnection* conn, const st
   }
 }
 
+// A delivery that may carry a header block that did not parse, with its exact bytes.
+class readable_delivery : public bus::delivery {
+ public:
+  std::string_view header_error() const noexcept final { return header_error_; }
+  std::string_view raw_header_block() const noexcept final { return raw_header_block_; }
+  void set_malformed(std::string why, std::string raw_block) {
+    header_error_ = std::move(why);
+    raw_header_block_ = std::move(raw_block);
+  }
+
+ private:
+  std::string header_error_;
+  std::string raw_header_block_;
+};
+
 // One message fetched by jetstream_consumer, settled by publishing JetStream's ack protocol to
 // its reply subject (NATS.c's natsMsg_Ack family needs a JetStream subscription; ours is plain).
-class jetstream_delivery final : public bus::delivery {
+class jetstream_delivery final : public readable_delivery {
  public:
   jetstream_delivery(natsConnection* conn, detail::msg_ptr msg, bus::message copy, detail::ack_metadata meta)
       : conn_(conn), msg_(std::move(msg)), copy_(std::move(copy)), meta_(std::move(meta)) {}
@@ -183,13 +198,6 @@ class jetstream_delivery final : public bus::delivery {
   }
   void term() override { send("+TERM", "terminating"); }
   void in_progress() override { send("+WPI", "signalling progress on"); }
-  std::string_view header_error() const noexcept override { return header_error_; }
-  std::string_view raw_header_block() const noexcept override { return raw_header_block_; }
-
-  void set_malformed(std::string why, std::string raw_block) {
-    header_error_ = std::move(why);
-    raw_header_block_ = std::move(raw_block);
-  }
 
  private:
   void send(const std::string& body, const char* verb) const {
@@ -202,8 +210,6 @@ class jetstream_delivery final : public bus::delivery {
   detail::msg_ptr msg_;
   bus::message copy_;
   detail::ack_metadata meta_;
-  std::string header_error_;
-  std::string raw_header_block_;
 };
 
 // What the subscription's callback hands to fetch(): messages, and the end of a pull request.
@@ -289,17 +295,14 @@ class jetstream_consumer final : public bus::consumer {
     if (max == 0) return {};
     std::unique_lock lock(state_->mutex);
     take(taken, max);
-    if (taken.size() < max) {
-      // Ask for the rest: wait for them unless some came already, then only take what is there.
-      const std::size_t want = max - taken.size();
+    if (taken.empty()) {  // messages that came late for an earlier request go first, at once
+      const std::size_t want = max;
       const std::uint64_t n = ++state_->request;
       state_->request_done = false;
       state_->request_error.clear();
       lock.unlock();
-      std::string request = "{\"batch\":" + std::to_string(want);
-      request += taken.empty() ? ",\"expires\":" + std::to_string(duration_cast<nanoseconds>(std::max(timeout, milliseconds(1))).count())
-                               : std::string(",\"no_wait\":true");
-      request += "}";
+      const std::string request = "{\"batch\":" + std::to_string(want) + ",\"expires\":" +
+                                  std::to_string(duration_cast<nanoseconds>(std::max(timeout, milliseconds(1))).count()) + "}";
       const std::string reply = inbox_ + "." + std::to_string(n);
       check(natsConnection_PublishRequest(conn_, next_subject_.c_str(), reply.c_str(), request.data(),
                                           static_cast<int>(request.size())),
@@ -366,7 +369,7 @@ class jetstream_consumer final : public bus::consumer {
 
 // A report that the server gave up on a message: the advisory's own delivery (settling it
 // settles the report) around the abandoned message, read back from the stream.
-class abandoned_delivery final : public bus::delivery {
+class abandoned_delivery final : public readable_delivery {
  public:
   abandoned_delivery(std::unique_ptr<bus::delivery> report, bus::message original, detail::max_deliveries_advisory a)
       : report_(std::move(report)), original_(std::move(original)), advisory_(std::move(a)) {}
@@ -377,21 +380,12 @@ class abandoned_delivery final : public bus::delivery {
   void nak(std::chrono::milliseconds delay) override { report_->nak(delay); }
   void term() override { report_->term(); }
   void in_progress() override { report_->in_progress(); }
-  std::string_view header_error() const noexcept override { return header_error_; }
-  std::string_view raw_header_block() const noexcept override { return raw_header_block_; }
   std::string_view abandoned_by() const noexcept override { return advisory_.consumer; }
-
-  void set_malformed(std::string why, std::string raw_block) {
-    header_error_ = std::move(why);
-    raw_header_block_ = std::move(raw_block);
-  }
 
  private:
   std::unique_ptr<bus::delivery> report_;
   bus::message original_;
   detail::max_deliveries_advisory advisory_;
-  std::string header_error_;
-  std::string raw_header_block_;
 };
 
 // Reads the max-deliveries advisories that the stream <events>_ABANDONED captures, and hands
