@@ -1,10 +1,10 @@
-#include "bus/connection_pool.hpp"
+#include "omnibus/connection_pool.hpp"
 
 #include <pqxx/pqxx>
 
-#include "bus/error.hpp"
+#include "omnibus/error.hpp"
 
-namespace bus {
+namespace omnibus {
 
 struct connection_pool::slot {
   explicit slot(const std::string& url) : conn(url) {}
@@ -67,4 +67,4 @@ void connection_pool::give_back(std::unique_ptr<slot> conn, bool discard) noexce
   freed_.notify_one();
 }
 
-}  // namespace bus
+}  // namespace omnibus

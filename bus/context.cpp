@@ -1,8 +1,8 @@
-#include "bus/context.hpp"
+#include "omnibus/context.hpp"
 
 #include <stdexcept>
 
-namespace bus {
+namespace omnibus {
 
 const std::string* metadata::value(std::string_view key) const noexcept {
   for (const auto& [k, v] : values) {
@@ -12,13 +12,13 @@ const std::string* metadata::value(std::string_view key) const noexcept {
 }
 
 pqxx::transaction_base& context::tx() const {
-  if (tx_ == nullptr) throw std::logic_error("bus::context has no transaction: construct it with one");
+  if (tx_ == nullptr) throw std::logic_error("omnibus::context has no transaction: construct it with one");
   return *tx_;
 }
 
 pqxx::connection_base& context::db() const {
-  if (db_ == nullptr) throw std::logic_error("bus::context::db() is for handlers run by the worker");
+  if (db_ == nullptr) throw std::logic_error("omnibus::context::db() is for handlers run by the worker");
   return db_->connection();
 }
 
-}  // namespace bus
+}  // namespace omnibus

@@ -1,11 +1,11 @@
-#include "bus/dead_letters.hpp"
+#include "omnibus/dead_letters.hpp"
 
 #include <pqxx/pqxx>
 
-#include "bus/outbox.hpp"
-#include "bus/text.hpp"
+#include "omnibus/outbox.hpp"
+#include "omnibus/text.hpp"
 
-namespace bus {
+namespace omnibus {
 namespace {
 
 std::string t(std::string_view schema, const char* table) { return "\"" + std::string(schema) + "\"." + table; }
@@ -150,4 +150,4 @@ void unpark(pqxx::connection_base& conn, std::string_view schema, std::string_vi
   tx.exec_params0("DELETE FROM " + t(schema, "bus_parked") + " WHERE listener = $1", std::string(listener));
 }
 
-}  // namespace bus
+}  // namespace omnibus

@@ -1,12 +1,12 @@
-#include "bus/envelope.hpp"
+#include "omnibus/envelope.hpp"
 
 #include <charconv>
 #include <cstdio>
 #include <stdexcept>
 
-#include "bus/text.hpp"
+#include "omnibus/text.hpp"
 
-namespace bus {
+namespace omnibus {
 namespace {
 
 bool valid_meta_key(std::string_view k) noexcept {
@@ -210,4 +210,4 @@ std::chrono::sys_time<std::chrono::microseconds> parse_time(std::string_view s) 
   return sys_days{ymd} + hours{h} + minutes{mi} + seconds{se} + microseconds{micros};
 }
 
-}  // namespace bus
+}  // namespace omnibus

@@ -1,9 +1,9 @@
-#include "bus/event.hpp"
+#include "omnibus/event.hpp"
 
 #include <cstdint>
 #include <string>
 
-namespace bus {
+namespace omnibus {
 
 const char* to_string(decode_failure kind) noexcept {
   switch (kind) {
@@ -102,4 +102,4 @@ void throw_malformed(std::string_view event_name, const char* what) {
 }
 
 }  // namespace detail
-}  // namespace bus
+}  // namespace omnibus

@@ -1,12 +1,12 @@
-#include "bus/event_bus.hpp"
+#include "omnibus/event_bus.hpp"
 
 #include <algorithm>
 #include <stdexcept>
 
-#include "bus/migrations.hpp"
-#include "bus/outbox.hpp"
+#include "omnibus/migrations.hpp"
+#include "omnibus/outbox.hpp"
 
-namespace bus {
+namespace omnibus {
 
 namespace detail {
 std::size_t next_type_slot() noexcept {
@@ -179,4 +179,4 @@ event_id event_bus::emit(context& ctx, std::string_view name, int version, std::
   return env.id;
 }
 
-}  // namespace bus
+}  // namespace omnibus

@@ -1,10 +1,10 @@
-#include "bus/event_id.hpp"
+#include "omnibus/event_id.hpp"
 
 #include <random>
 
-#include "bus/error.hpp"
+#include "omnibus/error.hpp"
 
-namespace bus {
+namespace omnibus {
 namespace {
 
 struct thread_state {
@@ -86,4 +86,4 @@ std::chrono::sys_time<std::chrono::milliseconds> event_id::time() const noexcept
   return std::chrono::sys_time<std::chrono::milliseconds>{std::chrono::milliseconds{ms}};
 }
 
-}  // namespace bus
+}  // namespace omnibus

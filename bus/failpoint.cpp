@@ -8,7 +8,7 @@
 
 #include <unistd.h>
 
-namespace bus::detail {
+namespace omnibus::detail {
 namespace {
 
 struct armed_point {
@@ -39,4 +39,4 @@ void failpoint(std::string_view name) noexcept {
   }
 }
 
-}  // namespace bus::detail
+}  // namespace omnibus::detail

@@ -4,7 +4,7 @@
 
 #include <string_view>
 
-namespace bus::detail {
+namespace omnibus::detail {
 
 /// Exit code of a process stopped by a failpoint.
 inline constexpr int failpoint_exit_code = 86;
@@ -12,4 +12,4 @@ inline constexpr int failpoint_exit_code = 86;
 /// Does nothing unless OMNIBUS_FAILPOINT names this point. Thread-safe.
 void failpoint(std::string_view name) noexcept;
 
-}  // namespace bus::detail
+}  // namespace omnibus::detail

@@ -1,11 +1,11 @@
-#include "bus/memory_queue.hpp"
+#include "omnibus/memory_queue.hpp"
 
 #include <algorithm>
 #include <stdexcept>
 
-#include "bus/envelope.hpp"
+#include "omnibus/envelope.hpp"
 
-namespace bus {
+namespace omnibus {
 namespace {
 
 event_id id_of(const message& msg) {
@@ -255,4 +255,4 @@ std::vector<message> memory_queue::messages() const {
   return out;
 }
 
-}  // namespace bus
+}  // namespace omnibus

@@ -1,13 +1,13 @@
-#include "bus/migrations.hpp"
+#include "omnibus/migrations.hpp"
 
 #include <array>
 #include <stdexcept>
 
 #include <pqxx/pqxx>
 
-#include "bus/error.hpp"
+#include "omnibus/error.hpp"
 
-namespace bus {
+namespace omnibus {
 namespace {
 
 struct migration {
@@ -163,4 +163,4 @@ std::string migrations_sql(std::string_view schema) {
   return out;
 }
 
-}  // namespace bus
+}  // namespace omnibus

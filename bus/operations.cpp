@@ -1,13 +1,13 @@
-#include "bus/operations.hpp"
+#include "omnibus/operations.hpp"
 
 #include <algorithm>
 
 #include <pqxx/pqxx>
 
-#include "bus/dead_letters.hpp"
-#include "bus/envelope.hpp"
+#include "omnibus/dead_letters.hpp"
+#include "omnibus/envelope.hpp"
 
-namespace bus {
+namespace omnibus {
 namespace {
 
 class borrowed_connection final : public connection_source {
@@ -114,4 +114,4 @@ std::vector<std::string> prune_consumers(const event_bus& bus, bool dry_run) {
   return pruned;
 }
 
-}  // namespace bus
+}  // namespace omnibus

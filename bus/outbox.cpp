@@ -1,14 +1,14 @@
-#include "bus/outbox.hpp"
+#include "omnibus/outbox.hpp"
 
 #include <tuple>
 #include <vector>
 
 #include <pqxx/pqxx>
 
-#include "bus/envelope.hpp"
-#include "bus/error.hpp"
+#include "omnibus/envelope.hpp"
+#include "omnibus/error.hpp"
 
-namespace bus {
+namespace omnibus {
 namespace {
 
 std::string table(std::string_view schema) { return "\"" + std::string(schema) + "\".bus_outbox"; }
@@ -82,4 +82,4 @@ void outbox_insert_batch(pqxx::transaction_base& tx, std::string_view schema, st
   tx.exec_params("SELECT pg_notify($1, '')", outbox_channel(schema));
 }
 
-}  // namespace bus
+}  // namespace omnibus

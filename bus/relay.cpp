@@ -1,4 +1,4 @@
-#include "bus/relay.hpp"
+#include "omnibus/relay.hpp"
 
 #include <condition_variable>
 #include <mutex>
@@ -8,13 +8,13 @@
 #include <pqxx/pqxx>
 #include <spdlog/spdlog.h>
 
-#include "bus/envelope.hpp"
-#include "bus/migrations.hpp"
-#include "bus/outbox.hpp"
+#include "omnibus/envelope.hpp"
+#include "omnibus/migrations.hpp"
+#include "omnibus/outbox.hpp"
 #include "failpoint.hpp"
 #include "stop_wait.hpp"
 
-namespace bus {
+namespace omnibus {
 namespace {
 
 using clock = std::chrono::steady_clock;
@@ -54,8 +54,8 @@ class relay::session {
 relay::relay(queue& q, relay_options options, std::shared_ptr<spdlog::logger> log)
     : queue_(q), options_(std::move(options)), log_(std::move(log)) {
   detail::check_schema_name(options_.schema);
-  if (!log_) throw std::invalid_argument("bus::relay needs a logger");
-  if (options_.batch_size == 0) throw std::invalid_argument("bus::relay needs a batch_size of at least 1");
+  if (!log_) throw std::invalid_argument("omnibus::relay needs a logger");
+  if (options_.batch_size == 0) throw std::invalid_argument("omnibus::relay needs a batch_size of at least 1");
 }
 
 relay::~relay() { stop(); }
@@ -175,4 +175,4 @@ void relay::run(std::stop_token stop) {
   }
 }
 
-}  // namespace bus
+}  // namespace omnibus

@@ -1,6 +1,6 @@
 #include "settle.hpp"
 
-namespace bus::detail {
+namespace omnibus::detail {
 
 settle_decision before_handler(const message& msg, std::string_view header_error, std::string_view prefix,
                                std::size_t max_body_bytes) {
@@ -28,4 +28,4 @@ settle_decision after_decode_error(const decode_error& e) {
   return d;
 }
 
-}  // namespace bus::detail
+}  // namespace omnibus::detail

@@ -7,9 +7,9 @@
 #include <string>
 #include <string_view>
 
-#include "bus/envelope.hpp"
+#include "omnibus/envelope.hpp"
 
-namespace bus::detail {
+namespace omnibus::detail {
 
 struct settle_decision {
   enum class action {
@@ -32,4 +32,4 @@ struct settle_decision {
 /// dead-letter everything else.
 [[nodiscard]] settle_decision after_decode_error(const decode_error& e);
 
-}  // namespace bus::detail
+}  // namespace omnibus::detail

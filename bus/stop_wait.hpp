@@ -6,7 +6,7 @@
 #include <mutex>
 #include <stop_token>
 
-namespace bus::detail {
+namespace omnibus::detail {
 
 /// Waits until `until` or until `stop` is requested. Returns false when stop was requested.
 template <class Clock, class Duration>
@@ -24,4 +24,4 @@ bool wait_for(const std::stop_token& stop, std::chrono::duration<Rep, Period> d)
   return wait_until(stop, std::chrono::steady_clock::now() + d);
 }
 
-}  // namespace bus::detail
+}  // namespace omnibus::detail

@@ -1,8 +1,8 @@
-#include "bus/text.hpp"
+#include "omnibus/text.hpp"
 
 #include <cstdio>
 
-namespace bus {
+namespace omnibus {
 namespace {
 
 // The length of the well-formed UTF-8 sequence at s[i], or 0 when there is none.
@@ -105,4 +105,4 @@ std::string for_terminal(std::string_view s) {
   return out;
 }
 
-}  // namespace bus
+}  // namespace omnibus

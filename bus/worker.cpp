@@ -1,4 +1,4 @@
-#include "bus/worker.hpp"
+#include "omnibus/worker.hpp"
 
 #include <algorithm>
 #include <cmath>
@@ -18,16 +18,16 @@
 #include <pqxx/pqxx>
 #include <spdlog/spdlog.h>
 
-#include "bus/connection_pool.hpp"
-#include "bus/dead_letters.hpp"
-#include "bus/envelope.hpp"
-#include "bus/migrations.hpp"
-#include "bus/text.hpp"
+#include "omnibus/connection_pool.hpp"
+#include "omnibus/dead_letters.hpp"
+#include "omnibus/envelope.hpp"
+#include "omnibus/migrations.hpp"
+#include "omnibus/text.hpp"
 #include "failpoint.hpp"
 #include "settle.hpp"
 #include "stop_wait.hpp"
 
-namespace bus {
+namespace omnibus {
 
 std::chrono::milliseconds retry_delay(const retry_policy& p, std::uint64_t attempt, double unit_random) noexcept {
   const double exponent = attempt > 0 ? static_cast<double>(attempt - 1) : 0.0;
@@ -637,9 +637,9 @@ struct worker::impl {
 
 worker::worker(event_bus& bus, worker_options options, std::shared_ptr<spdlog::logger> log)
     : impl_(std::make_unique<impl>(bus, std::move(options), std::move(log))) {
-  if (!impl_->log) throw std::invalid_argument("bus::worker needs a logger");
-  if (impl_->opts.database_url.empty()) throw std::invalid_argument("bus::worker needs a database_url (dead letters live there)");
-  if (bus.target() == nullptr) throw std::invalid_argument("bus::worker needs a bus with a queue");
+  if (!impl_->log) throw std::invalid_argument("omnibus::worker needs a logger");
+  if (impl_->opts.database_url.empty()) throw std::invalid_argument("omnibus::worker needs a database_url (dead letters live there)");
+  if (bus.target() == nullptr) throw std::invalid_argument("omnibus::worker needs a bus with a queue");
 }
 
 worker::~worker() {
@@ -739,4 +739,4 @@ void worker::run(std::stop_token stop) {
   w.log->info("worker: stopped");
 }
 
-}  // namespace bus
+}  // namespace omnibus

@@ -1,11 +1,11 @@
-#include "mq/connection.hpp"
+#include "omnibus/nats_connection.hpp"
 
 #include <string>
 
-#include "mq/error.hpp"
+#include "omnibus/nats_error.hpp"
 #include "nats.hpp"
 
-namespace mq::detail {
+namespace omnibus::detail {
 
 void check(natsStatus s, std::string_view what, jsErrCode js_code) {
   if (s == NATS_OK) return;
@@ -17,14 +17,14 @@ void check(natsStatus s, std::string_view what, jsErrCode js_code) {
     text += ": ";
     text += last;
   }
-  throw error(std::move(text), static_cast<int>(s), static_cast<int>(js_code));
+  throw nats_error(std::move(text), static_cast<int>(s), static_cast<int>(js_code));
 }
 
-}  // namespace mq::detail
+}  // namespace omnibus::detail
 
-namespace mq {
+namespace omnibus {
 
-connection::connection(const connection_options& o) : impl_(std::make_unique<impl>()) {
+nats_connection::nats_connection(const nats_options& o) : impl_(std::make_unique<impl>()) {
   natsOptions* raw_opts = nullptr;
   detail::check(natsOptions_Create(&raw_opts), "creating NATS options");
   detail::options_ptr opts{raw_opts};
@@ -72,11 +72,11 @@ connection::connection(const connection_options& o) : impl_(std::make_unique<imp
   impl_->js.reset(raw_js);
 }
 
-connection::~connection() = default;
-connection::connection(connection&&) noexcept = default;
-connection& connection::operator=(connection&&) noexcept = default;
+nats_connection::~nats_connection() = default;
+nats_connection::nats_connection(nats_connection&&) noexcept = default;
+nats_connection& nats_connection::operator=(nats_connection&&) noexcept = default;
 
-std::string connection::connected_url() const {
+std::string nats_connection::connected_url() const {
   char buf[512] = {};
   detail::check(natsConnection_GetConnectedUrl(impl_->conn.get(), buf, sizeof buf), "reading the connected URL");
   std::string url = buf;
@@ -87,8 +87,8 @@ std::string connection::connected_url() const {
   return url;
 }
 
-void connection::flush(std::chrono::milliseconds timeout) const {
+void nats_connection::flush(std::chrono::milliseconds timeout) const {
   detail::check(natsConnection_FlushTimeout(impl_->conn.get(), timeout.count()), "flushing the NATS connection");
 }
 
-}  // namespace mq
+}  // namespace omnibus

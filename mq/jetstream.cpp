@@ -1,4 +1,4 @@
-#include "mq/jetstream.hpp"
+#include "omnibus/jetstream.hpp"
 
 #include <algorithm>
 #include <condition_variable>
@@ -8,12 +8,12 @@
 #include <mutex>
 #include <unordered_map>
 
-#include "bus/envelope.hpp"
-#include "mq/error.hpp"
+#include "omnibus/envelope.hpp"
+#include "omnibus/nats_error.hpp"
 #include "nats.hpp"
 #include "wire.hpp"
 
-namespace mq {
+namespace omnibus {
 namespace {
 
 using namespace std::chrono;
@@ -25,18 +25,18 @@ using stream_info_ptr = std::unique_ptr<jsStreamInfo, detail::c_deleter<jsStream
 using consumer_info_ptr = std::unique_ptr<jsConsumerInfo, detail::c_deleter<jsConsumerInfo_Destroy>>;
 using meta_ptr = std::unique_ptr<jsMsgMetaData, detail::c_deleter<jsMsgMetaData_Destroy>>;
 
-bus::event_id id_of(const bus::message& m) {
-  if (const std::string* id = m.header(bus::header::msg_id)) {
+omnibus::event_id id_of(const omnibus::message& m) {
+  if (const std::string* id = m.header(omnibus::header::msg_id)) {
     try {
-      return bus::event_id::parse(*id);
-    } catch (const bus::error&) {
+      return omnibus::event_id::parse(*id);
+    } catch (const omnibus::error&) {
       return {};  // a foreign producer's id: the error still names the subject
     }
   }
   return {};
 }
 
-detail::msg_ptr to_nats(const bus::message& m) {
+detail::msg_ptr to_nats(const omnibus::message& m) {
   natsMsg* raw = nullptr;
   check(natsMsg_Create(&raw, m.subject.c_str(), nullptr, m.body.data(), static_cast<int>(m.body.size())),
         "creating a message for " + m.subject);
@@ -48,17 +48,17 @@ detail::msg_ptr to_nats(const bus::message& m) {
 }
 
 // Which publish failures certainly stored nothing.
-bus::publish_error::outcome classify(natsStatus s, jsErrCode code) {
-  if (code != 0) return bus::publish_error::outcome::not_sent;  // the server answered: refused
+omnibus::publish_error::outcome classify(natsStatus s, jsErrCode code) {
+  if (code != 0) return omnibus::publish_error::outcome::not_sent;  // the server answered: refused
   switch (s) {
     case NATS_NO_RESPONDERS:       // no stream takes the subject, or JetStream is off
     case NATS_CONNECTION_CLOSED:   // nothing was buffered
     case NATS_INVALID_ARG:
     case NATS_INVALID_SUBJECT:
     case NATS_MAX_PAYLOAD:
-      return bus::publish_error::outcome::not_sent;
+      return omnibus::publish_error::outcome::not_sent;
     default:
-      return bus::publish_error::outcome::unknown;  // timeout, reconnecting: it may land yet
+      return omnibus::publish_error::outcome::unknown;  // timeout, reconnecting: it may land yet
   }
 }
 
@@ -69,9 +69,9 @@ std::string describe(natsStatus s, jsErrCode code, const char* text) {
   return d;
 }
 
-std::string stream_subject(const bus::stream_config& s) { return s.subject_prefix + ".>"; }
+std::string stream_subject(const omnibus::stream_config& s) { return s.subject_prefix + ".>"; }
 
-void fill(jsStreamConfig& c, const bus::stream_config& s, const char** subjects) {
+void fill(jsStreamConfig& c, const omnibus::stream_config& s, const char** subjects) {
   jsStreamConfig_Init(&c);
   c.Name = s.name.c_str();
   subjects[0] = nullptr;  // set by the caller, which owns the string
@@ -111,8 +111,8 @@ std::optional<system_clock::time_point> time_of(std::int64_t unix_ns) {
   return system_clock::time_point{duration_cast<system_clock::duration>(nanoseconds{unix_ns})};
 }
 
-bus::consumer_info to_info(const jsConsumerInfo& ci) {
-  bus::consumer_info info;
+omnibus::consumer_info to_info(const jsConsumerInfo& ci) {
+  omnibus::consumer_info info;
   info.name = ci.Name != nullptr ? ci.Name : "";
   if (ci.Config != nullptr && ci.Config->FilterSubject != nullptr) info.filter_subject = ci.Config->FilterSubject;
   info.pending = ci.NumPending;
@@ -124,7 +124,7 @@ bus::consumer_info to_info(const jsConsumerInfo& ci) {
 
 // Reads every header of `m` through NATS.c. Returns NATS.c's complaint when the header block
 // does not parse, "" otherwise.
-std::string read_headers(natsMsg* m, bus::message& out) {
+std::string read_headers(natsMsg* m, omnibus::message& out) {
   const char** keys = nullptr;
   int count = 0;
   natsStatus s = natsMsgHeader_Keys(m, &keys, &count);
@@ -149,7 +149,7 @@ std::string read_headers(natsMsg* m, bus::message& out) {
 }
 
 // $JS.API.STREAM.MSG.GET: one stored message by sequence, byte-exact. nullopt when the stream
-// no longer has it. Throws mq::error when the server does not answer.
+// no longer has it. Throws omnibus::nats_error when the server does not answer.
 std::optional<detail::stored_message> read_stored(natsConnection* conn, const std::string& stream, std::uint64_t seq,
                                                   milliseconds timeout) {
   const std::string subject = "$JS.API.STREAM.MSG.GET." + stream;
@@ -163,12 +163,12 @@ std::optional<detail::stored_message> read_stored(natsConnection* conn, const st
   try {
     return detail::parse_msg_get_response(std::string_view(data != nullptr ? data : "", static_cast<std::size_t>(natsMsg_GetDataLength(reply.get()))));
   } catch (const std::runtime_error& e) {
-    throw error("reading message " + std::to_string(seq) + " of stream " + stream + ": " + e.what(), NATS_ERR, 0);
+    throw nats_error("reading message " + std::to_string(seq) + " of stream " + stream + ": " + e.what(), NATS_ERR, 0);
   }
 }
 
 // A delivery that may carry a header block that did not parse, with its exact bytes.
-class readable_delivery : public bus::delivery {
+class readable_delivery : public omnibus::delivery {
  public:
   std::string_view header_error() const noexcept final { return header_error_; }
   std::string_view raw_header_block() const noexcept final { return raw_header_block_; }
@@ -186,9 +186,9 @@ class readable_delivery : public bus::delivery {
 // its reply subject (NATS.c's natsMsg_Ack family needs a JetStream subscription; ours is plain).
 class jetstream_delivery final : public readable_delivery {
  public:
-  jetstream_delivery(natsConnection* conn, detail::msg_ptr msg, bus::message copy, detail::ack_metadata meta)
+  jetstream_delivery(natsConnection* conn, detail::msg_ptr msg, omnibus::message copy, detail::ack_metadata meta)
       : conn_(conn), msg_(std::move(msg)), copy_(std::move(copy)), meta_(std::move(meta)) {}
-  const bus::message& msg() const noexcept override { return copy_; }
+  const omnibus::message& msg() const noexcept override { return copy_; }
   std::uint64_t delivery_count() const noexcept override { return meta_.delivered; }
   std::uint64_t stream_sequence() const noexcept override { return meta_.stream_sequence; }
   void ack() override { send("+ACK", "acking"); }
@@ -208,7 +208,7 @@ class jetstream_delivery final : public readable_delivery {
 
   natsConnection* conn_;  // borrowed: the connection outlives every delivery
   detail::msg_ptr msg_;
-  bus::message copy_;
+  omnibus::message copy_;
   detail::ack_metadata meta_;
 };
 
@@ -262,7 +262,7 @@ void on_inbox_message(natsConnection*, natsSubscription*, natsMsg* raw, void* cl
 // A durable pull consumer read through a plain subscription on an inbox of its own, so that
 // every message reaches Omnibus whatever its header block holds: NATS.c's own fetch reads the
 // headers of each message on the way and fails the whole fetch on one it cannot parse.
-class jetstream_consumer final : public bus::consumer {
+class jetstream_consumer final : public omnibus::consumer {
  public:
   jetstream_consumer(natsConnection* conn, std::string stream, const std::string& name)
       : conn_(conn),
@@ -290,7 +290,7 @@ class jetstream_consumer final : public bus::consumer {
     if (!drained && natsSubscription_IsValid(sub_.get())) (void)state_.release();
   }
 
-  std::vector<std::unique_ptr<bus::delivery>> fetch(std::size_t max, std::chrono::milliseconds timeout) override {
+  std::vector<std::unique_ptr<omnibus::delivery>> fetch(std::size_t max, std::chrono::milliseconds timeout) override {
     std::vector<detail::msg_ptr> taken;
     if (max == 0) return {};
     std::unique_lock lock(state_->mutex);
@@ -315,11 +315,11 @@ class jetstream_consumer final : public bus::consumer {
       if (taken.empty() && !state_->request_error.empty()) {
         const std::string why = state_->request_error;
         lock.unlock();
-        throw error("fetching from " + next_subject_ + ": " + why, NATS_ERR, 0);
+        throw nats_error("fetching from " + next_subject_ + ": " + why, NATS_ERR, 0);
       }
     }
     lock.unlock();
-    std::vector<std::unique_ptr<bus::delivery>> out;
+    std::vector<std::unique_ptr<omnibus::delivery>> out;
     out.reserve(taken.size());
     for (auto& m : taken) out.push_back(to_delivery(std::move(m)));
     return out;
@@ -336,12 +336,12 @@ class jetstream_consumer final : public bus::consumer {
     }
   }
 
-  std::unique_ptr<bus::delivery> to_delivery(detail::msg_ptr m) {
+  std::unique_ptr<omnibus::delivery> to_delivery(detail::msg_ptr m) {
     // The callback queued only messages whose reply starts with $JS.ACK.; one that does not
     // parse further is still settled through its reply, counted as a first delivery.
     auto meta = detail::parse_ack_subject(natsMsg_GetReply(m.get())).value_or(detail::ack_metadata{});
     if (meta.delivered == 0) meta.delivered = 1;
-    bus::message copy;
+    omnibus::message copy;
     copy.subject = natsMsg_GetSubject(m.get());
     if (const char* data = natsMsg_GetData(m.get())) copy.body.assign(data, static_cast<std::size_t>(natsMsg_GetDataLength(m.get())));
     std::string complaint = read_headers(m.get(), copy);
@@ -371,9 +371,9 @@ class jetstream_consumer final : public bus::consumer {
 // settles the report) around the abandoned message, read back from the stream.
 class abandoned_delivery final : public readable_delivery {
  public:
-  abandoned_delivery(std::unique_ptr<bus::delivery> report, bus::message original, detail::max_deliveries_advisory a)
+  abandoned_delivery(std::unique_ptr<omnibus::delivery> report, omnibus::message original, detail::max_deliveries_advisory a)
       : report_(std::move(report)), original_(std::move(original)), advisory_(std::move(a)) {}
-  const bus::message& msg() const noexcept override { return original_; }
+  const omnibus::message& msg() const noexcept override { return original_; }
   std::uint64_t delivery_count() const noexcept override { return advisory_.deliveries; }
   std::uint64_t stream_sequence() const noexcept override { return advisory_.stream_sequence; }
   void ack() override { report_->ack(); }
@@ -383,28 +383,28 @@ class abandoned_delivery final : public readable_delivery {
   std::string_view abandoned_by() const noexcept override { return advisory_.consumer; }
 
  private:
-  std::unique_ptr<bus::delivery> report_;
-  bus::message original_;
+  std::unique_ptr<omnibus::delivery> report_;
+  omnibus::message original_;
   detail::max_deliveries_advisory advisory_;
 };
 
 // Reads the max-deliveries advisories that the stream <events>_ABANDONED captures, and hands
 // out each abandoned message with the consumer that gave up on it.
-class abandoned_consumer final : public bus::consumer {
+class abandoned_consumer final : public omnibus::consumer {
  public:
   abandoned_consumer(natsConnection* conn, std::string events_stream, const std::string& advisory_stream,
                      const std::string& name)
       : conn_(conn), events_stream_(std::move(events_stream)), reports_(conn, advisory_stream, name) {}
 
-  std::vector<std::unique_ptr<bus::delivery>> fetch(std::size_t max, std::chrono::milliseconds timeout) override {
-    std::vector<std::unique_ptr<bus::delivery>> out;
+  std::vector<std::unique_ptr<omnibus::delivery>> fetch(std::size_t max, std::chrono::milliseconds timeout) override {
+    std::vector<std::unique_ptr<omnibus::delivery>> out;
     for (auto& report : reports_.fetch(max, timeout)) {
       auto advisory = detail::parse_max_deliveries_advisory(report->msg().body);
       if (!advisory) {  // the stream captures only these advisories; anything else is not ours to act on
         report->term();
         continue;
       }
-      bus::message original;
+      omnibus::message original;
       std::string why;
       std::string raw;
       std::optional<detail::stored_message> s;
@@ -445,7 +445,7 @@ class abandoned_consumer final : public bus::consumer {
 struct batch_state {
   std::mutex mutex;
   std::unordered_map<natsMsg*, std::size_t> index;  // message -> position in the batch
-  std::vector<bus::batch_result>* results = nullptr;
+  std::vector<omnibus::batch_result>* results = nullptr;
 };
 
 void on_batch_ack(jsCtx*, natsMsg* msg, jsPubAck* pa, jsPubAckErr* pae, void* closure) {
@@ -453,9 +453,9 @@ void on_batch_ack(jsCtx*, natsMsg* msg, jsPubAck* pa, jsPubAckErr* pae, void* cl
   {
     std::lock_guard lock(st->mutex);
     if (auto it = st->index.find(msg); it != st->index.end()) {
-      bus::batch_result& r = (*st->results)[it->second];
+      omnibus::batch_result& r = (*st->results)[it->second];
       if (pa != nullptr) {
-        r.ack = bus::publish_ack{pa->Sequence, pa->Duplicate};
+        r.ack = omnibus::publish_ack{pa->Sequence, pa->Duplicate};
       } else if (pae != nullptr) {
         r.failure = classify(pae->Err, pae->ErrCode);
         r.error = describe(pae->Err, pae->ErrCode, pae->ErrText);
@@ -468,10 +468,10 @@ void on_batch_ack(jsCtx*, natsMsg* msg, jsPubAck* pa, jsPubAckErr* pae, void* cl
 
 }  // namespace
 
-jetstream::jetstream(connection& conn) : conn_(conn) {}
+jetstream::jetstream(nats_connection& conn) : conn_(conn) {}
 jetstream::~jetstream() = default;
 
-void jetstream::provision(const bus::stream_config& stream, std::span<const bus::consumer_config> consumers) {
+void jetstream::provision(const omnibus::stream_config& stream, std::span<const omnibus::consumer_config> consumers) {
   jsCtx* js = conn_.native().js.get();
   const std::string subject = stream_subject(stream);
   const char* subjects[1];
@@ -497,14 +497,14 @@ void jetstream::provision(const bus::stream_config& stream, std::span<const bus:
   }
   check(s, "provisioning stream " + stream.name, code);
   if (std::string diff = stream_differences(*info->Config, want); !diff.empty()) {
-    throw bus::error("stream " + stream.name + " exists with other settings: " + diff +
+    throw omnibus::error("stream " + stream.name + " exists with other settings: " + diff +
                      ". Omnibus never recreates a stream; change the configuration to match, or edit the stream "
                      "deliberately");
   }
 
   provision_abandoned(stream);
 
-  for (const bus::consumer_config& c : consumers) {
+  for (const omnibus::consumer_config& c : consumers) {
     jsConsumerConfig cc;
     jsConsumerConfig_Init(&cc);
     cc.Durable = c.name.c_str();
@@ -540,7 +540,7 @@ void jetstream::provision(const bus::stream_config& stream, std::span<const bus:
     const jsConsumerConfig& have = *ci->Config;
     const char* have_filter = have.FilterSubject != nullptr ? have.FilterSubject : "";
     if (c.filter_subject != have_filter) {
-      throw bus::error("consumer " + c.name + " exists with filter '" + have_filter + "', but its listener wants '" +
+      throw omnibus::error("consumer " + c.name + " exists with filter '" + have_filter + "', but its listener wants '" +
                        c.filter_subject +
                        "'. A listener name belongs to one event: rename the listener, or delete the old consumer "
                        "(omnibus-worker consumers prune)");
@@ -560,7 +560,7 @@ void jetstream::provision(const bus::stream_config& stream, std::span<const bus:
   }
 }
 
-bus::publish_ack jetstream::publish(const bus::message& m, std::chrono::milliseconds timeout) {
+omnibus::publish_ack jetstream::publish(const omnibus::message& m, std::chrono::milliseconds timeout) {
   detail::msg_ptr msg = to_nats(m);
   jsPubOptions po;
   jsPubOptions_Init(&po);
@@ -571,18 +571,18 @@ bus::publish_ack jetstream::publish(const bus::message& m, std::chrono::millisec
   std::unique_ptr<jsPubAck, detail::c_deleter<jsPubAck_Destroy>> ack{raw};
   if (s != NATS_OK) {
     auto outcome = classify(s, code);
-    const bus::event_id id = id_of(m);
-    throw bus::publish_error(outcome, id,
-                             std::string(outcome == bus::publish_error::outcome::not_sent ? "not sent: " : "outcome unknown: ") +
+    const omnibus::event_id id = id_of(m);
+    throw omnibus::publish_error(outcome, id,
+                             std::string(outcome == omnibus::publish_error::outcome::not_sent ? "not sent: " : "outcome unknown: ") +
                                  "publishing " + m.subject + " " + id.to_string() + ": " +
                                  describe(s, code, nats_GetLastError(nullptr)));
   }
   return {ack->Sequence, ack->Duplicate};
 }
 
-std::vector<bus::batch_result> jetstream::publish_batch(std::span<const bus::message> msgs,
+std::vector<omnibus::batch_result> jetstream::publish_batch(std::span<const omnibus::message> msgs,
                                                         std::chrono::milliseconds timeout) {
-  std::vector<bus::batch_result> results(msgs.size());
+  std::vector<omnibus::batch_result> results(msgs.size());
   if (msgs.empty()) return results;
   batch_state st;
   st.results = &results;
@@ -613,7 +613,7 @@ std::vector<bus::batch_result> jetstream::publish_batch(std::span<const bus::mes
       natsMsg_Destroy(handoff);  // still ours: the library did not take it
       std::lock_guard lock(st.mutex);
       st.index.erase(key);
-      results[i].failure = bus::publish_error::outcome::not_sent;
+      results[i].failure = omnibus::publish_error::outcome::not_sent;
       results[i].error = describe(s, {}, nats_GetLastError(nullptr));
     }
   }
@@ -629,7 +629,7 @@ std::vector<bus::batch_result> jetstream::publish_batch(std::span<const bus::mes
       std::lock_guard lock(st.mutex);
       for (int i = 0; i < pending.Count; ++i) {
         if (auto it = st.index.find(pending.Msgs[i]); it != st.index.end()) {
-          results[it->second].failure = bus::publish_error::outcome::unknown;
+          results[it->second].failure = omnibus::publish_error::outcome::unknown;
           results[it->second].error = "no PubAck within the timeout: " + describe(s, {}, nullptr);
           st.index.erase(it);
         }
@@ -642,13 +642,13 @@ std::vector<bus::batch_result> jetstream::publish_batch(std::span<const bus::mes
   js.reset();
   std::lock_guard lock(st.mutex);
   for (const auto& [msg, i] : st.index) {
-    results[i].failure = bus::publish_error::outcome::unknown;
+    results[i].failure = omnibus::publish_error::outcome::unknown;
     results[i].error = "no PubAck received";
   }
   return results;
 }
 
-std::unique_ptr<bus::consumer> jetstream::open_consumer(const bus::stream_config& stream, const std::string& name) {
+std::unique_ptr<omnibus::consumer> jetstream::open_consumer(const omnibus::stream_config& stream, const std::string& name) {
   jsConsumerInfo* raw_ci = nullptr;
   jsErrCode code{};
   check(js_GetConsumerInfo(&raw_ci, conn_.native().js.get(), stream.name.c_str(), name.c_str(), nullptr, &code),
@@ -657,9 +657,9 @@ std::unique_ptr<bus::consumer> jetstream::open_consumer(const bus::stream_config
   return std::make_unique<jetstream_consumer>(conn_.native().conn.get(), stream.name, name);
 }
 
-std::string jetstream::abandoned_stream(const bus::stream_config& stream) { return stream.name + "_ABANDONED"; }
+std::string jetstream::abandoned_stream(const omnibus::stream_config& stream) { return stream.name + "_ABANDONED"; }
 
-void jetstream::provision_abandoned(const bus::stream_config& stream) {
+void jetstream::provision_abandoned(const omnibus::stream_config& stream) {
   // The server's max-deliveries advisories for this stream's consumers, kept until a worker
   // of each group has turned them into dead letters: an advisory nobody hears is lost.
   const std::string name = abandoned_stream(stream);
@@ -684,7 +684,7 @@ void jetstream::provision_abandoned(const bus::stream_config& stream) {
   check(s, "provisioning stream " + name, code);
 }
 
-std::unique_ptr<bus::consumer> jetstream::open_abandoned(const bus::stream_config& stream, const std::string& group) {
+std::unique_ptr<omnibus::consumer> jetstream::open_abandoned(const omnibus::stream_config& stream, const std::string& group) {
   const std::string reports = abandoned_stream(stream);
   const std::string name = group + "__abandoned";
   jsConsumerConfig cc;
@@ -708,7 +708,7 @@ std::unique_ptr<bus::consumer> jetstream::open_abandoned(const bus::stream_confi
   return std::make_unique<abandoned_consumer>(conn_.native().conn.get(), stream.name, reports, name);
 }
 
-std::optional<bus::consumer_info> jetstream::info(const bus::stream_config& stream, const std::string& name) {
+std::optional<omnibus::consumer_info> jetstream::info(const omnibus::stream_config& stream, const std::string& name) {
   jsConsumerInfo* raw = nullptr;
   jsErrCode code{};
   natsStatus s = js_GetConsumerInfo(&raw, conn_.native().js.get(), stream.name.c_str(), name.c_str(), nullptr, &code);
@@ -718,19 +718,19 @@ std::optional<bus::consumer_info> jetstream::info(const bus::stream_config& stre
   return to_info(*ci);
 }
 
-std::vector<bus::consumer_info> jetstream::consumers(const bus::stream_config& stream) {
+std::vector<omnibus::consumer_info> jetstream::consumers(const omnibus::stream_config& stream) {
   jsConsumerInfoList* raw = nullptr;
   jsErrCode code{};
   natsStatus s = js_Consumers(&raw, conn_.native().js.get(), stream.name.c_str(), nullptr, &code);
   std::unique_ptr<jsConsumerInfoList, detail::c_deleter<jsConsumerInfoList_Destroy>> list{raw};
-  std::vector<bus::consumer_info> out;
+  std::vector<omnibus::consumer_info> out;
   if (s == NATS_NOT_FOUND) return out;
   check(s, "listing the consumers of " + stream.name, code);
   for (int i = 0; i < list->Count; ++i) out.push_back(to_info(*list->List[i]));
   return out;
 }
 
-bool jetstream::delete_consumer(const bus::stream_config& stream, const std::string& name) {
+bool jetstream::delete_consumer(const omnibus::stream_config& stream, const std::string& name) {
   jsErrCode code{};
   natsStatus s = js_DeleteConsumer(conn_.native().js.get(), stream.name.c_str(), name.c_str(), nullptr, &code);
   if (s == NATS_NOT_FOUND || code == JSConsumerNotFoundErr) return false;
@@ -738,19 +738,19 @@ bool jetstream::delete_consumer(const bus::stream_config& stream, const std::str
   return true;
 }
 
-std::uint64_t jetstream::last_sequence(const bus::stream_config& stream) { return state(stream)->last_sequence; }
+std::uint64_t jetstream::last_sequence(const omnibus::stream_config& stream) { return state(stream)->last_sequence; }
 
-std::optional<bus::stream_state> jetstream::state(const bus::stream_config& stream) {
+std::optional<omnibus::stream_state> jetstream::state(const omnibus::stream_config& stream) {
   jsStreamInfo* raw = nullptr;
   jsErrCode code{};
   check(js_GetStreamInfo(&raw, conn_.native().js.get(), stream.name.c_str(), nullptr, &code),
         "reading stream " + stream.name, code);
   stream_info_ptr info{raw};
-  return bus::stream_state{info->State.Msgs, info->State.Bytes, info->State.FirstSeq, info->State.LastSeq,
+  return omnibus::stream_state{info->State.Msgs, info->State.Bytes, info->State.FirstSeq, info->State.LastSeq,
                            info->Config->MaxBytes};
 }
 
-bool jetstream::delete_stream(const bus::stream_config& stream) {
+bool jetstream::delete_stream(const omnibus::stream_config& stream) {
   jsErrCode code{};
   // Its reports go with it (there may be none).
   (void)js_DeleteStream(conn_.native().js.get(), abandoned_stream(stream).c_str(), nullptr, &code);
@@ -761,10 +761,10 @@ bool jetstream::delete_stream(const bus::stream_config& stream) {
   return true;
 }
 
-void jetstream::purge_stream(const bus::stream_config& stream) {
+void jetstream::purge_stream(const omnibus::stream_config& stream) {
   jsErrCode code{};
   check(js_PurgeStream(conn_.native().js.get(), stream.name.c_str(), nullptr, &code), "purging stream " + stream.name,
         code);
 }
 
-}  // namespace mq
+}  // namespace omnibus

@@ -6,9 +6,9 @@
 
 #include <nats/nats.h>
 
-#include "mq/connection.hpp"
+#include "omnibus/nats_connection.hpp"
 
-namespace mq::detail {
+namespace omnibus::detail {
 
 template <auto Destroy>
 struct c_deleter {
@@ -22,17 +22,17 @@ using js_ptr = std::unique_ptr<jsCtx, c_deleter<jsCtx_Destroy>>;
 using msg_ptr = std::unique_ptr<natsMsg, c_deleter<natsMsg_Destroy>>;
 using subscription_ptr = std::unique_ptr<natsSubscription, c_deleter<natsSubscription_Destroy>>;
 
-/// Throws mq::error unless s is NATS_OK. `what` names the operation (and its subject); the
+/// Throws omnibus::nats_error unless s is NATS_OK. `what` names the operation (and its subject); the
 /// error also carries the JetStream code and NATS.c's thread-local last error text.
 void check(natsStatus s, std::string_view what, jsErrCode js_code = static_cast<jsErrCode>(0));
 
-}  // namespace mq::detail
+}  // namespace omnibus::detail
 
-namespace mq {
+namespace omnibus {
 
-struct connection::impl {
+struct nats_connection::impl {
   detail::connection_ptr conn;  // acquired first, destroyed last
   detail::js_ptr js;
 };
 
-}  // namespace mq
+}  // namespace omnibus

@@ -4,7 +4,7 @@
 #include <charconv>
 #include <functional>
 
-namespace mq::detail {
+namespace omnibus::detail {
 namespace {
 
 bool blank(char c) noexcept { return c == ' ' || c == '\t'; }
@@ -363,4 +363,4 @@ std::optional<max_deliveries_advisory> parse_max_deliveries_advisory(std::string
   return a;
 }
 
-}  // namespace mq::detail
+}  // namespace omnibus::detail

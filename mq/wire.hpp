@@ -12,7 +12,7 @@
 #include <utility>
 #include <vector>
 
-namespace mq::detail {
+namespace omnibus::detail {
 
 /// A header block that does not follow "NATS/1.0[ status]\r\n(Name: value\r\n)*\r\n".
 class header_block_error : public std::runtime_error {
@@ -77,4 +77,4 @@ struct max_deliveries_advisory {
 /// Parses a max-deliveries advisory; nullopt for any other JSON.
 [[nodiscard]] std::optional<max_deliveries_advisory> parse_max_deliveries_advisory(std::string_view json);
 
-}  // namespace mq::detail
+}  // namespace omnibus::detail

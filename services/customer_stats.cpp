@@ -6,13 +6,13 @@
 
 namespace services {
 
-customer_stats::customer_stats(bus::event_bus& bus, const shop_options& options) {
+customer_stats::customer_stats(omnibus::event_bus& bus, const shop_options& options) {
   const std::string stats = table(options, "customer_stats");
-  bus::listener_options o;
+  omnibus::listener_options o;
   o.ordered = true;
   o.inbox = true;  // exactly once: the worker's transaction records the event with these writes
   o.retry.initial = options.retry_initial;
-  bus.add_async_listener<models::order_placed>("customer_stats", [stats](bus::context& ctx, const models::order_placed& e) {
+  bus.add_async_listener<models::order_placed>("customer_stats", [stats](omnibus::context& ctx, const models::order_placed& e) {
     pqxx::transaction_base& tx = ctx.tx();  // the inbox transaction: commits with the inbox row
     auto last = tx.exec_params("SELECT last_order_id FROM " + stats + " WHERE customer = $1 FOR UPDATE", e.customer);
     const bool out_of_order = !last.empty() && last[0][0].as<std::int64_t>() > e.order_id;

@@ -9,16 +9,16 @@
 
 namespace services {
 
-loyalty::loyalty(bus::event_bus& bus, const shop_options& options) {
+loyalty::loyalty(omnibus::event_bus& bus, const shop_options& options) {
   const std::string record =
       "INSERT INTO " + table(options, "loyalty") + " (order_id, customer, points) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING";
   const double rate = options.flaky_failure_rate;
-  bus::listener_options o;
+  omnibus::listener_options o;
   o.concurrency = options.concurrency;
   o.retry.max_attempts = options.flaky_attempts;
   o.retry.initial = options.retry_initial;
   o.retry.max = options.retry_initial * 10;
-  bus.add_async_listener<models::order_placed>("loyalty", [record, rate](bus::context& ctx, const models::order_placed& e) {
+  bus.add_async_listener<models::order_placed>("loyalty", [record, rate](omnibus::context& ctx, const models::order_placed& e) {
     thread_local std::mt19937 random{std::random_device{}()};
     if (std::uniform_real_distribution<double>(0.0, 1.0)(random) < rate) {
       throw std::runtime_error("loyalty backend timed out");

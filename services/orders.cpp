@@ -6,9 +6,9 @@
 
 namespace services {
 
-orders::orders(bus::event_bus& bus, const shop_options& options) : bus_(bus), options_(options) {}
+orders::orders(omnibus::event_bus& bus, const shop_options& options) : bus_(bus), options_(options) {}
 
-std::int64_t orders::place(bus::context& ctx, const std::string& customer, const std::string& sku, int quantity,
+std::int64_t orders::place(omnibus::context& ctx, const std::string& customer, const std::string& sku, int quantity,
                            std::int64_t cents) {
   const auto id = ctx.tx()
                       .exec_params1("INSERT INTO " + table(options_, "orders") +

@@ -2,23 +2,23 @@
 
 #include <pqxx/pqxx>
 
-#include "bus/migrations.hpp"
+#include "omnibus/migrations.hpp"
 
 namespace services {
 
 std::string table(const shop_options& o, const char* name) { return "\"" + o.schema + "\"." + name; }
 
-shop::shop(bus::event_bus& bus, const shop_options& o)
+shop::shop(omnibus::event_bus& bus, const shop_options& o)
     : options(o), audit(bus, o), users(bus, o), inventory(bus, o), orders(bus, o), mailer(bus, o), stats(bus, o),
       loyalty(bus, o) {}
 
-std::unique_ptr<shop> make_shop(bus::event_bus& bus, const shop_options& options) {
-  bus::detail::check_schema_name(options.schema);
+std::unique_ptr<shop> make_shop(omnibus::event_bus& bus, const shop_options& options) {
+  omnibus::detail::check_schema_name(options.schema);
   return std::make_unique<shop>(bus, options);
 }
 
 void migrate_shop(pqxx::connection_base& conn, const shop_options& o) {
-  bus::detail::check_schema_name(o.schema);
+  omnibus::detail::check_schema_name(o.schema);
   pqxx::work tx{conn};
   tx.exec_params("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", "shop:migrate:" + o.schema);
   tx.exec0("CREATE SCHEMA IF NOT EXISTS \"" + o.schema + "\"");

@@ -25,11 +25,11 @@
 #include <spdlog/sinks/null_sink.h>
 #include <spdlog/spdlog.h>
 
-#include "bus/dead_letters.hpp"
-#include "bus/migrations.hpp"
-#include "bus/relay.hpp"
-#include "mq/connection.hpp"
-#include "mq/jetstream.hpp"
+#include "omnibus/dead_letters.hpp"
+#include "omnibus/migrations.hpp"
+#include "omnibus/relay.hpp"
+#include "omnibus/jetstream.hpp"
+#include "omnibus/nats_connection.hpp"
 #include "services/shop.hpp"
 
 extern char** environ;
@@ -125,7 +125,7 @@ int main(int argc, char** argv) {
   }
 
   try {
-    bus::bus_options bo;
+    omnibus::bus_options bo;
     bo.group = "shop";
     bo.schema = schema;
     bo.stream.name = stream;
@@ -135,8 +135,8 @@ int main(int argc, char** argv) {
     so.flaky_failure_rate = flaky;
 
     // A fresh start: the demo owns its stream and schemas.
-    mq::connection nats{{.url = nats_url, .name = "omnibus-demo"}};
-    mq::jetstream js{nats};
+    omnibus::nats_connection nats{{.url = nats_url, .name = "omnibus-demo"}};
+    omnibus::jetstream js{nats};
     (void)js.delete_stream(bo.stream);
     pqxx::connection db{db_url};
     {
@@ -145,11 +145,11 @@ int main(int argc, char** argv) {
       tx.exec0("DROP SCHEMA IF EXISTS \"" + shop_schema + "\" CASCADE");
       tx.commit();
     }
-    bus::migrate(db, schema);
+    omnibus::migrate(db, schema);
     services::migrate_shop(db, so);
 
     // The publishing side constructs the same services, and provisions their consumers.
-    bus::event_bus bus{js, bo};
+    omnibus::event_bus bus{js, bo};
     auto shop = services::make_shop(bus, so);
     bus.provision();
 
@@ -164,17 +164,17 @@ int main(int argc, char** argv) {
     std::printf("  started 2 workers (logs: /tmp/omnibus-demo-worker-{1,2}.log)\n");
 
     auto log = std::make_shared<spdlog::logger>("demo", std::make_shared<spdlog::sinks::null_sink_mt>());
-    bus::relay_options ro;
+    omnibus::relay_options ro;
     ro.database_url = db_url;
     ro.schema = schema;
-    bus::relay relay{js, ro, log};  // the workers run relays too: one is active, the rest stand by
+    omnibus::relay relay{js, ro, log};  // the workers run relays too: one is active, the rest stand by
     relay.start();
 
     // Stock: a few units per product, so that some orders fail.
     const std::vector<std::string> skus{"kettle", "teapot", "mug", "tea-1kg", "strainer"};
     {
       pqxx::work tx{db};
-      bus::context ctx{tx};
+      omnibus::context ctx{tx};
       // Orders take 2 units on average: stock for about 85% of them.
       for (const auto& sku : skus) shop->inventory.restock(ctx, sku, orders_n * 2 * 85 / 100 / static_cast<int>(skus.size()));
       tx.commit();
@@ -182,7 +182,7 @@ int main(int argc, char** argv) {
     std::vector<std::string> customers;
     for (int i = 0; i < users_n; ++i) {
       pqxx::work tx{db};
-      bus::context ctx{tx};
+      omnibus::context ctx{tx};
       customers.push_back("customer" + std::to_string(i) + "@example.com");
       shop->users.register_user(ctx, customers.back());
       tx.commit();
@@ -191,7 +191,7 @@ int main(int argc, char** argv) {
     long placed = 0, rolled_back = 0;
     for (int i = 0; i < orders_n; ++i) {
       pqxx::work tx{db};
-      bus::context ctx{tx};
+      omnibus::context ctx{tx};
       ctx.meta().correlation_id = "demo-order-" + std::to_string(i);
       try {
         shop->orders.place(ctx, customers[random() % customers.size()], skus[random() % skus.size()],
@@ -234,7 +234,7 @@ int main(int argc, char** argv) {
     const long out_of_order = count(db, "SELECT coalesce(sum(out_of_order), 0) FROM " + s + "customer_stats");
     const long loyalty = count(db, "SELECT count(*) FROM " + s + "loyalty");
     const long audit = count(db, "SELECT count(*) FROM " + s + "audit");
-    const auto dead = bus::list_dead_letters(db, schema, {}, {}, 100000);
+    const auto dead = omnibus::list_dead_letters(db, schema, {}, {}, 100000);
     long dead_loyalty = 0;
     for (const auto& d : dead) dead_loyalty += d.listener == "loyalty" ? 1 : 0;
     const long retried = w1.stat("failed") + w2.stat("failed");
@@ -270,7 +270,7 @@ int main(int argc, char** argv) {
       if (rc != 0) std::printf("  (retry exited %d)\n", rc);
       loyalty_after = count(db, "SELECT count(*) FROM " + s + "loyalty");
       std::printf("  loyalty now                %5ld of %ld orders; dead letters left: %zu\n", loyalty_after, placed,
-                  bus::list_dead_letters(db, schema, {}, {}, 100000).size());
+                  omnibus::list_dead_letters(db, schema, {}, {}, 100000).size());
     }
 
     // The summary must agree with itself and with the database.

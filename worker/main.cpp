@@ -16,17 +16,17 @@
 #include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
 
-#include "bus/dead_letters.hpp"
-#include "bus/error.hpp"
-#include "bus/event_bus.hpp"
-#include "bus/migrations.hpp"
-#include "bus/operations.hpp"
-#include "bus/relay.hpp"
-#include "bus/text.hpp"
-#include "bus/worker.hpp"
-#include "mq/connection.hpp"
-#include "mq/error.hpp"
-#include "mq/jetstream.hpp"
+#include "omnibus/dead_letters.hpp"
+#include "omnibus/error.hpp"
+#include "omnibus/event_bus.hpp"
+#include "omnibus/migrations.hpp"
+#include "omnibus/operations.hpp"
+#include "omnibus/relay.hpp"
+#include "omnibus/text.hpp"
+#include "omnibus/worker.hpp"
+#include "omnibus/nats_connection.hpp"
+#include "omnibus/nats_error.hpp"
+#include "omnibus/jetstream.hpp"
 #include "services/shop.hpp"
 
 namespace {
@@ -37,10 +37,10 @@ constexpr int exit_config = 2;
 constexpr int exit_stuck = 3;
 
 struct config {
-  mq::connection_options nats{.url = "nats://127.0.0.1:4222", .name = "omnibus-worker"};
+  omnibus::nats_options nats{.url = "nats://127.0.0.1:4222", .name = "omnibus-worker"};
   std::string database_url;
   std::string log_level = "info";
-  bus::bus_options bus;
+  omnibus::bus_options bus;
   services::shop_options shop;
   long max_age_s = 7 * 24 * 3600;
   long duplicate_window_s = 120;
@@ -63,8 +63,8 @@ void finish(config& c, bool needs_database = true) {
   c.bus.stream.max_age = std::chrono::seconds(c.max_age_s);
   c.bus.stream.duplicate_window = std::chrono::seconds(c.duplicate_window_s);
   try {
-    bus::detail::check_schema_name(c.bus.schema);
-    bus::detail::check_schema_name(c.shop.schema);
+    omnibus::detail::check_schema_name(c.bus.schema);
+    omnibus::detail::check_schema_name(c.shop.schema);
   } catch (const std::invalid_argument& e) {
     throw config_error(e.what());
   }
@@ -114,29 +114,29 @@ class signal_stop {
 int run(config& c) {
   signal_stop signals;
   auto log = make_logger(c.log_level);
-  mq::connection nats{c.nats};
-  mq::jetstream js{nats};
-  bus::event_bus bus{js, c.bus};
+  omnibus::nats_connection nats{c.nats};
+  omnibus::jetstream js{nats};
+  omnibus::event_bus bus{js, c.bus};
   auto shop = services::make_shop(bus, c.shop);  // every service registers its listeners here
   {
     pqxx::connection db{c.database_url};
-    bus::migrate(db, c.bus.schema);
+    omnibus::migrate(db, c.bus.schema);
     services::migrate_shop(db, c.shop);
   }
-  std::optional<bus::relay> relay;
+  std::optional<omnibus::relay> relay;
   if (c.relay) {
-    bus::relay_options ro;
+    omnibus::relay_options ro;
     ro.database_url = c.database_url;
     ro.schema = c.bus.schema;
     relay.emplace(js, ro, log);
     relay->start();  // active or standby: any worker can be the relay
   }
-  bus::worker_options wo;
+  omnibus::worker_options wo;
   wo.database_url = c.database_url;
-  bus::worker worker{bus, wo, log};
+  omnibus::worker worker{bus, wo, log};
   try {
     worker.run(signals.token());
-  } catch (const bus::worker_stuck& e) {
+  } catch (const omnibus::worker_stuck& e) {
     log->critical("{}", e.what());
     log->flush();
     std::_Exit(exit_stuck);  // stuck handler threads cannot be joined
@@ -150,11 +150,11 @@ int run(config& c) {
   return 0;
 }
 
-// Dead letters hold what producers sent: every such string goes through bus::for_terminal, so
+// Dead letters hold what producers sent: every such string goes through omnibus::for_terminal, so
 // that escape sequences in a subject, header or error never reach the operator's terminal.
-std::string shown(std::string_view s) { return bus::for_terminal(s); }
+std::string shown(std::string_view s) { return omnibus::for_terminal(s); }
 
-void print_letters(const std::vector<bus::dead_letter>& letters) {
+void print_letters(const std::vector<omnibus::dead_letter>& letters) {
   std::printf("%-6s %-20s %-18s %-8s %-17s %-19s %s\n", "id", "listener", "event", "attempts", "reason", "last failed (UTC)", "error");
   for (const auto& dl : letters) {
     std::string err = shown(dl.error);
@@ -166,7 +166,7 @@ void print_letters(const std::vector<bus::dead_letter>& letters) {
   std::printf("%zu dead letter(s)\n", letters.size());
 }
 
-void print_letter(const bus::dead_letter& dl) {
+void print_letter(const omnibus::dead_letter& dl) {
   std::printf("id:              %lld\nlistener:        %s\nevent:           %s\nevent id:        %s\n"
               "stream sequence: %llu\nreason:          %s\nerror:           %s\nattempts:        %d\n"
               "first failed:    %s UTC\nlast failed:     %s UTC\nsubject:         %s\nheaders:\n",
@@ -186,7 +186,7 @@ void print_letter(const bus::dead_letter& dl) {
   std::printf("\n");
 }
 
-int report(const std::vector<bus::retry_outcome>& outcomes) {
+int report(const std::vector<omnibus::retry_outcome>& outcomes) {
   int failed = 0;
   for (const auto& o : outcomes) {
     if (o.ok) {
@@ -301,8 +301,8 @@ int main(int argc, char** argv) {
 
   try {
     if (mig_sql->parsed()) {
-      bus::detail::check_schema_name(c.bus.schema);
-      std::fputs(bus::migrations_sql(c.bus.schema).c_str(), stdout);
+      omnibus::detail::check_schema_name(c.bus.schema);
+      std::fputs(omnibus::migrations_sql(c.bus.schema).c_str(), stdout);
       return 0;
     }
     finish(c, !stream_cmd->parsed());
@@ -312,8 +312,8 @@ int main(int argc, char** argv) {
         throw config_error("stream purge deletes every event in the stream, including those no listener has "
                            "handled yet: add --yes to confirm");
       }
-      mq::connection nats{c.nats};
-      mq::jetstream js{nats};
+      omnibus::nats_connection nats{c.nats};
+      omnibus::jetstream js{nats};
       const auto st = js.state(c.bus.stream);
       const double fill = st->max_bytes > 0 ? 100.0 * static_cast<double>(st->bytes) / static_cast<double>(st->max_bytes) : 0;
       if (stream_info->parsed()) {
@@ -331,21 +331,21 @@ int main(int argc, char** argv) {
 
     pqxx::connection db{c.database_url};
     if (mig_apply->parsed()) {
-      std::printf("schema %s is at version %d\n", c.bus.schema.c_str(), bus::migrate(db, c.bus.schema));
+      std::printf("schema %s is at version %d\n", c.bus.schema.c_str(), omnibus::migrate(db, c.bus.schema));
       return 0;
     }
     if (dl_list->parsed()) {
-      print_letters(bus::list_dead_letters(db, c.bus.schema, f_listener, f_event, limit));
+      print_letters(omnibus::list_dead_letters(db, c.bus.schema, f_listener, f_event, limit));
       return 0;
     }
     if (dl_show->parsed()) {
-      auto dl = bus::find_dead_letter(db, c.bus.schema, id);
-      if (!dl) throw bus::error("no dead letter " + std::to_string(id));
+      auto dl = omnibus::find_dead_letter(db, c.bus.schema, id);
+      if (!dl) throw omnibus::error("no dead letter " + std::to_string(id));
       print_letter(*dl);
       return 0;
     }
     if (dl_discard->parsed()) {
-      if (!bus::discard_dead_letter(db, c.bus.schema, id)) throw bus::error("no dead letter " + std::to_string(id));
+      if (!omnibus::discard_dead_letter(db, c.bus.schema, id)) throw omnibus::error("no dead letter " + std::to_string(id));
       std::printf("discarded dead letter %lld\n", static_cast<long long>(id));
       return 0;
     }
@@ -355,13 +355,13 @@ int main(int argc, char** argv) {
         throw config_error("dead-letters retry --all with no --listener or --event re-runs every dead letter of every "
                            "listener: add --yes to confirm, or narrow it");
       }
-      bus::event_bus local{c.bus};  // the listeners, without a queue: retries run here, alone
+      omnibus::event_bus local{c.bus};  // the listeners, without a queue: retries run here, alone
       auto shop = services::make_shop(local, c.shop);
-      if (retry_all) return report(bus::retry_dead_letters(local, db, f_listener, f_event));
-      return report({bus::retry_dead_letter(local, db, id)});
+      if (retry_all) return report(omnibus::retry_dead_letters(local, db, f_listener, f_event));
+      return report({omnibus::retry_dead_letter(local, db, id)});
     }
     if (parked_list->parsed()) {
-      auto all = bus::list_parked(db, c.bus.schema);
+      auto all = omnibus::list_parked(db, c.bus.schema);
       for (const auto& p : all) {
         std::printf("%s: parked at %s %s (stream sequence %llu) after %d attempt(s): %s%s\n", p.listener.c_str(),
                     shown(p.event_name).c_str(), shown(p.event_id).c_str(), static_cast<unsigned long long>(p.stream_sequence),
@@ -372,27 +372,27 @@ int main(int argc, char** argv) {
     }
     if (parked_retry->parsed() || parked_skip->parsed()) {
       const std::string action = parked_retry->parsed() ? "retry" : "skip";
-      if (!bus::request_parked_action(db, c.bus.schema, listener, action)) {
-        throw bus::error("listener " + listener + " is not parked");
+      if (!omnibus::request_parked_action(db, c.bus.schema, listener, action)) {
+        throw omnibus::error("listener " + listener + " is not parked");
       }
       std::printf("%s requested for %s: a worker acts on it within its parked poll\n", action.c_str(), listener.c_str());
       return 0;
     }
     if (consumers_list->parsed() || consumers_prune->parsed()) {
-      mq::connection nats{c.nats};
-      mq::jetstream js{nats};
-      bus::event_bus bus{js, c.bus};
+      omnibus::nats_connection nats{c.nats};
+      omnibus::jetstream js{nats};
+      omnibus::event_bus bus{js, c.bus};
       auto shop = services::make_shop(bus, c.shop);
       if (consumers_list->parsed()) {
         std::printf("%-32s %-8s %-32s %-8s %-11s\n", "consumer", "owned", "filter", "pending", "ack pending");
-        for (const auto& s : bus::list_consumers(bus)) {
+        for (const auto& s : omnibus::list_consumers(bus)) {
           std::printf("%-32s %-8s %-32s %-8llu %-11llu\n", s.info.name.c_str(), s.owned ? "yes" : "NO",
                       s.info.filter_subject.c_str(), static_cast<unsigned long long>(s.info.pending),
                       static_cast<unsigned long long>(s.info.ack_pending));
         }
         return 0;
       }
-      auto pruned = bus::prune_consumers(bus, dry_run);
+      auto pruned = omnibus::prune_consumers(bus, dry_run);
       for (const auto& n : pruned) std::printf("%s %s\n", dry_run ? "would delete" : "deleted", n.c_str());
       std::printf("%zu consumer(s) %s\n", pruned.size(), dry_run ? "to prune" : "pruned");
       return 0;

@@ -11,9 +11,9 @@
 
 #include "bench_support.hpp"
 #include "bench_world.hpp"
-#include "bus/envelope.hpp"
-#include "bus/outbox.hpp"
-#include "bus/relay.hpp"
+#include "omnibus/envelope.hpp"
+#include "omnibus/outbox.hpp"
+#include "omnibus/relay.hpp"
 
 namespace bench {
 namespace {
@@ -28,8 +28,8 @@ std::string hex(const std::string& bytes) {
   return s;
 }
 
-bus::relay_options relay_opts(const world& w) {
-  bus::relay_options ro;
+omnibus::relay_options relay_opts(const world& w) {
+  omnibus::relay_options ro;
   ro.database_url = env("OMNIBUS_DATABASE_URL");
   ro.schema = w.opts.schema;
   return ro;
@@ -56,27 +56,27 @@ void bench_outbox() {
     auto t = clock::now();
     {
       pqxx::work tx{w.db};
-      bus::context ctx{tx};
+      omnibus::context ctx{tx};
       auto r = w.bus->publish_batch(ctx, std::span<const payload>(events));
       tx.commit();
     }
     ours.push_back(events.size() / seconds_since(t));
 
-    bus::envelope env;
+    omnibus::envelope env;
     env.name = payload::name;
     env.version = 1;
-    env.body = bus::detail::encode_body(events[0]);
-    std::vector<bus::message> msgs;
+    env.body = omnibus::detail::encode_body(events[0]);
+    std::vector<omnibus::message> msgs;
     for (std::size_t i = 0; i < events.size(); ++i) {
-      env.id = bus::event_id::generate();
-      msgs.push_back(bus::encode(env, w.opts.stream.subject_prefix));
+      env.id = omnibus::event_id::generate();
+      msgs.push_back(omnibus::encode(env, w.opts.stream.subject_prefix));
     }
     t = clock::now();
     {
       pqxx::work tx{w.db};
       pqxx::stream_to copy{tx, s + ".plain", std::vector<std::string>{"event_id", "subject", "headers", "body"}};
       for (const auto& m : msgs) {
-        copy << std::make_tuple(*m.header("Nats-Msg-Id"), m.subject, bus::detail::join_headers(m), hex(m.body));
+        copy << std::make_tuple(*m.header("Nats-Msg-Id"), m.subject, omnibus::detail::join_headers(m), hex(m.body));
       }
       copy.complete();
       tx.commit();
@@ -89,7 +89,7 @@ void bench_outbox() {
   line("outbox_publish_batch_1000_in_tx", median(ours), "events/s", median(base), median(ours) / median(base), ">=", 0.5);
 
   // One event per small transaction, the relay running, against the same transaction without it.
-  bus::relay relay{w.js, relay_opts(w), w.log};
+  omnibus::relay relay{w.js, relay_opts(w), w.log};
   relay.start();
   ours.clear();
   base.clear();
@@ -99,7 +99,7 @@ void bench_outbox() {
     for (int i = 0; i < n; ++i) {
       pqxx::work tx{w.db};
       tx.exec_params0("INSERT INTO " + s + ".business (n) VALUES ($1)", i);
-      bus::context ctx{tx};
+      omnibus::context ctx{tx};
       w.bus->publish(ctx, events[0]);
       tx.commit();
     }
@@ -121,7 +121,7 @@ void bench_outbox() {
   std::vector<payload> many(rows, payload{});
   {
     pqxx::work tx{w.db};
-    bus::context ctx{tx};
+    omnibus::context ctx{tx};
     auto r = w.bus->publish_batch(ctx, std::span<const payload>(many));
     auto t = clock::now();
     tx.commit();  // the NOTIFY wakes the running relay
@@ -130,7 +130,7 @@ void bench_outbox() {
     relay.stop();
 
     pqxx::work fill{w.db};
-    bus::context fctx{fill};
+    omnibus::context fctx{fill};
     auto r2 = w.bus->publish_batch(fctx, std::span<const payload>(many));
     fill.exec0("INSERT INTO " + s + ".plain (event_id, subject, headers, body) SELECT event_id, subject, headers, body FROM " +
                s + ".bus_outbox ORDER BY id");
@@ -146,8 +146,8 @@ void bench_outbox() {
       auto batch = q.exec("SELECT id, subject, headers, body FROM " + s + ".plain ORDER BY id LIMIT 1000");
       if (batch.empty()) break;
       for (const auto& row : batch) {
-        bus::message m;
-        bus::detail::split_headers(row[2].c_str(), m);
+        omnibus::message m;
+        omnibus::detail::split_headers(row[2].c_str(), m);
         pqxx::binarystring body{row[3]};
         natsMsg* msg = nullptr;
         natsMsg_Create(&msg, row[1].c_str(), nullptr, reinterpret_cast<const char*>(body.data()), static_cast<int>(body.size()));

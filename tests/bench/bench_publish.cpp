@@ -9,12 +9,12 @@
 
 #include "bench_support.hpp"
 #include "bench_world.hpp"
-#include "bus/envelope.hpp"
+#include "omnibus/envelope.hpp"
 
 namespace bench {
 namespace {
 
-natsMsg* raw_message(const bus::message& m) {
+natsMsg* raw_message(const omnibus::message& m) {
   natsMsg* msg = nullptr;
   natsMsg_Create(&msg, m.subject.c_str(), nullptr, m.body.data(), static_cast<int>(m.body.size()));
   for (const auto& [k, v] : m.headers) natsMsgHeader_Add(msg, k.c_str(), v.c_str());
@@ -22,14 +22,14 @@ natsMsg* raw_message(const bus::message& m) {
 }
 
 // The wire message Omnibus sends for `e`, for NATS.c to send as is.
-bus::message same_bytes(const world& w, const payload& e) {
-  bus::envelope env;
-  env.id = bus::event_id::generate();
+omnibus::message same_bytes(const world& w, const payload& e) {
+  omnibus::envelope env;
+  env.id = omnibus::event_id::generate();
   env.name = payload::name;
   env.version = payload::version;
   env.published_at = std::chrono::time_point_cast<std::chrono::microseconds>(std::chrono::system_clock::now());
-  env.body = bus::detail::encode_body(e);
-  return bus::encode(env, w.opts.stream.subject_prefix);
+  env.body = omnibus::detail::encode_body(e);
+  return omnibus::encode(env, w.opts.stream.subject_prefix);
 }
 
 }  // namespace
@@ -42,7 +42,7 @@ void bench_publish() {
   jsCtx* js = nullptr;
   natsConnection_JetStream(&js, nc, nullptr);
   const std::vector<payload> events(10000, payload{});
-  bus::context ctx;
+  omnibus::context ctx;
 
   std::vector<double> ours, base;
   for (int round = 0; round < 3; ++round) {
@@ -51,7 +51,7 @@ void bench_publish() {
     if (!report.ok()) throw std::runtime_error("publish_batch failed");
     ours.push_back(events.size() / seconds_since(t));
 
-    std::vector<bus::message> msgs;  // prepared outside the timing: the baseline only sends
+    std::vector<omnibus::message> msgs;  // prepared outside the timing: the baseline only sends
     for (const auto& e : events) msgs.push_back(same_bytes(w, e));
     t = clock::now();
     for (const auto& m : msgs) {
@@ -73,7 +73,7 @@ void bench_publish() {
     auto t = clock::now();
     for (int i = 0; i < n; ++i) w.bus->publish(ctx, events[0]);
     ours.push_back(n / seconds_since(t));
-    std::vector<bus::message> msgs;
+    std::vector<omnibus::message> msgs;
     for (int i = 0; i < n; ++i) msgs.push_back(same_bytes(w, events[0]));
     t = clock::now();
     for (const auto& m : msgs) {

@@ -12,8 +12,8 @@
 #include <valgrind/callgrind.h>
 
 #include "bench_support.hpp"
-#include "bus/event.hpp"
-#include "bus/event_bus.hpp"
+#include "omnibus/event.hpp"
+#include "omnibus/event_bus.hpp"
 
 namespace bench {
 
@@ -30,10 +30,10 @@ struct tick {
   OMNIBUS_FIELDS(n);
 };
 
-std::unique_ptr<bus::event_bus> bus_with(int listeners) {
-  auto b = std::make_unique<bus::event_bus>();
+std::unique_ptr<omnibus::event_bus> bus_with(int listeners) {
+  auto b = std::make_unique<omnibus::event_bus>();
   for (int i = 0; i < listeners; ++i) {
-    b->add_sync_listener<tick>([](bus::context&, const tick& e) { listener_work(e.n); });
+    b->add_sync_listener<tick>([](omnibus::context&, const tick& e) { listener_work(e.n); });
   }
   b->freeze();
   return b;
@@ -60,7 +60,7 @@ double instructions_per_op(const std::string& self, const std::string& mode, lon
 int inner(const std::string& mode, long n) {
   if (mode == "sync1" || mode == "sync10") {
     auto b = bus_with(mode == "sync1" ? 1 : 10);
-    bus::context ctx;
+    omnibus::context ctx;
     CALLGRIND_TOGGLE_COLLECT;
     for (long i = 0; i < n; ++i) b->publish(ctx, tick{i});
     CALLGRIND_TOGGLE_COLLECT;
@@ -89,7 +89,7 @@ void bench_sync(const std::string& self) {
   line("sync_publish_10_listeners_instructions", ours10, "instr", base10, ours10 / base10, "<=", 1.5);
 
   auto b = bus_with(1);
-  bus::context ctx;
+  omnibus::context ctx;
   b->publish(ctx, tick{0});
   const long before = allocations.load();
   for (long i = 0; i < 10000; ++i) b->publish(ctx, tick{i});
@@ -125,7 +125,7 @@ struct order6_array {  // msgpack-c's array form of the same fields
 
 void bench_codec() {
   const order6 in{1042, "ada@example.com", "kettle-2l", 2, 3499, true};
-  const std::string map_bytes = bus::detail::encode_body(in);
+  const std::string map_bytes = omnibus::detail::encode_body(in);
   msgpack::sbuffer arr;
   msgpack::pack(arr, order6_array{in.id, in.customer, in.sku, in.quantity, in.cents, in.gift});
   const std::string array_bytes(arr.data(), arr.size());
@@ -136,7 +136,7 @@ void bench_codec() {
     auto t = clock::now();
     for (int i = 0; i < n; ++i) {
       order6 out;
-      bus::detail::decode_body(map_bytes, out);
+      omnibus::detail::decode_body(map_bytes, out);
       check += out.quantity;
     }
     ours.push_back(seconds_since(t) / n * 1e9);

@@ -15,8 +15,8 @@
 
 #include "bench_support.hpp"
 #include "bench_world.hpp"
-#include "bus/relay.hpp"
-#include "bus/worker.hpp"
+#include "omnibus/relay.hpp"
+#include "omnibus/worker.hpp"
 
 namespace bench {
 namespace {
@@ -26,7 +26,7 @@ std::int64_t now_ns() {
 }
 
 void publish_events(world& w, long count) {
-  bus::context ctx;
+  omnibus::context ctx;
   std::vector<payload> chunk(10000, payload{});
   for (long done = 0; done < count; done += static_cast<long>(chunk.size())) {
     if (!w.bus->publish_batch(ctx, std::span<const payload>(chunk)).ok()) throw std::runtime_error("publish_batch failed");
@@ -41,8 +41,8 @@ long vm_hwm_kb() {
   return -1;
 }
 
-bus::worker_options worker_opts() {
-  bus::worker_options wo;
+omnibus::worker_options worker_opts() {
+  omnibus::worker_options wo;
   wo.database_url = env("OMNIBUS_DATABASE_URL");
   return wo;
 }
@@ -53,13 +53,13 @@ void bench_drain() {
   constexpr long n = 100000;
   world w{"drain"};
   std::atomic<long> handled{0};
-  bus::listener_options lo;
+  omnibus::listener_options lo;
   const char* conc = std::getenv("OMNIBUS_BENCH_CONCURRENCY");
   lo.concurrency = conc != nullptr ? std::atoi(conc) : 256;  // fetch batches of up to 256, like the baseline
-  w.bus->add_async_listener<payload>("noop", [&](bus::context&, const payload&) { handled.fetch_add(1); }, lo);
+  w.bus->add_async_listener<payload>("noop", [&](omnibus::context&, const payload&) { handled.fetch_add(1); }, lo);
   w.bus->provision();
   publish_events(w, n);
-  bus::worker worker{*w.bus, worker_opts(), w.log};
+  omnibus::worker worker{*w.bus, worker_opts(), w.log};
   auto t = clock::now();
   std::jthread run([&](std::stop_token st) { worker.run(st); });
   await([&] { return handled.load() >= n; }, "the worker to drain");
@@ -103,7 +103,7 @@ void bench_latency(bool through_outbox) {
   world w{through_outbox ? "latout" : "latdir"};
   std::mutex m;
   std::vector<double> ms;
-  w.bus->add_async_listener<payload>("timer", [&](bus::context&, const payload& e) {
+  w.bus->add_async_listener<payload>("timer", [&](omnibus::context&, const payload& e) {
     const double d = static_cast<double>(now_ns() - e.sent_ns) / 1e6;
     std::lock_guard lock(m);
     ms.push_back(d);
@@ -111,11 +111,11 @@ void bench_latency(bool through_outbox) {
   w.bus->provision();
   auto wo = worker_opts();
   wo.fetch_wait = std::chrono::milliseconds(1000);
-  bus::worker worker{*w.bus, wo, w.log};
+  omnibus::worker worker{*w.bus, wo, w.log};
   std::jthread run([&](std::stop_token st) { worker.run(st); });
-  std::optional<bus::relay> relay;
+  std::optional<omnibus::relay> relay;
   if (through_outbox) {
-    bus::relay_options ro;
+    omnibus::relay_options ro;
     ro.database_url = env("OMNIBUS_DATABASE_URL");
     ro.schema = w.opts.schema;
     relay.emplace(w.js, ro, w.log);
@@ -127,11 +127,11 @@ void bench_latency(bool through_outbox) {
     warm.sent_ns = now_ns();
     if (through_outbox) {
       pqxx::work tx{w.db};
-      bus::context ctx{tx};
+      omnibus::context ctx{tx};
       w.bus->publish(ctx, warm);
       tx.commit();
     } else {
-      bus::context ctx;
+      omnibus::context ctx;
       w.bus->publish(ctx, warm);
     }
     await([&] {
@@ -151,11 +151,11 @@ void bench_latency(bool through_outbox) {
     e.sent_ns = now_ns();
     if (through_outbox) {
       pqxx::work tx{w.db};
-      bus::context ctx{tx};
+      omnibus::context ctx{tx};
       w.bus->publish(ctx, e);
       tx.commit();
     } else {
-      bus::context ctx;
+      omnibus::context ctx;
       w.bus->publish(ctx, e);
     }
   }
@@ -179,12 +179,12 @@ int memory_child() {
   constexpr long total = 1000000;
   world w{"mem"};
   std::atomic<long> handled{0};
-  bus::listener_options lo;
+  omnibus::listener_options lo;
   lo.concurrency = 64;
-  w.bus->add_async_listener<payload>("noop", [&](bus::context&, const payload&) { handled.fetch_add(1); }, lo);
+  w.bus->add_async_listener<payload>("noop", [&](omnibus::context&, const payload&) { handled.fetch_add(1); }, lo);
   w.bus->provision();
   publish_events(w, 100000);
-  bus::worker worker{*w.bus, worker_opts(), w.log};
+  omnibus::worker worker{*w.bus, worker_opts(), w.log};
   std::jthread run([&](std::stop_token st) { worker.run(st); });
   await([&] { return handled.load() >= 100000; }, "100,000 handled");
   const long at_100k = vm_hwm_kb();

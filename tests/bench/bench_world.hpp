@@ -12,11 +12,11 @@
 #include <spdlog/spdlog.h>
 
 #include "bench_support.hpp"
-#include "bus/event.hpp"
-#include "bus/event_bus.hpp"
-#include "bus/migrations.hpp"
-#include "mq/connection.hpp"
-#include "mq/jetstream.hpp"
+#include "omnibus/event.hpp"
+#include "omnibus/event_bus.hpp"
+#include "omnibus/migrations.hpp"
+#include "omnibus/jetstream.hpp"
+#include "omnibus/nats_connection.hpp"
 
 namespace bench {
 
@@ -40,8 +40,8 @@ struct world {
     opts.stream.subject_prefix = "bench_" + tag;
     opts.stream.max_bytes = std::int64_t{4} << 30;
     (void)js.delete_stream(opts.stream);
-    bus::migrate(db, opts.schema);
-    bus = std::make_unique<bus::event_bus>(js, opts);
+    omnibus::migrate(db, opts.schema);
+    bus = std::make_unique<omnibus::event_bus>(js, opts);
     log = std::make_shared<spdlog::logger>("bench", std::make_shared<spdlog::sinks::null_sink_mt>());
   }
   ~world() {
@@ -60,11 +60,11 @@ struct world {
     return q.exec1("SELECT count(*) FROM \"" + opts.schema + "\".bus_outbox")[0].as<long>();
   }
 
-  mq::connection conn;
-  mq::jetstream js;
+  omnibus::nats_connection conn;
+  omnibus::jetstream js;
   pqxx::connection db;
-  bus::bus_options opts;
-  std::unique_ptr<bus::event_bus> bus;
+  omnibus::bus_options opts;
+  std::unique_ptr<omnibus::event_bus> bus;
   std::shared_ptr<spdlog::logger> log;
 };
 

@@ -29,9 +29,9 @@
 #include <pqxx/pqxx>
 #include <spdlog/sinks/ostream_sink.h>
 
-#include "bus/envelope.hpp"
-#include "bus/event.hpp"
-#include "bus/relay.hpp"
+#include "omnibus/envelope.hpp"
+#include "omnibus/event.hpp"
+#include "omnibus/relay.hpp"
 #include "support/private_servers.hpp"
 #include "support/raw_nats.hpp"
 #include "support/worker_fixture.hpp"
@@ -87,13 +87,13 @@ struct chaos_fixture : test_env::process_fixture {
   /// The listeners worker_tool registers, provisioned before any event is published (a new
   /// consumer starts at "now").
   void provision_listeners(bool bystander, std::chrono::milliseconds ack_wait, bool bystander_ordered = false) {
-    bus::listener_options lo;
+    omnibus::listener_options lo;
     lo.ack_wait = ack_wait;
     lo.inbox = true;
-    b.add_async_listener<tool_event>("recorder", [](bus::context&, const tool_event&) {}, lo);
-    bus::listener_options bo;
+    b.add_async_listener<tool_event>("recorder", [](omnibus::context&, const tool_event&) {}, lo);
+    omnibus::listener_options bo;
     bo.ordered = bystander_ordered;
-    if (bystander) b.add_async_listener<tool_event>("bystander", [](bus::context&, const tool_event&) {}, bo);
+    if (bystander) b.add_async_listener<tool_event>("bystander", [](omnibus::context&, const tool_event&) {}, bo);
     b.provision();
   }
 
@@ -101,7 +101,7 @@ struct chaos_fixture : test_env::process_fixture {
   void commit_direct(long first, long count) {
     std::vector<tool_event> events;
     for (long i = 0; i < count; ++i) events.push_back({first + i});
-    bus::context ctx;
+    omnibus::context ctx;
     REQUIRE(b.publish_batch(ctx, std::span<const tool_event>(events)).ok());
     pqxx::work tx{db};
     tx.exec_params0("INSERT INTO " + table("committed") + " SELECT generate_series($1::bigint, $2::bigint)", first,
@@ -260,7 +260,7 @@ TEST_CASE("random rollbacks: no event of a rolled-back transaction is ever handl
   INFO(replay(seed));
   chaos_fixture f;
   std::set<long> poisoned;  // a sync listener throws for these: the publish fails, the transaction rolls back
-  f.b.add_sync_listener<tool_event>([&](bus::context&, const tool_event& e) {
+  f.b.add_sync_listener<tool_event>([&](omnibus::context&, const tool_event& e) {
     if (poisoned.contains(e.n)) throw std::runtime_error("poisoned event " + std::to_string(e.n));
   });
   f.provision_listeners(false, 5s);
@@ -277,7 +277,7 @@ TEST_CASE("random rollbacks: no event of a rolled-back transaction is ever handl
     const unsigned fate = random() % 10;  // 0-1: rollback, 2-3: a sync listener throws, else commit
     if (fate == 2 || fate == 3) poisoned.insert(next + static_cast<long>(random() % static_cast<unsigned long>(size)));
     pqxx::work tx{f.db};
-    bus::context ctx{tx};
+    omnibus::context ctx{tx};
     try {
       for (long i = 0; i < size; ++i) {
         f.b.publish(ctx, tool_event{next + i});
@@ -325,13 +325,13 @@ TEST_CASE("nats-server restart mid-publish and mid-drain (file storage)", "[faul
   std::jthread direct([&] {  // direct publishes: acked, or a documented publish_error
     pqxx::connection db{f.where.database_url};
     for (long n = 0; n < per_publisher; ++n) {
-      bus::context ctx;
+      omnibus::context ctx;
       try {
         f.b.publish(ctx, tool_event{n});
         pqxx::work tx{db};
         tx.exec_params0("INSERT INTO " + f.table("committed") + " (n) VALUES ($1)", n);
         tx.commit();
-      } catch (const bus::publish_error&) {
+      } catch (const omnibus::publish_error&) {
         ++direct_errors;  // not_sent or unknown: the caller may retry; not counted as committed
       } catch (const std::exception& e) {
         std::lock_guard lock(odd_mutex);
@@ -344,7 +344,7 @@ TEST_CASE("nats-server restart mid-publish and mid-drain (file storage)", "[faul
     pqxx::connection db{f.where.database_url};
     for (long t = 0; t < per_publisher / 5; ++t) {
       pqxx::work tx{db};
-      bus::context ctx{tx};
+      omnibus::context ctx{tx};
       for (long i = 0; i < 5; ++i) {
         const long n = 10'000'000 + t * 5 + i;
         f.b.publish(ctx, tool_event{n});
@@ -398,7 +398,7 @@ TEST_CASE("PostgreSQL restart: relay, worker and inbox reconnect", "[fault][post
       try {
         if (!db || !db->is_open()) db.emplace(f.where.database_url);
         pqxx::work tx{*db};
-        bus::context ctx{tx};
+        omnibus::context ctx{tx};
         for (long i = 0; i < 5; ++i) {
           f.b.publish(ctx, tool_event{t * 5 + i});
           tx.exec_params0("INSERT INTO " + f.table("committed") + " (n) VALUES ($1)", t * 5 + i);
@@ -443,13 +443,13 @@ struct crafted {
   const char* reason;  ///< the dead letter's reason; nullptr: no listener's subject, no dead letter
 };
 
-std::string header_block_of(const bus::message& m) {
+std::string header_block_of(const omnibus::message& m) {
   std::string b = "NATS/1.0\r\n";
   for (const auto& [k, v] : m.headers) b += k + ": " + v + "\r\n";
   return b + "\r\n";
 }
 
-crafted crafted_from(const bus::message& m, const char* reason) {
+crafted crafted_from(const omnibus::message& m, const char* reason) {
   return {m.subject, m.headers.empty() ? "" : header_block_of(m), m.body, "", reason};
 }
 
@@ -467,16 +467,16 @@ TEST_CASE("garbage on the event subjects is dead-lettered with its reason and ex
   const std::string subject = prefix + ".test.tool_event";
   std::mt19937 random{seed};
   auto good_envelope = [&] {
-    bus::envelope env;
-    env.id = bus::event_id::generate();
+    omnibus::envelope env;
+    env.id = omnibus::event_id::generate();
     env.name = "test.tool_event";
     env.version = 1;
-    env.body = bus::detail::encode_body(tool_event{static_cast<std::int64_t>(random())});
+    env.body = omnibus::detail::encode_body(tool_event{static_cast<std::int64_t>(random())});
     return env;
   };
-  auto good = [&] { return bus::encode(good_envelope(), prefix); };
+  auto good = [&] { return omnibus::encode(good_envelope(), prefix); };
   auto with_header = [&](const std::string& name, const std::string& value, const char* reason) {
-    bus::message m = good();
+    omnibus::message m = good();
     std::erase_if(m.headers, [&](const auto& h) { return h.first == name; });
     m.headers.emplace_back(name, value);
     crafted c = crafted_from(m, reason);
@@ -486,26 +486,26 @@ TEST_CASE("garbage on the event subjects is dead-lettered with its reason and ex
   // Each kind of garbage and the reason its dead letter must carry.
   const std::vector<std::function<crafted()>> kinds{
       [&] {  // random bytes, no headers at all
-        bus::message m;
+        omnibus::message m;
         m.subject = subject;
         for (int i = 0; i < 1 + static_cast<int>(random() % 64); ++i) m.body += static_cast<char>(random());
         return crafted_from(m, "missing_header");
       },
       [&] {  // msgpack cut short
         auto env = good_envelope();
-        env.body = bus::detail::encode_body(tool_event{1'000'000'000'000});
+        env.body = omnibus::detail::encode_body(tool_event{1'000'000'000'000});
         env.body.resize(env.body.size() - 1 - random() % 3);
-        return crafted_from(bus::encode(env, prefix), "malformed_body");
+        return crafted_from(omnibus::encode(env, prefix), "malformed_body");
       },
       [&] {  // {"n": "one"}
         auto env = good_envelope();
         env.body = "\x81\xa1n\xa3one";
-        return crafted_from(bus::encode(env, prefix), "wrong_type");
+        return crafted_from(omnibus::encode(env, prefix), "wrong_type");
       },
       [&] {  // the name header says another event than the subject
         auto env = good_envelope();
         env.name = "test.other_event";
-        auto m = bus::encode(env, prefix);
+        auto m = omnibus::encode(env, prefix);
         m.subject = subject;
         return crafted_from(m, "name_mismatch");
       },
@@ -516,14 +516,14 @@ TEST_CASE("garbage on the event subjects is dead-lettered with its reason and ex
       },
       [&] {  // a good body without its event-name header
         auto m = good();
-        std::erase_if(m.headers, [](const auto& h) { return h.first == bus::header::event; });
+        std::erase_if(m.headers, [](const auto& h) { return h.first == omnibus::header::event; });
         return crafted_from(m, "missing_header");
       },
-      [&] { return with_header(std::string(bus::header::version), "one", "bad_header"); },
+      [&] { return with_header(std::string(omnibus::header::version), "one", "bad_header"); },
       [&] {  // unique, or the stream would drop it as a duplicate of the first one
-        return with_header(std::string(bus::header::msg_id), "\xff\xfe-not-a-uuid-" + std::to_string(random()), "bad_header");
+        return with_header(std::string(omnibus::header::msg_id), "\xff\xfe-not-a-uuid-" + std::to_string(random()), "bad_header");
       },
-      [&] { return with_header(std::string(bus::header::event), "test.tool\xff_event", "bad_header"); },
+      [&] { return with_header(std::string(omnibus::header::event), "test.tool\xff_event", "bad_header"); },
       [&] { return with_header("Omnibus-Meta-origin", "caf\xe9 \x1b[31mred", "bad_header"); },
       [&] {  // a header line without a colon
         return crafted{subject, "NATS/1.0\r\nNoColonHere\r\n\r\n", good().body, "", "malformed_headers"};
@@ -532,24 +532,24 @@ TEST_CASE("garbage on the event subjects is dead-lettered with its reason and ex
         return crafted{subject, "NATS/1.0\r\nNoColonHere\r\n\r\n", "", "", "malformed_headers"};
       },
       [&] {  // a status line that is not NATS/1.0
-        bus::message m = good();
+        omnibus::message m = good();
         std::string block = header_block_of(m);
         block.replace(0, 8, "HTTP/1.1 200 OK");
         return crafted{subject, block, m.body, "", "malformed_headers"};
       },
       [&] {  // an Omnibus header twice, with two values
-        bus::message m = good();
-        m.headers.emplace_back(std::string(bus::header::msg_id), bus::event_id::generate().to_string());
+        omnibus::message m = good();
+        m.headers.emplace_back(std::string(omnibus::header::msg_id), omnibus::event_id::generate().to_string());
         return crafted_from(m, "bad_header");
       },
       [&] {  // an empty header
-        bus::message m = good();
+        omnibus::message m = good();
         std::string block = header_block_of(m);
         block.insert(block.size() - 2, "Omnibus-Event:\r\n");
         return crafted{subject, block, m.body, "", "malformed_headers"};
       },
       [&] {  // 10,000 headers (short ones: nats-server refuses header blocks over 64 KiB)
-        bus::message m = good();
+        omnibus::message m = good();
         for (int i = 0; i < 10'000; ++i) m.headers.emplace_back("X", std::to_string(i % 10));
         return crafted_from(m, "too_many_headers");
       },
@@ -557,10 +557,10 @@ TEST_CASE("garbage on the event subjects is dead-lettered with its reason and ex
         auto env = good_envelope();
         env.body.clear();
         for (int i = 0; i < 64; ++i) env.body += "\xdd\xff\xff\xff\xff";
-        return crafted_from(bus::encode(env, prefix), "malformed_body");
+        return crafted_from(omnibus::encode(env, prefix), "malformed_body");
       },
       [&] {  // not UTF-8 in the subject's event token: no listener's subject, so no dead letter
-        bus::message m = good();
+        omnibus::message m = good();
         m.subject = prefix + ".test.tool\xff\xfe";
         return crafted_from(m, nullptr);
       },
@@ -670,11 +670,11 @@ TEST_CASE("stream full (DiscardNew): a clear error for publishers; the outbox ke
   long direct = 0;
   std::string refusal;
   for (; direct < 10'000; ++direct) {
-    bus::context ctx;
+    omnibus::context ctx;
     try {
       f.b.publish(ctx, tool_event{direct});
-    } catch (const bus::publish_error& e) {
-      CHECK(e.result() == bus::publish_error::outcome::not_sent);
+    } catch (const omnibus::publish_error& e) {
+      CHECK(e.result() == omnibus::publish_error::outcome::not_sent);
       refusal = e.what();
       break;
     }
@@ -693,7 +693,7 @@ TEST_CASE("stream full (DiscardNew): a clear error for publishers; the outbox ke
   // The outbox: 20 events committed while the stream is full stay in the outbox.
   {
     pqxx::work tx{f.db};
-    bus::context ctx{tx};
+    omnibus::context ctx{tx};
     for (long i = 0; i < 20; ++i) {
       f.b.publish(ctx, tool_event{100'000 + i});
       tx.exec_params0("INSERT INTO " + f.table("committed") + " (n) VALUES ($1)", 100'000 + i);
@@ -701,12 +701,12 @@ TEST_CASE("stream full (DiscardNew): a clear error for publishers; the outbox ke
     tx.commit();
   }
   std::ostringstream relay_log;
-  bus::relay_options ro;
+  omnibus::relay_options ro;
   ro.database_url = f.where.database_url;
   ro.schema = f.opts.schema;
   ro.retry_backoff = 100ms;
   ro.publish_timeout = 2s;
-  bus::relay relay{f.js, ro,
+  omnibus::relay relay{f.js, ro,
                    std::make_shared<spdlog::logger>("relay", std::make_shared<spdlog::sinks::ostream_sink_mt>(relay_log))};
   relay.start();
   const bool refused_twice = test_env::eventually([&] { return relay.stats().failures.load() >= 2; }, 60s);

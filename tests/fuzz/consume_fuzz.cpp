@@ -13,9 +13,9 @@
 #include <string>
 #include <string_view>
 
-#include "bus/envelope.hpp"
-#include "bus/error.hpp"
-#include "bus/text.hpp"
+#include "omnibus/envelope.hpp"
+#include "omnibus/error.hpp"
+#include "omnibus/text.hpp"
 #include "fuzz_event.hpp"
 #include "settle.hpp"
 #include "wire.hpp"
@@ -27,8 +27,8 @@ std::size_t length_at(std::string_view in, std::size_t at) {
 }
 
 void check_text(const std::string& error) {
-  if (!bus::is_utf8(bus::to_text(error))) __builtin_trap();
-  for (char c : bus::for_terminal(error)) {
+  if (!omnibus::is_utf8(omnibus::to_text(error))) __builtin_trap();
+  for (char c : omnibus::for_terminal(error)) {
     const auto u = static_cast<unsigned char>(c);
     if (u < 0x20 || u == 0x7F) __builtin_trap();  // no ESC, no CR: nothing a terminal would act on
   }
@@ -43,7 +43,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   const std::size_t block_size = length_at(in, 2);
   in.remove_prefix(4);
   if (subject_size + block_size > in.size()) return 0;
-  bus::message msg;
+  omnibus::message msg;
   msg.subject = std::string(in.substr(0, subject_size));
   const std::string_view block = in.substr(subject_size, block_size);
   msg.body = std::string(in.substr(subject_size + block_size));
@@ -51,18 +51,18 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   std::string header_error;
   if (!block.empty()) {
     try {
-      msg.headers = mq::detail::parse_header_block(block).headers;
-    } catch (const mq::detail::header_block_error& e) {
+      msg.headers = omnibus::detail::parse_header_block(block).headers;
+    } catch (const omnibus::detail::header_block_error& e) {
       header_error = std::string("the header block does not parse: ") + e.what();
     }
   }
-  using action = bus::detail::settle_decision::action;
-  bus::detail::settle_decision d = bus::detail::before_handler(msg, header_error, "fz", 64 * 1024);
+  using action = omnibus::detail::settle_decision::action;
+  omnibus::detail::settle_decision d = omnibus::detail::before_handler(msg, header_error, "fz", 64 * 1024);
   if (d.what == action::run) {
     try {
-      (void)bus::decode_event<fuzz_event>(d.env);
-    } catch (const bus::decode_error& e) {
-      d = bus::detail::after_decode_error(e);
+      (void)omnibus::decode_event<fuzz_event>(d.env);
+    } catch (const omnibus::decode_error& e) {
+      d = omnibus::detail::after_decode_error(e);
     }
   }
   static const std::set<std::string> reasons{"malformed_headers", "missing_header", "bad_header", "too_many_headers",

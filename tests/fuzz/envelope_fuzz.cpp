@@ -1,5 +1,5 @@
 // libFuzzer target for the decoding a worker does on every message it fetches: the envelope
-// (headers) and then the typed body. Any input must either decode or throw bus::decode_error:
+// (headers) and then the typed body. Any input must either decode or throw omnibus::decode_error:
 // no crash, no other exception, no sanitizer report, no huge allocation.
 //
 // Input: <subject> '\n' <header lines "Name: value" separated by '\n'> "\n\n" <body>.
@@ -11,15 +11,15 @@
 #include <string_view>
 #include <vector>
 
-#include "bus/envelope.hpp"
-#include "bus/error.hpp"
-#include "bus/event.hpp"
+#include "omnibus/envelope.hpp"
+#include "omnibus/error.hpp"
+#include "omnibus/event.hpp"
 #include "fuzz_event.hpp"
 
 namespace {
 
-bus::message parse_input(std::string_view in) {
-  bus::message m;
+omnibus::message parse_input(std::string_view in) {
+  omnibus::message m;
   auto nl = in.find('\n');
   m.subject = std::string(in.substr(0, nl));
   if (nl == std::string_view::npos) return m;
@@ -41,16 +41,16 @@ bus::message parse_input(std::string_view in) {
 }  // namespace
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
-  const bus::message msg = parse_input({reinterpret_cast<const char*>(data), size});
+  const omnibus::message msg = parse_input({reinterpret_cast<const char*>(data), size});
   try {
-    const bus::envelope env = bus::decode(msg, "fz", 64 * 1024);
-    const fuzz_event e = bus::decode_event<fuzz_event>(env);
+    const omnibus::envelope env = omnibus::decode(msg, "fz", 64 * 1024);
+    const fuzz_event e = omnibus::decode_event<fuzz_event>(env);
     // What decodes re-encodes, and decodes to the same bytes again.
-    bus::envelope again = env;
-    again.body = bus::detail::encode_body(e);
-    const fuzz_event e2 = bus::decode_event<fuzz_event>(again);
-    if (bus::detail::encode_body(e2) != again.body) __builtin_trap();
-  } catch (const bus::decode_error&) {
+    omnibus::envelope again = env;
+    again.body = omnibus::detail::encode_body(e);
+    const fuzz_event e2 = omnibus::decode_event<fuzz_event>(again);
+    if (omnibus::detail::encode_body(e2) != again.body) __builtin_trap();
+  } catch (const omnibus::decode_error&) {
     // the expected way to refuse
   }
   return 0;

@@ -8,7 +8,7 @@
 #include <string_view>
 #include <vector>
 
-#include "bus/event.hpp"
+#include "omnibus/event.hpp"
 
 namespace {
 

@@ -15,7 +15,7 @@
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
   const std::string_view in{reinterpret_cast<const char*>(data), size};
-  using namespace mq::detail;
+  using namespace omnibus::detail;
   try {
     const header_block b = parse_header_block(in);
     if (b.headers.size() > max_header_lines) __builtin_trap();

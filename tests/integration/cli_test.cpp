@@ -11,12 +11,12 @@
 #include <spdlog/sinks/null_sink.h>
 #include <spdlog/spdlog.h>
 
-#include "bus/dead_letters.hpp"
-#include "bus/migrations.hpp"
-#include "bus/relay.hpp"
-#include "bus/worker.hpp"
-#include "mq/connection.hpp"
-#include "mq/jetstream.hpp"
+#include "omnibus/dead_letters.hpp"
+#include "omnibus/migrations.hpp"
+#include "omnibus/relay.hpp"
+#include "omnibus/worker.hpp"
+#include "omnibus/jetstream.hpp"
+#include "omnibus/nats_connection.hpp"
 #include "models/user_registered.hpp"
 #include "services/shop.hpp"
 #include "support/child_process.hpp"
@@ -30,9 +30,9 @@ namespace {
 using namespace std::chrono_literals;
 
 struct shop_fixture {
-  mq::connection conn{{.url = test_env::nats_url()}};
-  mq::jetstream js{conn};
-  bus::bus_options opts = [] {
+  omnibus::nats_connection conn{{.url = test_env::nats_url()}};
+  omnibus::jetstream js{conn};
+  omnibus::bus_options opts = [] {
     auto o = test_env::test_bus_options("cli");
     o.group = "shop";
     return o;
@@ -48,7 +48,7 @@ struct shop_fixture {
   pqxx::connection db{test_env::database_url()};
 
   shop_fixture() {
-    bus::migrate(db, opts.schema);
+    omnibus::migrate(db, opts.schema);
     services::migrate_shop(db, shop_opts);
   }
   ~shop_fixture() {
@@ -72,32 +72,32 @@ struct shop_fixture {
 }  // namespace
 
 TEST_CASE_METHOD(shop_fixture, "retrying a dead letter from the CLI re-runs only its listener", "[integration][cli]") {
-  bus::event_bus b{js, opts};
+  omnibus::event_bus b{js, opts};
   auto shop = services::make_shop(b, shop_opts);
   auto log = std::make_shared<spdlog::logger>("t", std::make_shared<spdlog::sinks::null_sink_mt>());
-  bus::relay_options ro;
+  omnibus::relay_options ro;
   ro.database_url = test_env::database_url();
   ro.schema = opts.schema;
-  bus::relay relay{js, ro, log};
+  omnibus::relay relay{js, ro, log};
   relay.start();
-  bus::worker_options wo;
+  omnibus::worker_options wo;
   wo.database_url = test_env::database_url();
-  bus::worker w{b, wo, log};
+  omnibus::worker w{b, wo, log};
   std::jthread runner([&](std::stop_token st) { w.run(st); });
   REQUIRE(test_env::eventually([&] { return js.consumers(opts.stream).size() == b.async_listeners().size(); }, 10s));
   {
     pqxx::work tx{db};
-    bus::context ctx{tx};
+    omnibus::context ctx{tx};
     shop->inventory.restock(ctx, "mug", 10);
     shop->orders.place(ctx, "ada@example.com", "mug", 1, 1200);
     tx.commit();
   }
   const std::string emails = "SELECT count(*) FROM \"" + shop_opts.schema + "\".emails WHERE kind = 'confirmation'";
   const std::string loyalty = "SELECT count(*) FROM \"" + shop_opts.schema + "\".loyalty";
-  REQUIRE(test_env::eventually([&] { return bus::list_dead_letters(db, opts.schema).size() == 1 && count(emails) == 1; }, 20s));
+  REQUIRE(test_env::eventually([&] { return omnibus::list_dead_letters(db, opts.schema).size() == 1 && count(emails) == 1; }, 20s));
   runner.request_stop();
   runner.join();
-  const auto dl = bus::list_dead_letters(db, opts.schema).front();
+  const auto dl = omnibus::list_dead_letters(db, opts.schema).front();
   CHECK(dl.listener == "loyalty");
 
   auto list = cli({"dead-letters", "list", "--listener", "loyalty"});
@@ -112,7 +112,7 @@ TEST_CASE_METHOD(shop_fixture, "retrying a dead letter from the CLI re-runs only
   CHECK_THAT(retry.output(), Catch::Contains("ok, removed"));
   CHECK(count(loyalty) == 1);                              // its listener ran
   CHECK(count(emails) == 1);                               // the other listener did not
-  CHECK(bus::list_dead_letters(db, opts.schema).empty());  // and the dead letter is gone
+  CHECK(omnibus::list_dead_letters(db, opts.schema).empty());  // and the dead letter is gone
 
   auto again = cli({"dead-letters", "retry", std::to_string(dl.id)});
   CHECK(again.wait(20s) == 1);
@@ -121,12 +121,12 @@ TEST_CASE_METHOD(shop_fixture, "retrying a dead letter from the CLI re-runs only
 
 TEST_CASE_METHOD(shop_fixture, "consumers prune removes what no listener owns, and keeps the rest", "[integration][cli]") {
   auto consumer = [&](const std::string& name) {
-    bus::consumer_config c;
+    omnibus::consumer_config c;
     c.name = name;
     c.filter_subject = opts.stream.subject_prefix + ".order.placed";
     return c;
   };
-  std::vector<bus::consumer_config> v{consumer("shop_loyalty"), consumer("shop_renamed_listener"), consumer("billing_invoices")};
+  std::vector<omnibus::consumer_config> v{consumer("shop_loyalty"), consumer("shop_renamed_listener"), consumer("billing_invoices")};
   js.provision(opts.stream, v);
 
   auto dry = cli({"consumers", "prune", "--dry-run"});
@@ -147,9 +147,9 @@ TEST_CASE_METHOD(shop_fixture, "consumers prune removes what no listener owns, a
 }
 
 TEST_CASE_METHOD(shop_fixture, "stream info says how full the stream is; purge needs --yes", "[integration][cli]") {
-  bus::event_bus b{js, opts};
+  omnibus::event_bus b{js, opts};
   b.provision();
-  bus::context ctx;
+  omnibus::context ctx;
   for (int i = 0; i < 3; ++i) (void)b.publish(ctx, models::user_registered{i, "u@example.com"});
 
   auto info = cli({"stream", "info"});
@@ -169,7 +169,7 @@ TEST_CASE_METHOD(shop_fixture, "stream info says how full the stream is; purge n
 
 TEST_CASE_METHOD(shop_fixture, "a producer's escape sequences in a dead letter reach the terminal escaped",
                  "[integration][cli]") {
-  bus::dead_letter dl;
+  omnibus::dead_letter dl;
   dl.listener = "mailer";
   dl.event_id = "\x1b]0;owned\x07";
   dl.event_name = "user.registered";
@@ -180,7 +180,7 @@ TEST_CASE_METHOD(shop_fixture, "a producer's escape sequences in a dead letter r
   dl.reason = "bad_header";
   dl.error = "header X-Evil: \x1b[31mred \xff";
   dl.attempts = 1;
-  bus::write_dead_letter(db, opts.schema, dl);
+  omnibus::write_dead_letter(db, opts.schema, dl);
   const long id = count("SELECT max(id) FROM \"" + opts.schema + "\".bus_dead_letters");
   for (std::vector<std::string> args : {std::vector<std::string>{"dead-letters", "list"},
                                         std::vector<std::string>{"dead-letters", "show", std::to_string(id)}}) {

@@ -12,9 +12,9 @@
 #include <catch2/catch.hpp>
 #include <pqxx/pqxx>
 
-#include "bus/event.hpp"
-#include "bus/operations.hpp"
-#include "bus/outbox.hpp"
+#include "omnibus/event.hpp"
+#include "omnibus/operations.hpp"
+#include "omnibus/outbox.hpp"
 #include "support/worker_fixture.hpp"
 
 using namespace std::chrono_literals;
@@ -30,8 +30,8 @@ struct follow_up {  // published by a handler, through its inbox transaction
   OMNIBUS_FIELDS(n);
 };
 
-bus::listener_options inbox_options() {
-  bus::listener_options o;
+omnibus::listener_options inbox_options() {
+  omnibus::listener_options o;
   o.inbox = true;
   o.retry.initial = 20ms;
   o.retry.max = 100ms;
@@ -60,7 +60,7 @@ TEST_CASE_METHOD(process_fixture, "a lost ack: the redelivered event leaves the 
 TEST_CASE_METHOD(worker_fixture, "a throwing inbox handler rolls back its writes and its inbox row; the retry applies them once",
                  "[integration][inbox]") {
   const std::string insert = "INSERT INTO \"" + opts.schema + "\".handled (n, worker) VALUES ($1, 'inproc')";
-  b.add_async_listener<tool_event>("ledger", [&](bus::context& ctx, const tool_event& e) {
+  b.add_async_listener<tool_event>("ledger", [&](omnibus::context& ctx, const tool_event& e) {
     ctx.tx().exec_params0(insert, e.n);  // written, then thrown away on the first attempt
     if (ctx.attempt() == 1) throw std::runtime_error("first attempt fails after writing");
   }, inbox_options());
@@ -77,7 +77,7 @@ TEST_CASE_METHOD(worker_fixture, "a follow-up event is in the outbox if and only
                  "[integration][inbox]") {
   std::promise<void> go;
   std::shared_future<void> second_attempt_may_go = go.get_future().share();
-  b.add_async_listener<tool_event>("chain", [&](bus::context& ctx, const tool_event& e) {
+  b.add_async_listener<tool_event>("chain", [&](omnibus::context& ctx, const tool_event& e) {
     if (ctx.attempt() >= 2) second_attempt_may_go.wait();
     b.publish(ctx, follow_up{e.n});  // into the outbox, in the inbox transaction
     if (ctx.attempt() == 1) throw std::runtime_error("fails after publishing");
@@ -98,14 +98,14 @@ TEST_CASE_METHOD(worker_fixture, "a follow-up event is in the outbox if and only
 
 TEST_CASE_METHOD(worker_fixture, "inbox rows are pruned by the database's clock after their retention",
                  "[integration][inbox]") {
-  b.add_async_listener<tool_event>("ledger", [](bus::context&, const tool_event&) {}, inbox_options());
-  bus::worker_options wo;
+  b.add_async_listener<tool_event>("ledger", [](omnibus::context&, const tool_event&) {}, inbox_options());
+  omnibus::worker_options wo;
   wo.database_url = test_env::database_url();
   wo.inbox_prune_every = 1s;
   wo.inbox_retention = std::chrono::hours(2);
   SECTION("a retention not above the stream's MaxAge is refused") {
     wo.inbox_retention = std::chrono::duration_cast<std::chrono::seconds>(opts.stream.max_age);
-    bus::worker bad{b, wo, log};
+    omnibus::worker bad{b, wo, log};
     std::stop_source never;
     CHECK_THROWS_WITH(bad.run(never.get_token()), Catch::Contains("inbox_retention must exceed"));
   }
@@ -132,8 +132,8 @@ TEST_CASE_METHOD(worker_fixture, "retrying an inbox listener's dead letter runs 
                  "[integration][inbox]") {
   std::atomic<bool> broken{true};
   const std::string insert = "INSERT INTO \"" + opts.schema + "\".handled (n, worker) VALUES ($1, 'retry')";
-  b.add_async_listener<tool_event>("ledger", [&](bus::context& ctx, const tool_event& e) {
-    if (broken) throw bus::permanent_error("ledger closed");
+  b.add_async_listener<tool_event>("ledger", [&](omnibus::context& ctx, const tool_event& e) {
+    if (broken) throw omnibus::permanent_error("ledger closed");
     ctx.tx().exec_params0(insert, e.n);
   }, inbox_options());
   start_worker();
@@ -142,7 +142,7 @@ TEST_CASE_METHOD(worker_fixture, "retrying an inbox listener's dead letter runs 
   stop_worker();
   broken = false;
   const auto id = dead_letters("ledger").front().id;
-  auto first = bus::retry_dead_letter(b, db, id);
+  auto first = omnibus::retry_dead_letter(b, db, id);
   CHECK(first.ok);
   INFO(first.error);
   {

@@ -10,11 +10,11 @@
 
 #include <catch2/catch.hpp>
 
-#include "bus/event.hpp"
-#include "bus/event_bus.hpp"
-#include "mq/connection.hpp"
-#include "mq/error.hpp"
-#include "mq/jetstream.hpp"
+#include "omnibus/event.hpp"
+#include "omnibus/event_bus.hpp"
+#include "omnibus/nats_connection.hpp"
+#include "omnibus/nats_error.hpp"
+#include "omnibus/jetstream.hpp"
 #include "support/private_servers.hpp"
 #include "support/stream_reader.hpp"
 #include "support/test_env.hpp"
@@ -31,27 +31,27 @@ struct item_added {
   OMNIBUS_FIELDS(item, note);
 };
 
-bus::bus_options options_for(const std::string& stem) { return test_env::test_bus_options(stem); }
+omnibus::bus_options options_for(const std::string& stem) { return test_env::test_bus_options(stem); }
 
 struct js_fixture {
-  mq::connection conn{{.url = test_env::nats_url()}};
-  mq::jetstream js{conn};
-  bus::bus_options opts;
+  omnibus::nats_connection conn{{.url = test_env::nats_url()}};
+  omnibus::jetstream js{conn};
+  omnibus::bus_options opts;
   explicit js_fixture(const std::string& stem = "js") : opts(options_for(stem)) {}
   ~js_fixture() { (void)js.delete_stream(opts.stream); }
 
-  std::vector<bus::message> read_all(std::size_t expected) { return test_env::read_stream(js, opts.stream, expected); }
+  std::vector<omnibus::message> read_all(std::size_t expected) { return test_env::read_stream(js, opts.stream, expected); }
 };
 
 }  // namespace
 
 TEST_CASE_METHOD(js_fixture, "a published event comes back with every header and decodes",
                  "[integration][nats][mq]") {
-  bus::event_bus b{js, opts};
-  b.add_async_listener<item_added>("cart", [](bus::context&, const item_added&) {});
+  omnibus::event_bus b{js, opts};
+  b.add_async_listener<item_added>("cart", [](omnibus::context&, const item_added&) {});
   b.provision();
 
-  bus::context ctx;
+  omnibus::context ctx;
   ctx.meta().correlation_id = "corr-1";
   ctx.meta().traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
   ctx.meta().values = {{"tenant", "acme"}};
@@ -62,16 +62,16 @@ TEST_CASE_METHOD(js_fixture, "a published event comes back with every header and
   REQUIRE(got.size() == 1);
   CHECK(got[0]->delivery_count() == 1);
   CHECK(got[0]->stream_sequence() == 1);
-  const bus::message& m = got[0]->msg();
+  const omnibus::message& m = got[0]->msg();
   CHECK(m.subject == opts.stream.subject_prefix + ".test.item_added");
-  auto env = bus::decode(m, opts.stream.subject_prefix);
+  auto env = omnibus::decode(m, opts.stream.subject_prefix);
   CHECK(env.id == id);
   CHECK(env.name == "test.item_added");
   CHECK(env.version == 1);
   CHECK(env.meta.correlation_id == "corr-1");
   CHECK(env.meta.traceparent == ctx.meta().traceparent);
   CHECK(env.meta.values == ctx.meta().values);
-  auto e = bus::decode_event<item_added>(env);
+  auto e = omnibus::decode_event<item_added>(env);
   CHECK(e.item == 7);
   CHECK(e.note == "seven");
   got[0]->ack();
@@ -79,7 +79,7 @@ TEST_CASE_METHOD(js_fixture, "a published event comes back with every header and
 
   // Consumer info catches up with the ack.
   const auto deadline = std::chrono::steady_clock::now() + 5s;
-  std::optional<bus::consumer_info> info;
+  std::optional<omnibus::consumer_info> info;
   do {
     info = js.info(opts.stream, "g_cart");
   } while (info && info->ack_pending != 0 && std::chrono::steady_clock::now() < deadline);
@@ -91,12 +91,12 @@ TEST_CASE_METHOD(js_fixture, "a published event comes back with every header and
 
 TEST_CASE_METHOD(js_fixture, "the same event id published twice lands once", "[integration][nats][mq]") {
   js.provision(opts.stream, {});
-  bus::envelope env;
-  env.id = bus::event_id::generate();
+  omnibus::envelope env;
+  env.id = omnibus::event_id::generate();
   env.name = "test.item_added";
   env.version = 1;
-  env.body = bus::detail::encode_body(item_added{1, ""});
-  auto msg = bus::encode(env, opts.stream.subject_prefix);
+  env.body = omnibus::detail::encode_body(item_added{1, ""});
+  auto msg = omnibus::encode(env, opts.stream.subject_prefix);
   auto first = js.publish(msg, 5s);
   auto second = js.publish(msg, 5s);
   CHECK_FALSE(first.duplicate);
@@ -105,15 +105,15 @@ TEST_CASE_METHOD(js_fixture, "the same event id published twice lands once", "[i
 }
 
 TEST_CASE_METHOD(js_fixture, "provision() is idempotent, and safe from two processes at once", "[integration][nats][mq]") {
-  auto make_bus_and_provision = [&](mq::jetstream& q) {
-    bus::event_bus b{q, opts};
-    b.add_async_listener<item_added>("cart", [](bus::context&, const item_added&) {});
-    b.add_async_listener<item_added>("stats", [](bus::context&, const item_added&) {});
+  auto make_bus_and_provision = [&](omnibus::jetstream& q) {
+    omnibus::event_bus b{q, opts};
+    b.add_async_listener<item_added>("cart", [](omnibus::context&, const item_added&) {});
+    b.add_async_listener<item_added>("stats", [](omnibus::context&, const item_added&) {});
     for (int i = 0; i < 5; ++i) b.provision();
   };
   // Two connections are two clients to the server, exactly as two processes would be.
-  mq::connection other_conn{{.url = test_env::nats_url()}};
-  mq::jetstream other{other_conn};
+  omnibus::nats_connection other_conn{{.url = test_env::nats_url()}};
+  omnibus::jetstream other{other_conn};
   std::exception_ptr failure;
   std::thread t([&] {
     try {
@@ -133,31 +133,31 @@ TEST_CASE_METHOD(js_fixture, "provision() is idempotent, and safe from two proce
 
 TEST_CASE_METHOD(js_fixture, "a consumer whose filter changed makes provision() throw, naming the listener",
                  "[integration][nats][mq]") {
-  bus::consumer_config c;
+  omnibus::consumer_config c;
   c.name = "g_cart";
   c.filter_subject = opts.stream.subject_prefix + ".test.something_else";
-  std::vector<bus::consumer_config> v{c};
+  std::vector<omnibus::consumer_config> v{c};
   js.provision(opts.stream, v);
 
-  bus::event_bus b{js, opts};
-  b.add_async_listener<item_added>("cart", [](bus::context&, const item_added&) {});
+  omnibus::event_bus b{js, opts};
+  b.add_async_listener<item_added>("cart", [](omnibus::context&, const item_added&) {});
   CHECK_THROWS_WITH(b.provision(), Catch::Contains("g_cart") && Catch::Contains("filter"));
 }
 
 TEST_CASE_METHOD(js_fixture, "an existing consumer's editable fields are updated", "[integration][nats][mq]") {
-  bus::consumer_config c;
+  omnibus::consumer_config c;
   c.name = "g_cart";
   c.filter_subject = opts.stream.subject_prefix + ".test.item_added";
   c.max_ack_pending = 1000;
-  std::vector<bus::consumer_config> v{c};
+  std::vector<omnibus::consumer_config> v{c};
   js.provision(opts.stream, v);
   v[0].max_ack_pending = 1;
   v[0].ack_wait = 7s;
   js.provision(opts.stream, v);
   // Observable through behaviour: with MaxAckPending 1, a second message waits for the first's ack.
-  bus::event_bus b{js, opts};
+  omnibus::event_bus b{js, opts};
   b.freeze();
-  bus::context ctx;
+  omnibus::context ctx;
   b.publish(ctx, item_added{1, ""});
   b.publish(ctx, item_added{2, ""});
   auto con = js.open_consumer(opts.stream, "g_cart");
@@ -174,11 +174,11 @@ TEST_CASE_METHOD(js_fixture, "an existing stream with other settings is reported
 }
 
 TEST_CASE_METHOD(js_fixture, "publish_batch lands 10,000 events, all of them in order", "[integration][nats][mq]") {
-  bus::event_bus b{js, opts};
+  omnibus::event_bus b{js, opts};
   b.provision();
   std::vector<item_added> events;
   for (int i = 0; i < 10000; ++i) events.push_back({i, "n" + std::to_string(i)});
-  bus::context ctx;
+  omnibus::context ctx;
   auto report = b.publish_batch(ctx, std::span<const item_added>(events));
   REQUIRE(report.ok());
   REQUIRE(report.ids.size() == events.size());
@@ -186,9 +186,9 @@ TEST_CASE_METHOD(js_fixture, "publish_batch lands 10,000 events, all of them in 
   auto stored = read_all(events.size());  // read the stream back; do not trust the acks alone
   REQUIRE(stored.size() == events.size());
   for (std::size_t i = 0; i < stored.size(); ++i) {
-    auto env = bus::decode(stored[i], opts.stream.subject_prefix);
+    auto env = omnibus::decode(stored[i], opts.stream.subject_prefix);
     REQUIRE(env.id == report.ids[i]);
-    REQUIRE(bus::decode_event<item_added>(env).item == static_cast<std::int64_t>(i));
+    REQUIRE(omnibus::decode_event<item_added>(env).item == static_cast<std::int64_t>(i));
   }
 }
 
@@ -196,11 +196,11 @@ TEST_CASE_METHOD(js_fixture, "publish_batch says exactly which events failed", "
   auto small = opts;
   small.stream.max_bytes = 4000;  // room for a few events only: DiscardNew refuses the rest
   js.provision(small.stream, {});
-  bus::event_bus b{js, small};
+  omnibus::event_bus b{js, small};
   b.freeze();
   std::vector<item_added> events;
   for (int i = 0; i < 200; ++i) events.push_back({i, std::string(50, 'x')});
-  bus::context ctx;
+  omnibus::context ctx;
   auto report = b.publish_batch(ctx, std::span<const item_added>(events));
   CHECK_FALSE(report.ok());
   auto failed = report.failed();
@@ -209,19 +209,19 @@ TEST_CASE_METHOD(js_fixture, "publish_batch says exactly which events failed", "
   CHECK(js.last_sequence(small.stream) == stored);
   // The stream filled up in order: the first `stored` events landed, every later one failed.
   for (std::size_t i = 0; i < failed.size(); ++i) CHECK(failed[i] == stored + i);
-  CHECK(report.results[failed[0]].failure == bus::publish_error::outcome::not_sent);
+  CHECK(report.results[failed[0]].failure == omnibus::publish_error::outcome::not_sent);
 }
 
 TEST_CASE_METHOD(js_fixture, "a publish no stream takes fails as not sent, carrying the event id",
                  "[integration][nats][mq]") {
-  bus::event_bus b{js, opts};  // never provisioned: no stream takes the subject
+  omnibus::event_bus b{js, opts};  // never provisioned: no stream takes the subject
   b.freeze();
-  bus::context ctx;
+  omnibus::context ctx;
   try {
     b.publish(ctx, item_added{1, ""});
     FAIL("published to a subject no stream takes");
-  } catch (const bus::publish_error& e) {
-    CHECK(e.result() == bus::publish_error::outcome::not_sent);
+  } catch (const omnibus::publish_error& e) {
+    CHECK(e.result() == omnibus::publish_error::outcome::not_sent);
     CHECK_FALSE(e.id().is_nil());
     CHECK_THAT(e.what(), Catch::Contains(e.id().to_string()));
   }
@@ -230,13 +230,13 @@ TEST_CASE_METHOD(js_fixture, "a publish no stream takes fails as not sent, carry
 TEST_CASE("a publish while the server is down fails within its bound, carrying the event id",
           "[integration][nats][mq]") {
   test_env::private_nats server;
-  mq::connection conn{{.url = server.url()}};
-  mq::jetstream js{conn};
+  omnibus::nats_connection conn{{.url = server.url()}};
+  omnibus::jetstream js{conn};
   auto opts = options_for("down");
   opts.publish_timeout = 1500ms;
-  bus::event_bus b{js, opts};
+  omnibus::event_bus b{js, opts};
   b.provision();
-  bus::context ctx;
+  omnibus::context ctx;
   b.publish(ctx, item_added{1, ""});  // works while it is up
 
   server.stop();
@@ -244,13 +244,13 @@ TEST_CASE("a publish while the server is down fails within its bound, carrying t
   try {
     b.publish(ctx, item_added{2, ""});
     FAIL("a publish succeeded with the server down");
-  } catch (const bus::publish_error& e) {
+  } catch (const omnibus::publish_error& e) {
     const auto took = std::chrono::steady_clock::now() - start;
     CHECK(took < opts.publish_timeout + 2s);
     CHECK_FALSE(e.id().is_nil());
     CHECK_THAT(e.what(), Catch::Contains(e.id().to_string()));
     // NATS.c buffers publishes while it reconnects, so this one may still land later.
-    CHECK(e.result() == bus::publish_error::outcome::unknown);
+    CHECK(e.result() == omnibus::publish_error::outcome::unknown);
   }
 }
 
@@ -258,24 +258,24 @@ TEST_CASE_METHOD(js_fixture, "an event published before any worker ran reaches t
                  "[integration][nats][mq]") {
   // The publishing process constructs the same services, so it provisions every listener's consumer.
   {
-    bus::event_bus publisher{js, opts};
-    publisher.add_async_listener<item_added>("cart", [](bus::context&, const item_added&) {});
+    omnibus::event_bus publisher{js, opts};
+    publisher.add_async_listener<item_added>("cart", [](omnibus::context&, const item_added&) {});
     publisher.provision();
-    bus::context ctx;
+    omnibus::context ctx;
     publisher.publish(ctx, item_added{99, "early"});
   }
   // Later the first worker starts, on a connection of its own.
-  mq::connection worker_conn{{.url = test_env::nats_url()}};
-  mq::jetstream worker_js{worker_conn};
-  bus::event_bus worker{worker_js, opts};
+  omnibus::nats_connection worker_conn{{.url = test_env::nats_url()}};
+  omnibus::jetstream worker_js{worker_conn};
+  omnibus::event_bus worker{worker_js, opts};
   std::vector<std::int64_t> handled;
-  worker.add_async_listener<item_added>("cart", [&](bus::context&, const item_added& e) { handled.push_back(e.item); });
+  worker.add_async_listener<item_added>("cart", [&](omnibus::context&, const item_added& e) { handled.push_back(e.item); });
   worker.provision();
   auto c = worker_js.open_consumer(opts.stream, "g_cart");
   auto got = c->fetch(1, 5s);
   REQUIRE(got.size() == 1);
-  bus::context hctx;
-  worker.async_listeners().front().handler(hctx, bus::decode(got[0]->msg(), opts.stream.subject_prefix));
+  omnibus::context hctx;
+  worker.async_listeners().front().handler(hctx, omnibus::decode(got[0]->msg(), opts.stream.subject_prefix));
   got[0]->ack();
   CHECK(handled == std::vector<std::int64_t>{99});
 }

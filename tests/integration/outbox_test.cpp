@@ -15,13 +15,13 @@
 #include <spdlog/sinks/null_sink.h>
 #include <spdlog/spdlog.h>
 
-#include "bus/event.hpp"
-#include "bus/event_bus.hpp"
-#include "bus/migrations.hpp"
-#include "bus/outbox.hpp"
-#include "bus/relay.hpp"
-#include "mq/connection.hpp"
-#include "mq/jetstream.hpp"
+#include "omnibus/event.hpp"
+#include "omnibus/event_bus.hpp"
+#include "omnibus/migrations.hpp"
+#include "omnibus/outbox.hpp"
+#include "omnibus/relay.hpp"
+#include "omnibus/jetstream.hpp"
+#include "omnibus/nats_connection.hpp"
 #include "support/child_process.hpp"
 #include "support/stream_reader.hpp"
 #include "support/schema.hpp"
@@ -34,23 +34,23 @@ namespace {
 using namespace std::chrono_literals;
 
 struct outbox_fixture {
-  mq::connection conn{{.url = test_env::nats_url()}};
-  mq::jetstream js{conn};
-  bus::bus_options opts = test_env::test_bus_options("outbox");
+  omnibus::nats_connection conn{{.url = test_env::nats_url()}};
+  omnibus::jetstream js{conn};
+  omnibus::bus_options opts = test_env::test_bus_options("outbox");
   pqxx::connection db{test_env::database_url()};
   std::shared_ptr<spdlog::logger> log = std::make_shared<spdlog::logger>("test", std::make_shared<spdlog::sinks::null_sink_mt>());
 
   outbox_fixture() {
     js.provision(opts.stream, {});
-    bus::migrate(db, opts.schema);
+    omnibus::migrate(db, opts.schema);
   }
   ~outbox_fixture() {
     (void)js.delete_stream(opts.stream);
     test_env::drop_schemas(db, {opts.schema});
   }
 
-  bus::relay_options relay_opts() const {
-    bus::relay_options ro;
+  omnibus::relay_options relay_opts() const {
+    omnibus::relay_options ro;
     ro.database_url = test_env::database_url();
     ro.schema = opts.schema;
     ro.standby_poll = 50ms;
@@ -64,21 +64,21 @@ struct outbox_fixture {
   std::uint64_t last_seq() { return js.last_sequence(opts.stream); }
 
   // Commits `count` events in one transaction, numbered from `first`.
-  std::vector<bus::event_id> commit_events(bus::event_bus& b, long first, long count) {
-    std::vector<bus::event_id> ids;
+  std::vector<omnibus::event_id> commit_events(omnibus::event_bus& b, long first, long count) {
+    std::vector<omnibus::event_id> ids;
     pqxx::work tx{db};
-    bus::context ctx{tx};
+    omnibus::context ctx{tx};
     for (long i = first; i < first + count; ++i) ids.push_back(b.publish(ctx, tool_event{i}));
     tx.commit();
     return ids;
   }
 
   // The stream holds exactly `ids`, once each, in this order.
-  void require_stream_holds(const std::vector<bus::event_id>& ids) {
+  void require_stream_holds(const std::vector<omnibus::event_id>& ids) {
     auto stored = test_env::read_stream(js, opts.stream, ids.size());
     REQUIRE(stored.size() == ids.size());
     for (std::size_t i = 0; i < ids.size(); ++i) {
-      REQUIRE(bus::decode(stored[i], opts.stream.subject_prefix).id == ids[i]);
+      REQUIRE(omnibus::decode(stored[i], opts.stream.subject_prefix).id == ids[i]);
     }
     CHECK(last_seq() == ids.size());  // nothing beyond them
   }
@@ -101,13 +101,13 @@ struct outbox_fixture {
 
 TEST_CASE_METHOD(outbox_fixture, "a rolled-back transaction's events never reach the stream",
                  "[integration][outbox]") {
-  bus::event_bus b{js, opts};
+  omnibus::event_bus b{js, opts};
   b.freeze();
-  bus::relay r{js, relay_opts(), log};
+  omnibus::relay r{js, relay_opts(), log};
   r.start();
   {
     pqxx::work tx{db};
-    bus::context ctx{tx};
+    omnibus::context ctx{tx};
     for (int i = 0; i < 100; ++i) b.publish(ctx, tool_event{i});
     tx.abort();
   }
@@ -120,13 +120,13 @@ TEST_CASE_METHOD(outbox_fixture, "a rolled-back transaction's events never reach
 }
 
 TEST_CASE_METHOD(outbox_fixture, "nothing reaches the stream before COMMIT", "[integration][outbox]") {
-  bus::event_bus b{js, opts};
+  omnibus::event_bus b{js, opts};
   b.freeze();
-  bus::relay r{js, relay_opts(), log};
+  omnibus::relay r{js, relay_opts(), log};
   r.start();
   pqxx::connection other{test_env::database_url()};
   pqxx::work open_tx{other};
-  bus::context open_ctx{open_tx};
+  omnibus::context open_ctx{open_tx};
   auto pending = b.publish(open_ctx, tool_event{1});  // written, not committed
 
   auto control = commit_events(b, 2, 1);
@@ -140,21 +140,21 @@ TEST_CASE_METHOD(outbox_fixture, "nothing reaches the stream before COMMIT", "[i
 
 TEST_CASE_METHOD(outbox_fixture, "publish_batch in a transaction writes its rows in one COPY and they arrive in order",
                  "[integration][outbox]") {
-  bus::event_bus b{js, opts};
+  omnibus::event_bus b{js, opts};
   b.freeze();
   std::vector<tool_event> events;
   for (long i = 0; i < 1000; ++i) events.push_back({i});
-  std::vector<bus::event_id> ids;
+  std::vector<omnibus::event_id> ids;
   {
     pqxx::work tx{db};
-    bus::context ctx{tx};
+    omnibus::context ctx{tx};
     auto report = b.publish_batch(ctx, std::span<const tool_event>(events));
     CHECK(report.ok());
     ids = report.ids;
     tx.commit();
   }
   CHECK(outbox_rows() == 1000);
-  bus::relay r{js, relay_opts(), log};
+  omnibus::relay r{js, relay_opts(), log};
   r.start();
   REQUIRE(test_env::eventually([&] { return outbox_rows() == 0; }, 20s));
   require_stream_holds(ids);
@@ -170,11 +170,11 @@ TEST_CASE_METHOD(outbox_fixture, "a publisher that commits and dies before relay
   CHECK(outbox_rows() == 100);
   CHECK(last_seq() == 0);
 
-  std::vector<bus::event_id> ids;
+  std::vector<omnibus::event_id> ids;
   {
     pqxx::nontransaction q{db};
     for (const auto& row : q.exec("SELECT event_id::text FROM \"" + opts.schema + "\".bus_outbox ORDER BY id")) {
-      ids.push_back(bus::event_id::parse(row[0].c_str()));
+      ids.push_back(omnibus::event_id::parse(row[0].c_str()));
     }
   }
   // A relay in another process sends them all, each once, in order.
@@ -188,9 +188,9 @@ TEST_CASE_METHOD(outbox_fixture, "a publisher that commits and dies before relay
 
 TEST_CASE_METHOD(outbox_fixture, "two relays at once send 10,000 rows exactly once, in order",
                  "[integration][outbox]") {
-  bus::event_bus b{js, opts};
+  omnibus::event_bus b{js, opts};
   b.freeze();
-  std::vector<bus::event_id> ids;
+  std::vector<omnibus::event_id> ids;
   for (long k = 0; k < 10; ++k) {
     auto some = commit_events(b, k * 1000, 1000);
     ids.insert(ids.end(), some.begin(), some.end());
@@ -214,9 +214,9 @@ TEST_CASE_METHOD(outbox_fixture, "two relays at once send 10,000 rows exactly on
 
 TEST_CASE_METHOD(outbox_fixture, "when the active relay dies, the standby takes over and every row is sent",
                  "[integration][outbox]") {
-  bus::event_bus b{js, opts};
+  omnibus::event_bus b{js, opts};
   b.freeze();
-  std::vector<bus::event_id> ids;
+  std::vector<omnibus::event_id> ids;
   for (long k = 0; k < 5; ++k) {
     auto some = commit_events(b, k * 1000, 1000);
     ids.insert(ids.end(), some.begin(), some.end());
@@ -248,10 +248,10 @@ TEST_CASE_METHOD(outbox_fixture, "when the active relay dies, the standby takes 
 }
 
 TEST_CASE_METHOD(outbox_fixture, "a standby relay stops promptly when asked", "[integration][outbox]") {
-  bus::relay active{js, relay_opts(), log};
+  omnibus::relay active{js, relay_opts(), log};
   active.start();
   REQUIRE(test_env::eventually([&] { return active.stats().active.load(); }, 10s));
-  bus::relay standby{js, relay_opts(), log};
+  omnibus::relay standby{js, relay_opts(), log};
   standby.start();
   // Standing by: it polls for the lock and never becomes active while the other holds it.
   auto own_session = [&] {
@@ -270,7 +270,7 @@ TEST_CASE_METHOD(outbox_fixture, "migrations run twice, and from two processes a
   const std::string schema = test_env::unique_name("mig");
   auto run = [&] {
     pqxx::connection c{test_env::database_url()};
-    return bus::migrate(c, schema);
+    return omnibus::migrate(c, schema);
   };
   std::vector<std::thread> threads;  // separate connections: separate sessions, as separate processes would be
   std::vector<int> versions(4, -1);
@@ -287,10 +287,10 @@ TEST_CASE_METHOD(outbox_fixture, "migrations run twice, and from two processes a
   for (auto& t : threads) t.join();
   for (int i = 0; i < 4; ++i) {
     CHECK(errors[i].empty());
-    CHECK(versions[i] == bus::latest_schema_version());
+    CHECK(versions[i] == omnibus::latest_schema_version());
   }
-  CHECK(run() == bus::latest_schema_version());
-  CHECK(bus::schema_version(db, schema) == bus::latest_schema_version());
+  CHECK(run() == omnibus::latest_schema_version());
+  CHECK(omnibus::schema_version(db, schema) == omnibus::latest_schema_version());
   pqxx::work tx{db};
   tx.exec0("DROP SCHEMA \"" + schema + "\" CASCADE");
   tx.commit();
@@ -302,14 +302,14 @@ TEST_CASE_METHOD(outbox_fixture, "a database at a newer schema version refuses t
     tx.exec0("INSERT INTO \"" + opts.schema + "\".bus_schema_version (version, description) VALUES (999, 'from the future')");
     tx.commit();
   }
-  CHECK_THROWS_WITH(bus::migrate(db, opts.schema), Catch::Contains("version 999") && Catch::Contains("newer"));
+  CHECK_THROWS_WITH(omnibus::migrate(db, opts.schema), Catch::Contains("version 999") && Catch::Contains("newer"));
 }
 
 TEST_CASE_METHOD(outbox_fixture, "the printed migrations SQL builds the same schema", "[integration][outbox]") {
   const std::string schema = test_env::unique_name("sql");
   {
     pqxx::work tx{db};
-    const std::string sql = bus::migrations_sql(schema);
+    const std::string sql = omnibus::migrations_sql(schema);
     // The script has its own BEGIN/COMMIT; run its body inside ours.
     auto body = sql.substr(sql.find("BEGIN;") + 6);
     body = body.substr(0, body.rfind("COMMIT;"));
@@ -317,8 +317,8 @@ TEST_CASE_METHOD(outbox_fixture, "the printed migrations SQL builds the same sch
     tx.exec0(body);  // idempotent
     tx.commit();
   }
-  CHECK(bus::schema_version(db, schema) == bus::latest_schema_version());
-  CHECK(bus::migrate(db, schema) == bus::latest_schema_version());  // and migrate() agrees
+  CHECK(omnibus::schema_version(db, schema) == omnibus::latest_schema_version());
+  CHECK(omnibus::migrate(db, schema) == omnibus::latest_schema_version());  // and migrate() agrees
   pqxx::work tx{db};
   tx.exec0("DROP SCHEMA \"" + schema + "\" CASCADE");
   tx.commit();

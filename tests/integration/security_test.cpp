@@ -9,11 +9,11 @@
 #include <catch2/catch.hpp>
 #include <unistd.h>
 
-#include "bus/event.hpp"
-#include "bus/event_bus.hpp"
-#include "mq/connection.hpp"
-#include "mq/error.hpp"
-#include "mq/jetstream.hpp"
+#include "omnibus/event.hpp"
+#include "omnibus/event_bus.hpp"
+#include "omnibus/nats_connection.hpp"
+#include "omnibus/nats_error.hpp"
+#include "omnibus/jetstream.hpp"
 #include "support/child_process.hpp"
 #include "support/nkeys.hpp"
 #include "support/private_servers.hpp"
@@ -52,24 +52,24 @@ struct test_certs {
 };
 
 // A JetStream round trip on `opts`: the connection is not only open but usable.
-void round_trip(const mq::connection_options& opts) {
-  mq::connection conn{opts};
-  mq::jetstream js{conn};
+void round_trip(const omnibus::nats_options& opts) {
+  omnibus::nats_connection conn{opts};
+  omnibus::jetstream js{conn};
   auto bo = test_env::test_bus_options("sec");
-  bus::event_bus b{js, bo};
+  omnibus::event_bus b{js, bo};
   b.provision();
-  bus::context ctx;
+  omnibus::context ctx;
   auto id = b.publish(ctx, secret_event{1});
   auto stored = test_env::read_stream(js, bo.stream, 1);
   REQUIRE(stored.size() == 1);
-  CHECK(bus::decode(stored[0], bo.stream.subject_prefix).id == id);
+  CHECK(omnibus::decode(stored[0], bo.stream.subject_prefix).id == id);
   (void)js.delete_stream(bo.stream);
 }
 
-std::string refusal(const mq::connection_options& opts) {
+std::string refusal(const omnibus::nats_options& opts) {
   try {
-    mq::connection conn{opts};
-  } catch (const mq::error& e) {
+    omnibus::nats_connection conn{opts};
+  } catch (const omnibus::nats_error& e) {
     return e.what();
   }
   FAIL("the connection was accepted");
@@ -85,7 +85,7 @@ TEST_CASE("user and password: the right ones connect, a wrong one is refused wit
 
   SECTION("credentials in the URL are never handed back") {
     const std::string url = "nats://alice:s3cret-pw@" + server.url().substr(std::string("nats://").size());
-    mq::connection conn{{.url = url}};
+    omnibus::nats_connection conn{{.url = url}};
     CHECK_THAT(conn.connected_url(), !Catch::Contains("s3cret-pw") && Catch::Contains("127.0.0.1"));
   }
   SECTION("a wrong password") {

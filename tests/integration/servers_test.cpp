@@ -8,12 +8,12 @@
 #include <nats/nats.h>
 #include <pqxx/pqxx>
 
-#include "mq/connection.hpp"
-#include "mq/error.hpp"
+#include "omnibus/nats_connection.hpp"
+#include "omnibus/nats_error.hpp"
 #include "support/test_env.hpp"
 
 TEST_CASE("nats-server with JetStream takes a message and gives it back", "[integration][nats]") {
-  mq::connection conn{{.url = test_env::nats_url()}};
+  omnibus::nats_connection conn{{.url = test_env::nats_url()}};
   CHECK(conn.connected_url().find("127.0.0.1") != std::string::npos);
 
   // Raw NATS.c on purpose: this checks the server, not our adapter.
@@ -57,12 +57,12 @@ TEST_CASE("nats-server with JetStream takes a message and gives it back", "[inte
   natsConnection_Destroy(nc);
 }
 
-TEST_CASE("an unreachable nats-server gives an mq::error that says how to start it", "[integration][nats]") {
+TEST_CASE("an unreachable nats-server gives an omnibus::nats_error that says how to start it", "[integration][nats]") {
   // Port 1 on loopback: nothing listens there, and nothing leaves the machine.
   try {
-    mq::connection conn{{.url = "nats://127.0.0.1:1", .connect_timeout = std::chrono::milliseconds(500)}};
+    omnibus::nats_connection conn{{.url = "nats://127.0.0.1:1", .connect_timeout = std::chrono::milliseconds(500)}};
     FAIL("connected to a port where no server listens");
-  } catch (const mq::error& e) {
+  } catch (const omnibus::nats_error& e) {
     CHECK(e.status() != 0);
     CHECK_THAT(e.what(), Catch::Contains("connecting to nats-server"));
   }

@@ -7,8 +7,8 @@
 #include <catch2/catch.hpp>
 #include <pqxx/pqxx>
 
-#include "bus/event.hpp"
-#include "bus/event_bus.hpp"
+#include "omnibus/event.hpp"
+#include "omnibus/event_bus.hpp"
 #include "support/schema.hpp"
 #include "support/test_env.hpp"
 
@@ -47,20 +47,20 @@ struct schema_fixture {
 
 TEST_CASE_METHOD(schema_fixture, "a sync listener's row commits and rolls back with the publisher's transaction",
                  "[integration][postgres][bus]") {
-  bus::event_bus b;
-  b.add_sync_listener<user_registered>([&](bus::context& ctx, const user_registered& e) {
+  omnibus::event_bus b;
+  b.add_sync_listener<user_registered>([&](omnibus::context& ctx, const user_registered& e) {
     ctx.tx().exec_params0("INSERT INTO " + table + " (email) VALUES ($1)", e.email);
   });
 
   {
     pqxx::work tx{conn};
-    bus::context ctx{tx};
+    omnibus::context ctx{tx};
     b.publish(ctx, user_registered{"kept@example.com"});
     tx.commit();
   }
   {
     pqxx::work tx{conn};
-    bus::context ctx{tx};
+    omnibus::context ctx{tx};
     b.publish(ctx, user_registered{"dropped@example.com"});
     tx.abort();
   }
@@ -70,16 +70,16 @@ TEST_CASE_METHOD(schema_fixture, "a sync listener's row commits and rolls back w
 
 TEST_CASE_METHOD(schema_fixture, "a throwing sync listener fails the publish and its transaction keeps nothing",
                  "[integration][postgres][bus]") {
-  bus::event_bus b;
-  b.add_sync_listener<user_registered>([&](bus::context& ctx, const user_registered& e) {
+  omnibus::event_bus b;
+  b.add_sync_listener<user_registered>([&](omnibus::context& ctx, const user_registered& e) {
     ctx.tx().exec_params0("INSERT INTO " + table + " (email) VALUES ($1)", e.email);
   });
-  b.add_sync_listener<user_registered>([](bus::context&, const user_registered&) {
+  b.add_sync_listener<user_registered>([](omnibus::context&, const user_registered&) {
     throw std::runtime_error("email is banned");
   });
 
   pqxx::work tx{conn};
-  bus::context ctx{tx};
+  omnibus::context ctx{tx};
   CHECK_THROWS_WITH(b.publish(ctx, user_registered{"banned@example.com"}), "email is banned");
   tx.abort();  // what a publisher does when publish() throws
   CHECK(rows("banned@example.com") == 0);

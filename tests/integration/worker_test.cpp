@@ -18,12 +18,12 @@
 #include <spdlog/sinks/ostream_sink.h>
 #include <spdlog/spdlog.h>
 
-#include "bus/dead_letters.hpp"
-#include "bus/event_bus.hpp"
-#include "bus/migrations.hpp"
-#include "bus/worker.hpp"
-#include "mq/connection.hpp"
-#include "mq/jetstream.hpp"
+#include "omnibus/dead_letters.hpp"
+#include "omnibus/event_bus.hpp"
+#include "omnibus/migrations.hpp"
+#include "omnibus/worker.hpp"
+#include "omnibus/jetstream.hpp"
+#include "omnibus/nats_connection.hpp"
 #include "support/child_process.hpp"
 #include "support/worker_fixture.hpp"
 #include "support/stream_reader.hpp"
@@ -38,7 +38,7 @@ using test_env::process_fixture;
 TEST_CASE_METHOD(worker_fixture, "a handler that fails twice then succeeds runs exactly three times, and is acked",
                  "[integration][worker]") {
   std::atomic<int> calls{0};
-  b.add_async_listener<tool_event>("flaky", [&](bus::context&, const tool_event&) {
+  b.add_async_listener<tool_event>("flaky", [&](omnibus::context&, const tool_event&) {
     if (++calls <= 2) throw std::runtime_error("database is busy");
   }, quick_retries(5));
   start_worker();
@@ -58,7 +58,7 @@ TEST_CASE_METHOD(worker_fixture, "a handler that fails twice then succeeds runs 
 TEST_CASE_METHOD(worker_fixture, "a handler that always fails becomes one dead letter with its error and attempts",
                  "[integration][worker]") {
   std::atomic<int> calls{0};
-  b.add_async_listener<tool_event>("broken", [&](bus::context&, const tool_event&) {
+  b.add_async_listener<tool_event>("broken", [&](omnibus::context&, const tool_event&) {
     ++calls;
     throw std::runtime_error("cannot reach the mail server");
   }, quick_retries(3));
@@ -75,15 +75,15 @@ TEST_CASE_METHOD(worker_fixture, "a handler that always fails becomes one dead l
   CHECK(dl.attempts == 3);
   CHECK(dl.first_failed_at <= dl.last_failed_at);
   CHECK(dl.first_failed_at < dl.last_failed_at);  // the first failure was recorded two attempts earlier
-  CHECK(bus::decode_event<tool_event>(bus::decode(dl.msg, opts.stream.subject_prefix)).n == 7);
+  CHECK(omnibus::decode_event<tool_event>(omnibus::decode(dl.msg, opts.stream.subject_prefix)).n == 7);
   CHECK(calls == 3);
 }
 
 TEST_CASE_METHOD(worker_fixture, "a permanent error skips the remaining attempts", "[integration][worker]") {
   std::atomic<int> calls{0};
-  b.add_async_listener<tool_event>("strict", [&](bus::context&, const tool_event&) {
+  b.add_async_listener<tool_event>("strict", [&](omnibus::context&, const tool_event&) {
     ++calls;
-    throw bus::permanent_error("customer does not exist");
+    throw omnibus::permanent_error("customer does not exist");
   }, quick_retries(10));
   start_worker();
   publish(1);
@@ -96,11 +96,11 @@ TEST_CASE_METHOD(worker_fixture, "a permanent error skips the remaining attempts
 TEST_CASE_METHOD(worker_fixture, "a failing listener never makes another one run twice", "[integration][worker]") {
   std::mutex m;
   std::map<long, int> good_seen;
-  b.add_async_listener<tool_event>("good", [&](bus::context&, const tool_event& e) {
+  b.add_async_listener<tool_event>("good", [&](omnibus::context&, const tool_event& e) {
     std::lock_guard lock(m);
     ++good_seen[e.n];
   });
-  b.add_async_listener<tool_event>("bad", [&](bus::context&, const tool_event& e) {
+  b.add_async_listener<tool_event>("bad", [&](omnibus::context&, const tool_event& e) {
     if (e.n == 1) throw std::runtime_error("bad listener fails on 1");
   }, quick_retries(3));
   start_worker();
@@ -119,26 +119,26 @@ TEST_CASE_METHOD(worker_fixture, "a failing listener never makes another one run
 TEST_CASE_METHOD(worker_fixture, "garbage on a listener's subject becomes a dead letter with its reason, and events after it are handled",
                  "[integration][worker]") {
   std::atomic<int> handled{0};
-  b.add_async_listener<tool_event>("sturdy", [&](bus::context&, const tool_event&) { ++handled; });
+  b.add_async_listener<tool_event>("sturdy", [&](omnibus::context&, const tool_event&) { ++handled; });
   start_worker();
   const std::string subject = opts.stream.subject_prefix + ".test.tool_event";
 
-  bus::message no_headers;  // raw bytes, nothing else
+  omnibus::message no_headers;  // raw bytes, nothing else
   no_headers.subject = subject;
   no_headers.body = "\xde\xad\xbe\xef";
   (void)js.publish(no_headers, 5s);
 
-  bus::envelope env;  // proper headers, a body that is not msgpack
-  env.id = bus::event_id::generate();
+  omnibus::envelope env;  // proper headers, a body that is not msgpack
+  env.id = omnibus::event_id::generate();
   env.name = "test.tool_event";
   env.version = 1;
   env.body = "\xc1\xc1";
-  (void)js.publish(bus::encode(env, opts.stream.subject_prefix), 5s);
+  (void)js.publish(omnibus::encode(env, opts.stream.subject_prefix), 5s);
 
-  bus::envelope typed = env;  // a field of the wrong type
-  typed.id = bus::event_id::generate();
+  omnibus::envelope typed = env;  // a field of the wrong type
+  typed.id = omnibus::event_id::generate();
   typed.body = "\x81\xa1n\xa3one";  // {"n": "one"}
-  (void)js.publish(bus::encode(typed, opts.stream.subject_prefix), 5s);
+  (void)js.publish(omnibus::encode(typed, opts.stream.subject_prefix), 5s);
 
   publish(1);
   publish(2);
@@ -161,13 +161,13 @@ TEST_CASE_METHOD(worker_fixture, "a handler past its deadline is retried while a
   std::shared_future<void> released = release.get_future().share();
   std::atomic<int> slow_calls{0};
   std::atomic<int> fast_calls{0};
-  bus::listener_options slow_opts = quick_retries(5);
+  omnibus::listener_options slow_opts = quick_retries(5);
   slow_opts.deadline = 300ms;
   slow_opts.concurrency = 2;
-  b.add_async_listener<tool_event>("slow", [&](bus::context&, const tool_event&) {
+  b.add_async_listener<tool_event>("slow", [&](omnibus::context&, const tool_event&) {
     if (++slow_calls == 1) released.wait();  // the first call hangs, ignoring its deadline
   }, slow_opts);
-  b.add_async_listener<tool_event>("fast", [&](bus::context&, const tool_event&) { ++fast_calls; });
+  b.add_async_listener<tool_event>("fast", [&](omnibus::context&, const tool_event&) { ++fast_calls; });
   start_worker();
   publish(1);
   for (long n = 2; n <= 5; ++n) publish(n);
@@ -268,9 +268,9 @@ TEST_CASE_METHOD(worker_fixture, "an ordered listener parks at an event that kee
   std::atomic<long> failing{1};
   std::mutex m;
   std::vector<long> seen;
-  bus::listener_options o = quick_retries(2);
+  omnibus::listener_options o = quick_retries(2);
   o.ordered = true;
-  b.add_async_listener<tool_event>("ledger", [&](bus::context&, const tool_event& e) {
+  b.add_async_listener<tool_event>("ledger", [&](omnibus::context&, const tool_event& e) {
     if (e.n == failing) throw std::runtime_error("ledger rejects " + std::to_string(e.n));
     std::lock_guard lock(m);
     seen.push_back(e.n);
@@ -284,7 +284,7 @@ TEST_CASE_METHOD(worker_fixture, "an ordered listener parks at an event that kee
   publish(2);
   publish(3);
   REQUIRE(test_env::eventually([&] {
-    auto p = bus::find_parked(db, opts.schema, "ledger");
+    auto p = omnibus::find_parked(db, opts.schema, "ledger");
     return p && p->event_id == first.to_string();
   }, 10s));
   // Parked: event 1 is held (ack pending), 2 and 3 wait behind it, nothing overtook it.
@@ -293,21 +293,21 @@ TEST_CASE_METHOD(worker_fixture, "an ordered listener parks at an event that kee
     return i && i->ack_pending == 1 && i->pending == 2;
   }, 10s));
   CHECK(seen_now().empty());
-  CHECK(bus::find_parked(db, opts.schema, "ledger")->error == "ledger rejects 1");
+  CHECK(omnibus::find_parked(db, opts.schema, "ledger")->error == "ledger rejects 1");
 
   SECTION("retry runs it once the handler is fixed") {
     failing = -1;  // the fix is deployed
-    REQUIRE(bus::request_parked_action(db, opts.schema, "ledger", "retry"));
+    REQUIRE(omnibus::request_parked_action(db, opts.schema, "ledger", "retry"));
     REQUIRE(test_env::eventually([&] { return seen_now().size() == 3; }, 10s));
     CHECK(seen_now() == std::vector<long>{1, 2, 3});
   }
   SECTION("skip moves past it") {
-    REQUIRE(bus::request_parked_action(db, opts.schema, "ledger", "skip"));
+    REQUIRE(omnibus::request_parked_action(db, opts.schema, "ledger", "skip"));
     REQUIRE(test_env::eventually([&] { return seen_now().size() == 2; }, 10s));
     CHECK(seen_now() == std::vector<long>{2, 3});
     CHECK(w->stats().skipped.load() == 1);
   }
-  CHECK_FALSE(bus::find_parked(db, opts.schema, "ledger").has_value());
+  CHECK_FALSE(omnibus::find_parked(db, opts.schema, "ledger").has_value());
   CHECK(dead_letters().empty());
 }
 
@@ -315,10 +315,10 @@ TEST_CASE_METHOD(worker_fixture, "an ordered listener set to dead-letter goes on
                  "[integration][worker][ordered]") {
   std::mutex m;
   std::vector<long> seen;
-  bus::listener_options o = quick_retries(2);
+  omnibus::listener_options o = quick_retries(2);
   o.ordered = true;
   o.park_when_exhausted = false;
-  b.add_async_listener<tool_event>("ledger", [&](bus::context&, const tool_event& e) {
+  b.add_async_listener<tool_event>("ledger", [&](omnibus::context&, const tool_event& e) {
     if (e.n == 1) throw std::runtime_error("ledger rejects 1");
     std::lock_guard lock(m);
     seen.push_back(e.n);
@@ -332,15 +332,15 @@ TEST_CASE_METHOD(worker_fixture, "an ordered listener set to dead-letter goes on
   }, 10s));
   CHECK(seen == std::vector<long>{2});
   CHECK(dead_letters("ledger").size() == 1);
-  CHECK_FALSE(bus::find_parked(db, opts.schema, "ledger").has_value());
+  CHECK_FALSE(omnibus::find_parked(db, opts.schema, "ledger").has_value());
 }
 
 namespace {
 // A bus and worker of the test's own with a low max_deliveries, on the fixture's stream.
 struct ceiling_world {
   test_env::worker_fixture& f;
-  bus::event_bus bus;
-  std::unique_ptr<bus::worker> worker;
+  omnibus::event_bus bus;
+  std::unique_ptr<omnibus::worker> worker;
   std::jthread runner;
   ceiling_world(test_env::worker_fixture& fixture, std::int64_t max_deliveries)
       : f(fixture), bus(fixture.js, [&] {
@@ -355,11 +355,11 @@ struct ceiling_world {
     }
   }
   void start(std::chrono::milliseconds newer_version_delay = 30s) {
-    bus::worker_options wo;
+    omnibus::worker_options wo;
     wo.database_url = f.where.database_url;
     wo.fetch_wait = 200ms;
     wo.newer_version_delay = newer_version_delay;
-    worker = std::make_unique<bus::worker>(bus, wo, f.log);
+    worker = std::make_unique<omnibus::worker>(bus, wo, f.log);
     runner = std::jthread([this](std::stop_token st) { worker->run(st); });
     REQUIRE(test_env::eventually([&] { return f.js.consumers(f.opts.stream).size() >= bus.async_listeners().size(); }, 10s));
   }
@@ -370,9 +370,9 @@ TEST_CASE_METHOD(worker_fixture, "a message no worker settles stops at max_deliv
                  "[integration][worker][ceiling]") {
   ceiling_world world{*this, 3};
   std::atomic<long> handled{0};
-  bus::listener_options o = quick_retries(2);
+  omnibus::listener_options o = quick_retries(2);
   o.deadline = 200ms;
-  world.bus.add_async_listener<tool_event>("stubborn", [&](bus::context& ctx, const tool_event& e) {
+  world.bus.add_async_listener<tool_event>("stubborn", [&](omnibus::context& ctx, const tool_event& e) {
     if (e.n == 7) {  // never finishes in time: each delivery is nak'd by the deadline, never settled
       while (!ctx.stop_token().stop_requested()) std::this_thread::sleep_for(5ms);
       return;
@@ -380,7 +380,7 @@ TEST_CASE_METHOD(worker_fixture, "a message no worker settles stops at max_deliv
     ++handled;
   }, o);
   world.start();
-  bus::context ctx;
+  omnibus::context ctx;
   const auto id = world.bus.publish(ctx, tool_event{7});
   (void)world.bus.publish(ctx, tool_event{8});
   // The server delivered it three times, gave up, reported it; the worker recorded the report.
@@ -389,7 +389,7 @@ TEST_CASE_METHOD(worker_fixture, "a message no worker settles stops at max_deliv
   CHECK(dl.reason == "max_deliveries");
   CHECK(dl.event_id == id.to_string());
   CHECK(dl.attempts == 3);
-  CHECK(dl.msg.body == bus::detail::encode_body(tool_event{7}));  // read back from the stream, exactly
+  CHECK(dl.msg.body == omnibus::detail::encode_body(tool_event{7}));  // read back from the stream, exactly
   CHECK_THAT(dl.error, Catch::Contains("nats-server stopped delivering it after 3 deliveries"));
   CHECK(test_env::eventually([&] { return handled == 1; }, 10s));
 }
@@ -398,15 +398,15 @@ TEST_CASE_METHOD(worker_fixture, "a newer version deferred until max_deliveries 
                  "[integration][worker][ceiling]") {
   ceiling_world world{*this, 4};
   std::atomic<long> handled{0};
-  world.bus.add_async_listener<tool_event>("patient", [&](bus::context&, const tool_event&) { ++handled; }, quick_retries(2));
+  world.bus.add_async_listener<tool_event>("patient", [&](omnibus::context&, const tool_event&) { ++handled; }, quick_retries(2));
   world.start(10ms);
-  bus::envelope env;
-  env.id = bus::event_id::generate();
+  omnibus::envelope env;
+  env.id = omnibus::event_id::generate();
   env.name = "test.tool_event";
   env.version = 99;  // from a build far ahead of this one
-  env.body = bus::detail::encode_body(tool_event{1});
-  (void)js.publish(bus::encode(env, opts.stream.subject_prefix), 5s);
-  bus::context ctx;
+  env.body = omnibus::detail::encode_body(tool_event{1});
+  (void)js.publish(omnibus::encode(env, opts.stream.subject_prefix), 5s);
+  omnibus::context ctx;
   (void)world.bus.publish(ctx, tool_event{2});
   REQUIRE(test_env::eventually([&] { return dead_letters("patient").size() == 1; }, 20s));
   const auto dl = dead_letters("patient").front();
@@ -425,8 +425,8 @@ TEST_CASE_METHOD(worker_fixture, "a dead letter the database refuses for good is
     tx.commit();
   }
   std::atomic<long> handled{0};
-  b.add_async_listener<tool_event>("strict", [&](bus::context&, const tool_event& e) {
-    if (e.n == 3) throw bus::permanent_error("never");
+  b.add_async_listener<tool_event>("strict", [&](omnibus::context&, const tool_event& e) {
+    if (e.n == 3) throw omnibus::permanent_error("never");
     ++handled;
   }, quick_retries(5));
   start_worker();

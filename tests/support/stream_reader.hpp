@@ -5,22 +5,22 @@
 #include <string>
 #include <vector>
 
-#include "bus/queue.hpp"
+#include "omnibus/queue.hpp"
 #include "support/test_env.hpp"
 
 namespace test_env {
 
 /// Up to `expected` messages of `stream`, in stream order, waiting at most 30 s for them.
-inline std::vector<bus::message> read_stream(bus::queue& q, const bus::stream_config& stream, std::size_t expected) {
+inline std::vector<omnibus::message> read_stream(omnibus::queue& q, const omnibus::stream_config& stream, std::size_t expected) {
   using namespace std::chrono_literals;
-  bus::consumer_config all;
+  omnibus::consumer_config all;
   all.name = unique_name("reader");
   all.filter_subject = stream.subject_prefix + ".>";
   all.start_time = std::chrono::system_clock::time_point{};  // from the stream's first message
-  std::vector<bus::consumer_config> v{all};
+  std::vector<omnibus::consumer_config> v{all};
   q.provision(stream, v);
   auto c = q.open_consumer(stream, all.name);
-  std::vector<bus::message> out;
+  std::vector<omnibus::message> out;
   const auto deadline = std::chrono::steady_clock::now() + 30s;
   while (out.size() < expected && std::chrono::steady_clock::now() < deadline) {
     for (auto& d : c->fetch(256, 500ms)) {
@@ -33,8 +33,8 @@ inline std::vector<bus::message> read_stream(bus::queue& q, const bus::stream_co
 }
 
 /// A stream of one test's own: unique name and prefix, memory storage.
-inline bus::bus_options test_bus_options(const std::string& stem) {
-  bus::bus_options o;
+inline omnibus::bus_options test_bus_options(const std::string& stem) {
+  omnibus::bus_options o;
   o.group = "g";
   o.stream.name = unique_name(stem);
   o.stream.subject_prefix = o.stream.name;

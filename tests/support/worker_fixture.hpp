@@ -17,12 +17,12 @@
 #include <spdlog/sinks/ostream_sink.h>
 #include <spdlog/spdlog.h>
 
-#include "bus/dead_letters.hpp"
-#include "bus/event_bus.hpp"
-#include "bus/migrations.hpp"
-#include "bus/worker.hpp"
-#include "mq/connection.hpp"
-#include "mq/jetstream.hpp"
+#include "omnibus/dead_letters.hpp"
+#include "omnibus/event_bus.hpp"
+#include "omnibus/migrations.hpp"
+#include "omnibus/worker.hpp"
+#include "omnibus/jetstream.hpp"
+#include "omnibus/nats_connection.hpp"
 #include "support/child_process.hpp"
 #include "support/stream_reader.hpp"
 #include "support/schema.hpp"
@@ -45,22 +45,22 @@ struct servers {
 
 struct worker_fixture {
   servers where;
-  mq::connection conn{{.url = where.nats_url}};
-  mq::jetstream js{conn};
-  bus::bus_options opts = stream_options(where);
+  omnibus::nats_connection conn{{.url = where.nats_url}};
+  omnibus::jetstream js{conn};
+  omnibus::bus_options opts = stream_options(where);
   pqxx::connection db{where.database_url};
   std::ostringstream log_text;
   std::mutex log_mutex;
   std::shared_ptr<spdlog::logger> log =
       std::make_shared<spdlog::logger>("test", std::make_shared<spdlog::sinks::ostream_sink_mt>(log_text));
-  bus::event_bus b{js, opts};
-  std::unique_ptr<bus::worker> w;
+  omnibus::event_bus b{js, opts};
+  std::unique_ptr<omnibus::worker> w;
   std::jthread runner;
   std::exception_ptr run_error;
 
   worker_fixture() : worker_fixture(servers::shared()) {}
   explicit worker_fixture(servers s) : where(std::move(s)) {
-    bus::migrate(db, opts.schema);
+    omnibus::migrate(db, opts.schema);
     pqxx::work tx{db};
     tx.exec0("CREATE TABLE \"" + opts.schema +
              "\".handled (seq bigint GENERATED ALWAYS AS IDENTITY, n bigint NOT NULL, worker text NOT NULL)");
@@ -75,7 +75,7 @@ struct worker_fixture {
       test_env::drop_schemas(live_db(true), {opts.schema});
     }
   }
-  static bus::bus_options stream_options(const servers& s) {
+  static omnibus::bus_options stream_options(const servers& s) {
     auto o = test_env::test_bus_options("worker");
     o.stream.memory_storage = !s.file_storage;
     if (s.stream_max_bytes > 0) o.stream.max_bytes = s.stream_max_bytes;
@@ -90,14 +90,14 @@ struct worker_fixture {
   std::optional<pqxx::connection> replacement_db_;
 
   void start_worker(std::chrono::milliseconds parked_poll = 1000ms) {
-    bus::worker_options wo;
+    omnibus::worker_options wo;
     wo.database_url = where.database_url;
     wo.parked_poll = parked_poll;
     start_worker(wo);
   }
-  void start_worker(bus::worker_options wo) {
+  void start_worker(omnibus::worker_options wo) {
     wo.fetch_wait = 200ms;
-    w = std::make_unique<bus::worker>(b, wo, log);
+    w = std::make_unique<omnibus::worker>(b, wo, log);
     runner = std::jthread([this](std::stop_token st) {
       try {
         w->run(st);
@@ -115,12 +115,12 @@ struct worker_fixture {
     }
   }
 
-  bus::event_id publish(long n) {
-    bus::context ctx;
+  omnibus::event_id publish(long n) {
+    omnibus::context ctx;
     return b.publish(ctx, tool_event{n});
   }
-  std::vector<bus::dead_letter> dead_letters(const std::string& listener = {}) {
-    return bus::list_dead_letters(db, opts.schema, listener);
+  std::vector<omnibus::dead_letter> dead_letters(const std::string& listener = {}) {
+    return omnibus::list_dead_letters(db, opts.schema, listener);
   }
   bool settled(const std::string& listener) {  // nothing pending or unacked on its consumer
     auto i = js.info(opts.stream, "g_" + listener);
@@ -130,8 +130,8 @@ struct worker_fixture {
     log->flush();
     return log_text.str();
   }
-  static bus::listener_options quick_retries(int attempts) {
-    bus::listener_options o;
+  static omnibus::listener_options quick_retries(int attempts) {
+    omnibus::listener_options o;
     o.retry.max_attempts = attempts;
     o.retry.initial = 20ms;
     o.retry.max = 100ms;
@@ -163,7 +163,7 @@ struct process_fixture : worker_fixture {
   void publish_many(long count) {
     std::vector<tool_event> events;
     for (long i = 0; i < count; ++i) events.push_back({i});
-    bus::context ctx;
+    omnibus::context ctx;
     REQUIRE(b.publish_batch(ctx, std::span<const tool_event>(events)).ok());
   }
   long count(const std::string& condition = "true") {
@@ -186,10 +186,10 @@ struct process_fixture : worker_fixture {
   // The recorder listener, as worker_tool registers it, so that the stream and consumer exist
   // before the first worker process starts.
   void provision_recorder(std::chrono::milliseconds ack_wait = 30s, bool ordered = false) {
-    bus::listener_options lo;
+    omnibus::listener_options lo;
     lo.ack_wait = ack_wait;
     lo.ordered = ordered;
-    b.add_async_listener<tool_event>("recorder", [](bus::context&, const tool_event&) {}, lo);
+    b.add_async_listener<tool_event>("recorder", [](omnibus::context&, const tool_event&) {}, lo);
     b.provision();
   }
 };

@@ -24,12 +24,12 @@
 #include <spdlog/sinks/stdout_sinks.h>
 #include <spdlog/spdlog.h>
 
-#include "bus/event.hpp"
-#include "bus/event_bus.hpp"
-#include "bus/migrations.hpp"
-#include "bus/relay.hpp"
-#include "mq/connection.hpp"
-#include "mq/jetstream.hpp"
+#include "omnibus/event.hpp"
+#include "omnibus/event_bus.hpp"
+#include "omnibus/migrations.hpp"
+#include "omnibus/relay.hpp"
+#include "omnibus/jetstream.hpp"
+#include "omnibus/nats_connection.hpp"
 #include "tool_event.hpp"
 
 int main(int argc, char** argv) {
@@ -44,16 +44,16 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "outbox_tool: OMNIBUS_NATS_URL and OMNIBUS_DATABASE_URL must be set\n");
     return 2;
   }
-  bus::bus_options opts;
+  omnibus::bus_options opts;
   opts.schema = argv[2];
   opts.stream.name = argv[3];
   opts.stream.subject_prefix = argv[3];
   const long n = std::atol(argv[4]);
 
   auto log = std::make_shared<spdlog::logger>("outbox_tool", std::make_shared<spdlog::sinks::stderr_sink_mt>());
-  mq::connection conn{{.url = nats_url}};
-  mq::jetstream js{conn};
-  bus::relay_options ro;
+  omnibus::nats_connection conn{{.url = nats_url}};
+  omnibus::jetstream js{conn};
+  omnibus::relay_options ro;
   ro.database_url = db_url;
   ro.schema = opts.schema;
   ro.standby_poll = std::chrono::milliseconds(50);
@@ -61,18 +61,18 @@ int main(int argc, char** argv) {
 
   if (mode == "publish") {
     pqxx::connection db{db_url};
-    bus::migrate(db, opts.schema);
-    bus::event_bus b{js, opts};
+    omnibus::migrate(db, opts.schema);
+    omnibus::event_bus b{js, opts};
     b.freeze();
     {
       pqxx::work tx{db};
-      bus::context ctx{tx};
+      omnibus::context ctx{tx};
       for (long i = 0; i < n; ++i) b.publish(ctx, tool_event{i});
       tx.commit();
     }
     std::printf("committed=%ld\n", n);
     std::fflush(stdout);
-    bus::relay r{js, ro, log};
+    omnibus::relay r{js, ro, log};
     r.start();
     // Its own relay sends them (unless a failpoint ends the process first); bounded.
     const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
@@ -91,7 +91,7 @@ int main(int argc, char** argv) {
     sigemptyset(&set);
     sigaddset(&set, SIGTERM);
     pthread_sigmask(SIG_BLOCK, &set, nullptr);  // before the relay's thread starts, so it inherits the mask
-    bus::relay r{js, ro, log};
+    omnibus::relay r{js, ro, log};
     r.start();
     int sig = 0;
     sigwait(&set, &sig);
@@ -108,14 +108,14 @@ int main(int argc, char** argv) {
     const long first = first_env != nullptr ? std::atol(first_env) : 0;
     const long kill_after = kill_env != nullptr ? std::atol(kill_env) : -1;
     pqxx::connection db{db_url};
-    bus::event_bus b{js, opts};
+    omnibus::event_bus b{js, opts};
     b.freeze();
-    bus::relay r{js, ro, log};
+    omnibus::relay r{js, ro, log};
     r.start();
     const std::string record = "INSERT INTO \"" + opts.schema + "\".committed (n) VALUES ($1)";
     for (long t = 0; t < n; ++t) {
       pqxx::work tx{db};
-      bus::context ctx{tx};
+      omnibus::context ctx{tx};
       for (long i = 0; i < per_tx; ++i) {
         const long number = first + t * per_tx + i;
         b.publish(ctx, tool_event{number});

@@ -4,7 +4,7 @@
 #include <cstdint>
 #include <string_view>
 
-#include "bus/event.hpp"
+#include "omnibus/event.hpp"
 
 struct tool_event {
   static constexpr std::string_view name = "test.tool_event";

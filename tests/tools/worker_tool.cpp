@@ -34,11 +34,11 @@
 #include <spdlog/sinks/stdout_sinks.h>
 #include <spdlog/spdlog.h>
 
-#include "bus/event_bus.hpp"
-#include "bus/relay.hpp"
-#include "bus/worker.hpp"
-#include "mq/connection.hpp"
-#include "mq/jetstream.hpp"
+#include "omnibus/event_bus.hpp"
+#include "omnibus/relay.hpp"
+#include "omnibus/worker.hpp"
+#include "omnibus/jetstream.hpp"
+#include "omnibus/nats_connection.hpp"
 #include "tool_event.hpp"
 
 namespace {
@@ -81,7 +81,7 @@ int main(int argc, char** argv) {
   sigaddset(&set, SIGINT);
   pthread_sigmask(SIG_BLOCK, &set, nullptr);  // every thread started below inherits the mask
 
-  bus::bus_options opts;
+  omnibus::bus_options opts;
   opts.group = "g";
   opts.schema = schema;
   opts.stream.name = argv[2];
@@ -92,17 +92,17 @@ int main(int argc, char** argv) {
   opts.max_body_bytes = static_cast<std::size_t>(env_long("OMNIBUS_TEST_MAX_BODY", static_cast<long>(opts.max_body_bytes)));
 
   auto log = std::make_shared<spdlog::logger>("worker_tool", std::make_shared<spdlog::sinks::stderr_sink_mt>());
-  mq::connection conn{{.url = nats_url}};
-  mq::jetstream js{conn};
-  bus::event_bus b{js, opts};
-  bus::listener_options lo;
+  omnibus::nats_connection conn{{.url = nats_url}};
+  omnibus::jetstream js{conn};
+  omnibus::event_bus b{js, opts};
+  omnibus::listener_options lo;
   lo.ack_wait = std::chrono::milliseconds(env_long("OMNIBUS_TEST_ACK_WAIT_MS", 30000));
   lo.deadline = std::chrono::milliseconds(env_long("OMNIBUS_TEST_DEADLINE_MS", 60000));
   lo.concurrency = 4;
   lo.ordered = env_long("OMNIBUS_TEST_ORDERED", 0) == 1;
   lo.inbox = env_long("OMNIBUS_TEST_INBOX", 0) == 1;
   lo.retry.initial = std::chrono::milliseconds(20);
-  b.add_async_listener<tool_event>("recorder", [&](bus::context& ctx, const tool_event& e) {
+  b.add_async_listener<tool_event>("recorder", [&](omnibus::context& ctx, const tool_event& e) {
     if (stuck || (ctx.attempt() == 1 && hang_n.contains(e.n))) {
       std::promise<void> never;
       never.get_future().wait();  // a handler that never returns, whatever its deadline says
@@ -118,18 +118,18 @@ int main(int argc, char** argv) {
     tx.exec_params0(insert, e.n, tag);
   }, lo);
   if (env_long("OMNIBUS_TEST_BYSTANDER", 0) == 1) {
-    bus::listener_options bo;
+    omnibus::listener_options bo;
     bo.retry.initial = std::chrono::milliseconds(20);
     bo.ordered = env_long("OMNIBUS_TEST_BYSTANDER_ORDERED", 0) == 1;
-    b.add_async_listener<tool_event>("bystander", [&](bus::context& ctx, const tool_event& e) {
+    b.add_async_listener<tool_event>("bystander", [&](omnibus::context& ctx, const tool_event& e) {
       pqxx::nontransaction tx{ctx.db()};
       tx.exec_params0("INSERT INTO \"" + schema + "\".handled (n, worker) VALUES ($1, 'bystander')", e.n);
     }, bo);
   }
 
-  std::optional<bus::relay> relay;
+  std::optional<omnibus::relay> relay;
   if (env_long("OMNIBUS_TEST_RELAY", 0) == 1) {
-    bus::relay_options ro;
+    omnibus::relay_options ro;
     ro.database_url = db_url;
     ro.schema = schema;
     ro.standby_poll = std::chrono::milliseconds(50);
@@ -137,10 +137,10 @@ int main(int argc, char** argv) {
     relay.emplace(js, ro, log);
     relay->start();
   }
-  bus::worker_options wo;
+  omnibus::worker_options wo;
   wo.database_url = db_url;
   wo.stream_check_every = std::chrono::milliseconds(env_long("OMNIBUS_TEST_STREAM_CHECK_MS", 30000));
-  bus::worker w{b, wo, log};
+  omnibus::worker w{b, wo, log};
   std::jthread signals([&](std::stop_token) {
     int sig = 0;
     sigwait(&set, &sig);
@@ -150,7 +150,7 @@ int main(int argc, char** argv) {
       w.run(st);
       std::printf("handled=%llu\n", static_cast<unsigned long long>(w.stats().handled.load()));
       std::fflush(stdout);
-    } catch (const bus::worker_stuck& e) {
+    } catch (const omnibus::worker_stuck& e) {
       log->critical("{}", e.what());
       std::fflush(nullptr);
       std::_Exit(3);  // the stuck threads cannot be joined

@@ -8,8 +8,8 @@
 
 #include <catch2/catch.hpp>
 
-#include "bus/envelope.hpp"
-#include "bus/event.hpp"
+#include "omnibus/envelope.hpp"
+#include "omnibus/event.hpp"
 
 namespace {
 
@@ -73,25 +73,25 @@ struct order_wrong_type {  // same name, a field of another type
 };
 
 template <class E>
-bus::envelope envelope_of(const E& e, bus::metadata meta = {}) {
-  bus::envelope env;
-  env.id = bus::event_id::generate();
+omnibus::envelope envelope_of(const E& e, omnibus::metadata meta = {}) {
+  omnibus::envelope env;
+  env.id = omnibus::event_id::generate();
   env.name = E::name;
   env.version = E::version;
   env.published_at = std::chrono::time_point_cast<std::chrono::microseconds>(std::chrono::system_clock::now());
   env.meta = std::move(meta);
-  env.body = bus::detail::encode_body(e);
+  env.body = omnibus::detail::encode_body(e);
   return env;
 }
 
-bus::decode_failure failure_of(auto&& fn) {
+omnibus::decode_failure failure_of(auto&& fn) {
   try {
     fn();
-  } catch (const bus::decode_error& e) {
+  } catch (const omnibus::decode_error& e) {
     return e.kind();
   }
   FAIL("no decode_error was thrown");
-  return bus::decode_failure::missing_header;
+  return omnibus::decode_failure::missing_header;
 }
 
 }  // namespace
@@ -119,21 +119,21 @@ TEST_CASE("an event round-trips through the wire format with every field type", 
   e.others = {{"Oslo", 150}, {"Kyiv", 1001}};
   e.level = tier::gold;
 
-  bus::metadata meta;
+  omnibus::metadata meta;
   meta.correlation_id = "corr-42";
   meta.traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
   meta.tracestate = "rojo=00f067aa0ba902b7";
   meta.values = {{"tenant", "acme"}, {"user-id", "17"}};
   auto sent = envelope_of(e, meta);
 
-  bus::message msg = bus::encode(sent, "shop");
+  omnibus::message msg = omnibus::encode(sent, "shop");
   CHECK(msg.subject == "shop.test.everything");
   CHECK(*msg.header("Nats-Msg-Id") == sent.id.to_string());
   CHECK(*msg.header("Omnibus-Event") == "test.everything");
   CHECK(*msg.header("Omnibus-Version") == "1");
   CHECK(*msg.header("Omnibus-Meta-tenant") == "acme");
 
-  bus::envelope got = bus::decode(msg, "shop");
+  omnibus::envelope got = omnibus::decode(msg, "shop");
   CHECK(got.id == sent.id);
   CHECK(got.name == sent.name);
   CHECK(got.version == 1);
@@ -142,74 +142,74 @@ TEST_CASE("an event round-trips through the wire format with every field type", 
   CHECK(got.meta.traceparent == meta.traceparent);
   CHECK(got.meta.tracestate == meta.tracestate);
   CHECK(got.meta.values == meta.values);
-  CHECK(bus::decode_event<everything>(got) == e);
+  CHECK(omnibus::decode_event<everything>(got) == e);
 }
 
 TEST_CASE("the body is a msgpack map keyed by field name", "[bus][envelope]") {
   // {"id": 5} as any msgpack library writes it: fixmap(1), fixstr(2) "id", positive fixint 5.
-  CHECK(bus::detail::encode_body(order_v1{5}) == std::string("\x81\xa2id\x05"));
+  CHECK(omnibus::detail::encode_body(order_v1{5}) == std::string("\x81\xa2id\x05"));
 }
 
 TEST_CASE("an older message decodes into a newer struct with defaults for new fields", "[bus][envelope]") {
   auto env = envelope_of(order_v1{77});
-  auto v2 = bus::decode_event<order_v2>(env);
+  auto v2 = omnibus::decode_event<order_v2>(env);
   CHECK(v2.id == 77);
   CHECK(v2.currency == "EUR");
 
   SECTION("and a newer message's unknown fields are ignored by an older struct of the same version") {
     auto env2 = envelope_of(order_v2{5, "NOK"});
     env2.version = 1;
-    CHECK(bus::decode_event<order_v1>(env2).id == 5);
+    CHECK(omnibus::decode_event<order_v1>(env2).id == 5);
   }
 }
 
 TEST_CASE("each malformed input gives its typed error", "[bus][envelope]") {
   auto good = envelope_of(order_v1{1});
-  bus::message msg = bus::encode(good, "shop");
+  omnibus::message msg = omnibus::encode(good, "shop");
 
   SECTION("a newer version than this build knows") {
     auto env = envelope_of(order_v2{1, "USD"});
-    CHECK(failure_of([&] { (void)bus::decode_event<order_v1>(env); }) == bus::decode_failure::newer_version);
+    CHECK(failure_of([&] { (void)omnibus::decode_event<order_v1>(env); }) == omnibus::decode_failure::newer_version);
   }
   SECTION("truncated msgpack") {
     auto env = good;
     env.body = env.body.substr(0, env.body.size() - 1);
-    CHECK(failure_of([&] { (void)bus::decode_event<order_v1>(env); }) == bus::decode_failure::malformed_body);
+    CHECK(failure_of([&] { (void)omnibus::decode_event<order_v1>(env); }) == omnibus::decode_failure::malformed_body);
   }
   SECTION("random bytes") {
     auto env = good;
     env.body = "\xc1\xc1\xc1";  // 0xc1 is never used in msgpack
-    CHECK(failure_of([&] { (void)bus::decode_event<order_v1>(env); }) == bus::decode_failure::malformed_body);
+    CHECK(failure_of([&] { (void)omnibus::decode_event<order_v1>(env); }) == omnibus::decode_failure::malformed_body);
   }
   SECTION("a body that is not a map") {
     auto env = good;
     env.body = "\x93\x01\x02\x03";  // [1, 2, 3]
-    CHECK(failure_of([&] { (void)bus::decode_event<order_v1>(env); }) == bus::decode_failure::malformed_body);
+    CHECK(failure_of([&] { (void)omnibus::decode_event<order_v1>(env); }) == omnibus::decode_failure::malformed_body);
   }
   SECTION("a container that announces more elements than the body has bytes (found by the fuzzer)") {
     auto env = good;
     env.body = std::string("\xdd\xff\xff\xff\xff", 5);  // array32 of 2^32-1: no allocation up front
-    CHECK(failure_of([&] { (void)bus::decode_event<order_v1>(env); }) == bus::decode_failure::malformed_body);
+    CHECK(failure_of([&] { (void)omnibus::decode_event<order_v1>(env); }) == omnibus::decode_failure::malformed_body);
     env.body = std::string("\x81\xa1n\xdf\x7f\xff\xff\xff", 8);  // {"n": map32 of 2^31-1}
-    CHECK(failure_of([&] { (void)bus::decode_event<order_v1>(env); }) == bus::decode_failure::malformed_body);
+    CHECK(failure_of([&] { (void)omnibus::decode_event<order_v1>(env); }) == omnibus::decode_failure::malformed_body);
   }
   SECTION("maps nested deeper than the limit") {
     auto env = good;
-    env.body = "\x81\xa1n" + std::string(bus::detail::max_body_depth + 1, '\x91') + '\x01';
-    CHECK(failure_of([&] { (void)bus::decode_event<order_v1>(env); }) == bus::decode_failure::malformed_body);
+    env.body = "\x81\xa1n" + std::string(omnibus::detail::max_body_depth + 1, '\x91') + '\x01';
+    CHECK(failure_of([&] { (void)omnibus::decode_event<order_v1>(env); }) == omnibus::decode_failure::malformed_body);
   }
   SECTION("trailing bytes after the map") {
     auto env = good;
     env.body += '\x01';
-    CHECK(failure_of([&] { (void)bus::decode_event<order_v1>(env); }) == bus::decode_failure::malformed_body);
+    CHECK(failure_of([&] { (void)omnibus::decode_event<order_v1>(env); }) == omnibus::decode_failure::malformed_body);
   }
   SECTION("a field of the wrong type names the field") {
     auto env = envelope_of(order_wrong_type{"not a number"});
     try {
-      (void)bus::decode_event<order_v1>(env);
+      (void)omnibus::decode_event<order_v1>(env);
       FAIL("decoded a string into an integer");
-    } catch (const bus::decode_error& e) {
-      CHECK(e.kind() == bus::decode_failure::wrong_type);
+    } catch (const omnibus::decode_error& e) {
+      CHECK(e.kind() == omnibus::decode_failure::wrong_type);
       CHECK_THAT(e.what(), Catch::Contains("field 'id'") && Catch::Contains("test.order"));
     }
   }
@@ -226,93 +226,93 @@ TEST_CASE("each malformed input gives its typed error", "[bus][envelope]") {
     pk.pack(std::string("oops"));
     env.body.assign(buf.data(), buf.size());
     try {
-      (void)bus::decode_event<everything>(env);
+      (void)omnibus::decode_event<everything>(env);
       FAIL("decoded a string into a nested integer");
-    } catch (const bus::decode_error& e) {
-      CHECK(e.kind() == bus::decode_failure::wrong_type);
+    } catch (const omnibus::decode_error& e) {
+      CHECK(e.kind() == omnibus::decode_failure::wrong_type);
       CHECK_THAT(e.what(), Catch::Contains("field 'home.zip'"));
     }
   }
   SECTION("a name header that does not match the subject") {
     msg.subject = "shop.test.other";
-    CHECK(failure_of([&] { (void)bus::decode(msg, "shop"); }) == bus::decode_failure::name_mismatch);
+    CHECK(failure_of([&] { (void)omnibus::decode(msg, "shop"); }) == omnibus::decode_failure::name_mismatch);
   }
   SECTION("a subject under another prefix") {
-    CHECK(failure_of([&] { (void)bus::decode(msg, "elsewhere"); }) == bus::decode_failure::name_mismatch);
+    CHECK(failure_of([&] { (void)omnibus::decode(msg, "elsewhere"); }) == omnibus::decode_failure::name_mismatch);
   }
   SECTION("a missing header") {
     std::erase_if(msg.headers, [](auto& h) { return h.first == "Nats-Msg-Id"; });
-    CHECK(failure_of([&] { (void)bus::decode(msg, "shop"); }) == bus::decode_failure::missing_header);
+    CHECK(failure_of([&] { (void)omnibus::decode(msg, "shop"); }) == omnibus::decode_failure::missing_header);
   }
   SECTION("a header that does not parse") {
     for (auto& h : msg.headers) {
       if (h.first == "Omnibus-Version") h.second = "two";
     }
-    CHECK(failure_of([&] { (void)bus::decode(msg, "shop"); }) == bus::decode_failure::bad_header);
+    CHECK(failure_of([&] { (void)omnibus::decode(msg, "shop"); }) == omnibus::decode_failure::bad_header);
   }
   SECTION("an oversized body is refused when decoded") {
-    CHECK(failure_of([&] { (void)bus::decode(msg, "shop", 2); }) == bus::decode_failure::oversized);
+    CHECK(failure_of([&] { (void)omnibus::decode(msg, "shop", 2); }) == omnibus::decode_failure::oversized);
   }
   SECTION("nested containers, each announcing more elements than the bytes left") {
     auto env = good;
     env.body.clear();
     for (int i = 0; i < 64; ++i) env.body += std::string("\xdd\x00\x00\x01\x00", 5);  // 256 each: more than is left
-    CHECK(failure_of([&] { (void)bus::decode_event<order_v1>(env); }) == bus::decode_failure::malformed_body);
+    CHECK(failure_of([&] { (void)omnibus::decode_event<order_v1>(env); }) == omnibus::decode_failure::malformed_body);
     env.body = std::string("\x81\xa1n\xdb\xff\xff\xff\xff", 8);  // {"n": a string of 4 GiB}
-    CHECK(failure_of([&] { (void)bus::decode_event<order_v1>(env); }) == bus::decode_failure::malformed_body);
+    CHECK(failure_of([&] { (void)omnibus::decode_event<order_v1>(env); }) == omnibus::decode_failure::malformed_body);
   }
   SECTION("an Omnibus header given twice") {
     msg.headers.emplace_back("Omnibus-Version", "1");
-    CHECK(failure_of([&] { (void)bus::decode(msg, "shop"); }) == bus::decode_failure::bad_header);
+    CHECK(failure_of([&] { (void)omnibus::decode(msg, "shop"); }) == omnibus::decode_failure::bad_header);
   }
   SECTION("an Omnibus header that is not UTF-8") {
     for (auto& h : msg.headers) {
       if (h.first == "Nats-Msg-Id") h.second = "\xff\xfe-not-a-uuid";
     }
-    CHECK(failure_of([&] { (void)bus::decode(msg, "shop"); }) == bus::decode_failure::bad_header);
+    CHECK(failure_of([&] { (void)omnibus::decode(msg, "shop"); }) == omnibus::decode_failure::bad_header);
   }
   SECTION("metadata that is not UTF-8") {
     msg.headers.emplace_back("Omnibus-Meta-origin", "caf\xe9");
-    CHECK(failure_of([&] { (void)bus::decode(msg, "shop"); }) == bus::decode_failure::bad_header);
+    CHECK(failure_of([&] { (void)omnibus::decode(msg, "shop"); }) == omnibus::decode_failure::bad_header);
   }
   SECTION("a header with an empty name") {
     msg.headers.emplace_back("", "x");
-    CHECK(failure_of([&] { (void)bus::decode(msg, "shop"); }) == bus::decode_failure::bad_header);
+    CHECK(failure_of([&] { (void)omnibus::decode(msg, "shop"); }) == omnibus::decode_failure::bad_header);
   }
   SECTION("more headers than an event carries") {
-    for (std::size_t i = 0; i < bus::max_headers; ++i) msg.headers.emplace_back("X", "1");
-    CHECK(failure_of([&] { (void)bus::decode(msg, "shop"); }) == bus::decode_failure::too_many_headers);
+    for (std::size_t i = 0; i < omnibus::max_headers; ++i) msg.headers.emplace_back("X", "1");
+    CHECK(failure_of([&] { (void)omnibus::decode(msg, "shop"); }) == omnibus::decode_failure::too_many_headers);
   }
 }
 
 TEST_CASE("foreign headers that are not UTF-8 are ignored, not refused", "[bus][envelope]") {
-  bus::message msg = bus::encode(envelope_of(order_v1{1}), "shop");
+  omnibus::message msg = omnibus::encode(envelope_of(order_v1{1}), "shop");
   msg.headers.emplace_back("X-Other-System", "\xff");
-  CHECK(bus::decode(msg, "shop").name == "test.order");
+  CHECK(omnibus::decode(msg, "shop").name == "test.order");
 }
 
 TEST_CASE("a body over the limit is refused when encoded", "[bus][envelope]") {
   auto env = envelope_of(order_v2{1, std::string(100, 'x')});
-  CHECK_THROWS_AS(bus::encode(env, "shop", 50), bus::event_too_large);
-  CHECK_NOTHROW(bus::encode(env, "shop", env.body.size()));
+  CHECK_THROWS_AS(omnibus::encode(env, "shop", 50), omnibus::event_too_large);
+  CHECK_NOTHROW(omnibus::encode(env, "shop", env.body.size()));
 }
 
 TEST_CASE("metadata that cannot be a header is refused", "[bus][envelope]") {
-  bus::metadata meta;
+  omnibus::metadata meta;
   SECTION("a key outside [A-Za-z0-9_-]") { meta.values = {{"bad key", "v"}}; }
   SECTION("a value with a newline") { meta.values = {{"key", "a\r\nInjected: yes"}}; }
   SECTION("a value that is not UTF-8") { meta.values = {{"key", "caf\xe9"}}; }
   auto env = envelope_of(order_v1{1}, meta);
-  CHECK_THROWS_AS(bus::encode(env, "shop"), std::invalid_argument);
+  CHECK_THROWS_AS(omnibus::encode(env, "shop"), std::invalid_argument);
 }
 
 TEST_CASE("publish times are RFC 3339 UTC with microseconds", "[bus][envelope]") {
   using namespace std::chrono;
   sys_time<microseconds> t{microseconds{1763837492123456}};
-  CHECK(bus::format_time(t) == "2025-11-22T18:51:32.123456Z");
-  CHECK(bus::parse_time("2025-11-22T18:51:32.123456Z") == t);
-  CHECK(bus::parse_time("2025-11-22T18:51:32Z") == floor<seconds>(t));
-  CHECK(bus::parse_time("2025-11-22T18:51:32.1Z") == floor<seconds>(t) + milliseconds(100));
-  CHECK_THROWS_AS(bus::parse_time("2025-11-22 18:51:32Z"), bus::decode_error);
-  CHECK_THROWS_AS(bus::parse_time("2025-02-30T00:00:00Z"), bus::decode_error);
+  CHECK(omnibus::format_time(t) == "2025-11-22T18:51:32.123456Z");
+  CHECK(omnibus::parse_time("2025-11-22T18:51:32.123456Z") == t);
+  CHECK(omnibus::parse_time("2025-11-22T18:51:32Z") == floor<seconds>(t));
+  CHECK(omnibus::parse_time("2025-11-22T18:51:32.1Z") == floor<seconds>(t) + milliseconds(100));
+  CHECK_THROWS_AS(omnibus::parse_time("2025-11-22 18:51:32Z"), omnibus::decode_error);
+  CHECK_THROWS_AS(omnibus::parse_time("2025-02-30T00:00:00Z"), omnibus::decode_error);
 }

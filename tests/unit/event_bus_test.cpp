@@ -6,8 +6,8 @@
 
 #include <catch2/catch.hpp>
 
-#include "bus/event.hpp"
-#include "bus/event_bus.hpp"
+#include "omnibus/event.hpp"
+#include "omnibus/event_bus.hpp"
 
 namespace {
 
@@ -41,16 +41,16 @@ struct listener_failed : std::runtime_error {
 }  // namespace
 
 TEST_CASE("sync listeners run in registration order, and the first that throws stops the rest", "[bus]") {
-  bus::event_bus b;
+  omnibus::event_bus b;
   std::vector<std::string> ran;
-  b.add_sync_listener<note_taken>([&](bus::context&, const note_taken& e) { ran.push_back("first " + std::to_string(e.n)); });
-  b.add_sync_listener<note_taken>([&](bus::context&, const note_taken&) {
+  b.add_sync_listener<note_taken>([&](omnibus::context&, const note_taken& e) { ran.push_back("first " + std::to_string(e.n)); });
+  b.add_sync_listener<note_taken>([&](omnibus::context&, const note_taken&) {
     ran.push_back("second");
     throw listener_failed("out of stock");
   });
-  b.add_sync_listener<note_taken>([&](bus::context&, const note_taken&) { ran.push_back("third"); });
+  b.add_sync_listener<note_taken>([&](omnibus::context&, const note_taken&) { ran.push_back("third"); });
 
-  bus::context ctx;
+  omnibus::context ctx;
   try {
     b.publish(ctx, note_taken{7});
     FAIL("publish returned although a listener threw");
@@ -61,46 +61,46 @@ TEST_CASE("sync listeners run in registration order, and the first that throws s
 }
 
 TEST_CASE("a listener added after the bus froze is refused", "[bus]") {
-  bus::event_bus b;
-  b.add_sync_listener<note_taken>([](bus::context&, const note_taken&) {});
+  omnibus::event_bus b;
+  b.add_sync_listener<note_taken>([](omnibus::context&, const note_taken&) {});
   SECTION("frozen by publish") {
-    bus::context ctx;
+    omnibus::context ctx;
     b.publish(ctx, note_taken{1});
   }
   SECTION("frozen explicitly") { b.freeze(); }
   CHECK(b.frozen());
-  CHECK_THROWS_WITH(b.add_sync_listener<note_taken>([](bus::context&, const note_taken&) {}),
+  CHECK_THROWS_WITH(b.add_sync_listener<note_taken>([](omnibus::context&, const note_taken&) {}),
                     Catch::Contains("frozen"));
 }
 
 TEST_CASE("two event types with one name are refused", "[bus]") {
-  bus::event_bus b;
-  b.add_sync_listener<note_taken>([](bus::context&, const note_taken&) {});
-  CHECK_THROWS_AS(b.add_sync_listener<other_note>([](bus::context&, const other_note&) {}), std::logic_error);
-  bus::context ctx;
+  omnibus::event_bus b;
+  b.add_sync_listener<note_taken>([](omnibus::context&, const note_taken&) {});
+  CHECK_THROWS_AS(b.add_sync_listener<other_note>([](omnibus::context&, const other_note&) {}), std::logic_error);
+  omnibus::context ctx;
   CHECK_THROWS_WITH(b.publish(ctx, other_note{}), Catch::Contains("two event types are named test.note_taken"));
 }
 
 TEST_CASE("a local-only event never needs a queue; any other event does", "[bus]") {
-  bus::event_bus b;
+  omnibus::event_bus b;
   int seen = 0;
-  b.add_sync_listener<note_taken>([&](bus::context&, const note_taken&) { ++seen; });
-  b.add_sync_listener<shipped>([&](bus::context&, const shipped&) { ++seen; });
-  bus::context ctx;
+  b.add_sync_listener<note_taken>([&](omnibus::context&, const note_taken&) { ++seen; });
+  b.add_sync_listener<shipped>([&](omnibus::context&, const shipped&) { ++seen; });
+  omnibus::context ctx;
   CHECK(b.publish(ctx, note_taken{}).is_nil());
   CHECK_THROWS_WITH(b.publish(ctx, shipped{}), Catch::Contains("has no queue"));
   CHECK(seen == 2);  // sync listeners ran before the event could not leave
 }
 
 TEST_CASE("a frozen bus publishes from many threads at once", "[bus]") {
-  bus::event_bus b;
+  omnibus::event_bus b;
   std::atomic<long> sum{0};
-  b.add_sync_listener<note_taken>([&](bus::context&, const note_taken& e) { sum += e.n; });
+  b.add_sync_listener<note_taken>([&](omnibus::context&, const note_taken& e) { sum += e.n; });
   b.freeze();
   std::vector<std::thread> threads;
   for (int t = 0; t < 4; ++t) {
     threads.emplace_back([&] {
-      bus::context ctx;
+      omnibus::context ctx;
       for (int i = 1; i <= 10000; ++i) b.publish(ctx, note_taken{i});
     });
   }
@@ -109,14 +109,14 @@ TEST_CASE("a frozen bus publishes from many threads at once", "[bus]") {
 }
 
 TEST_CASE("the context carries metadata, a deadline and a stop token", "[bus]") {
-  bus::context ctx;
+  omnibus::context ctx;
   CHECK(ctx.transaction() == nullptr);
   CHECK_THROWS_AS(ctx.tx(), std::logic_error);
   ctx.meta().correlation_id = "req-1";
   ctx.meta().values.emplace_back("tenant", "acme");
   CHECK(*ctx.meta().value("tenant") == "acme");
   CHECK(ctx.meta().value("missing") == nullptr);
-  CHECK(ctx.deadline() == bus::context::clock::time_point::max());
+  CHECK(ctx.deadline() == omnibus::context::clock::time_point::max());
   std::stop_source stop;
   ctx.set_stop_token(stop.get_token());
   stop.request_stop();

@@ -5,15 +5,15 @@
 
 #include <catch2/catch.hpp>
 
-#include "bus/error.hpp"
-#include "bus/event_id.hpp"
+#include "omnibus/error.hpp"
+#include "omnibus/event_id.hpp"
 
 TEST_CASE("event ids are UUIDv7 and increase within a thread", "[bus]") {
-  std::vector<bus::event_id> ids;
-  for (int i = 0; i < 20000; ++i) ids.push_back(bus::event_id::generate());
+  std::vector<omnibus::event_id> ids;
+  for (int i = 0; i < 20000; ++i) ids.push_back(omnibus::event_id::generate());
 
   CHECK(std::is_sorted(ids.begin(), ids.end(), [](auto& a, auto& b) { return a < b; }));
-  CHECK(std::set<bus::event_id>(ids.begin(), ids.end()).size() == ids.size());
+  CHECK(std::set<omnibus::event_id>(ids.begin(), ids.end()).size() == ids.size());
   for (const auto& id : ids) {
     REQUIRE((id.bytes()[6] >> 4) == 7);      // version
     REQUIRE((id.bytes()[8] >> 6) == 0b10);   // variant
@@ -23,27 +23,27 @@ TEST_CASE("event ids are UUIDv7 and increase within a thread", "[bus]") {
 TEST_CASE("an event id carries the time it was made", "[bus]") {
   using namespace std::chrono;
   auto before = time_point_cast<milliseconds>(system_clock::now());
-  auto id = bus::event_id::generate();
+  auto id = omnibus::event_id::generate();
   auto after = time_point_cast<milliseconds>(system_clock::now());
   CHECK(id.time() >= before);
   CHECK(id.time() <= after + milliseconds(1));
 }
 
 TEST_CASE("an event id round-trips through its text form", "[bus]") {
-  auto id = bus::event_id::generate();
+  auto id = omnibus::event_id::generate();
   auto text = id.to_string();
   REQUIRE(text.size() == 36);
   CHECK(text[14] == '7');
-  CHECK(bus::event_id::parse(text) == id);
+  CHECK(omnibus::event_id::parse(text) == id);
 
   SECTION("upper case parses too") {
     std::string upper = text;
     std::transform(upper.begin(), upper.end(), upper.begin(), ::toupper);
-    CHECK(bus::event_id::parse(upper) == id);
+    CHECK(omnibus::event_id::parse(upper) == id);
   }
   SECTION("malformed text is refused with the text in the message") {
-    CHECK_THROWS_WITH(bus::event_id::parse("not-an-id"), Catch::Contains("not-an-id"));
-    CHECK_THROWS_AS(bus::event_id::parse("0189e5a0-0000-7000-8000-00000000000g"), bus::error);
-    CHECK_THROWS_AS(bus::event_id::parse("0189e5a0x0000-7000-8000-000000000000"), bus::error);
+    CHECK_THROWS_WITH(omnibus::event_id::parse("not-an-id"), Catch::Contains("not-an-id"));
+    CHECK_THROWS_AS(omnibus::event_id::parse("0189e5a0-0000-7000-8000-00000000000g"), omnibus::error);
+    CHECK_THROWS_AS(omnibus::event_id::parse("0189e5a0x0000-7000-8000-000000000000"), omnibus::error);
   }
 }

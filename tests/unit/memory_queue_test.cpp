@@ -6,9 +6,9 @@
 
 #include <catch2/catch.hpp>
 
-#include "bus/event.hpp"
-#include "bus/event_bus.hpp"
-#include "bus/memory_queue.hpp"
+#include "omnibus/event.hpp"
+#include "omnibus/event_bus.hpp"
+#include "omnibus/memory_queue.hpp"
 
 namespace {
 
@@ -22,21 +22,21 @@ struct parcel_sent {
 };
 
 struct fixture {
-  bus::memory_queue q;
-  bus::event_bus b{q, [] {
-                     bus::bus_options o;
+  omnibus::memory_queue q;
+  omnibus::event_bus b{q, [] {
+                     omnibus::bus_options o;
                      o.group = "shop";
                      o.stream.subject_prefix = "shop";
                      return o;
                    }()};
   std::vector<std::int64_t> handled;
-  bus::context ctx;
+  omnibus::context ctx;
 
-  void run_one(bus::consumer& c, bool ack = true) {
+  void run_one(omnibus::consumer& c, bool ack = true) {
     auto got = c.fetch(1, 0ms);
     REQUIRE(got.size() == 1);
-    bus::context handler_ctx;
-    b.async_listeners().front().handler(handler_ctx, bus::decode(got[0]->msg(), "shop"));
+    omnibus::context handler_ctx;
+    b.async_listeners().front().handler(handler_ctx, omnibus::decode(got[0]->msg(), "shop"));
     if (ack) got[0]->ack();
   }
 };
@@ -44,7 +44,7 @@ struct fixture {
 }  // namespace
 
 TEST_CASE_METHOD(fixture, "events published through the bus reach a provisioned listener", "[bus][memory_queue]") {
-  b.add_async_listener<parcel_sent>("tracker", [&](bus::context&, const parcel_sent& e) { handled.push_back(e.parcel); });
+  b.add_async_listener<parcel_sent>("tracker", [&](omnibus::context&, const parcel_sent& e) { handled.push_back(e.parcel); });
   b.provision();
   REQUIRE(b.consumer_configs().front().name == "shop_tracker");
   REQUIRE(b.consumer_configs().front().filter_subject == "shop.test.parcel_sent");
@@ -64,7 +64,7 @@ TEST_CASE_METHOD(fixture, "events published through the bus reach a provisioned 
 }
 
 TEST_CASE_METHOD(fixture, "a nak redelivers with the delivery count raised", "[bus][memory_queue]") {
-  b.add_async_listener<parcel_sent>("tracker", [](bus::context&, const parcel_sent&) {});
+  b.add_async_listener<parcel_sent>("tracker", [](omnibus::context&, const parcel_sent&) {});
   b.provision();
   b.publish(ctx, parcel_sent{1});
   auto c = q.open_consumer(b.options().stream, "shop_tracker");
@@ -82,12 +82,12 @@ TEST_CASE_METHOD(fixture, "a nak redelivers with the delivery count raised", "[b
 
 TEST_CASE_METHOD(fixture, "the same event id lands once within the duplicate window", "[bus][memory_queue]") {
   b.provision();
-  bus::envelope env;
-  env.id = bus::event_id::generate();
+  omnibus::envelope env;
+  env.id = omnibus::event_id::generate();
   env.name = "test.parcel_sent";
   env.version = 1;
-  env.body = bus::detail::encode_body(parcel_sent{5});
-  auto msg = bus::encode(env, "shop");
+  env.body = omnibus::detail::encode_body(parcel_sent{5});
+  auto msg = omnibus::encode(env, "shop");
   auto a = q.publish(msg, 1s);
   auto d = q.publish(msg, 1s);
   CHECK_FALSE(a.duplicate);
@@ -97,9 +97,9 @@ TEST_CASE_METHOD(fixture, "the same event id lands once within the duplicate win
 }
 
 TEST_CASE_METHOD(fixture, "an ordered listener gets one event at a time", "[bus][memory_queue]") {
-  bus::listener_options o;
+  omnibus::listener_options o;
   o.ordered = true;
-  b.add_async_listener<parcel_sent>("ledger", [](bus::context&, const parcel_sent&) {}, o);
+  b.add_async_listener<parcel_sent>("ledger", [](omnibus::context&, const parcel_sent&) {}, o);
   b.provision();
   b.publish(ctx, parcel_sent{1});
   b.publish(ctx, parcel_sent{2});
@@ -110,13 +110,13 @@ TEST_CASE_METHOD(fixture, "an ordered listener gets one event at a time", "[bus]
   first[0]->ack();
   auto second = c->fetch(10, 0ms);
   REQUIRE(second.size() == 1);
-  CHECK(bus::decode_event<parcel_sent>(bus::decode(second[0]->msg(), "shop")).parcel == 2);
+  CHECK(omnibus::decode_event<parcel_sent>(omnibus::decode(second[0]->msg(), "shop")).parcel == 2);
 }
 
 TEST_CASE("a consumer whose filter changed makes provision() throw, naming it", "[bus][memory_queue]") {
-  bus::memory_queue q;
-  bus::stream_config s;
-  std::vector<bus::consumer_config> v(1);
+  omnibus::memory_queue q;
+  omnibus::stream_config s;
+  std::vector<omnibus::consumer_config> v(1);
   v[0].name = "shop_x";
   v[0].filter_subject = "omnibus.a";
   q.provision(s, v);
@@ -125,25 +125,25 @@ TEST_CASE("a consumer whose filter changed makes provision() throw, naming it", 
 }
 
 TEST_CASE("a full stream refuses a publish as not sent", "[bus][memory_queue]") {
-  bus::memory_queue q;
-  bus::bus_options o;
+  omnibus::memory_queue q;
+  omnibus::bus_options o;
   o.stream.max_bytes = 200;
-  bus::event_bus b{q, o};
+  omnibus::event_bus b{q, o};
   b.provision();
-  bus::context ctx;
+  omnibus::context ctx;
   try {
     for (int i = 0; i < 100; ++i) b.publish(ctx, parcel_sent{i});
     FAIL("a 200-byte stream took 100 events");
-  } catch (const bus::publish_error& e) {
-    CHECK(e.result() == bus::publish_error::outcome::not_sent);
+  } catch (const omnibus::publish_error& e) {
+    CHECK(e.result() == omnibus::publish_error::outcome::not_sent);
     CHECK_FALSE(e.id().is_nil());
     CHECK_THAT(e.what(), Catch::Contains("full"));
   }
 }
 
 TEST_CASE("async listener names are checked at registration", "[bus]") {
-  bus::event_bus b;
-  auto noop = [](bus::context&, const parcel_sent&) {};
+  omnibus::event_bus b;
+  auto noop = [](omnibus::context&, const parcel_sent&) {};
   CHECK_THROWS_AS(b.add_async_listener<parcel_sent>("has.dot", noop), std::logic_error);
   CHECK_THROWS_AS(b.add_async_listener<parcel_sent>("", noop), std::logic_error);
   b.add_async_listener<parcel_sent>("ok-name_1", noop);

@@ -5,8 +5,8 @@
 
 #include <catch2/catch.hpp>
 
-#include "bus/envelope.hpp"
-#include "bus/event.hpp"
+#include "omnibus/envelope.hpp"
+#include "omnibus/event.hpp"
 
 namespace {
 struct order_placed {
@@ -19,15 +19,15 @@ struct order_placed {
 }  // namespace
 
 TEST_CASE("the README's example message is what the codec writes", "[bus][envelope][readme]") {
-  bus::envelope env;
-  env.id = bus::event_id::parse("01936a6e-5a3b-7c4d-8e9f-0a1b2c3d4e5f");
+  omnibus::envelope env;
+  env.id = omnibus::event_id::parse("01936a6e-5a3b-7c4d-8e9f-0a1b2c3d4e5f");
   env.name = "order.placed";
   env.version = 1;
-  env.published_at = bus::parse_time("2026-11-22T18:51:32.123456Z");
+  env.published_at = omnibus::parse_time("2026-11-22T18:51:32.123456Z");
   env.meta.correlation_id = "req-7";
   env.meta.values = {{"tenant", "acme"}};
-  env.body = bus::detail::encode_body(order_placed{1042, "ada"});
-  bus::message m = bus::encode(env, "omnibus");
+  env.body = omnibus::detail::encode_body(order_placed{1042, "ada"});
+  omnibus::message m = omnibus::encode(env, "omnibus");
 
   CHECK(m.subject == "omnibus.order.placed");
   // The NATS header block as the README shows it; its length goes into HPUB.
@@ -53,5 +53,5 @@ TEST_CASE("the README's example message is what the codec writes", "[bus][envelo
     hex += digits[c & 15];
   }
   CHECK(hex == body_hex);
-  CHECK(bus::decode_event<order_placed>(bus::decode(m, "omnibus")).customer == "ada");
+  CHECK(omnibus::decode_event<order_placed>(omnibus::decode(m, "omnibus")).customer == "ada");
 }

@@ -7,7 +7,7 @@
 
 #include "wire.hpp"
 
-using namespace mq::detail;
+using namespace omnibus::detail;
 
 TEST_CASE("a header block parses byte for byte, in order, duplicates kept", "[mq][wire]") {
   const header_block b = parse_header_block("NATS/1.0\r\nNats-Msg-Id: abc\r\nX:  padded  \r\nX: two\r\nEmpty:\r\n\r\n");

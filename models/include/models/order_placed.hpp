@@ -4,7 +4,7 @@
 #include <string>
 #include <string_view>
 
-#include "bus/event.hpp"
+#include "omnibus/event.hpp"
 
 namespace models {
 

@@ -1,6 +1,6 @@
 #pragma once
 
-#include "bus/event_bus.hpp"
+#include "omnibus/event_bus.hpp"
 #include "services/shop_options.hpp"
 
 namespace services {
@@ -9,7 +9,7 @@ namespace services {
 /// transaction (sync listeners), so the audit trail commits or rolls back with the fact.
 class audit {
  public:
-  audit(bus::event_bus& bus, const shop_options& options);
+  audit(omnibus::event_bus& bus, const shop_options& options);
 };
 
 }  // namespace services

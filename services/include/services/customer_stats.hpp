@@ -1,6 +1,6 @@
 #pragma once
 
-#include "bus/event_bus.hpp"
+#include "omnibus/event_bus.hpp"
 #include "services/shop_options.hpp"
 
 namespace services {
@@ -10,7 +10,7 @@ namespace services {
 /// one as out of order, which ordering makes impossible.
 class customer_stats {
  public:
-  customer_stats(bus::event_bus& bus, const shop_options& options);
+  customer_stats(omnibus::event_bus& bus, const shop_options& options);
 };
 
 }  // namespace services

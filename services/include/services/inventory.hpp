@@ -3,7 +3,7 @@
 #include <stdexcept>
 #include <string>
 
-#include "bus/event_bus.hpp"
+#include "omnibus/event_bus.hpp"
 #include "services/shop_options.hpp"
 
 namespace services {
@@ -18,9 +18,9 @@ class out_of_stock : public std::runtime_error {
 /// throws out_of_stock when there is not enough: the order and its event never exist.
 class inventory {
  public:
-  inventory(bus::event_bus& bus, const shop_options& options);
+  inventory(omnibus::event_bus& bus, const shop_options& options);
   /// Sets a SKU's available units, through ctx's transaction.
-  void restock(bus::context& ctx, const std::string& sku, int units);
+  void restock(omnibus::context& ctx, const std::string& sku, int units);
 
  private:
   shop_options options_;

@@ -1,6 +1,6 @@
 #pragma once
 
-#include "bus/event_bus.hpp"
+#include "omnibus/event_bus.hpp"
 #include "services/shop_options.hpp"
 
 namespace services {
@@ -9,7 +9,7 @@ namespace services {
 /// fails with probability shop_options::flaky_failure_rate, to show retries and dead letters.
 class loyalty {
  public:
-  loyalty(bus::event_bus& bus, const shop_options& options);
+  loyalty(omnibus::event_bus& bus, const shop_options& options);
 };
 
 }  // namespace services

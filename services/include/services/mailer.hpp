@@ -1,6 +1,6 @@
 #pragma once
 
-#include "bus/event_bus.hpp"
+#include "omnibus/event_bus.hpp"
 #include "services/shop_options.hpp"
 
 namespace services {
@@ -9,7 +9,7 @@ namespace services {
 /// listeners "welcome_email" and "confirmation_email"). Idempotent on the event id.
 class mailer {
  public:
-  mailer(bus::event_bus& bus, const shop_options& options);
+  mailer(omnibus::event_bus& bus, const shop_options& options);
 };
 
 }  // namespace services

@@ -3,7 +3,7 @@
 #include <cstdint>
 #include <string>
 
-#include "bus/event_bus.hpp"
+#include "omnibus/event_bus.hpp"
 #include "services/shop_options.hpp"
 
 namespace services {
@@ -11,14 +11,14 @@ namespace services {
 /// Places orders; publishes order.placed in the order's transaction.
 class orders {
  public:
-  orders(bus::event_bus& bus, const shop_options& options);
+  orders(omnibus::event_bus& bus, const shop_options& options);
   /// Inserts the order and publishes order.placed through ctx's transaction. Throws what the
   /// sync listeners throw (out_of_stock): the caller then rolls the transaction back.
-  std::int64_t place(bus::context& ctx, const std::string& customer, const std::string& sku, int quantity,
+  std::int64_t place(omnibus::context& ctx, const std::string& customer, const std::string& sku, int quantity,
                      std::int64_t cents);
 
  private:
-  bus::event_bus& bus_;  // outlives the service
+  omnibus::event_bus& bus_;  // outlives the service
   shop_options options_;
 };
 

@@ -4,8 +4,8 @@
 
 #include <memory>
 
-#include "bus/event_bus.hpp"
-#include "bus/fwd.hpp"
+#include "omnibus/event_bus.hpp"
+#include "omnibus/fwd.hpp"
 #include "services/audit.hpp"
 #include "services/customer_stats.hpp"
 #include "services/inventory.hpp"
@@ -19,7 +19,7 @@ namespace services {
 
 /// Every service of the shop. Borrows the bus, which must outlive it.
 struct shop {
-  shop(bus::event_bus& bus, const shop_options& options);
+  shop(omnibus::event_bus& bus, const shop_options& options);
   shop_options options;
   services::audit audit;
   services::users users;
@@ -31,7 +31,7 @@ struct shop {
 };
 
 /// Constructs every service; each adds its listeners to `bus` (which must not be frozen yet).
-[[nodiscard]] std::unique_ptr<shop> make_shop(bus::event_bus& bus, const shop_options& options = {});
+[[nodiscard]] std::unique_ptr<shop> make_shop(omnibus::event_bus& bus, const shop_options& options = {});
 
 /// Creates the shop's tables if missing (safe from several processes at once).
 void migrate_shop(pqxx::connection_base& conn, const shop_options& options);

@@ -3,7 +3,7 @@
 #include <cstdint>
 #include <string>
 
-#include "bus/event_bus.hpp"
+#include "omnibus/event_bus.hpp"
 #include "services/shop_options.hpp"
 
 namespace services {
@@ -11,12 +11,12 @@ namespace services {
 /// Registers users; publishes user.registered in the registration's transaction.
 class users {
  public:
-  users(bus::event_bus& bus, const shop_options& options);
+  users(omnibus::event_bus& bus, const shop_options& options);
   /// Inserts the user through ctx's transaction and publishes user.registered. Returns its id.
-  std::int64_t register_user(bus::context& ctx, const std::string& email);
+  std::int64_t register_user(omnibus::context& ctx, const std::string& email);
 
  private:
-  bus::event_bus& bus_;  // outlives the service
+  omnibus::event_bus& bus_;  // outlives the service
   shop_options options_;
 };
 

@@ -7,11 +7,11 @@
 #include <string_view>
 #include <vector>
 
-#include "bus/event_bus.hpp"
-#include "bus/fwd.hpp"
-#include "bus/queue.hpp"
+#include "omnibus/event_bus.hpp"
+#include "omnibus/fwd.hpp"
+#include "omnibus/queue.hpp"
 
-namespace bus {
+namespace omnibus {
 
 /// What happened to one retried dead letter.
 struct retry_outcome {
@@ -25,7 +25,7 @@ struct retry_outcome {
 /// Runs dead letter `id` through **its own listener alone**, on the stored message, in this
 /// process (a republish would re-run every listener of the event: 2.9 consumers take one
 /// filter). `bus` must hold the services' listeners. On success the dead letter is deleted.
-/// Throws bus::error when there is no such dead letter.
+/// Throws omnibus::error when there is no such dead letter.
 retry_outcome retry_dead_letter(const event_bus& bus, pqxx::connection_base& conn, std::int64_t id);
 
 /// Retries every dead letter matching the filters (empty: any), oldest first.
@@ -46,4 +46,4 @@ struct consumer_status {
 /// names. With `dry_run`, deletes nothing.
 std::vector<std::string> prune_consumers(const event_bus& bus, bool dry_run);
 
-}  // namespace bus
+}  // namespace omnibus

@@ -5,7 +5,7 @@
 #include <string_view>
 #include <type_traits>
 
-namespace bus {
+namespace omnibus {
 
 /// An event: a default-constructible struct with `static constexpr std::string_view name`
 /// (stable, dotted), `static constexpr int version`, and fields declared with
@@ -58,4 +58,4 @@ constexpr void check_event() {
 }
 
 }  // namespace detail
-}  // namespace bus
+}  // namespace omnibus

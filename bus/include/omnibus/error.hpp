@@ -6,7 +6,7 @@
 #include <stdexcept>
 #include <string>
 
-namespace bus {
+namespace omnibus {
 
 /// Root of all runtime failures thrown by the bus core; catch this to catch them all.
 class error : public std::runtime_error {
@@ -48,4 +48,4 @@ class event_too_large : public error {
   using error::error;
 };
 
-}  // namespace bus
+}  // namespace omnibus

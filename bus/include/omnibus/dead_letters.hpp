@@ -8,17 +8,17 @@
 #include <string_view>
 #include <vector>
 
-#include "bus/fwd.hpp"
-#include "bus/message.hpp"
+#include "omnibus/fwd.hpp"
+#include "omnibus/message.hpp"
 
-namespace bus {
+namespace omnibus {
 
 /// One message a listener gave up on.
 struct dead_letter {
   std::int64_t id = 0;  ///< assigned by the database
   std::string listener;
   /// Nats-Msg-Id as received, or "seq:<stream sequence>" without one. Stored as text: bytes
-  /// that are not UTF-8 read \xHH there (bus::to_text); msg keeps the exact bytes.
+  /// that are not UTF-8 read \xHH there (omnibus::to_text); msg keeps the exact bytes.
   std::string event_id;
   std::string event_name;  ///< the Omnibus-Event header (as text, like event_id), or empty
   message msg;             ///< subject, headers and body exactly as delivered
@@ -44,7 +44,7 @@ void clear_failure(pqxx::connection_base& conn, std::string_view schema, std::st
 
 /// Writes the dead letter and removes its failure history, in one transaction that has
 /// committed when this returns. Producers' bytes are stored exactly (bytea) or as text made
-/// valid with bus::to_text (event id, event name, subject, error). Idempotent on (listener, event id): a second write updates
+/// valid with omnibus::to_text (event id, event name, subject, error). Idempotent on (listener, event id): a second write updates
 /// attempts, error and last_failed_at. first_failed_at comes from the failure history (now
 /// when there is none).
 void write_dead_letter(pqxx::connection_base& conn, std::string_view schema, const dead_letter& dl);
@@ -85,4 +85,4 @@ bool request_parked_action(pqxx::connection_base& conn, std::string_view schema,
 /// Removes the listener's parked row (its event was handled or skipped).
 void unpark(pqxx::connection_base& conn, std::string_view schema, std::string_view listener);
 
-}  // namespace bus
+}  // namespace omnibus

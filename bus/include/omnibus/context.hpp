@@ -9,10 +9,10 @@
 #include <utility>
 #include <vector>
 
-#include "bus/event_id.hpp"
-#include "bus/fwd.hpp"
+#include "omnibus/event_id.hpp"
+#include "omnibus/fwd.hpp"
 
-namespace bus {
+namespace omnibus {
 
 /// Metadata that travels with every event published under a context (see "Wire format").
 struct metadata {
@@ -31,7 +31,7 @@ struct metadata {
 class connection_source {
  public:
   virtual ~connection_source() = default;
-  /// A connection for the rest of the handler call, on the calling thread. Throws bus::error.
+  /// A connection for the rest of the handler call, on the calling thread. Throws omnibus::error.
   virtual pqxx::connection_base& connection() = 0;
 };
 
@@ -61,14 +61,14 @@ class context {
   void set_connection_source(connection_source* source) noexcept { db_ = source; }
 
   /// In a handler: the id of the event being handled (a good idempotency key). Nil elsewhere.
-  [[nodiscard]] const bus::event_id& event_id() const noexcept { return event_id_; }
-  void set_event_id(const bus::event_id& id) noexcept { event_id_ = id; }
+  [[nodiscard]] const omnibus::event_id& event_id() const noexcept { return event_id_; }
+  void set_event_id(const omnibus::event_id& id) noexcept { event_id_ = id; }
   /// In a handler: which attempt this is (1 the first; JetStream's delivery count). 0 elsewhere.
   [[nodiscard]] std::uint64_t attempt() const noexcept { return attempt_; }
   void set_attempt(std::uint64_t n) noexcept { attempt_ = n; }
 
-  [[nodiscard]] bus::metadata& meta() noexcept { return meta_; }
-  [[nodiscard]] const bus::metadata& meta() const noexcept { return meta_; }
+  [[nodiscard]] omnibus::metadata& meta() noexcept { return meta_; }
+  [[nodiscard]] const omnibus::metadata& meta() const noexcept { return meta_; }
 
   /// When the worker gives up on this handler call (time_point::max(): never).
   [[nodiscard]] clock::time_point deadline() const noexcept { return deadline_; }
@@ -80,11 +80,11 @@ class context {
  private:
   pqxx::transaction_base* tx_ = nullptr;  // borrowed
   connection_source* db_ = nullptr;       // borrowed
-  bus::metadata meta_;
-  bus::event_id event_id_;
+  omnibus::metadata meta_;
+  omnibus::event_id event_id_;
   std::uint64_t attempt_ = 0;
   clock::time_point deadline_ = clock::time_point::max();
   std::stop_token stop_;
 };
 
-}  // namespace bus
+}  // namespace omnibus

@@ -1,5 +1,5 @@
 #pragma once
-// An in-memory bus::queue for users' own unit tests: publish, dedup by Nats-Msg-Id, durable
+// An in-memory omnibus::queue for users' own unit tests: publish, dedup by Nats-Msg-Id, durable
 // consumers with ack, nak with delay, term, AckWait redelivery and MaxAckPending. One process
 // only; it keeps every message until destroyed (no MaxAge). Omnibus's own integration tests
 // never use it: they run against a real nats-server.
@@ -15,9 +15,9 @@
 #include <string>
 #include <vector>
 
-#include "bus/queue.hpp"
+#include "omnibus/queue.hpp"
 
-namespace bus {
+namespace omnibus {
 
 /// Thread-safe. Deliveries it hands out must not outlive it.
 class memory_queue final : public queue {
@@ -74,4 +74,4 @@ class memory_queue final : public queue {
   std::map<std::string, durable> durables_;
 };
 
-}  // namespace bus
+}  // namespace omnibus

@@ -4,7 +4,7 @@
 #include <string>
 #include <string_view>
 
-namespace bus {
+namespace omnibus {
 
 /// Whether `s` is well-formed UTF-8 (no overlong forms, no surrogates, nothing past U+10FFFF).
 [[nodiscard]] bool is_utf8(std::string_view s) noexcept;
@@ -19,4 +19,4 @@ namespace bus {
 /// never move the cursor, change colours or set the window title. Printable UTF-8 is kept.
 [[nodiscard]] std::string for_terminal(std::string_view s);
 
-}  // namespace bus
+}  // namespace omnibus

@@ -7,13 +7,13 @@
 #include <string>
 #include <string_view>
 
-#include "bus/context.hpp"
-#include "bus/error.hpp"
-#include "bus/event_id.hpp"
-#include "bus/event_traits.hpp"
-#include "bus/message.hpp"
+#include "omnibus/context.hpp"
+#include "omnibus/error.hpp"
+#include "omnibus/event_id.hpp"
+#include "omnibus/event_traits.hpp"
+#include "omnibus/message.hpp"
 
-namespace bus {
+namespace omnibus {
 
 /// The header names, exactly as they appear on the wire.
 namespace header {
@@ -39,7 +39,7 @@ struct envelope {
   std::string name;
   int version = 0;
   std::chrono::sys_time<std::chrono::microseconds> published_at{};
-  bus::metadata meta;
+  omnibus::metadata meta;
   std::string body;  ///< the msgpack map
 };
 
@@ -82,4 +82,4 @@ E decode_event(const envelope& env) {
   return out;
 }
 
-}  // namespace bus
+}  // namespace omnibus

@@ -6,10 +6,10 @@
 #include <string>
 #include <string_view>
 
-#include "bus/fwd.hpp"
-#include "bus/message.hpp"
+#include "omnibus/fwd.hpp"
+#include "omnibus/message.hpp"
 
-namespace bus {
+namespace omnibus {
 
 /// INSERTs `msg` into <schema>.bus_outbox in `tx` and queues a NOTIFY that wakes the relay at
 /// commit. One round trip. Throws what pqxx throws (the caller's transaction is then aborted).
@@ -24,8 +24,8 @@ void outbox_insert_batch(pqxx::transaction_base& tx, std::string_view schema, st
 namespace detail {
 /// Headers as stored in the outbox: "Name: value" lines joined by CR LF.
 [[nodiscard]] std::string join_headers(const message& msg);
-/// The inverse of join_headers. Throws bus::error for a line without ": ".
+/// The inverse of join_headers. Throws omnibus::error for a line without ": ".
 void split_headers(std::string_view text, message& out);
 }  // namespace detail
 
-}  // namespace bus
+}  // namespace omnibus

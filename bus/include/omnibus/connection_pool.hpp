@@ -10,9 +10,9 @@
 #include <string>
 #include <vector>
 
-#include "bus/fwd.hpp"
+#include "omnibus/fwd.hpp"
 
-namespace bus {
+namespace omnibus {
 
 /// Thread-safe. Connections are opened lazily, and one that broke is replaced on its next lease.
 class connection_pool {
@@ -44,7 +44,7 @@ class connection_pool {
     bool discard_ = false;
   };
 
-  /// Waits up to `timeout` for a free connection. Throws bus::error on timeout or when
+  /// Waits up to `timeout` for a free connection. Throws omnibus::error on timeout or when
   /// PostgreSQL cannot be reached (without the URL in the message).
   [[nodiscard]] lease acquire(std::chrono::milliseconds timeout);
 
@@ -59,4 +59,4 @@ class connection_pool {
   std::size_t leased_ = 0;
 };
 
-}  // namespace bus
+}  // namespace omnibus

@@ -5,10 +5,10 @@
 #include <memory>
 #include <string>
 
-namespace mq {
+namespace omnibus {
 
 /// How to reach nats-server. Defaults suit a service: reconnect forever, short connect timeout.
-struct connection_options {
+struct nats_options {
   std::string url = "nats://127.0.0.1:4222";   ///< comma-separated for a cluster
   std::string name = "omnibus";                 ///< shown by the server's connz
   std::chrono::milliseconds connect_timeout{2000};
@@ -27,17 +27,17 @@ struct connection_options {
 };
 
 /// An open NATS connection with reconnect enabled. Owns the natsConnection; movable, not
-/// copyable; thread-safe. Throws mq::error when the server cannot be reached.
-class connection {
+/// copyable; thread-safe. Throws omnibus::nats_error when the server cannot be reached.
+class nats_connection {
  public:
-  explicit connection(const connection_options& options);
-  ~connection();
-  connection(connection&&) noexcept;
-  connection& operator=(connection&&) noexcept;
+  explicit nats_connection(const nats_options& options);
+  ~nats_connection();
+  nats_connection(nats_connection&&) noexcept;
+  nats_connection& operator=(nats_connection&&) noexcept;
 
   /// The server's URL as NATS.c reports it, with any user:password removed.
   [[nodiscard]] std::string connected_url() const;
-  /// Round trip to the server: every publish before it has been received. Throws mq::error.
+  /// Round trip to the server: every publish before it has been received. Throws omnibus::nats_error.
   void flush(std::chrono::milliseconds timeout) const;
 
   struct impl;  ///< private to mq (see mq/nats.hpp)
@@ -47,4 +47,4 @@ class connection {
   std::unique_ptr<impl> impl_;
 };
 
-}  // namespace mq
+}  // namespace omnibus

@@ -1,17 +1,17 @@
 #pragma once
-// Every NATS.c failure surfaces as mq::error, carrying what NATS.c said.
+// Every NATS.c failure surfaces as omnibus::nats_error, carrying what NATS.c said.
 
-#include <stdexcept>
 #include <string>
 
-namespace mq {
+#include "omnibus/error.hpp"
+
+namespace omnibus {
 
 /// A failed NATS.c call: the natsStatus, the JetStream error code (0 when the server sent
 /// none) and NATS.c's last error text, all folded into what(). Never contains credentials.
-class error : public std::runtime_error {
+class nats_error : public error {
  public:
-  error(std::string what, int status, int js_code)
-      : std::runtime_error(std::move(what)), status_(status), js_code_(js_code) {}
+  nats_error(const std::string& what, int status, int js_code) : error(what), status_(status), js_code_(js_code) {}
 
   /// The natsStatus value (NATS_OK is never thrown).
   [[nodiscard]] int status() const noexcept { return status_; }
@@ -23,4 +23,4 @@ class error : public std::runtime_error {
   int js_code_;
 };
 
-}  // namespace mq
+}  // namespace omnibus

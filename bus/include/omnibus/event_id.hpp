@@ -8,7 +8,7 @@
 #include <string>
 #include <string_view>
 
-namespace bus {
+namespace omnibus {
 
 /// A 128-bit UUIDv7: 48 bits of Unix milliseconds, then a 12-bit counter that keeps ids made by
 /// one thread within one millisecond in order, then 62 random bits. A value type; thread-safe.
@@ -21,7 +21,7 @@ class event_id {
   [[nodiscard]] static event_id generate() noexcept;
 
   /// Parses the canonical 36-character form (lower or upper case hex).
-  /// Throws bus::error naming the bad text.
+  /// Throws omnibus::error naming the bad text.
   [[nodiscard]] static event_id parse(std::string_view text);
 
   /// The canonical form: 8-4-4-4-12 lower-case hex digits.
@@ -39,4 +39,4 @@ class event_id {
   std::array<std::uint8_t, 16> bytes_{};
 };
 
-}  // namespace bus
+}  // namespace omnibus

@@ -1,6 +1,6 @@
 #pragma once
 // The queue the core needs: a stream of subjects, durable pull consumers, publish with ack,
-// and per-message settlement. mq::jetstream implements it over NATS.c; bus::memory_queue
+// and per-message settlement. omnibus::jetstream implements it over NATS.c; omnibus::memory_queue
 // implements it in memory for users' own unit tests.
 
 #include <chrono>
@@ -12,11 +12,11 @@
 #include <string_view>
 #include <vector>
 
-#include "bus/error.hpp"
-#include "bus/event_id.hpp"
-#include "bus/message.hpp"
+#include "omnibus/error.hpp"
+#include "omnibus/event_id.hpp"
+#include "omnibus/message.hpp"
 
-namespace bus {
+namespace omnibus {
 
 /// The stream every event goes to. Defaults are documented in the README ("Configuration").
 struct stream_config {
@@ -135,7 +135,7 @@ class queue {
  public:
   virtual ~queue() = default;
   /// Creates the stream and consumers that are missing; updates what may change; throws
-  /// bus::error when an existing one conflicts (another filter, other stream settings).
+  /// omnibus::error when an existing one conflicts (another filter, other stream settings).
   virtual void provision(const stream_config& stream, std::span<const consumer_config> consumers) = 0;
   /// Publishes and waits for the ack. Throws publish_error carrying the Nats-Msg-Id's event id.
   virtual publish_ack publish(const message& msg, std::chrono::milliseconds timeout) = 0;
@@ -166,4 +166,4 @@ class queue {
   }
 };
 
-}  // namespace bus
+}  // namespace omnibus

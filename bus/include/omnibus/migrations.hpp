@@ -5,16 +5,16 @@
 #include <string>
 #include <string_view>
 
-#include "bus/fwd.hpp"
+#include "omnibus/fwd.hpp"
 
-namespace bus {
+namespace omnibus {
 
 /// The newest schema version this build knows.
 [[nodiscard]] int latest_schema_version() noexcept;
 
 /// Applies every missing migration to `schema`, in one transaction, under a transaction-level
 /// advisory lock taken before anything is created, so processes starting at once are safe.
-/// Throws bus::error when the database's version is newer than this build's (refuse to start),
+/// Throws omnibus::error when the database's version is newer than this build's (refuse to start),
 /// and std::invalid_argument for a schema name that is not [a-z_][a-z0-9_]*.
 /// Returns the version the schema is at afterwards. Uses `conn` from the calling thread only.
 int migrate(pqxx::connection_base& conn, std::string_view schema);
@@ -31,4 +31,4 @@ namespace detail {
 void check_schema_name(std::string_view schema);
 }  // namespace detail
 
-}  // namespace bus
+}  // namespace omnibus

@@ -13,9 +13,9 @@
 
 #include <spdlog/fwd.h>
 
-#include "bus/queue.hpp"
+#include "omnibus/queue.hpp"
 
-namespace bus {
+namespace omnibus {
 
 struct relay_options {
   std::string database_url;     ///< libpq URL or key=value string; never logged
@@ -68,4 +68,4 @@ class relay {
   std::jthread thread_;
 };
 
-}  // namespace bus
+}  // namespace omnibus

@@ -6,7 +6,7 @@
 
 #include <pqxx/types>  // libpqxx's own forward declarations (connection_base, transaction_base, ...)
 
-namespace bus {
+namespace omnibus {
 
 class context;
 struct envelope;
@@ -22,9 +22,9 @@ namespace detail {
 template <class E>
 std::string encode_body(const E& event);
 /// Decodes a msgpack map body into `out` (missing fields keep their defaults). Throws
-/// bus::decode_error. Defined in bus/event.hpp.
+/// omnibus::decode_error. Defined in bus/event.hpp.
 template <class E>
 void decode_body(std::string_view body, E& out);
 }  // namespace detail
 
-}  // namespace bus
+}  // namespace omnibus

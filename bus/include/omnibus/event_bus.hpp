@@ -25,14 +25,14 @@
 #include <utility>
 #include <vector>
 
-#include "bus/context.hpp"
-#include "bus/envelope.hpp"
-#include "bus/event_id.hpp"
-#include "bus/event_traits.hpp"
-#include "bus/fwd.hpp"
-#include "bus/queue.hpp"
+#include "omnibus/context.hpp"
+#include "omnibus/envelope.hpp"
+#include "omnibus/event_id.hpp"
+#include "omnibus/event_traits.hpp"
+#include "omnibus/fwd.hpp"
+#include "omnibus/queue.hpp"
 
-namespace bus {
+namespace omnibus {
 
 /// How a bus names, sizes and sends its events.
 struct bus_options {
@@ -132,7 +132,7 @@ class event_bus {
   event_bus(const event_bus&) = delete;
   event_bus& operator=(const event_bus&) = delete;
 
-  /// Adds a sync listener for E: `handler(bus::context&, const E&)`, run inline by publish().
+  /// Adds a sync listener for E: `handler(omnibus::context&, const E&)`, run inline by publish().
   /// Throws std::logic_error when the bus is frozen or another type already has E's name.
   /// Thread-safe.
   template <class E, class F>
@@ -145,7 +145,7 @@ class event_bus {
   template <class E>
   [[nodiscard]] batch_report publish_batch(context& ctx, std::span<const E> events);
 
-  /// Adds an async listener for E, run by the worker: `handler(bus::context&, const E&)`.
+  /// Adds an async listener for E, run by the worker: `handler(omnibus::context&, const E&)`.
   /// `name` ([A-Za-z0-9_-]+, unique in the bus) names its durable consumer "<group>_<name>":
   /// renaming a listener makes a new consumer that starts from now. Throws std::logic_error
   /// when frozen, for a bad or duplicate name, or a name clash of event types. Thread-safe.
@@ -160,7 +160,7 @@ class event_bus {
 
   /// Freezes the registry, then creates the stream and every async listener's consumer that
   /// is missing (publishers call it too, so that events published before any worker ran
-  /// still reach every listener). Throws std::logic_error without a queue, bus::error for a
+  /// still reach every listener). Throws std::logic_error without a queue, omnibus::error for a
   /// conflicting existing consumer or stream.
   void provision();
 
@@ -215,7 +215,7 @@ void event_bus::add_sync_listener(F&& handler) {
   detail::check_event<E>();
   using fn_t = std::decay_t<F>;
   static_assert(std::is_invocable_v<fn_t&, context&, const E&>,
-                "bus: a sync listener is callable as handler(bus::context&, const E&)");
+                "bus: a sync listener is callable as handler(omnibus::context&, const E&)");
   sync_listener l{
       [](void* fn, context& ctx, const void* ev) { (*static_cast<fn_t*>(fn))(ctx, *static_cast<const E*>(ev)); },
       {new fn_t(std::forward<F>(handler)), [](void* fn) { delete static_cast<fn_t*>(fn); }}};
@@ -229,7 +229,7 @@ void event_bus::add_async_listener(std::string name, F&& handler, listener_optio
   static_assert(!is_local_only<E>, "bus: a local-only event never leaves the process, so it cannot have async listeners");
   using fn_t = std::decay_t<F>;
   static_assert(std::is_invocable_v<fn_t&, context&, const E&>,
-                "bus: an async listener is callable as handler(bus::context&, const E&)");
+                "bus: an async listener is callable as handler(omnibus::context&, const E&)");
   async_listener l;
   l.name = std::move(name);
   l.event_name = E::name;
@@ -277,4 +277,4 @@ inline event_id event_bus::publish(context& ctx, const E& event) {
   }
 }
 
-}  // namespace bus
+}  // namespace omnibus

@@ -25,9 +25,9 @@
 
 #include <msgpack.hpp>
 
-#include "bus/error.hpp"
-#include "bus/event_traits.hpp"
-#include "bus/fwd.hpp"
+#include "omnibus/error.hpp"
+#include "omnibus/event_traits.hpp"
+#include "omnibus/fwd.hpp"
 
 /// Declares the fields that travel in the event's msgpack map, under their own names.
 /// Use it once, inside the struct, in a public section, followed by ';'.
@@ -37,12 +37,12 @@
   auto omnibus_fields_() const noexcept { return std::tie(__VA_ARGS__); }                   \
   template <class Packer>                                                                   \
   void msgpack_pack(Packer& pk) const {                                                     \
-    ::bus::detail::pack_fields(pk, *this);                                                  \
+    ::omnibus::detail::pack_fields(pk, *this);                                                  \
   }                                                                                         \
-  void msgpack_unpack(const ::msgpack::object& o) { ::bus::detail::unpack_fields(o, *this); } \
+  void msgpack_unpack(const ::msgpack::object& o) { ::omnibus::detail::unpack_fields(o, *this); } \
   using omnibus_fields_declared_ = void
 
-namespace bus::detail {
+namespace omnibus::detail {
 
 template <std::size_t N>
 constexpr std::array<std::string_view, N> split_field_names(std::string_view list) {
@@ -167,4 +167,4 @@ void decode_body(std::string_view body, E& out) {
   }
 }
 
-}  // namespace bus::detail
+}  // namespace omnibus::detail

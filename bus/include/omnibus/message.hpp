@@ -6,7 +6,7 @@
 #include <utility>
 #include <vector>
 
-namespace bus {
+namespace omnibus {
 
 /// One message on the wire (see the README's "Wire format"). A plain value.
 struct message {
@@ -23,4 +23,4 @@ struct message {
   }
 };
 
-}  // namespace bus
+}  // namespace omnibus

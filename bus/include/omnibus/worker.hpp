@@ -15,10 +15,10 @@
 
 #include <spdlog/fwd.h>
 
-#include "bus/error.hpp"
-#include "bus/event_bus.hpp"
+#include "omnibus/error.hpp"
+#include "omnibus/event_bus.hpp"
 
-namespace bus {
+namespace omnibus {
 
 /// The delay before the next attempt after attempt `attempt` (1-based) failed:
 /// min(initial * multiplier^(attempt-1), max), scaled by 1 + jitter * (2 * unit_random - 1).
@@ -84,7 +84,7 @@ class worker {
   /// Migrates the schema, provisions (freezing the bus), then drains until `stop` is requested,
   /// and shuts down gracefully: stop fetching, nak what was fetched but not started, let
   /// in-flight handlers finish within shutdown_grace (nak the rest), flush, return. Throws
-  /// worker_stuck, or bus::error / mq::error when start-up fails. Call once.
+  /// worker_stuck, or omnibus::error / omnibus::nats_error when start-up fails. Call once.
   void run(std::stop_token stop);
 
   [[nodiscard]] const worker_stats& stats() const noexcept;
@@ -94,4 +94,4 @@ class worker {
   std::unique_ptr<impl> impl_;
 };
 
-}  // namespace bus
+}  // namespace omnibus

@@ -1,0 +1,76 @@
+#pragma once
+// omnibus::queue over NATS JetStream (NATS.c): streams with limits retention and DiscardNew,
+// one durable pull consumer per async listener, publish with PubAck, pipelined batches.
+
+#include <chrono>
+#include <memory>
+#include <optional>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "omnibus/queue.hpp"
+#include "omnibus/nats_connection.hpp"
+
+namespace omnibus {
+
+/// The JetStream implementation of omnibus::queue. Borrows `conn`, which must outlive it and every
+/// consumer and delivery it hands out. Thread-safe. NATS.c failures surface as omnibus::nats_error,
+/// except publish failures (omnibus::publish_error) and configuration conflicts (omnibus::error).
+class jetstream final : public omnibus::queue {
+ public:
+  explicit jetstream(nats_connection& conn);
+  ~jetstream() override;
+  jetstream(const jetstream&) = delete;
+  jetstream& operator=(const jetstream&) = delete;
+
+  /// Creates the stream if missing (limits retention, DiscardNew, the configured MaxAge,
+  /// MaxBytes, duplicate window); an existing stream whose settings differ throws omnibus::error
+  /// naming each difference, and is never recreated. Then each consumer: created if missing
+  /// (no BackOff, MaxDeliver the configured ceiling, explicit ack); an existing one gets its
+  /// editable fields (AckWait, MaxAckPending, MaxDeliver) updated, and throws omnibus::error if its
+  /// filter differs. Also creates <stream>_ABANDONED, which keeps the server's max-deliveries
+  /// advisories for the stream's consumers until open_abandoned() reads them.
+  /// Consumers are read through plain subscriptions (see open_consumer), so a message whose
+  /// header block NATS.c cannot parse is still fetched, alone, with delivery::header_error().
+  void provision(const omnibus::stream_config& stream, std::span<const omnibus::consumer_config> consumers) override;
+
+  /// js_PublishMsg, waiting at most `timeout` for the PubAck. Throws omnibus::publish_error:
+  /// not_sent when the server refused it or no stream listens; unknown on a timeout (NATS.c
+  /// may still deliver a publish it buffered during a reconnect).
+  omnibus::publish_ack publish(const omnibus::message& msg, std::chrono::milliseconds timeout) override;
+
+  /// js_PublishMsgAsync for all, in order, then waits up to `timeout` for every PubAck.
+  std::vector<omnibus::batch_result> publish_batch(std::span<const omnibus::message> msgs,
+                                               std::chrono::milliseconds timeout) override;
+
+  std::unique_ptr<omnibus::consumer> open_consumer(const omnibus::stream_config& stream,
+                                               const std::string& consumer_name) override;
+  std::optional<omnibus::consumer_info> info(const omnibus::stream_config& stream, const std::string& consumer_name) override;
+  std::vector<omnibus::consumer_info> consumers(const omnibus::stream_config& stream) override;
+  bool delete_consumer(const omnibus::stream_config& stream, const std::string& consumer_name) override;
+  /// natsConnection_FlushTimeout: acks, naks and terms are fire-and-forget publishes.
+  void flush(std::chrono::milliseconds timeout) override { conn_.flush(timeout); }
+  [[nodiscard]] std::optional<omnibus::stream_state> state(const omnibus::stream_config& stream) override;
+  /// The durable "<group>__abandoned" on <stream>_ABANDONED: each report carries the message,
+  /// read back byte-exact by its sequence.
+  std::unique_ptr<omnibus::consumer> open_abandoned(const omnibus::stream_config& stream, const std::string& group) override;
+  /// The name of the stream that keeps `stream`'s max-deliveries advisories.
+  [[nodiscard]] static std::string abandoned_stream(const omnibus::stream_config& stream);
+
+
+  /// The stream's last sequence (0 when empty). Throws omnibus::nats_error when the stream is missing.
+  [[nodiscard]] std::uint64_t last_sequence(const omnibus::stream_config& stream);
+  /// Deletes the stream; false when it did not exist. For tests and operators.
+  bool delete_stream(const omnibus::stream_config& stream);
+  /// Removes every message of the stream and keeps the stream and its consumers: room for
+  /// publishers after a full stream (DiscardNew). Unhandled events go too. For operators.
+  void purge_stream(const omnibus::stream_config& stream);
+
+ private:
+  void provision_abandoned(const omnibus::stream_config& stream);
+
+  nats_connection& conn_;  // borrowed; outlives this
+};
+
+}  // namespace omnibus
