@@ -1,0 +1,30 @@
+#pragma once
+// The example's one event: a plain struct, sent as a msgpack map.
+
+#include <cstdint>
+#include <cstdlib>
+#include <string>
+#include <string_view>
+
+#include <omnibus/event.hpp>
+#include <omnibus/event_bus.hpp>
+
+struct greeting {
+  static constexpr std::string_view name = "hello.greeting";  // the subject is <prefix>.hello.greeting
+  static constexpr int version = 1;
+  std::string to;
+  std::int64_t times = 1;
+  OMNIBUS_FIELDS(to, times);
+};
+
+// Where the example's events go: the defaults, or OMNIBUS_STREAM and OMNIBUS_SCHEMA when set.
+inline omnibus::bus_options hello_options() {
+  omnibus::bus_options o;
+  o.group = "hello";
+  if (const char* stream = std::getenv("OMNIBUS_STREAM")) {
+    o.stream.name = stream;
+    o.stream.subject_prefix = stream;
+  }
+  if (const char* schema = std::getenv("OMNIBUS_SCHEMA")) o.schema = schema;
+  return o;
+}

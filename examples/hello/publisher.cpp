@@ -1,0 +1,30 @@
+// Publishes one greeting: its sync listener runs here, inline; its async listener runs in
+// hello-worker. Reads OMNIBUS_NATS_URL (default nats://127.0.0.1:4222).
+//   hello-publisher [name]
+
+#include <cstdio>
+#include <cstdlib>
+#include <string>
+
+#include <omnibus/event_bus.hpp>
+#include <omnibus/jetstream.hpp>
+#include <omnibus/nats_connection.hpp>
+
+#include "greeting.hpp"
+
+int main(int argc, char** argv) {
+  const char* url = std::getenv("OMNIBUS_NATS_URL");
+  omnibus::nats_connection nats{{.url = url != nullptr ? url : "nats://127.0.0.1:4222"}};
+  omnibus::jetstream js{nats};
+  omnibus::event_bus bus{js, hello_options()};
+
+  bus.add_sync_listener<greeting>([](omnibus::context&, const greeting& g) {
+    std::printf("sync listener: about to greet %s\n", g.to.c_str());
+  });
+  bus.provision();  // the stream and the worker's consumer exist before the first publish
+
+  omnibus::context ctx;  // no transaction: published at once, waiting for the stream's ack
+  const omnibus::event_id id = bus.publish(ctx, greeting{argc > 1 ? argv[1] : "world", 1});
+  std::printf("published hello.greeting %s\n", id.to_string().c_str());
+  return 0;
+}

@@ -1,0 +1,102 @@
+#!/usr/bin/env bash
+# The installed package, as a user meets it: Omnibus is configured, built and installed into a
+# temporary prefix; examples/hello is copied out of the source tree and built against that
+# prefix only, with pkg-config and a plain compiler command and with meson; then its worker and
+# its publisher run against the loopback servers (OMNIBUS_NATS_URL, OMNIBUS_DATABASE_URL), and
+# the async listener must handle the greeting. Then the same example, built with Omnibus as a
+# meson subproject. Prints "install: ..." lines; exits non-zero on any failure.
+#   run.sh <source root>
+set -euo pipefail
+src=$(cd "$1" && pwd)
+: "${OMNIBUS_NATS_URL:?start the servers first: eval \"\$(scripts/servers start)\"}"
+: "${OMNIBUS_DATABASE_URL:?start the servers first}"
+work=$(mktemp -d /tmp/omnibus-install-XXXXXX)
+worker_pid=
+cleanup() {
+  if [ -n "$worker_pid" ]; then kill "$worker_pid" 2>/dev/null || true; fi
+  rm -rf "$work"
+}
+trap cleanup EXIT
+say() { echo "install: $*"; }
+
+# A stream and schema of this run's own, so no other test's (or earlier run's) events show up.
+tag="install_$$_$RANDOM"
+export OMNIBUS_STREAM="$tag" OMNIBUS_SCHEMA="$tag"
+
+start=$(date +%s)
+meson setup "$work/omnibus-build" "$src" --prefix "$work/prefix" --buildtype=release \
+  -Dtests=disabled -Dexamples=disabled -Dbenchmarks=false >"$work/setup.log" 2>&1 \
+  || { cat "$work/setup.log"; exit 1; }
+meson install -C "$work/omnibus-build" >"$work/install.log" 2>&1 || { tail -n 40 "$work/install.log"; exit 1; }
+pc=$(find "$work/prefix" -name omnibus.pc)
+[ -n "$pc" ] || { echo "install: no omnibus.pc was installed" >&2; exit 1; }
+export PKG_CONFIG_PATH
+PKG_CONFIG_PATH=$(dirname "$pc")
+libdir=$(pkg-config --variable=libdir omnibus)
+say "installed $(pkg-config --modversion omnibus) into a temporary prefix in $(( $(date +%s) - start )) s"
+if find "$work/prefix/include" -name '*.hpp' -print0 | xargs -0 grep -l -E '#include [<"]nats/' ; then
+  echo "install: an installed header includes NATS.c" >&2; exit 1
+fi
+
+cp -r "$src/examples/hello" "$work/hello"
+cd "$work/hello"
+
+# 1. pkg-config and a plain compiler command.
+# shellcheck disable=SC2046
+g++ -std=c++20 -Wall -Wextra -Werror publisher.cpp -o hello-publisher $(pkg-config --cflags --libs omnibus) -Wl,-rpath,"$libdir"
+# shellcheck disable=SC2046
+g++ -std=c++20 -Wall -Wextra -Werror worker.cpp -o hello-worker $(pkg-config --cflags --libs omnibus spdlog) -Wl,-rpath,"$libdir"
+say "examples/hello built with pkg-config"
+
+# 2. meson, finding the installed omnibus.pc.
+LD_RUN_PATH=$libdir meson setup build-meson >"$work/hello-setup.log" 2>&1 || { cat "$work/hello-setup.log"; exit 1; }
+meson compile -C build-meson >"$work/hello-compile.log" 2>&1 || { cat "$work/hello-compile.log"; exit 1; }
+say "examples/hello built with meson against the installed package"
+
+# Waits up to $2 seconds for the text $1 in the worker's log.
+wait_for() {
+  for _ in $(seq 1 $(( $2 * 10 ))); do
+    if grep -q -- "$1" "$work/worker.log"; then return 0; fi
+    if ! kill -0 "$worker_pid" 2>/dev/null; then break; fi
+    sleep 0.1
+  done
+  echo "install: the worker did not print '$1' within $2 s; its log:" >&2
+  cat "$work/worker.log" >&2
+  exit 1
+}
+
+# Runs worker $1 and publisher $2; the greeting must reach the async listener.
+run_pair() {
+  : >"$work/worker.log"
+  LD_LIBRARY_PATH=$libdir "$1" >"$work/worker.log" 2>&1 &
+  worker_pid=$!
+  wait_for "listener(s)" 30
+  local who="world-$RANDOM"
+  LD_LIBRARY_PATH=$libdir "$2" "$who" | grep -q "sync listener: about to greet $who"
+  wait_for "hello, $who" 20
+  kill -TERM "$worker_pid"
+  wait "$worker_pid" || { echo "install: the worker did not exit 0 on SIGTERM" >&2; cat "$work/worker.log" >&2; exit 1; }
+  worker_pid=
+}
+run_pair ./hello-worker ./hello-publisher
+say "pkg-config build: the publisher's greeting reached the worker's async listener"
+run_pair ./build-meson/hello-worker ./build-meson/hello-publisher
+say "meson build: the publisher's greeting reached the worker's async listener"
+
+# 3. Omnibus as a meson subproject: none of its tests, examples or benchmarks get built.
+mkdir -p subprojects
+ln -s "$src" subprojects/omnibus
+cat >meson.build.sub <<'MESON'
+project('hello', 'cpp', default_options: ['cpp_std=c++20', 'warning_level=3', 'werror=true'])
+omnibus = dependency('omnibus', version: '>=0.2', fallback: ['omnibus', 'omnibus_dep'])
+executable('hello-publisher', 'publisher.cpp', dependencies: omnibus)
+executable('hello-worker', 'worker.cpp', dependencies: [omnibus, dependency('spdlog')])
+MESON
+mv meson.build.sub meson.build
+PKG_CONFIG_PATH= meson setup build-sub --wrap-mode=forcefallback >"$work/sub-setup.log" 2>&1 || { cat "$work/sub-setup.log"; exit 1; }
+targets=$(ninja -C build-sub -t targets all | grep -c -E '^subprojects/omnibus/(tests|worker|services)/' || true)
+[ "$targets" -eq 0 ] || { echo "install: as a subproject, Omnibus still builds $targets of its own test/demo targets" >&2; exit 1; }
+meson compile -C build-sub >"$work/sub-compile.log" 2>&1 || { tail -n 40 "$work/sub-compile.log"; exit 1; }
+run_pair ./build-sub/hello-worker ./build-sub/hello-publisher
+say "meson subproject: built without Omnibus's tests or examples; the greeting reached the worker"
+say "passed in $(( $(date +%s) - start )) s"
