@@ -545,6 +545,12 @@ struct worker::impl {
     }
     try {
       if (def == nullptr) {  // another group's consumer: that group's workers record it
+        const std::string own = bus.options().group + "_";
+        if (d.abandoned_by().substr(0, own.size()) == own) {
+          log->warn("worker: nats-server stopped delivering stream message #{} to consumer {}, which no listener of "
+                    "this build owns (renamed?); no dead letter is written for it",
+                    d.stream_sequence(), to_text(d.abandoned_by()));
+        }
         d.ack();
         return;
       }
@@ -674,6 +680,9 @@ void worker::run(std::stop_token stop) {
     st->cons = w.bus.target()->open_consumer(w.bus.options().stream, l.consumer_name);
     w.listeners.push_back(std::move(st));
   }
+  // Opened before any thread starts: a failure here leaves nothing running.
+  std::unique_ptr<consumer> reports =
+      w.listeners.empty() ? nullptr : w.bus.target()->open_abandoned(w.bus.options().stream, w.bus.options().group);
   w.threads = std::make_unique<boost::asio::thread_pool>(std::max<std::size_t>(slots, 1));
   w.log->info("worker: {} listener(s), {} handler slot(s)", w.listeners.size(), slots);
 
@@ -684,8 +693,6 @@ void worker::run(std::stop_token stop) {
   }
 
   std::jthread stream_watch([&w](std::stop_token st) { w.watch_stream(st); });
-  std::unique_ptr<consumer> reports =
-      w.listeners.empty() ? nullptr : w.bus.target()->open_abandoned(w.bus.options().stream, w.bus.options().group);
   std::jthread report_reader;
   if (reports) report_reader = std::jthread([&w, &reports](std::stop_token st) { w.abandoned_loop(*reports, st); });
 

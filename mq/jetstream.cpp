@@ -287,7 +287,12 @@ class jetstream_consumer final : public omnibus::consumer {
     // complete in time (connection gone), keep the state alive rather than risk a late callback.
     bool drained = natsSubscription_Drain(sub_.get()) == NATS_OK &&
                    natsSubscription_WaitForDrainCompletion(sub_.get(), 5000) == NATS_OK;
-    if (!drained && natsSubscription_IsValid(sub_.get())) (void)state_.release();
+    if (!drained && natsSubscription_IsValid(sub_.get())) {
+      (void)state_.release();
+      return;
+    }
+    // Delivered to us but never fetched: give them back now rather than after their AckWait.
+    for (const auto& m : state_->messages) (void)natsConnection_PublishString(conn_, natsMsg_GetReply(m.get()), "-NAK");
   }
 
   std::vector<std::unique_ptr<omnibus::delivery>> fetch(std::size_t max, std::chrono::milliseconds timeout) override {
