@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The installed package, as a user meets it: Omnibus is configured, built and installed into a
-# temporary prefix; examples/hello is copied out of the source tree and built against that
-# prefix only, with pkg-config and a plain compiler command and with meson; then its worker and
+# temporary prefix; each installed header must compile on its own and none may include NATS.c;
+# examples/hello is copied out of the source tree and built against that prefix only, with
+# pkg-config and a plain compiler command, with meson and with CMake; then its worker and
 # its publisher run against the loopback servers (OMNIBUS_NATS_URL, OMNIBUS_DATABASE_URL), and
 # the async listener must handle the greeting. Then the same example, built with Omnibus as a
 # meson subproject. Prints "install: ..." lines; exits non-zero on any failure.
@@ -38,6 +39,14 @@ if find "$work/prefix/include" -name '*.hpp' -print0 | xargs -0 grep -l -E '#inc
   echo "install: an installed header includes NATS.c" >&2; exit 1
 fi
 
+# Each installed header compiles on its own: none leans on another include before it.
+for h in "$work"/prefix/include/omnibus/*.hpp; do
+  # shellcheck disable=SC2046
+  echo "#include <omnibus/$(basename "$h")>" | g++ -std=c++20 -Wall -Wextra -Wpedantic -Werror -fsyntax-only -x c++ - \
+    $(pkg-config --cflags omnibus) || { echo "install: <omnibus/$(basename "$h")> does not compile on its own" >&2; exit 1; }
+done
+say "each of the $(ls "$work"/prefix/include/omnibus/*.hpp | wc -l) installed headers compiles on its own"
+
 cp -r "$src/examples/hello" "$work/hello"
 cd "$work/hello"
 
@@ -52,6 +61,12 @@ say "examples/hello built with pkg-config"
 LD_RUN_PATH=$libdir meson setup build-meson >"$work/hello-setup.log" 2>&1 || { cat "$work/hello-setup.log"; exit 1; }
 meson compile -C build-meson >"$work/hello-compile.log" 2>&1 || { cat "$work/hello-compile.log"; exit 1; }
 say "examples/hello built with meson against the installed package"
+
+# 3. CMake's find_package(Omnibus 0.2), with only the prefix to look in.
+cmake -S . -B build-cmake -DCMAKE_PREFIX_PATH="$work/prefix" \
+  -DCMAKE_INSTALL_RPATH_USE_LINK_PATH=ON >"$work/cmake.log" 2>&1 || { cat "$work/cmake.log"; exit 1; }
+cmake --build build-cmake >>"$work/cmake.log" 2>&1 || { tail -n 40 "$work/cmake.log"; exit 1; }
+say "examples/hello built with CMake find_package(Omnibus 0.2)"
 
 # Waits up to $2 seconds for the text $1 in the worker's log.
 wait_for() {
@@ -82,8 +97,10 @@ run_pair ./hello-worker ./hello-publisher
 say "pkg-config build: the publisher's greeting reached the worker's async listener"
 run_pair ./build-meson/hello-worker ./build-meson/hello-publisher
 say "meson build: the publisher's greeting reached the worker's async listener"
+run_pair ./build-cmake/hello-worker ./build-cmake/hello-publisher
+say "CMake build: the publisher's greeting reached the worker's async listener"
 
-# 3. Omnibus as a meson subproject: none of its tests, examples or benchmarks get built.
+# 4. Omnibus as a meson subproject: none of its tests, examples or benchmarks get built.
 mkdir -p subprojects
 ln -s "$src" subprojects/omnibus
 cat >meson.build.sub <<'MESON'
