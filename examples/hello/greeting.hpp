@@ -17,14 +17,13 @@ struct greeting {
   OMNIBUS_FIELDS(to, times);
 };
 
-// Where the example's events go: the defaults, or OMNIBUS_STREAM and OMNIBUS_SCHEMA when set.
+// Where the example's events go: group "hello", and the same environment variables the worker
+// reads (OMNIBUS_STREAM, OMNIBUS_SUBJECT_PREFIX, OMNIBUS_SCHEMA), when set.
 inline omnibus::bus_options hello_options() {
   omnibus::bus_options o;
   o.group = "hello";
-  if (const char* stream = std::getenv("OMNIBUS_STREAM")) {
-    o.stream.name = stream;
-    o.stream.subject_prefix = stream;
-  }
-  if (const char* schema = std::getenv("OMNIBUS_SCHEMA")) o.schema = schema;
+  if (const char* v = std::getenv("OMNIBUS_STREAM")) o.stream.name = v;
+  if (const char* v = std::getenv("OMNIBUS_SUBJECT_PREFIX")) o.stream.subject_prefix = v;
+  if (const char* v = std::getenv("OMNIBUS_SCHEMA")) o.schema = v;
   return o;
 }

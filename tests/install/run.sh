@@ -22,7 +22,7 @@ say() { echo "install: $*"; }
 
 # A stream and schema of this run's own, so no other test's (or earlier run's) events show up.
 tag="install_$$_$RANDOM"
-export OMNIBUS_STREAM="$tag" OMNIBUS_SCHEMA="$tag"
+export OMNIBUS_STREAM="$tag" OMNIBUS_SUBJECT_PREFIX="$tag" OMNIBUS_SCHEMA="$tag"
 
 start=$(date +%s)
 meson setup "$work/omnibus-build" "$src" --prefix "$work/prefix" --buildtype=release \
@@ -54,7 +54,7 @@ cd "$work/hello"
 # shellcheck disable=SC2046
 g++ -std=c++20 -Wall -Wextra -Werror publisher.cpp -o hello-publisher $(pkg-config --cflags --libs omnibus) -Wl,-rpath,"$libdir"
 # shellcheck disable=SC2046
-g++ -std=c++20 -Wall -Wextra -Werror worker.cpp -o hello-worker $(pkg-config --cflags --libs omnibus spdlog) -Wl,-rpath,"$libdir"
+g++ -std=c++20 -Wall -Wextra -Werror worker.cpp -o hello-worker $(pkg-config --cflags --libs omnibus) -Wl,-rpath,"$libdir"
 say "examples/hello built with pkg-config"
 
 # 2. meson, finding the installed omnibus.pc.
@@ -83,7 +83,7 @@ wait_for() {
 # Runs worker $1 and publisher $2; the greeting must reach the async listener.
 run_pair() {
   : >"$work/worker.log"
-  LD_LIBRARY_PATH=$libdir "$1" >"$work/worker.log" 2>&1 &
+  LD_LIBRARY_PATH=$libdir "$1" run >"$work/worker.log" 2>&1 &
   worker_pid=$!
   wait_for "listener(s)" 30
   local who="world-$RANDOM"
@@ -95,6 +95,15 @@ run_pair() {
 }
 run_pair ./hello-worker ./hello-publisher
 say "pkg-config build: the publisher's greeting reached the worker's async listener"
+# The operator commands come with worker_main.
+LD_LIBRARY_PATH=$libdir ./hello-worker dead-letters list | grep -q "0 dead letter(s)"
+LD_LIBRARY_PATH=$libdir ./hello-worker consumers list | grep -q "${OMNIBUS_GROUP:-hello}_greeter"
+set +e
+LD_LIBRARY_PATH=$libdir ./hello-worker --log-level loud run >/dev/null 2>&1
+rc=$?
+set -e
+[ "$rc" -eq 2 ] || { echo "install: a bad --log-level exited $rc, not 2" >&2; exit 1; }
+say "hello-worker dead-letters list, consumers list and its configuration errors work"
 run_pair ./build-meson/hello-worker ./build-meson/hello-publisher
 say "meson build: the publisher's greeting reached the worker's async listener"
 run_pair ./build-cmake/hello-worker ./build-cmake/hello-publisher
@@ -107,11 +116,11 @@ cat >meson.build.sub <<'MESON'
 project('hello', 'cpp', default_options: ['cpp_std=c++20', 'warning_level=3', 'werror=true'])
 omnibus = dependency('omnibus', version: '>=0.2', fallback: ['omnibus', 'omnibus_dep'])
 executable('hello-publisher', 'publisher.cpp', dependencies: omnibus)
-executable('hello-worker', 'worker.cpp', dependencies: [omnibus, dependency('spdlog')])
+executable('hello-worker', 'worker.cpp', dependencies: omnibus)
 MESON
 mv meson.build.sub meson.build
 PKG_CONFIG_PATH= meson setup build-sub --wrap-mode=forcefallback >"$work/sub-setup.log" 2>&1 || { cat "$work/sub-setup.log"; exit 1; }
-targets=$(ninja -C build-sub -t targets all | grep -c -E '^subprojects/omnibus/(tests|worker|services)/' || true)
+targets=$(ninja -C build-sub -t targets all | grep -c -E '^subprojects/omnibus/(tests/|services/|worker/omnibus-)' || true)
 [ "$targets" -eq 0 ] || { echo "install: as a subproject, Omnibus still builds $targets of its own test/demo targets" >&2; exit 1; }
 meson compile -C build-sub >"$work/sub-compile.log" 2>&1 || { tail -n 40 "$work/sub-compile.log"; exit 1; }
 run_pair ./build-sub/hello-worker ./build-sub/hello-publisher

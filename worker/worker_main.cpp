@@ -1,0 +1,462 @@
+#include "omnibus/worker_main.hpp"
+
+#include <csignal>
+#include <cstdio>
+#include <ctime>
+#include <exception>
+#include <memory>
+#include <optional>
+#include <stdexcept>
+#include <stop_token>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <CLI/CLI.hpp>
+#include <pqxx/pqxx>
+#include <spdlog/sinks/stdout_color_sinks.h>
+#include <spdlog/spdlog.h>
+
+#include "omnibus/dead_letters.hpp"
+#include "omnibus/jetstream.hpp"
+#include "omnibus/migrations.hpp"
+#include "omnibus/nats_error.hpp"
+#include "omnibus/operations.hpp"
+#include "omnibus/relay.hpp"
+#include "omnibus/text.hpp"
+#include "omnibus/worker.hpp"
+
+namespace omnibus {
+namespace {
+
+constexpr int exit_failure = 1;
+constexpr int exit_config = 2;
+constexpr int exit_stuck = 3;
+
+std::shared_ptr<spdlog::logger> make_logger(const std::string& level, const std::string& name) {
+  auto lvl = spdlog::level::from_str(level);
+  if (lvl == spdlog::level::off && level != "off") throw config_error("--log-level: unknown level '" + level + "'");
+  auto log = std::make_shared<spdlog::logger>(name, std::make_shared<spdlog::sinks::stderr_color_sink_mt>());
+  log->set_level(lvl);
+  return log;
+}
+
+std::string when(std::chrono::system_clock::time_point t) {
+  std::time_t tt = std::chrono::system_clock::to_time_t(t);
+  char buf[32];
+  std::strftime(buf, sizeof buf, "%Y-%m-%d %H:%M:%S", std::gmtime(&tt));
+  return buf;
+}
+
+// SIGINT and SIGTERM become a stop request; blocked in every thread, taken by sigtimedwait.
+class signal_stop {
+ public:
+  signal_stop() {
+    sigemptyset(&set_);
+    sigaddset(&set_, SIGINT);
+    sigaddset(&set_, SIGTERM);
+    pthread_sigmask(SIG_BLOCK, &set_, nullptr);  // before any other thread starts
+    thread_ = std::jthread([this](std::stop_token st) {
+      timespec slice{0, 200'000'000};
+      while (!st.stop_requested()) {
+        if (sigtimedwait(&set_, nullptr, &slice) > 0) {
+          source_.request_stop();
+          return;
+        }
+      }
+    });
+  }
+  [[nodiscard]] std::stop_token token() const { return source_.get_token(); }
+
+ private:
+  sigset_t set_{};
+  std::stop_source source_;
+  std::jthread thread_;
+};
+
+// Dead letters hold what producers sent: every such string goes through omnibus::for_terminal, so
+// that escape sequences in a subject, header or error never reach the operator's terminal.
+std::string shown(std::string_view s) { return omnibus::for_terminal(s); }
+
+void print_letters(const std::vector<omnibus::dead_letter>& letters) {
+  std::printf("%-6s %-20s %-18s %-8s %-17s %-19s %s\n", "id", "listener", "event", "attempts", "reason", "last failed (UTC)", "error");
+  for (const auto& dl : letters) {
+    std::string err = shown(dl.error);
+    if (err.size() > 60) err = err.substr(0, 57) + "...";
+    std::printf("%-6lld %-20s %-18s %-8d %-17s %-19s %s\n", static_cast<long long>(dl.id), shown(dl.listener).c_str(),
+                dl.event_name.empty() ? "-" : shown(dl.event_name).c_str(), dl.attempts, shown(dl.reason).c_str(),
+                when(dl.last_failed_at).c_str(), err.c_str());
+  }
+  std::printf("%zu dead letter(s)\n", letters.size());
+}
+
+void print_letter(const omnibus::dead_letter& dl) {
+  std::printf("id:              %lld\nlistener:        %s\nevent:           %s\nevent id:        %s\n"
+              "stream sequence: %llu\nreason:          %s\nerror:           %s\nattempts:        %d\n"
+              "first failed:    %s UTC\nlast failed:     %s UTC\nsubject:         %s\nheaders:\n",
+              static_cast<long long>(dl.id), shown(dl.listener).c_str(), shown(dl.event_name).c_str(),
+              shown(dl.event_id).c_str(), static_cast<unsigned long long>(dl.stream_sequence), shown(dl.reason).c_str(),
+              shown(dl.error).c_str(), dl.attempts, when(dl.first_failed_at).c_str(), when(dl.last_failed_at).c_str(),
+              shown(dl.msg.subject).c_str());
+  for (const auto& [k, v] : dl.msg.headers) std::printf("  %s: %s\n", shown(k).c_str(), shown(v).c_str());
+  if (!dl.raw_header_block.empty()) {
+    std::printf("raw header block (%zu bytes, did not parse):\n  %s\n", dl.raw_header_block.size(),
+                shown(dl.raw_header_block).c_str());
+  }
+  std::printf("body (%zu bytes):", dl.msg.body.size());
+  for (std::size_t i = 0; i < dl.msg.body.size(); ++i) {
+    std::printf("%s%02x", i % 32 == 0 ? "\n  " : " ", static_cast<unsigned char>(dl.msg.body[i]));
+  }
+  std::printf("\n");
+}
+
+int report(const std::vector<omnibus::retry_outcome>& outcomes) {
+  int failed = 0;
+  for (const auto& o : outcomes) {
+    if (o.ok) {
+      std::printf("retried %lld (%s, %s): ok, removed\n", static_cast<long long>(o.id), o.listener.c_str(), o.event_id.c_str());
+    } else {
+      ++failed;
+      std::printf("retried %lld (%s, %s): failed again: %s\n", static_cast<long long>(o.id), o.listener.c_str(),
+                  o.event_id.c_str(), o.error.c_str());
+    }
+  }
+  std::printf("%zu retried: %zu succeeded, %d failed\n", outcomes.size(), outcomes.size() - static_cast<std::size_t>(failed), failed);
+  return failed == 0 ? 0 : exit_failure;
+}
+
+}  // namespace
+
+struct worker_program::impl {
+  std::string name;
+  CLI::App cli;
+  worker_config config;
+  long max_age_s = 7 * 24 * 3600;
+  long duplicate_window_s = 120;
+  std::vector<std::function<void(const worker_config&)>> checks;
+  struct user_command {
+    CLI::App* sub;
+    std::function<int(app&)> fn;
+  };
+  std::vector<user_command> commands;
+
+  // The operator commands' own state, bound to the parser.
+  std::string f_listener, f_event, listener;
+  std::int64_t id = 0;
+  std::size_t limit = 100;
+  bool retry_all = false, retry_confirmed = false, dry_run = false, purge_confirmed = false;
+  CLI::App *run_cmd, *dl_list, *dl_show, *dl_retry, *dl_discard, *parked_list, *parked_retry, *parked_skip,
+      *consumers_list, *consumers_prune, *stream_cmd, *stream_info, *stream_purge, *mig_sql, *mig_apply;
+  CLI::Option *retry_id;
+
+  impl(std::string n, const std::string& description) : name(std::move(n)), cli(name + ": " + description +
+      "\nEvery option can also be set through the environment variable named in brackets.") {
+    config.nats.name = name;
+    define();
+  }
+
+  void define() {
+    worker_config& c = config;
+    cli.require_subcommand(1);
+    cli.add_option("--nats-url", c.nats.url, "NATS server URL")->envname("OMNIBUS_NATS_URL")->capture_default_str();
+    cli.add_option("--nats-user", c.nats.user, "NATS user")->envname("OMNIBUS_NATS_USER");
+    cli.add_option("--nats-password", c.nats.password, "NATS password (prefer the environment variable)")
+        ->envname("OMNIBUS_NATS_PASSWORD");
+    cli.add_option("--nats-token", c.nats.token, "NATS token (prefer the environment variable)")->envname("OMNIBUS_NATS_TOKEN");
+    cli.add_option("--nats-creds", c.nats.credentials_file, "NATS .creds file")->envname("OMNIBUS_NATS_CREDS");
+    cli.add_flag("--nats-tls", c.nats.tls, "require TLS to nats-server")->envname("OMNIBUS_NATS_TLS");
+    cli.add_option("--nats-tls-ca", c.nats.tls_ca_file, "CA file to verify nats-server")->envname("OMNIBUS_NATS_TLS_CA");
+    cli.add_option("--nats-tls-cert", c.nats.tls_cert_file, "client certificate file")->envname("OMNIBUS_NATS_TLS_CERT");
+    cli.add_option("--nats-tls-key", c.nats.tls_key_file, "client certificate key file")->envname("OMNIBUS_NATS_TLS_KEY");
+    cli.add_option("--database-url", c.database_url, "PostgreSQL URL (libpq)")->envname("OMNIBUS_DATABASE_URL");
+    cli.add_option("--group", c.bus.group, "application name: consumers are <group>_<listener>")
+        ->envname("OMNIBUS_GROUP")->capture_default_str();
+    cli.add_option("--schema", c.bus.schema, "PostgreSQL schema of the bus's tables")->envname("OMNIBUS_SCHEMA")->capture_default_str();
+    cli.add_option("--stream", c.bus.stream.name, "JetStream stream")->envname("OMNIBUS_STREAM")->capture_default_str();
+    cli.add_option("--subject-prefix", c.bus.stream.subject_prefix, "subjects are <prefix>.<event name>")
+        ->envname("OMNIBUS_SUBJECT_PREFIX")->capture_default_str();
+    cli.add_option("--stream-max-age", max_age_s, "seconds an event is kept")->envname("OMNIBUS_STREAM_MAX_AGE")->capture_default_str();
+    cli.add_option("--stream-max-bytes", c.bus.stream.max_bytes, "stream size limit (DiscardNew)")
+        ->envname("OMNIBUS_STREAM_MAX_BYTES")->capture_default_str();
+    cli.add_option("--duplicate-window", duplicate_window_s, "seconds of Nats-Msg-Id dedup")
+        ->envname("OMNIBUS_DUPLICATE_WINDOW")->capture_default_str();
+    cli.add_option("--log-level", c.log_level, "trace, debug, info, warn, err, critical, off")
+        ->envname("OMNIBUS_LOG_LEVEL")->capture_default_str();
+
+    run_cmd = cli.add_subcommand("run", "Run every async listener until SIGINT or SIGTERM (and a relay)");
+    run_cmd->add_flag("!--no-relay", c.relay, "do not run an outbox relay in this process");
+
+    auto* dl_cmd = cli.add_subcommand("dead-letters", "List, show, retry or discard dead letters");
+    dl_cmd->require_subcommand(1);
+    dl_list = dl_cmd->add_subcommand("list", "List dead letters, newest first");
+    dl_list->add_option("--listener", f_listener, "only this listener's");
+    dl_list->add_option("--event", f_event, "only this event name's");
+    dl_list->add_option("--limit", limit, "at most this many")->capture_default_str();
+    dl_show = dl_cmd->add_subcommand("show", "Show one dead letter, headers and body included");
+    dl_show->add_option("id", id, "dead letter id")->required();
+    dl_retry = dl_cmd->add_subcommand("retry", "Run dead letters through their own listener alone, in this process");
+    retry_id = dl_retry->add_option("id", id, "dead letter id");
+    auto* retry_all_flag = dl_retry->add_flag("--all", retry_all, "every dead letter matching --listener/--event");
+    dl_retry->add_option("--listener", f_listener, "with --all: only this listener's");
+    dl_retry->add_option("--event", f_event, "with --all: only this event name's");
+    dl_retry->add_flag("--yes", retry_confirmed, "with --all and no --listener/--event: confirm re-running every dead letter");
+    retry_id->excludes(retry_all_flag);
+    dl_discard = dl_cmd->add_subcommand("discard", "Delete one dead letter");
+    dl_discard->add_option("id", id, "dead letter id")->required();
+
+    auto* parked_cmd = cli.add_subcommand("parked", "Ordered listeners parked at an event");
+    parked_cmd->require_subcommand(1);
+    parked_list = parked_cmd->add_subcommand("list", "Show every parked listener");
+    parked_retry = parked_cmd->add_subcommand("retry", "Run the parked event once more (after fixing the cause)");
+    parked_retry->add_option("listener", listener, "listener name")->required();
+    parked_skip = parked_cmd->add_subcommand("skip", "Move past the parked event without handling it");
+    parked_skip->add_option("listener", listener, "listener name")->required();
+
+    auto* consumers_cmd = cli.add_subcommand("consumers", "The stream's durable consumers");
+    consumers_cmd->require_subcommand(1);
+    consumers_list = consumers_cmd->add_subcommand("list", "List consumers and whether a listener owns them");
+    consumers_prune = consumers_cmd->add_subcommand("prune", "Delete this group's consumers that no listener owns");
+    consumers_prune->add_flag("--dry-run", dry_run, "only say what would be deleted");
+
+    stream_cmd = cli.add_subcommand("stream", "The JetStream stream: how full it is, and making room");
+    stream_cmd->require_subcommand(1);
+    stream_info = stream_cmd->add_subcommand("info", "Events, bytes, and how full the stream is");
+    stream_purge = stream_cmd->add_subcommand("purge", "Delete every event in the stream, handled or not, to make room");
+    stream_purge->add_flag("--yes", purge_confirmed, "confirm: events no listener has handled yet are lost");
+
+    auto* mig_cmd = cli.add_subcommand("migrations", "The bus's database migrations");
+    mig_cmd->require_subcommand(1);
+    mig_sql = mig_cmd->add_subcommand("sql", "Print every migration as one SQL script (for Flyway, psql, ...)");
+    mig_apply = mig_cmd->add_subcommand("apply", "Apply the missing migrations (run also does this)");
+  }
+
+  // Checks every setting before anything connects or changes on a server.
+  void finish(bool needs_database) {
+    worker_config& c = config;
+    if (needs_database && c.database_url.empty()) {
+      throw config_error("no database: pass --database-url or set OMNIBUS_DATABASE_URL");
+    }
+    if (max_age_s <= 0 || duplicate_window_s <= 0) throw config_error("--stream-max-age and --duplicate-window must be positive");
+    if (c.bus.stream.max_bytes <= 0) throw config_error("--stream-max-bytes must be positive");
+    c.bus.stream.max_age = std::chrono::seconds(max_age_s);
+    c.bus.stream.duplicate_window = std::chrono::seconds(duplicate_window_s);
+    try {
+      detail::check_schema_name(c.bus.schema);
+    } catch (const std::invalid_argument& e) {
+      throw config_error(e.what());
+    }
+    (void)make_logger(c.log_level, name);  // an unknown level is a configuration error, whatever the command
+    for (const auto& check : checks) check(c);
+  }
+
+  int run(const setup_function& setup) {
+    const worker_config& c = config;
+    signal_stop signals;
+    auto log = make_logger(c.log_level, name);
+    nats_connection nats{c.nats};
+    jetstream js{nats};
+    event_bus bus{js, c.bus};
+    app a{bus, c, "run"};
+    setup(a);  // every service registers its listeners here
+    {
+      pqxx::connection db{c.database_url};
+      migrate(db, c.bus.schema);
+    }
+    std::optional<relay> r;
+    if (c.relay) {
+      relay_options ro;
+      ro.database_url = c.database_url;
+      ro.schema = c.bus.schema;
+      r.emplace(js, ro, log);
+      r->start();  // active or standby: any worker can be the relay
+    }
+    worker_options wo;
+    wo.database_url = c.database_url;
+    worker w{bus, wo, log};
+    try {
+      w.run(signals.token());
+    } catch (const worker_stuck& e) {
+      log->critical("{}", e.what());
+      log->flush();
+      std::_Exit(exit_stuck);  // stuck handler threads cannot be joined
+    }
+    const auto& s = w.stats();
+    std::printf("worker: handled=%llu failed=%llu dead_lettered=%llu timed_out=%llu parked=%llu\n",
+                static_cast<unsigned long long>(s.handled.load()), static_cast<unsigned long long>(s.failed.load()),
+                static_cast<unsigned long long>(s.dead_lettered.load()), static_cast<unsigned long long>(s.timed_out.load()),
+                static_cast<unsigned long long>(s.parked.load()));
+    std::fflush(stdout);
+    return 0;
+  }
+
+  int stream(bool info) {
+    const worker_config& c = config;
+    if (!info && !purge_confirmed) {
+      throw config_error("stream purge deletes every event in the stream, including those no listener has "
+                         "handled yet: add --yes to confirm");
+    }
+    nats_connection nats{c.nats};
+    jetstream js{nats};
+    const auto st = js.state(c.bus.stream);
+    const double fill = st->max_bytes > 0 ? 100.0 * static_cast<double>(st->bytes) / static_cast<double>(st->max_bytes) : 0;
+    if (info) {
+      std::printf("stream %s: %llu event(s), %llu of %lld bytes (%.1f%% full), sequences %llu..%llu\n",
+                  c.bus.stream.name.c_str(), static_cast<unsigned long long>(st->messages),
+                  static_cast<unsigned long long>(st->bytes), static_cast<long long>(st->max_bytes), fill,
+                  static_cast<unsigned long long>(st->first_sequence), static_cast<unsigned long long>(st->last_sequence));
+      return 0;
+    }
+    js.purge_stream(c.bus.stream);
+    std::printf("purged stream %s: %llu event(s) removed; outbox relays send their waiting rows now\n",
+                c.bus.stream.name.c_str(), static_cast<unsigned long long>(st->messages));
+    return 0;
+  }
+
+  int consumers(const setup_function& setup) {
+    const worker_config& c = config;
+    nats_connection nats{c.nats};
+    jetstream js{nats};
+    event_bus bus{js, c.bus};
+    app a{bus, c, consumers_list->parsed() ? "consumers list" : "consumers prune"};
+    setup(a);
+    if (consumers_list->parsed()) {
+      std::printf("%-32s %-8s %-32s %-8s %-11s\n", "consumer", "owned", "filter", "pending", "ack pending");
+      for (const auto& s : list_consumers(bus)) {
+        std::printf("%-32s %-8s %-32s %-8llu %-11llu\n", s.info.name.c_str(), s.owned ? "yes" : "NO",
+                    s.info.filter_subject.c_str(), static_cast<unsigned long long>(s.info.pending),
+                    static_cast<unsigned long long>(s.info.ack_pending));
+      }
+      return 0;
+    }
+    auto pruned = prune_consumers(bus, dry_run);
+    for (const auto& n : pruned) std::printf("%s %s\n", dry_run ? "would delete" : "deleted", n.c_str());
+    std::printf("%zu consumer(s) %s\n", pruned.size(), dry_run ? "to prune" : "pruned");
+    return 0;
+  }
+
+  int database_command(const setup_function& setup) {
+    const worker_config& c = config;
+    pqxx::connection db{c.database_url};
+    if (mig_apply->parsed()) {
+      std::printf("schema %s is at version %d\n", c.bus.schema.c_str(), migrate(db, c.bus.schema));
+      return 0;
+    }
+    if (dl_list->parsed()) {
+      print_letters(list_dead_letters(db, c.bus.schema, f_listener, f_event, limit));
+      return 0;
+    }
+    if (dl_show->parsed()) {
+      auto dl = find_dead_letter(db, c.bus.schema, id);
+      if (!dl) throw error("no dead letter " + std::to_string(id));
+      print_letter(*dl);
+      return 0;
+    }
+    if (dl_discard->parsed()) {
+      if (!discard_dead_letter(db, c.bus.schema, id)) throw error("no dead letter " + std::to_string(id));
+      std::printf("discarded dead letter %lld\n", static_cast<long long>(id));
+      return 0;
+    }
+    if (dl_retry->parsed()) {
+      if (!retry_all && retry_id->count() == 0) throw config_error("dead-letters retry: give an id, or --all");
+      if (retry_all && f_listener.empty() && f_event.empty() && !retry_confirmed) {
+        throw config_error("dead-letters retry --all with no --listener or --event re-runs every dead letter of every "
+                           "listener: add --yes to confirm, or narrow it");
+      }
+      event_bus local{c.bus};  // the listeners, without a queue: retries run here, alone
+      app a{local, c, "dead-letters retry"};
+      setup(a);
+      if (retry_all) return report(retry_dead_letters(local, db, f_listener, f_event));
+      return report({retry_dead_letter(local, db, id)});
+    }
+    if (parked_list->parsed()) {
+      auto all = list_parked(db, c.bus.schema);
+      for (const auto& p : all) {
+        std::printf("%s: parked at %s %s (stream sequence %llu) after %d attempt(s): %s%s\n", p.listener.c_str(),
+                    shown(p.event_name).c_str(), shown(p.event_id).c_str(), static_cast<unsigned long long>(p.stream_sequence),
+                    p.attempts, shown(p.error).c_str(), p.action.empty() ? "" : (" [" + p.action + " requested]").c_str());
+      }
+      std::printf("%zu parked listener(s)\n", all.size());
+      return 0;
+    }
+    // parked retry / skip
+    const std::string action = parked_retry->parsed() ? "retry" : "skip";
+    if (!request_parked_action(db, c.bus.schema, listener, action)) throw error("listener " + listener + " is not parked");
+    std::printf("%s requested for %s: a worker acts on it within its parked poll\n", action.c_str(), listener.c_str());
+    return 0;
+  }
+
+  int user_command(const user_command& u, const setup_function& setup) {
+    const worker_config& c = config;
+    nats_connection nats{c.nats};
+    jetstream js{nats};
+    event_bus bus{js, c.bus};
+    app a{bus, c, u.sub->get_name()};
+    setup(a);
+    return u.fn(a);
+  }
+
+  int dispatch(const setup_function& setup) {
+    if (mig_sql->parsed()) {
+      try {
+        detail::check_schema_name(config.bus.schema);
+      } catch (const std::invalid_argument& e) {
+        throw config_error(e.what());
+      }
+      std::fputs(migrations_sql(config.bus.schema).c_str(), stdout);
+      return 0;
+    }
+    const bool needs_database = !stream_cmd->parsed() && !consumers_list->parsed() && !consumers_prune->parsed();
+    bool user = false;
+    for (const auto& u : commands) user = user || u.sub->parsed();
+    finish(needs_database && !user);
+    if (run_cmd->parsed()) return run(setup);
+    if (stream_info->parsed() || stream_purge->parsed()) return stream(stream_info->parsed());
+    if (consumers_list->parsed() || consumers_prune->parsed()) return consumers(setup);
+    for (const auto& u : commands) {
+      if (u.sub->parsed()) return user_command(u, setup);
+    }
+    return database_command(setup);
+  }
+};
+
+worker_program::worker_program(std::string name, std::string description)
+    : impl_(std::make_unique<impl>(std::move(name), description)) {}
+worker_program::~worker_program() = default;
+
+CLI::App& worker_program::cli() { return impl_->cli; }
+CLI::App& worker_program::run_command() { return *impl_->run_cmd; }
+worker_config& worker_program::config() { return impl_->config; }
+void worker_program::validate(std::function<void(const worker_config&)> check) { impl_->checks.push_back(std::move(check)); }
+
+CLI::App& worker_program::add_command(const std::string& name, const std::string& description,
+                                      std::function<int(app&)> fn) {
+  CLI::App* sub = impl_->cli.add_subcommand(name, description);
+  impl_->commands.push_back({sub, std::move(fn)});
+  return *sub;
+}
+
+int worker_program::main(int argc, char** argv, setup_function setup) {
+  try {
+    impl_->cli.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return impl_->cli.exit(e);
+  }
+  const char* name = impl_->name.c_str();
+  try {
+    return impl_->dispatch(setup);
+  } catch (const config_error& e) {
+    std::fprintf(stderr, "%s: %s\n", name, e.what());
+    return exit_config;
+  } catch (const pqxx::broken_connection&) {
+    // libpq's text can repeat parts of the connection string; say what failed without it.
+    std::fprintf(stderr, "%s: cannot connect to PostgreSQL (check --database-url / OMNIBUS_DATABASE_URL)\n", name);
+    return exit_failure;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "%s: %s\n", name, e.what());
+    return exit_failure;
+  }
+}
+
+int worker_main(int argc, char** argv, setup_function setup) { return worker_program{}.main(argc, argv, std::move(setup)); }
+
+}  // namespace omnibus
