@@ -98,6 +98,7 @@ std::vector<consumer_config> event_bus::consumer_configs() const {
   for (const async_listener& l : async_) {
     consumer_config c;
     c.name = l.consumer_name;
+    c.group = options_.group;
     c.filter_subject = subject_for(options_.stream.subject_prefix, l.event_name);
     c.ack_wait = l.options.ack_wait;
     c.max_ack_pending = l.options.ordered ? 1 : std::max<std::int64_t>(1000, l.options.concurrency);

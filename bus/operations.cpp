@@ -104,10 +104,11 @@ std::vector<consumer_status> list_consumers(const event_bus& bus) {
 }
 
 std::vector<std::string> prune_consumers(const event_bus& bus, bool dry_run) {
-  const std::string prefix = bus.options().group + "_";
   std::vector<std::string> pruned;
   for (const consumer_status& c : list_consumers(bus)) {
-    if (c.owned || c.info.name.rfind(prefix, 0) != 0) continue;
+    // Only what provisioning marked as this group's: a name prefix cannot tell group "shop"
+    // from "shop_eu", and a consumer made by anything else is never ours to delete.
+    if (c.owned || c.info.group != bus.options().group) continue;
     if (!dry_run) (void)queue_of(bus).delete_consumer(bus.options().stream, c.info.name);
     pruned.push_back(c.info.name);
   }

@@ -111,10 +111,16 @@ std::optional<system_clock::time_point> time_of(std::int64_t unix_ns) {
   return system_clock::time_point{duration_cast<system_clock::duration>(nanoseconds{unix_ns})};
 }
 
+constexpr std::string_view group_mark = "omnibus group ";
+
 omnibus::consumer_info to_info(const jsConsumerInfo& ci) {
   omnibus::consumer_info info;
   info.name = ci.Name != nullptr ? ci.Name : "";
   if (ci.Config != nullptr && ci.Config->FilterSubject != nullptr) info.filter_subject = ci.Config->FilterSubject;
+  if (ci.Config != nullptr && ci.Config->Description != nullptr) {
+    const std::string_view d = ci.Config->Description;
+    if (d.substr(0, group_mark.size()) == group_mark) info.group = std::string(d.substr(group_mark.size()));
+  }
   info.pending = ci.NumPending;
   info.ack_pending = static_cast<std::uint64_t>(ci.NumAckPending);
   info.redelivered = static_cast<std::uint64_t>(ci.NumRedelivered);
@@ -513,6 +519,8 @@ void jetstream::provision(const omnibus::stream_config& stream, std::span<const 
     jsConsumerConfig cc;
     jsConsumerConfig_Init(&cc);
     cc.Durable = c.name.c_str();
+    const std::string description = c.group.empty() ? std::string() : std::string(group_mark) + c.group;
+    if (!description.empty()) cc.Description = description.c_str();
     cc.FilterSubject = c.filter_subject.c_str();
     cc.AckPolicy = js_AckExplicit;
     cc.AckWait = ns(c.ack_wait);
@@ -550,7 +558,9 @@ void jetstream::provision(const omnibus::stream_config& stream, std::span<const 
                        "'. A listener name belongs to one event: rename the listener, or delete the old consumer "
                        "(omnibus-worker consumers prune)");
     }
-    if (have.AckWait != cc.AckWait || have.MaxAckPending != cc.MaxAckPending || have.MaxDeliver != cc.MaxDeliver) {
+    const std::string_view have_description = have.Description != nullptr ? have.Description : "";
+    if (have.AckWait != cc.AckWait || have.MaxAckPending != cc.MaxAckPending || have.MaxDeliver != cc.MaxDeliver ||
+        (!description.empty() && have_description != description)) {
       // Keep what the server cannot change (where it started), update the rest.
       cc.DeliverPolicy = have.DeliverPolicy;
       cc.OptStartTime = have.OptStartTime;

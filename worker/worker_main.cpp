@@ -144,7 +144,7 @@ struct worker_program::impl {
   std::string f_listener, f_event, listener;
   std::int64_t id = 0;
   std::size_t limit = 100;
-  bool retry_all = false, retry_confirmed = false, dry_run = false, purge_confirmed = false;
+  bool retry_all = false, retry_confirmed = false, dry_run = false, purge_confirmed = false, prune_confirmed = false;
   CLI::App *run_cmd, *dl_list, *dl_show, *dl_retry, *dl_discard, *parked_list, *parked_retry, *parked_skip,
       *consumers_list, *consumers_prune, *stream_cmd, *stream_info, *stream_purge, *mig_sql, *mig_apply;
   CLI::Option *retry_id;
@@ -217,6 +217,7 @@ struct worker_program::impl {
     consumers_list = consumers_cmd->add_subcommand("list", "List consumers and whether a listener owns them");
     consumers_prune = consumers_cmd->add_subcommand("prune", "Delete this group's consumers that no listener owns");
     consumers_prune->add_flag("--dry-run", dry_run, "only say what would be deleted");
+    consumers_prune->add_flag("--yes", prune_confirmed, "confirm the deletion (else: what would be deleted, and exit 2)");
 
     stream_cmd = cli.add_subcommand("stream", "The JetStream stream: how full it is, and making room");
     stream_cmd->require_subcommand(1);
@@ -320,17 +321,24 @@ struct worker_program::impl {
     app a{bus, c, consumers_list->parsed() ? "consumers list" : "consumers prune"};
     setup(a);
     if (consumers_list->parsed()) {
-      std::printf("%-32s %-8s %-32s %-8s %-11s\n", "consumer", "owned", "filter", "pending", "ack pending");
+      std::printf("%-32s %-16s %-8s %-32s %-8s %-11s\n", "consumer", "group", "owned", "filter", "pending", "ack pending");
       for (const auto& s : list_consumers(bus)) {
-        std::printf("%-32s %-8s %-32s %-8llu %-11llu\n", s.info.name.c_str(), s.owned ? "yes" : "NO",
+        std::printf("%-32s %-16s %-8s %-32s %-8llu %-11llu\n", s.info.name.c_str(),
+                    s.info.group.empty() ? "?" : s.info.group.c_str(), s.owned ? "yes" : "NO",
                     s.info.filter_subject.c_str(), static_cast<unsigned long long>(s.info.pending),
                     static_cast<unsigned long long>(s.info.ack_pending));
       }
       return 0;
     }
-    auto pruned = prune_consumers(bus, dry_run);
-    for (const auto& n : pruned) std::printf("%s %s\n", dry_run ? "would delete" : "deleted", n.c_str());
-    std::printf("%zu consumer(s) %s\n", pruned.size(), dry_run ? "to prune" : "pruned");
+    // Deleting a consumer loses its place in the stream: say what would go, and ask first.
+    const bool deleting = prune_confirmed && !dry_run;
+    auto pruned = prune_consumers(bus, !deleting);
+    for (const auto& n : pruned) std::printf("%s %s\n", deleting ? "deleted" : "would delete", n.c_str());
+    std::printf("%zu consumer(s) %s\n", pruned.size(), deleting ? "pruned" : "to prune");
+    if (!deleting && !dry_run && !pruned.empty()) {
+      throw config_error("consumers prune deletes the consumers listed above with their place in the stream: add "
+                         "--yes to confirm");
+    }
     return 0;
   }
 

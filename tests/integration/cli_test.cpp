@@ -120,26 +120,38 @@ TEST_CASE_METHOD(shop_fixture, "retrying a dead letter from the CLI re-runs only
 }
 
 TEST_CASE_METHOD(shop_fixture, "consumers prune removes what no listener owns, and keeps the rest", "[integration][cli]") {
-  auto consumer = [&](const std::string& name) {
+  auto consumer = [&](const std::string& name, const std::string& group) {
     omnibus::consumer_config c;
     c.name = name;
+    c.group = group;
     c.filter_subject = opts.stream.subject_prefix + ".order.placed";
     return c;
   };
-  std::vector<omnibus::consumer_config> v{consumer("shop_loyalty"), consumer("shop_renamed_listener"), consumer("billing_invoices")};
+  std::vector<omnibus::consumer_config> v{consumer("shop_loyalty", "shop"), consumer("shop_renamed_listener", "shop"),
+                                          consumer("billing_invoices", "billing"),
+                                          consumer("shop_eu_mailer", "shop_eu"),  // "shop_" by its name, not by its group
+                                          consumer("shop_made_by_hand", "")};     // no group: never ours to delete
   js.provision(opts.stream, v);
 
   auto dry = cli({"consumers", "prune", "--dry-run"});
   REQUIRE(dry.wait(20s) == 0);
-  CHECK_THAT(dry.output(), Catch::Contains("would delete shop_renamed_listener"));
+  CHECK_THAT(dry.output(), Catch::Contains("would delete shop_renamed_listener") && Catch::Contains("1 consumer(s) to prune"));
   CHECK(js.info(opts.stream, "shop_renamed_listener").has_value());
 
-  auto prune = cli({"consumers", "prune"});
+  auto unconfirmed = cli({"consumers", "prune"});
+  REQUIRE(unconfirmed.wait(20s) == 2);
+  CHECK_THAT(unconfirmed.output(), Catch::Contains("would delete shop_renamed_listener") && Catch::Contains("add --yes"));
+  CHECK(js.info(opts.stream, "shop_renamed_listener").has_value());
+
+  auto prune = cli({"consumers", "prune", "--yes"});
   REQUIRE(prune.wait(20s) == 0);
   CHECK_THAT(prune.output(), Catch::Contains("deleted shop_renamed_listener") && Catch::Contains("1 consumer(s) pruned"));
   CHECK_FALSE(js.info(opts.stream, "shop_renamed_listener").has_value());
   CHECK(js.info(opts.stream, "shop_loyalty").has_value());      // owned by a listener
   CHECK(js.info(opts.stream, "billing_invoices").has_value());  // another group's: never touched
+  CHECK(js.info(opts.stream, "shop_eu_mailer").has_value());
+  CHECK(js.info(opts.stream, "shop_made_by_hand").has_value());
+  CHECK(js.info(opts.stream, "shop_eu_mailer")->group == "shop_eu");
 
   auto list = cli({"consumers", "list"});
   REQUIRE(list.wait(20s) == 0);

@@ -42,8 +42,10 @@ struct consumer_status {
 [[nodiscard]] std::vector<consumer_status> list_consumers(const event_bus& bus);
 
 /// Deletes the consumers of this bus's group that no registered listener owns (left behind by
-/// renamed or removed listeners); consumers of other groups are never touched. Returns their
-/// names. With `dry_run`, deletes nothing.
+/// renamed or removed listeners). Only consumers that provisioning marked with this group
+/// (consumer_info::group) qualify: other groups' are never touched, whatever their names, and
+/// neither are consumers made before 0.2 or by other tools. Returns their names. With
+/// `dry_run`, deletes nothing.
 std::vector<std::string> prune_consumers(const event_bus& bus, bool dry_run);
 
 }  // namespace omnibus

@@ -35,6 +35,10 @@ struct stream_config {
 /// One durable pull consumer, the one an async listener reads.
 struct consumer_config {
   std::string name;            ///< durable name: "<group>_<listener>", [A-Za-z0-9_-]
+  /// The application that owns it, kept with the consumer (its description) so that operator
+  /// tools never take another group's consumer for theirs: "shop_eu_mailer" could be group
+  /// "shop" or "shop_eu" by its name alone.
+  std::string group;
   std::string filter_subject;  ///< "<prefix>.<event name>"
   std::chrono::milliseconds ack_wait = std::chrono::seconds(30);
   std::int64_t max_ack_pending = 1000;  ///< 1 for ordered listeners
@@ -114,6 +118,7 @@ class consumer {
 /// What the server knows of one consumer.
 struct consumer_info {
   std::string name;
+  std::string group;  ///< the owning group, as provisioned; empty for a consumer made otherwise (or before 0.2)
   std::string filter_subject;
   std::uint64_t pending = 0;      ///< in the stream, not yet delivered
   std::uint64_t ack_pending = 0;  ///< delivered, not yet acked
