@@ -3,6 +3,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <condition_variable>
 #include <csignal>
 #include <future>
 #include <map>
@@ -374,7 +375,10 @@ TEST_CASE_METHOD(worker_fixture, "a message no worker settles stops at max_deliv
   o.deadline = 200ms;
   world.bus.add_async_listener<tool_event>("stubborn", [&](omnibus::context& ctx, const tool_event& e) {
     if (e.n == 7) {  // never finishes in time: each delivery is nak'd by the deadline, never settled
-      while (!ctx.stop_token().stop_requested()) std::this_thread::sleep_for(5ms);
+      std::mutex m;
+      std::condition_variable_any never;
+      std::unique_lock lock(m);
+      (void)never.wait(lock, ctx.stop_token(), [] { return false; });  // returns when the deadline stops it
       return;
     }
     ++handled;
