@@ -5,7 +5,8 @@
 # pkg-config and a plain compiler command, with meson and with CMake; then its worker and
 # its publisher run against the loopback servers (OMNIBUS_NATS_URL, OMNIBUS_DATABASE_URL), and
 # the async listener must handle the greeting. Then the same example, built with Omnibus as a
-# meson subproject. Prints "install: ..." lines; exits non-zero on any failure.
+# meson subproject; then the Debian packages, installed with apt-get (root). Prints
+# "install: ..." lines; exits non-zero on any failure.
 #   run.sh <source root>
 set -euo pipefail
 src=$(cd "$1" && pwd)
@@ -13,8 +14,10 @@ src=$(cd "$1" && pwd)
 : "${OMNIBUS_DATABASE_URL:?start the servers first}"
 work=$(mktemp -d /tmp/omnibus-install-XXXXXX)
 worker_pid=
+debs_installed=
 cleanup() {
   if [ -n "$worker_pid" ]; then kill "$worker_pid" 2>/dev/null || true; fi
+  if [ -n "$debs_installed" ]; then apt-get remove -y -qq libomnibus-dev libomnibus0.2 >/dev/null 2>&1 || true; fi
   rm -rf "$work"
 }
 trap cleanup EXIT
@@ -125,4 +128,27 @@ targets=$(ninja -C build-sub -t targets all | grep -c -E '^subprojects/omnibus/(
 meson compile -C build-sub >"$work/sub-compile.log" 2>&1 || { tail -n 40 "$work/sub-compile.log"; exit 1; }
 run_pair ./build-sub/hello-worker ./build-sub/hello-publisher
 say "meson subproject: built without Omnibus's tests or examples; the greeting reached the worker"
+
+# 5. The Debian packages (scripts/package, lintian clean), installed on this machine with
+#    apt-get, the example built against the system install; removed again at the end.
+if [ "$(id -u)" -ne 0 ]; then echo "install: the .deb test installs packages: run it as root" >&2; exit 1; fi
+"$src/scripts/package" >"$work/package.log" 2>&1 || { cat "$work/package.log"; exit 1; }
+debs_installed=1
+apt-get install -y -qq "$src"/dist/libomnibus0.2_*.deb "$src"/dist/libomnibus-dev_*.deb >"$work/apt.log" 2>&1 \
+  || { cat "$work/apt.log"; exit 1; }
+say "$(grep '^package: lintian' "$work/package.log"); libomnibus0.2 and libomnibus-dev installed with apt-get"
+mkdir "$work/hello-deb"
+cp "$src"/examples/hello/*.hpp "$src"/examples/hello/*.cpp "$src"/examples/hello/CMakeLists.txt "$work/hello-deb"
+cd "$work/hello-deb"
+unset PKG_CONFIG_PATH
+# shellcheck disable=SC2046
+g++ -std=c++20 -Wall -Wextra -Werror publisher.cpp -o hello-publisher $(pkg-config --cflags --libs omnibus)
+# shellcheck disable=SC2046
+g++ -std=c++20 -Wall -Wextra -Werror worker.cpp -o hello-worker $(pkg-config --cflags --libs omnibus)
+cmake -S . -B build-cmake >"$work/cmake-deb.log" 2>&1 && cmake --build build-cmake >>"$work/cmake-deb.log" 2>&1 \
+  || { cat "$work/cmake-deb.log"; exit 1; }
+libdir=
+run_pair ./hello-worker ./hello-publisher
+run_pair ./build-cmake/hello-worker ./build-cmake/hello-publisher
+say "Debian packages: examples/hello built against the system install (pkg-config, CMake) and ran"
 say "passed in $(( $(date +%s) - start )) s"
