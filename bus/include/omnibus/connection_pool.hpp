@@ -17,7 +17,8 @@ namespace omnibus {
 /// Thread-safe. Connections are opened lazily, and one that broke is replaced on its next lease.
 class connection_pool {
  public:
-  /// `url` is never logged or put in an error message.
+  /// At most `size` connections at once to `url` (libpq). `url` is never logged or put in an
+  /// error message. Connects to nothing yet. Throws std::invalid_argument for a size of 0.
   connection_pool(std::string url, std::size_t size);
   ~connection_pool();
   connection_pool(const connection_pool&) = delete;
@@ -28,10 +29,13 @@ class connection_pool {
   /// One connection, for one thread, until the lease ends. Movable.
   class lease {
    public:
+    /// Takes over `other`'s connection; `other` then gives nothing back and must not be used.
     lease(lease&& other) noexcept;
     lease& operator=(lease&&) = delete;
-    ~lease();
+    ~lease();  ///< gives the connection back to the pool, or drops it after discard() or if it broke
+    /// The leased connection, for the leasing thread only and only while the lease lives.
     [[nodiscard]] pqxx::connection_base& operator*() const noexcept;
+    /// The leased connection's members, as operator*().
     [[nodiscard]] pqxx::connection_base* operator->() const noexcept { return &**this; }
     /// Drop the connection instead of returning it (after a failure that may have broken it).
     void discard() noexcept { discard_ = true; }

@@ -19,7 +19,7 @@ struct metadata {
   std::string correlation_id;  ///< Omnibus-Correlation-Id; empty: not sent
   std::string traceparent;     ///< W3C trace context; empty: not sent
   std::string tracestate;      ///< W3C trace context; empty: not sent
-  /// User key/values, sent as Omnibus-Meta-<key>. Keys: [A-Za-z0-9_-]; values: no CR or LF.
+  /// User key/values, sent as `Omnibus-Meta-<key>`. Keys: [A-Za-z0-9_-]; values: no CR or LF.
   std::vector<std::pair<std::string, std::string>> values;
 
   /// The value of user key `key`, or nullptr.
@@ -39,6 +39,7 @@ class connection_source {
 /// thread-safe: one context belongs to one call chain on one thread.
 class context {
  public:
+  /// The clock of deadline(): steady, so wall-clock changes never move a deadline.
   using clock = std::chrono::steady_clock;
 
   /// No transaction: async events go straight to the stream.
@@ -62,19 +63,25 @@ class context {
 
   /// In a handler: the id of the event being handled (a good idempotency key). Nil elsewhere.
   [[nodiscard]] const omnibus::event_id& event_id() const noexcept { return event_id_; }
+  /// Set before a handler runs (by the worker, or by a dead letter's retry).
   void set_event_id(const omnibus::event_id& id) noexcept { event_id_ = id; }
   /// In a handler: which attempt this is (1 the first; JetStream's delivery count). 0 elsewhere.
   [[nodiscard]] std::uint64_t attempt() const noexcept { return attempt_; }
+  /// Set by the worker before the handler runs.
   void set_attempt(std::uint64_t n) noexcept { attempt_ = n; }
 
+  /// The metadata: a publisher fills it before publishing; in a handler, the handled event's.
   [[nodiscard]] omnibus::metadata& meta() noexcept { return meta_; }
+  /// The metadata, read-only.
   [[nodiscard]] const omnibus::metadata& meta() const noexcept { return meta_; }
 
   /// When the worker gives up on this handler call (time_point::max(): never).
   [[nodiscard]] clock::time_point deadline() const noexcept { return deadline_; }
+  /// Set by the worker, which also requests the stop token when it passes.
   void set_deadline(clock::time_point d) noexcept { deadline_ = d; }
   /// Requested when the deadline passes or the worker shuts down; long handlers poll it.
   [[nodiscard]] std::stop_token stop_token() const noexcept { return stop_; }
+  /// Set by the worker before the handler runs.
   void set_stop_token(std::stop_token t) noexcept { stop_ = std::move(t); }
 
  private:

@@ -16,9 +16,9 @@ namespace omnibus {
 /// One message a listener gave up on.
 struct dead_letter {
   std::int64_t id = 0;  ///< assigned by the database
-  std::string listener;
+  std::string listener;  ///< the async listener that gave up on it
   /// Nats-Msg-Id as received, or "seq:<stream sequence>" without one. Stored as text: bytes
-  /// that are not UTF-8 read \xHH there (omnibus::to_text); msg keeps the exact bytes.
+  /// that are not UTF-8 read `\xHH` there (omnibus::to_text); msg keeps the exact bytes.
   std::string event_id;
   std::string event_name;  ///< the Omnibus-Event header (as text, like event_id), or empty
   message msg;             ///< subject, headers and body exactly as delivered
@@ -27,11 +27,13 @@ struct dead_letter {
   std::string raw_header_block;
   /// handler_failed, permanent, malformed_headers, max_deliveries, or a decode_failure name
   std::string reason;
-  std::string error;
-  int attempts = 0;
+  std::string error;  ///< the last failure's text (a handler's what(), or why it did not decode)
+  int attempts = 0;   ///< deliveries made when it gave up; a rewrite keeps the larger count
+  /// The first recorded failure. Read back only: write_dead_letter() takes it from the history.
   std::chrono::system_clock::time_point first_failed_at{};
+  /// The latest write of this letter. Read back only: write_dead_letter() sets it to now.
   std::chrono::system_clock::time_point last_failed_at{};
-  std::uint64_t stream_sequence = 0;
+  std::uint64_t stream_sequence = 0;  ///< the message's sequence in the stream (0: not known)
 };
 
 /// Records one failed attempt (upsert on (listener, event id)), in its own transaction.
@@ -44,9 +46,9 @@ void clear_failure(pqxx::connection_base& conn, std::string_view schema, std::st
 
 /// Writes the dead letter and removes its failure history, in one transaction that has
 /// committed when this returns. Producers' bytes are stored exactly (bytea) or as text made
-/// valid with omnibus::to_text (event id, event name, subject, error). Idempotent on (listener, event id): a second write updates
-/// attempts, error and last_failed_at. first_failed_at comes from the failure history (now
-/// when there is none).
+/// valid with omnibus::to_text (event id, event name, subject, error). Idempotent on
+/// (listener, event id): a second write updates attempts, error and last_failed_at.
+/// first_failed_at comes from the failure history (now when there is none).
 void write_dead_letter(pqxx::connection_base& conn, std::string_view schema, const dead_letter& dl);
 
 /// Dead letters, newest first, optionally only one listener's or one event name's.
@@ -63,12 +65,12 @@ bool discard_dead_letter(pqxx::connection_base& conn, std::string_view schema, s
 
 /// An ordered listener stopped at an event.
 struct parked_event {
-  std::string listener;
-  std::string event_id;
-  std::string event_name;
-  std::uint64_t stream_sequence = 0;
-  std::string error;
-  int attempts = 0;
+  std::string listener;               ///< the ordered listener; at most one parked event each
+  std::string event_id;               ///< the event it stopped at, as text
+  std::string event_name;             ///< empty when not known
+  std::uint64_t stream_sequence = 0;  ///< the event's sequence in the stream (0: not known)
+  std::string error;                  ///< the last failure's text
+  int attempts = 0;                   ///< attempts made before it parked
   std::string action;  ///< "", "retry" or "skip"
 };
 

@@ -17,14 +17,14 @@ namespace omnibus {
 
 /// The header names, exactly as they appear on the wire.
 namespace header {
-inline constexpr std::string_view msg_id = "Nats-Msg-Id";
-inline constexpr std::string_view event = "Omnibus-Event";
-inline constexpr std::string_view version = "Omnibus-Version";
-inline constexpr std::string_view published = "Omnibus-Published";
-inline constexpr std::string_view correlation_id = "Omnibus-Correlation-Id";
-inline constexpr std::string_view traceparent = "traceparent";
-inline constexpr std::string_view tracestate = "tracestate";
-inline constexpr std::string_view meta_prefix = "Omnibus-Meta-";
+inline constexpr std::string_view msg_id = "Nats-Msg-Id";  ///< the event id; JetStream deduplicates on it
+inline constexpr std::string_view event = "Omnibus-Event";  ///< the event name; must match the subject's last part
+inline constexpr std::string_view version = "Omnibus-Version";  ///< the event's schema version, a positive integer
+inline constexpr std::string_view published = "Omnibus-Published";  ///< publish time in format_time()'s form
+inline constexpr std::string_view correlation_id = "Omnibus-Correlation-Id";  ///< metadata::correlation_id, when set
+inline constexpr std::string_view traceparent = "traceparent";  ///< metadata::traceparent (W3C), when set
+inline constexpr std::string_view tracestate = "tracestate";  ///< metadata::tracestate (W3C), when set
+inline constexpr std::string_view meta_prefix = "Omnibus-Meta-";  ///< + key: one header per metadata::values entry
 }  // namespace header
 
 /// The most headers a message may carry to decode: Omnibus' own and metadata, with room to spare.
@@ -35,11 +35,12 @@ inline constexpr std::size_t default_max_body_bytes = 1024 * 1024;
 
 /// One event as it travels: everything the headers carry, plus the still-encoded body.
 struct envelope {
-  event_id id;
-  std::string name;
-  int version = 0;
+  event_id id;       ///< unique per event, generated at publish; the dedup key
+  std::string name;  ///< the event's name (E::name)
+  int version = 0;   ///< the schema version it was written with (E::version); at least 1 once decoded
+  /// When it was published (UTC, microseconds); set by the bus at publish.
   std::chrono::sys_time<std::chrono::microseconds> published_at{};
-  omnibus::metadata meta;
+  omnibus::metadata meta;  ///< the publisher's context metadata
   std::string body;  ///< the msgpack map
 };
 

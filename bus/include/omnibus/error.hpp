@@ -31,7 +31,9 @@ enum class decode_failure {
 /// naks it with a delay), never crashes.
 class decode_error : public error {
  public:
+  /// `what` becomes what(); `kind` is the rule the message broke.
   decode_error(decode_failure kind, const std::string& what) : error(what), kind_(kind) {}
+  /// The rule the message broke; to_string() gives its stored name.
   [[nodiscard]] decode_failure kind() const noexcept { return kind_; }
 
  private:

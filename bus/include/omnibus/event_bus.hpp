@@ -38,9 +38,12 @@ namespace omnibus {
 struct bus_options {
   /// The application's fixed name: consumers are "<group>_<listener>". Never a host or pid.
   std::string group = "omnibus";
+  /// The stream events are sent to, and its limits; provision() creates it.
   stream_config stream;
   /// The PostgreSQL schema of the library's tables (outbox, dead letters, inbox).
   std::string schema = "omnibus";
+  /// The largest encoded event body, in bytes (default 1 MiB): a bigger one throws
+  /// event_too_large at publish, and fails to decode (decode_error, oversized) when received.
   std::size_t max_body_bytes = default_max_body_bytes;
   /// How long publish() without a transaction waits for the stream's ack.
   std::chrono::milliseconds publish_timeout = std::chrono::seconds(5);
@@ -56,9 +59,9 @@ struct bus_options {
 /// attempt n+1 is min(initial * multiplier^(n-1), max), then spread by +-jitter.
 struct retry_policy {
   int max_attempts = 10;  ///< deliveries in all; then the event is dead-lettered
-  std::chrono::milliseconds initial = std::chrono::seconds(1);
-  double multiplier = 2.0;
-  std::chrono::milliseconds max = std::chrono::minutes(5);
+  std::chrono::milliseconds initial = std::chrono::seconds(1);  ///< the delay after the first failure
+  double multiplier = 2.0;                                      ///< each further delay is this times the last
+  std::chrono::milliseconds max = std::chrono::minutes(5);      ///< the longest delay, before jitter
   double jitter = 0.2;  ///< 0.2: each delay is drawn from [0.8, 1.2] times its nominal value
 };
 
@@ -67,7 +70,7 @@ struct listener_options {
   int concurrency = 4;  ///< handler slots: messages of this listener in flight in one worker
   std::chrono::milliseconds ack_wait = std::chrono::seconds(30);  ///< server redelivers after this
   std::chrono::milliseconds deadline = std::chrono::minutes(1);   ///< per handler call
-  retry_policy retry;
+  retry_policy retry;  ///< when a failed handler call runs again, and how often
   /// Strictly in stream order, one event in flight across all workers (MaxAckPending 1,
   /// concurrency 1). A failure is nak'd with a delay and stays pending, so nothing overtakes it.
   bool ordered = false;
@@ -76,7 +79,7 @@ struct listener_options {
   /// goes on (a dead letter retried later runs out of order).
   bool park_when_exhausted = true;
   /// Exactly-once effects: the worker opens a transaction, records (listener, event id) in
-  /// <schema>.bus_inbox, runs the handler with that transaction in its context (ctx.tx();
+  /// `<schema>.bus_inbox`, runs the handler with that transaction in its context (ctx.tx();
   /// events it publishes go to the outbox in it), commits, and only then acks. An event
   /// already recorded is acked without running the handler.
   bool inbox = false;
@@ -88,9 +91,9 @@ struct listener_options {
 struct async_listener {
   std::string name;           ///< the listener's own name, [A-Za-z0-9_-]
   std::string consumer_name;  ///< "<group>_<name>"
-  std::string event_name;
-  int event_version = 0;
-  listener_options options;
+  std::string event_name;     ///< E::name: the event type it handles
+  int event_version = 0;      ///< E::version: the newest version it decodes; newer ones are deferred
+  listener_options options;   ///< as given to add_async_listener()
   /// Decodes the envelope as the listener's event type and calls the user's handler.
   /// Throws decode_error for a bad body, or whatever the handler throws.
   std::function<void(context&, const envelope&)> handler;
@@ -173,7 +176,9 @@ class event_bus {
 
   /// Freezes the registry. Idempotent; publish() and provision() call it.
   void freeze();
+  /// Whether the registry is frozen (no listener can be added). Thread-safe.
   [[nodiscard]] bool frozen() const noexcept { return frozen_.load(std::memory_order_acquire); }
+  /// The options the bus was constructed with.
   [[nodiscard]] const bus_options& options() const noexcept { return options_; }
 
  private:

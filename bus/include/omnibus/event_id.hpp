@@ -30,9 +30,13 @@ class event_id {
   /// Milliseconds since the Unix epoch, read back from the id.
   [[nodiscard]] std::chrono::sys_time<std::chrono::milliseconds> time() const noexcept;
 
+  /// The 16 bytes in the canonical form's order (big-endian: the timestamp first).
   [[nodiscard]] const std::array<std::uint8_t, 16>& bytes() const noexcept { return bytes_; }
+  /// True for the nil id (default-constructed, or parsed from all zeros).
   [[nodiscard]] bool is_nil() const noexcept { return *this == event_id{}; }
 
+  /// Byte-wise order (and ==): ids of earlier milliseconds sort first, and one thread's ids
+  /// sort in creation order. The nil id sorts before every generated id.
   friend auto operator<=>(const event_id&, const event_id&) = default;
 
  private:

@@ -10,7 +10,7 @@ namespace omnibus {
 
 /// One message on the wire (see the README's "Wire format"). A plain value.
 struct message {
-  std::string subject;
+  std::string subject;                                        ///< "<prefix>.<event name>" for an Omnibus event
   std::vector<std::pair<std::string, std::string>> headers;  ///< in order; names as sent
   std::string body;                                           ///< the event's msgpack map
 

@@ -15,9 +15,9 @@ namespace omnibus {
 
 /// What happened to one retried dead letter.
 struct retry_outcome {
-  std::int64_t id = 0;
-  std::string listener;
-  std::string event_id;
+  std::int64_t id = 0;  ///< the dead letter's id (bus_dead_letters.id)
+  std::string listener;  ///< the listener it belongs to: the only one run
+  std::string event_id;  ///< the event's id, in canonical form
   bool ok = false;    ///< the handler returned: the dead letter is gone
   std::string error;  ///< why not (the dead letter stays, with this error and one more attempt)
 };
@@ -34,8 +34,8 @@ std::vector<retry_outcome> retry_dead_letters(const event_bus& bus, pqxx::connec
 
 /// A consumer on the bus's stream, and whether a registered listener owns it.
 struct consumer_status {
-  consumer_info info;
-  bool owned = false;
+  consumer_info info;  ///< the server's view: name, group, filter, counters
+  bool owned = false;  ///< a listener registered on the bus has this consumer name
 };
 
 /// Every durable consumer on the bus's stream.

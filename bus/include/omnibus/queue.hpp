@@ -20,7 +20,7 @@ namespace omnibus {
 
 /// The stream every event goes to. Defaults are documented in the README ("Configuration").
 struct stream_config {
-  std::string name = "OMNIBUS";
+  std::string name = "OMNIBUS";  ///< the stream's name on the server
   std::string subject_prefix = "omnibus";  ///< the stream takes "<prefix>.>"
   /// How long an event is kept: a listener may be down this long without missing events.
   std::chrono::seconds max_age = std::chrono::hours(24 * 7);
@@ -29,7 +29,7 @@ struct stream_config {
   std::chrono::seconds duplicate_window = std::chrono::minutes(2);
   std::int32_t max_msg_size = 1024 * 1024;  ///< bodies plus headers; matches the bus's body limit
   bool memory_storage = false;              ///< file storage unless set (tests use memory)
-  int replicas = 1;
+  int replicas = 1;                         ///< copies kept in a cluster (1: a single server)
 };
 
 /// One durable pull consumer, the one an async listener reads.
@@ -40,6 +40,8 @@ struct consumer_config {
   /// "shop" or "shop_eu" by its name alone.
   std::string group;
   std::string filter_subject;  ///< "<prefix>.<event name>"
+  /// How long a delivery may stay unsettled before the server redelivers it; in_progress()
+  /// restarts the clock.
   std::chrono::milliseconds ack_wait = std::chrono::seconds(30);
   std::int64_t max_ack_pending = 1000;  ///< 1 for ordered listeners
   /// Where a new consumer starts: nullopt is "now" (new events only); a time replays from it.
@@ -52,19 +54,23 @@ struct consumer_config {
 
 /// The server's answer to a publish.
 struct publish_ack {
-  std::uint64_t sequence = 0;
+  std::uint64_t sequence = 0;  ///< the message's stream sequence (for a duplicate: the first copy's)
   bool duplicate = false;  ///< the id was seen within the duplicate window: nothing was added
 };
 
 /// Thrown by publish when the event did not reach the stream, or may not have.
 class publish_error : public error {
  public:
+  /// Whether the event may have been stored: decides how it is safe to retry.
   enum class outcome {
     not_sent,  ///< certainly not stored (refused, not connected): safe to retry or report
     unknown,   ///< may still be stored (timeout, buffered during reconnect): retry with the same id
   };
+  /// `what` becomes what(); `id` is the event's (nil when the message carried none that parses).
   publish_error(outcome o, event_id id, const std::string& what) : error(what), outcome_(o), id_(id) {}
+  /// Whether the event may have been stored.
   [[nodiscard]] outcome result() const noexcept { return outcome_; }
+  /// The event the publish was for, from its Nats-Msg-Id; nil when it had none that parses.
   [[nodiscard]] event_id id() const noexcept { return id_; }
 
  private:
@@ -74,8 +80,8 @@ class publish_error : public error {
 
 /// One message's outcome in publish_batch: an ack, or the error it would have thrown.
 struct batch_result {
-  std::optional<publish_ack> ack;
-  std::optional<publish_error::outcome> failure;
+  std::optional<publish_ack> ack;                 ///< set when the server stored (or deduplicated) it
+  std::optional<publish_error::outcome> failure;  ///< set instead of ack: whether it may have been stored
   std::string error;  ///< empty when acked
 };
 
@@ -84,10 +90,14 @@ struct batch_result {
 class delivery {
  public:
   virtual ~delivery() = default;
+  /// The message as delivered; owned by this delivery and valid as long as it.
   [[nodiscard]] virtual const message& msg() const noexcept = 0;
   /// 1 on the first delivery; JetStream's count, so a redelivery after a crash counts too.
   [[nodiscard]] virtual std::uint64_t delivery_count() const noexcept = 0;
+  /// The message's sequence in the stream (from open_abandoned(): the abandoned message's).
   [[nodiscard]] virtual std::uint64_t stream_sequence() const noexcept = 0;
+  /// Handled: never redeliver. Sent without waiting (queue::flush() waits); throws
+  /// omnibus::error when it cannot be sent.
   virtual void ack() = 0;
   /// Redeliver after `delay` (0: at once).
   virtual void nak(std::chrono::milliseconds delay) = 0;
@@ -117,21 +127,22 @@ class consumer {
 
 /// What the server knows of one consumer.
 struct consumer_info {
-  std::string name;
+  std::string name;  ///< the durable name
   std::string group;  ///< the owning group, as provisioned; empty for a consumer made otherwise (or before 0.2)
-  std::string filter_subject;
+  std::string filter_subject;  ///< "<prefix>.<event name>"; empty when the server reports none
   std::uint64_t pending = 0;      ///< in the stream, not yet delivered
   std::uint64_t ack_pending = 0;  ///< delivered, not yet acked
   std::uint64_t redelivered = 0;  ///< delivered more than once and not yet acked
+  /// When the server last delivered a message to it; nullopt: never, or not known (memory_queue).
   std::optional<std::chrono::system_clock::time_point> last_delivered;
 };
 
 /// How full the stream is.
 struct stream_state {
-  std::uint64_t messages = 0;
-  std::uint64_t bytes = 0;
-  std::uint64_t first_sequence = 0;
-  std::uint64_t last_sequence = 0;
+  std::uint64_t messages = 0;        ///< messages stored now
+  std::uint64_t bytes = 0;           ///< bytes stored now, as the server counts them (against max_bytes)
+  std::uint64_t first_sequence = 0;  ///< sequence of the oldest message still stored
+  std::uint64_t last_sequence = 0;   ///< sequence of the newest message ever stored (0: none)
   std::int64_t max_bytes = 0;  ///< the server's limit (<= 0: none)
 };
 

@@ -17,8 +17,11 @@
 
 namespace omnibus {
 
+/// Where a relay finds the outbox, and how it paces itself.
 struct relay_options {
   std::string database_url;     ///< libpq URL or key=value string; never logged
+  /// The bus's schema (bus_options::schema): its outbox is drained, its relay lock taken, and
+  /// it is migrated first. [a-z_][a-z0-9_]*, at most 63 characters.
   std::string schema = "omnibus";
   std::size_t batch_size = 1000;                            ///< rows read and published at once
   std::chrono::milliseconds sweep_interval{1000};           ///< fallback sweep without a NOTIFY
@@ -43,6 +46,8 @@ struct relay_stats {
 /// after every reconnect. Never throws out of run(): it logs and retries.
 class relay {
  public:
+  /// Connects to nothing until run(). `log` is shared and must not be null. Throws
+  /// std::invalid_argument for a null `log`, a bad schema name or a batch_size of 0.
   relay(queue& q, relay_options options, std::shared_ptr<spdlog::logger> log);
   ~relay();  ///< stops and joins the thread, if started
   relay(const relay&) = delete;
@@ -55,6 +60,7 @@ class relay {
   /// The relay loop: returns when `stop` is requested.
   void run(std::stop_token stop);
 
+  /// The relay's counters, live; valid as long as the relay.
   [[nodiscard]] const relay_stats& stats() const noexcept { return stats_; }
 
  private:

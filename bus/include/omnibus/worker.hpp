@@ -25,6 +25,8 @@ namespace omnibus {
 [[nodiscard]] std::chrono::milliseconds retry_delay(const retry_policy& policy, std::uint64_t attempt,
                                                     double unit_random) noexcept;
 
+/// Where a worker keeps its dead letters, and its timings. Every listener's own settings are
+/// in its listener_options.
 struct worker_options {
   std::string database_url;  ///< dead letters and handlers' connections; never logged
   std::size_t pool_size = 0;                                  ///< 0: one connection per handler slot
@@ -47,7 +49,7 @@ struct worker_options {
   /// fraction of max_bytes) on: a full stream refuses every publish, and near full nats-server
   /// 2.9 may drop its oldest messages despite DiscardNew (nats-io/nats-server#4771).
   std::chrono::milliseconds stream_check_every{std::chrono::seconds(30)};
-  double stream_full_warning = 0.8;
+  double stream_full_warning = 0.8;  ///< bytes / max_bytes from which each check logs a warning
 };
 
 /// Counters, readable from any thread while the worker runs.
@@ -76,6 +78,8 @@ class worker_stuck : public error {
 /// Runs `bus`'s async listeners. Borrows `bus` (and its queue), which must outlive it.
 class worker {
  public:
+  /// Connects to nothing until run(). `log` is shared and must not be null. Throws
+  /// std::invalid_argument for a null `log`, an empty database_url, or a bus without a queue.
   worker(event_bus& bus, worker_options options, std::shared_ptr<spdlog::logger> log);
   ~worker();
   worker(const worker&) = delete;
@@ -87,6 +91,7 @@ class worker {
   /// worker_stuck, or omnibus::error / omnibus::nats_error when start-up fails. Call once.
   void run(std::stop_token stop);
 
+  /// The worker's counters, live; valid as long as the worker.
   [[nodiscard]] const worker_stats& stats() const noexcept;
 
  private:

@@ -19,6 +19,7 @@ namespace omnibus {
 /// except publish failures (omnibus::publish_error) and configuration conflicts (omnibus::error).
 class jetstream final : public omnibus::queue {
  public:
+  /// Borrows `conn`; talks to the server only when a member function is called.
   explicit jetstream(nats_connection& conn);
   ~jetstream() override;
   jetstream(const jetstream&) = delete;
@@ -29,7 +30,7 @@ class jetstream final : public omnibus::queue {
   /// naming each difference, and is never recreated. Then each consumer: created if missing
   /// (no BackOff, MaxDeliver the configured ceiling, explicit ack); an existing one gets its
   /// editable fields (AckWait, MaxAckPending, MaxDeliver) updated, and throws omnibus::error if its
-  /// filter differs. Also creates <stream>_ABANDONED, which keeps the server's max-deliveries
+  /// filter differs. Also creates `<stream>_ABANDONED`, which keeps the server's max-deliveries
   /// advisories for the stream's consumers until open_abandoned() reads them.
   /// Consumers are read through plain subscriptions (see open_consumer), so a message whose
   /// header block NATS.c cannot parse is still fetched, alone, with delivery::header_error().
@@ -52,7 +53,7 @@ class jetstream final : public omnibus::queue {
   /// natsConnection_FlushTimeout: acks, naks and terms are fire-and-forget publishes.
   void flush(std::chrono::milliseconds timeout) override { conn_.flush(timeout); }
   [[nodiscard]] std::optional<omnibus::stream_state> state(const omnibus::stream_config& stream) override;
-  /// The durable "<group>__abandoned" on <stream>_ABANDONED: each report carries the message,
+  /// The durable "<group>__abandoned" on `<stream>_ABANDONED`: each report carries the message,
   /// read back byte-exact by its sequence.
   std::unique_ptr<omnibus::consumer> open_abandoned(const omnibus::stream_config& stream, const std::string& group) override;
   /// The name of the stream that keeps `stream`'s max-deliveries advisories.

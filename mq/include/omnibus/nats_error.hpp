@@ -11,6 +11,8 @@ namespace omnibus {
 /// none) and NATS.c's last error text, all folded into what(). Never contains credentials.
 class nats_error : public error {
  public:
+  /// `what`: the whole message, free of credentials; `status`: the natsStatus; `js_code`: the
+  /// JetStream error code, or 0.
   nats_error(const std::string& what, int status, int js_code) : error(what), status_(status), js_code_(js_code) {}
 
   /// The natsStatus value (NATS_OK is never thrown).

@@ -32,10 +32,12 @@ namespace omnibus {
 /// The settings every worker binary takes, as flags or environment variables (--help lists
 /// them). Defaults can be changed through worker_program::config() before main().
 struct worker_config {
+  /// How to reach nats-server (--nats-* flags); the connection is named after the program.
   nats_options nats{.url = "nats://127.0.0.1:4222", .name = "omnibus-worker"};
   std::string database_url;  ///< OMNIBUS_DATABASE_URL; never printed
+  /// trace, debug, info, warn, err, critical or off; any other is a config_error.
   std::string log_level = "info";
-  bus_options bus;
+  bus_options bus;  ///< group, schema and stream (--group, --schema, --stream, ...)
   bool relay = true;  ///< run an outbox relay in `run` (one per schema is active)
 };
 
@@ -49,6 +51,7 @@ class config_error : public error {
 /// command about to run. Lives as long as that command; owns what make() and keep() hold.
 class app {
  public:
+  /// Made by worker_program for each command. Borrows `bus` and `config`, which outlive it.
   app(event_bus& bus, const worker_config& config, std::string command) noexcept
       : bus_(bus), config_(config), command_(std::move(command)) {}
   app(const app&) = delete;
@@ -56,6 +59,7 @@ class app {
 
   /// The bus: add listeners here (services do it in their constructors). Frozen after setup.
   [[nodiscard]] event_bus& bus() noexcept { return bus_; }
+  /// The configuration, as parsed from flags and environment variables and validated.
   [[nodiscard]] const worker_config& config() const noexcept { return config_; }
   /// "run", "dead-letters retry", "consumers list", ... or the name of a command of yours.
   [[nodiscard]] const std::string& command() const noexcept { return command_; }
@@ -91,6 +95,8 @@ using setup_function = std::function<void(app&)>;
 /// A worker binary with room for your own flags and commands. Configure it, then call main().
 class worker_program {
  public:
+  /// `name` heads --help and error messages, and names the NATS connection and the logger;
+  /// `description` follows it in --help.
   explicit worker_program(std::string name = "omnibus-worker",
                           std::string description = "Runs this application's async listeners, and operates the bus.");
   ~worker_program();
