@@ -13,12 +13,12 @@ shop::shop(omnibus::event_bus& bus, const shop_options& o)
       loyalty(bus, o) {}
 
 std::unique_ptr<shop> make_shop(omnibus::event_bus& bus, const shop_options& options) {
-  omnibus::detail::check_schema_name(options.schema);
+  omnibus::check_schema_name(options.schema);
   return std::make_unique<shop>(bus, options);
 }
 
 void migrate_shop(pqxx::connection_base& conn, const shop_options& o) {
-  omnibus::detail::check_schema_name(o.schema);
+  omnibus::check_schema_name(o.schema);
   pqxx::work tx{conn};
   tx.exec_params("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", "shop:migrate:" + o.schema);
   tx.exec0("CREATE SCHEMA IF NOT EXISTS \"" + o.schema + "\"");

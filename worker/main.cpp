@@ -24,7 +24,7 @@ int main(int argc, char** argv) {
     if (shop.concurrency < 1) throw omnibus::config_error("--concurrency must be at least 1");
     if (shop.flaky_failure_rate < 0 || shop.flaky_failure_rate > 1) throw omnibus::config_error("--flaky-rate must be within 0..1");
     try {
-      omnibus::detail::check_schema_name(shop.schema);
+      omnibus::check_schema_name(shop.schema);
     } catch (const std::invalid_argument& e) {
       throw omnibus::config_error(e.what());
     }

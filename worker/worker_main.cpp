@@ -242,7 +242,7 @@ struct worker_program::impl {
     c.bus.stream.max_age = std::chrono::seconds(max_age_s);
     c.bus.stream.duplicate_window = std::chrono::seconds(duplicate_window_s);
     try {
-      detail::check_schema_name(c.bus.schema);
+      check_schema_name(c.bus.schema);
     } catch (const std::invalid_argument& e) {
       throw config_error(e.what());
     }
@@ -406,7 +406,7 @@ struct worker_program::impl {
   int dispatch(const setup_function& setup) {
     if (mig_sql->parsed()) {
       try {
-        detail::check_schema_name(config.bus.schema);
+        check_schema_name(config.bus.schema);
       } catch (const std::invalid_argument& e) {
         throw config_error(e.what());
       }

@@ -12,7 +12,7 @@
 #include "bench_support.hpp"
 #include "bench_world.hpp"
 #include "omnibus/envelope.hpp"
-#include "omnibus/outbox.hpp"
+#include "core/outbox.hpp"
 #include "omnibus/relay.hpp"
 
 namespace bench {

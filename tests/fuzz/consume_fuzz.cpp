@@ -17,7 +17,7 @@
 #include "omnibus/error.hpp"
 #include "omnibus/text.hpp"
 #include "fuzz_event.hpp"
-#include "settle.hpp"
+#include "runtime/settle.hpp"
 #include "wire.hpp"
 
 namespace {

@@ -50,6 +50,14 @@ for h in "$work"/prefix/include/omnibus/*.hpp; do
 done
 say "each of the $(ls "$work"/prefix/include/omnibus/*.hpp | wc -l) installed headers compiles on its own"
 
+# The ABI is what the headers say: the libraries are built with hidden visibility, so none of
+# the internals (SQL store, connection pool, failpoints, NATS.c glue, settle rules) is exported.
+exported=$(nm -D --defined-only -C "$libdir"/libomnibus*.so | grep -c ' omnibus::' || true)
+leaked=$(nm -D --defined-only -C "$libdir"/libomnibus*.so | grep -E \
+  'connection_pool|pg_store|pg_session|lazy_connection|jetstream_consumer|abandoned_consumer|omnibus::detail::(failpoint|table_name|with_schema|make_pg_store|claim_inbox|before_handler|after_decode_error|parse_header_block|wait_for)|nats_connection::impl::' || true)
+if [ -n "$leaked" ]; then echo "install: internal symbols are exported:" >&2; echo "$leaked" >&2; exit 1; fi
+say "the libraries export $exported omnibus symbols, none of them internal"
+
 cp -r "$src/examples/hello" "$work/hello"
 cd "$work/hello"
 

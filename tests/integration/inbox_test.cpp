@@ -14,7 +14,6 @@
 
 #include "omnibus/event.hpp"
 #include "omnibus/operations.hpp"
-#include "omnibus/outbox.hpp"
 #include "support/worker_fixture.hpp"
 
 using namespace std::chrono_literals;

@@ -18,7 +18,6 @@
 #include "omnibus/event.hpp"
 #include "omnibus/event_bus.hpp"
 #include "omnibus/migrations.hpp"
-#include "omnibus/outbox.hpp"
 #include "omnibus/relay.hpp"
 #include "omnibus/jetstream.hpp"
 #include "omnibus/nats_connection.hpp"

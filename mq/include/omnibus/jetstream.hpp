@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "omnibus/export.hpp"
 #include "omnibus/queue.hpp"
 #include "omnibus/nats_connection.hpp"
 
@@ -17,7 +18,7 @@ namespace omnibus {
 /// The JetStream implementation of omnibus::queue. Borrows `conn`, which must outlive it and every
 /// consumer and delivery it hands out. Thread-safe. NATS.c failures surface as omnibus::nats_error,
 /// except publish failures (omnibus::publish_error) and configuration conflicts (omnibus::error).
-class jetstream final : public omnibus::queue {
+class OMNIBUS_API jetstream final : public omnibus::queue {
  public:
   /// Borrows `conn`; talks to the server only when a member function is called.
   explicit jetstream(nats_connection& conn);

@@ -5,10 +5,12 @@
 #include <memory>
 #include <string>
 
+#include "omnibus/export.hpp"
+
 namespace omnibus {
 
 /// How to reach nats-server. Defaults suit a service: reconnect forever, short connect timeout.
-struct nats_options {
+struct OMNIBUS_API nats_options {
   std::string url = "nats://127.0.0.1:4222";   ///< comma-separated for a cluster
   std::string name = "omnibus";                 ///< shown by the server's connz
   std::chrono::milliseconds connect_timeout{2000};  ///< how long one connect attempt may take
@@ -28,7 +30,7 @@ struct nats_options {
 
 /// An open NATS connection with reconnect enabled. Owns the natsConnection; movable, not
 /// copyable; thread-safe. Throws omnibus::nats_error when the server cannot be reached.
-class nats_connection {
+class OMNIBUS_API nats_connection {
  public:
   /// Connects (each attempt waits up to connect_timeout) and opens a JetStream context. Throws
   /// omnibus::nats_error for a bad option, an unreadable credentials or TLS file, or no server.
@@ -45,9 +47,10 @@ class nats_connection {
   void flush(std::chrono::milliseconds timeout) const;
 
   struct impl;  ///< private to mq (see mq/nats.hpp)
-  [[nodiscard]] impl& native() const noexcept { return *impl_; }
 
  private:
+  friend class jetstream;  // the only user of the NATS.c handles inside
+  [[nodiscard]] impl& native() const noexcept { return *impl_; }
   std::unique_ptr<impl> impl_;
 };
 

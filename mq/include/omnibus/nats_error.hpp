@@ -3,13 +3,14 @@
 
 #include <string>
 
+#include "omnibus/export.hpp"
 #include "omnibus/error.hpp"
 
 namespace omnibus {
 
 /// A failed NATS.c call: the natsStatus, the JetStream error code (0 when the server sent
 /// none) and NATS.c's last error text, all folded into what(). Never contains credentials.
-class nats_error : public error {
+class OMNIBUS_API nats_error : public error {
  public:
   /// `what`: the whole message, free of credentials; `status`: the natsStatus; `js_code`: the
   /// JetStream error code, or 0.

@@ -19,6 +19,7 @@
 #include <utility>
 #include <vector>
 
+#include "omnibus/export.hpp"
 #include "omnibus/error.hpp"
 #include "omnibus/event_bus.hpp"
 #include "omnibus/nats_connection.hpp"
@@ -31,7 +32,7 @@ namespace omnibus {
 
 /// The settings every worker binary takes, as flags or environment variables (--help lists
 /// them). Defaults can be changed through worker_program::config() before main().
-struct worker_config {
+struct OMNIBUS_API worker_config {
   /// How to reach nats-server (--nats-* flags); the connection is named after the program.
   nats_options nats{.url = "nats://127.0.0.1:4222", .name = "omnibus-worker"};
   std::string database_url;  ///< OMNIBUS_DATABASE_URL; never printed
@@ -42,14 +43,14 @@ struct worker_config {
 };
 
 /// A bad setting: worker_main prints it and exits 2. Throw it from a validator or a setup.
-class config_error : public error {
+class OMNIBUS_API config_error : public error {
  public:
   using error::error;
 };
 
 /// What a setup function gets: the bus to construct services on, the configuration, and the
 /// command about to run. Lives as long as that command; owns what make() and keep() hold.
-class app {
+class OMNIBUS_API app {
  public:
   /// Made by worker_program for each command. Borrows `bus` and `config`, which outlive it.
   app(event_bus& bus, const worker_config& config, std::string command) noexcept
@@ -93,7 +94,7 @@ class app {
 using setup_function = std::function<void(app&)>;
 
 /// A worker binary with room for your own flags and commands. Configure it, then call main().
-class worker_program {
+class OMNIBUS_API worker_program {
  public:
   /// `name` heads --help and error messages, and names the NATS connection and the logger;
   /// `description` follows it in --help.
@@ -125,6 +126,6 @@ class worker_program {
 };
 
 /// worker_program{}.main(argc, argv, setup): a worker binary in one call.
-int worker_main(int argc, char** argv, setup_function setup);
+OMNIBUS_API int worker_main(int argc, char** argv, setup_function setup);
 
 }  // namespace omnibus

@@ -1,0 +1,182 @@
+#include "omnibus/event_bus.hpp"
+
+#include <algorithm>
+#include <stdexcept>
+
+#include "core/outbox.hpp"
+
+namespace omnibus {
+
+namespace detail {
+std::size_t next_type_slot() noexcept {
+  static std::atomic<std::size_t> next{0};
+  return next.fetch_add(1, std::memory_order_relaxed);
+}
+}  // namespace detail
+
+event_bus::event_bus(bus_options options) : options_(std::move(options)) { check_schema_name(options_.schema); }
+
+event_bus::event_bus(queue& q, bus_options options) : options_(std::move(options)), queue_(&q) {
+  check_schema_name(options_.schema);
+}
+
+event_bus::~event_bus() = default;
+
+void event_bus::freeze() {
+  std::lock_guard lock(mutex_);
+  if (frozen_.load(std::memory_order_relaxed)) return;
+  // Nothing is added after this, so the listener vectors never move again.
+  dispatch_.assign(types_.size(), dispatch_range{});
+  for (std::size_t slot = 0; slot < types_.size(); ++slot) {
+    const type_entry& e = types_[slot];
+    if (e.name.empty()) continue;
+    dispatch_[slot] = e.sync.empty() ? dispatch_range{&no_listeners_, &no_listeners_}
+                                     : dispatch_range{e.sync.data(), e.sync.data() + e.sync.size()};
+  }
+  frozen_.store(true, std::memory_order_release);
+}
+
+event_bus::type_entry& event_bus::entry_for(std::size_t slot, std::string_view name) {
+  if (frozen_.load(std::memory_order_relaxed)) {
+    throw std::logic_error("bus: cannot add a listener for " + std::string(name) +
+                           ": the bus is frozen (it has published, provisioned or run); add every "
+                           "listener first, in the services' constructors");
+  }
+  if (auto it = names_.find(name); it != names_.end() && it->second != slot) {
+    throw std::logic_error("bus: two event types are named " + std::string(name) +
+                           "; an event name belongs to one type");
+  }
+  if (types_.size() <= slot) types_.resize(slot + 1);
+  type_entry& e = types_[slot];
+  e.name = name;
+  names_.emplace(name, slot);
+  return e;
+}
+
+namespace {
+bool valid_consumer_name(std::string_view n) {
+  if (n.empty() || n.size() > 200) return false;
+  for (char c : n) {
+    bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' || c == '-';
+    if (!ok) return false;
+  }
+  return true;
+}
+}  // namespace
+
+void event_bus::add_async(std::size_t slot, async_listener l) {
+  if (!valid_consumer_name(l.name)) {
+    throw std::logic_error("bus: listener name '" + l.name + "' must be 1-200 characters of [A-Za-z0-9_-]");
+  }
+  if (!valid_consumer_name(options_.group)) {
+    throw std::logic_error("bus: group '" + options_.group + "' must be 1-200 characters of [A-Za-z0-9_-]");
+  }
+  if (l.options.concurrency < 1) throw std::logic_error("bus: listener " + l.name + " needs a concurrency of at least 1");
+  if (l.options.retry.max_attempts < 1) throw std::logic_error("bus: listener " + l.name + " needs max_attempts of at least 1");
+  if (l.options.retry.max_attempts >= options_.max_deliveries) {
+    throw std::logic_error("bus: listener " + l.name + "'s max_attempts (" + std::to_string(l.options.retry.max_attempts) +
+                           ") must be below bus_options::max_deliveries (" + std::to_string(options_.max_deliveries) + ")");
+  }
+  if (l.name == "_abandoned") throw std::logic_error("bus: the listener name _abandoned is the worker's own");
+  l.consumer_name = options_.group + "_" + l.name;
+  if (l.options.ordered) l.options.concurrency = 1;  // one in flight, across all workers
+  std::lock_guard lock(mutex_);
+  entry_for(slot, l.event_name);  // checks frozen and the name; an async-only type has an entry too
+  for (const async_listener& other : async_) {
+    if (other.name == l.name) {
+      throw std::logic_error("bus: two async listeners are named " + l.name + " (on " + other.event_name + " and " +
+                             l.event_name + "); a listener name owns one durable consumer");
+    }
+  }
+  async_.push_back(std::move(l));
+}
+
+std::vector<consumer_config> event_bus::consumer_configs() const {
+  std::vector<consumer_config> out;
+  out.reserve(async_.size());
+  for (const async_listener& l : async_) {
+    consumer_config c;
+    c.name = l.consumer_name;
+    c.group = options_.group;
+    c.filter_subject = subject_for(options_.stream.subject_prefix, l.event_name);
+    c.ack_wait = l.options.ack_wait;
+    c.max_ack_pending = l.options.ordered ? 1 : std::max<std::int64_t>(1000, l.options.concurrency);
+    c.start_time = l.options.replay_from;
+    c.max_deliver = options_.max_deliveries;
+    out.push_back(std::move(c));
+  }
+  return out;
+}
+
+void event_bus::provision() {
+  freeze();
+  if (queue_ == nullptr) throw std::logic_error("bus: provision() needs a queue: construct the bus with one");
+  queue_->provision(options_.stream, consumer_configs());
+}
+
+void event_bus::check_name_free(std::size_t slot, std::string_view name) const {
+  if (auto it = names_.find(name); it != names_.end() && it->second != slot) {
+    throw std::logic_error("bus: two event types are named " + std::string(name) +
+                           "; an event name belongs to one type");
+  }
+}
+
+bool batch_report::ok() const noexcept {
+  return std::all_of(results.begin(), results.end(), [](const batch_result& r) { return r.ack.has_value(); });
+}
+
+std::vector<std::size_t> batch_report::failed() const {
+  std::vector<std::size_t> out;
+  for (std::size_t i = 0; i < results.size(); ++i) {
+    if (!results[i].ack) out.push_back(i);
+  }
+  return out;
+}
+
+envelope event_bus::make_envelope(const context& ctx, std::string_view name, int version, std::string body) const {
+  envelope env;
+  env.id = event_id::generate();
+  env.name = name;
+  env.version = version;
+  env.published_at = std::chrono::time_point_cast<std::chrono::microseconds>(std::chrono::system_clock::now());
+  env.meta = ctx.meta();
+  env.body = std::move(body);
+  return env;
+}
+
+batch_report event_bus::emit_batch(context& ctx, std::vector<envelope> envs) {
+  batch_report report;
+  std::vector<message> msgs;
+  msgs.reserve(envs.size());
+  report.ids.reserve(envs.size());
+  for (const envelope& env : envs) {  // encode all first: an oversized event stops the batch before anything leaves
+    msgs.push_back(encode(env, options_.stream.subject_prefix, options_.max_body_bytes));
+    report.ids.push_back(env.id);
+  }
+  if (ctx.transaction() != nullptr) {
+    // All rows in one COPY; a batch_report of the rows written (the relay sends them after commit).
+    outbox_insert_batch(*ctx.transaction(), options_.schema, msgs);
+    report.results.assign(msgs.size(), batch_result{publish_ack{}, std::nullopt, {}});
+    return report;
+  }
+  if (queue_ == nullptr) throw std::logic_error("bus: publish_batch() needs a queue: construct the bus with one");
+  report.results = queue_->publish_batch(msgs, options_.publish_timeout);
+  return report;
+}
+
+event_id event_bus::emit(context& ctx, std::string_view name, int version, std::string body) {
+  envelope env = make_envelope(ctx, name, version, std::move(body));
+  message msg = encode(env, options_.stream.subject_prefix, options_.max_body_bytes);
+  if (ctx.transaction() != nullptr) {
+    outbox_insert(*ctx.transaction(), options_.schema, msg);  // sent by the relay after commit
+    return env.id;
+  }
+  if (queue_ == nullptr) {
+    throw std::logic_error("bus: " + env.name +
+                           " is not local-only, and this bus has no queue: construct it with one");
+  }
+  queue_->publish(msg, options_.publish_timeout);
+  return env.id;
+}
+
+}  // namespace omnibus

@@ -1,0 +1,291 @@
+#pragma once
+// The Bus: a registry of listeners per event type, and publish().
+//
+// Dispatch rules:
+// - Sync listeners run on the publisher's thread, in registration order, before publish()
+//   returns. The first one that throws stops the rest; its exception reaches the publisher
+//   unchanged, and no async event is emitted.
+// - Then, unless the type is local-only, the event leaves the process: into the outbox in the
+//   context's transaction when it has one, else straight to the stream (waiting for the ack).
+// - The registry freezes at the first provision() or publish(): adding a listener after that
+//   throws std::logic_error. Once frozen, publish() is safe from any number of threads.
+
+#include <atomic>
+#include <chrono>
+#include <cstddef>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <span>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <type_traits>
+#include <unordered_map>
+#include <utility>
+#include <vector>
+
+#include "omnibus/export.hpp"
+#include "omnibus/context.hpp"
+#include "omnibus/envelope.hpp"
+#include "omnibus/event_id.hpp"
+#include "omnibus/event_traits.hpp"
+#include "omnibus/fwd.hpp"
+#include "omnibus/queue.hpp"
+
+namespace omnibus {
+
+/// How a bus names, sizes and sends its events.
+struct OMNIBUS_API bus_options {
+  /// The application's fixed name: consumers are "<group>_<listener>". Never a host or pid.
+  std::string group = "omnibus";
+  /// The stream events are sent to, and its limits; provision() creates it.
+  stream_config stream;
+  /// The PostgreSQL schema of the library's tables (outbox, dead letters, inbox).
+  std::string schema = "omnibus";
+  /// The largest encoded event body, in bytes (default 1 MiB): a bigger one throws
+  /// event_too_large at publish, and fails to decode (decode_error, oversized) when received.
+  std::size_t max_body_bytes = default_max_body_bytes;
+  /// How long publish() without a transaction waits for the stream's ack.
+  std::chrono::milliseconds publish_timeout = std::chrono::seconds(5);
+  /// The most deliveries of one message to one listener, counting every kind of redelivery
+  /// (retries, deadlines, newer versions, restarts). The worker settles a message at this
+  /// delivery at the latest (dead letter, reason max_deliveries), and the server stops at it
+  /// (consumers' MaxDeliver) if the worker could not, reporting it so that it becomes a dead
+  /// letter too: no message is redelivered forever. Must exceed every listener's max_attempts.
+  std::int64_t max_deliveries = 1000;
+};
+
+/// Throws std::invalid_argument unless `schema` is a name Omnibus accepts for its tables'
+/// schema: [a-z_][a-z0-9_]*, at most 63 characters. event_bus, the relay and migrate() check it;
+/// a worker's configuration checks it before touching any server.
+OMNIBUS_API void check_schema_name(std::string_view schema);
+
+/// When and how often a failing async handler is retried (decision 9). The delay before
+/// attempt n+1 is min(initial * multiplier^(n-1), max), then spread by +-jitter.
+struct OMNIBUS_API retry_policy {
+  int max_attempts = 10;  ///< deliveries in all; then the event is dead-lettered
+  std::chrono::milliseconds initial = std::chrono::seconds(1);  ///< the delay after the first failure
+  double multiplier = 2.0;                                      ///< each further delay is this times the last
+  std::chrono::milliseconds max = std::chrono::minutes(5);      ///< the longest delay, before jitter
+  double jitter = 0.2;  ///< 0.2: each delay is drawn from [0.8, 1.2] times its nominal value
+};
+
+/// How one async listener runs in the worker.
+struct OMNIBUS_API listener_options {
+  int concurrency = 4;  ///< handler slots: messages of this listener in flight in one worker
+  std::chrono::milliseconds ack_wait = std::chrono::seconds(30);  ///< server redelivers after this
+  std::chrono::milliseconds deadline = std::chrono::minutes(1);   ///< per handler call
+  retry_policy retry;  ///< when a failed handler call runs again, and how often
+  /// Strictly in stream order, one event in flight across all workers (MaxAckPending 1,
+  /// concurrency 1). A failure is nak'd with a delay and stays pending, so nothing overtakes it.
+  bool ordered = false;
+  /// For an ordered listener whose attempts ran out: true parks it at that event until an
+  /// operator retries or skips it (omnibus-worker parked ...); false dead-letters the event and
+  /// goes on (a dead letter retried later runs out of order).
+  bool park_when_exhausted = true;
+  /// Exactly-once effects: the worker opens a transaction, records (listener, event id) in
+  /// `<schema>.bus_inbox`, runs the handler with that transaction in its context (ctx.tx();
+  /// events it publishes go to the outbox in it), commits, and only then acks. An event
+  /// already recorded is acked without running the handler.
+  bool inbox = false;
+  /// A new consumer starts now; set this to replay from a time within the stream's MaxAge.
+  std::optional<std::chrono::system_clock::time_point> replay_from;
+};
+
+/// An async listener as the worker runs it: type-erased, decoding inside.
+struct OMNIBUS_API async_listener {
+  std::string name;           ///< the listener's own name, [A-Za-z0-9_-]
+  std::string consumer_name;  ///< "<group>_<name>"
+  std::string event_name;     ///< E::name: the event type it handles
+  int event_version = 0;      ///< E::version: the newest version it decodes; newer ones are deferred
+  listener_options options;   ///< as given to add_async_listener()
+  /// Decodes the envelope as the listener's event type and calls the user's handler.
+  /// Throws decode_error for a bad body, or whatever the handler throws.
+  std::function<void(context&, const envelope&)> handler;
+};
+
+/// What publish_batch() did with each event, in the batch's order.
+struct OMNIBUS_API batch_report {
+  std::vector<event_id> ids;          ///< the id given to each event
+  std::vector<batch_result> results;  ///< one per event: an ack, or why it failed
+  /// True when every event was stored.
+  [[nodiscard]] bool ok() const noexcept;
+  /// The positions of the events that failed.
+  [[nodiscard]] std::vector<std::size_t> failed() const;
+};
+
+/// Thrown by a handler to skip the remaining attempts: the event is dead-lettered at once.
+class OMNIBUS_API permanent_error : public error {
+ public:
+  using error::error;
+};
+
+namespace detail {
+OMNIBUS_API std::size_t next_type_slot() noexcept;
+/// A dense per-type index, the same in every bus. A variable, not a function-local static, so
+/// reading it on the publish path costs a load and no initialization guard.
+template <class E>
+inline const std::size_t type_slot = next_type_slot();
+}  // namespace detail
+
+/// The typed event bus. Construct it, let every service add its listeners, then publish.
+/// Not copyable or movable (listeners may capture services that hold a reference to it).
+class OMNIBUS_API event_bus {
+ public:
+  /// A bus for local-only events only (no queue): any other publish throws std::logic_error.
+  explicit event_bus(bus_options options = {});
+  /// A bus whose events leave the process through `q`, which must outlive the bus.
+  explicit event_bus(queue& q, bus_options options = {});
+  ~event_bus();
+  event_bus(const event_bus&) = delete;
+  event_bus& operator=(const event_bus&) = delete;
+
+  /// Adds a sync listener for E: `handler(omnibus::context&, const E&)`, run inline by publish().
+  /// Throws std::logic_error when the bus is frozen or another type already has E's name.
+  /// Thread-safe.
+  template <class E, class F>
+  void add_sync_listener(F&& handler);
+
+  /// Publishes many events of one type: each one's sync listeners run first, in order (the
+  /// first throw stops everything, and nothing is sent). Then all leave together, pipelined,
+  /// in order: without a transaction every PubAck is awaited and the report says which
+  /// events failed. Throws what a listener threw, event_too_large, std::logic_error.
+  template <class E>
+  [[nodiscard]] batch_report publish_batch(context& ctx, std::span<const E> events);
+
+  /// Adds an async listener for E, run by the worker: `handler(omnibus::context&, const E&)`.
+  /// `name` ([A-Za-z0-9_-]+, unique in the bus) names its durable consumer "<group>_<name>":
+  /// renaming a listener makes a new consumer that starts from now. Throws std::logic_error
+  /// when frozen, for a bad or duplicate name, or a name clash of event types. Thread-safe.
+  template <class E, class F>
+  void add_async_listener(std::string name, F&& handler, listener_options options = {});
+
+  /// Runs E's sync listeners, then sends the event on (see the dispatch rules above).
+  /// Returns the event's id (nil for a local-only event). Throws what a listener threw,
+  /// event_too_large, publish_error (no transaction), or std::logic_error for a name clash.
+  template <class E>
+  [[gnu::always_inline]] inline event_id publish(context& ctx, const E& event);
+
+  /// Freezes the registry, then creates the stream and every async listener's consumer that
+  /// is missing (publishers call it too, so that events published before any worker ran
+  /// still reach every listener). Throws std::logic_error without a queue, omnibus::error for a
+  /// conflicting existing consumer or stream.
+  void provision();
+
+  /// The async listeners, in registration order. Stable once frozen.
+  [[nodiscard]] const std::vector<async_listener>& async_listeners() const noexcept { return async_; }
+  /// The consumer each async listener needs.
+  [[nodiscard]] std::vector<consumer_config> consumer_configs() const;
+  /// The queue this bus sends through, or nullptr.
+  [[nodiscard]] queue* target() const noexcept { return queue_; }
+
+  /// Freezes the registry. Idempotent; publish() and provision() call it.
+  void freeze();
+  /// Whether the registry is frozen (no listener can be added). Thread-safe.
+  [[nodiscard]] bool frozen() const noexcept { return frozen_.load(std::memory_order_acquire); }
+  /// The options the bus was constructed with.
+  [[nodiscard]] const bus_options& options() const noexcept { return options_; }
+
+ private:
+  struct sync_listener {
+    void (*call)(void* fn, context& ctx, const void* event) = nullptr;
+    std::unique_ptr<void, void (*)(void*)> fn{nullptr, [](void*) {}};  // the type-erased callable, owned
+  };
+  struct type_entry {
+    std::string_view name;  // E::name (static storage); empty: slot unused by this bus
+    std::vector<sync_listener> sync;
+  };
+  // What publish() reads, built at freeze: a type's sync listeners as [first, last); first is
+  // nullptr for a type no listener registered (publish then checks its name).
+  struct dispatch_range {
+    const sync_listener* first = nullptr;
+    const sync_listener* last = nullptr;
+  };
+
+  type_entry& entry_for(std::size_t slot, std::string_view name);  // under mutex_, not frozen
+  void add_async(std::size_t slot, async_listener l);
+  void check_name_free(std::size_t slot, std::string_view name) const;
+  event_id emit(context& ctx, std::string_view name, int version, std::string body);
+  [[nodiscard]] envelope make_envelope(const context& ctx, std::string_view name, int version, std::string body) const;
+  [[nodiscard]] batch_report emit_batch(context& ctx, std::vector<envelope> envs);
+
+  bus_options options_;
+  queue* queue_ = nullptr;  // borrowed; outlives the bus
+  std::mutex mutex_;        // guards registration until frozen
+  std::atomic<bool> frozen_{false};
+  std::vector<type_entry> types_;                            // by detail::type_slot
+  std::vector<dispatch_range> dispatch_;                     // by detail::type_slot, once frozen
+  sync_listener no_listeners_{};                             // the range of a type with none
+  std::unordered_map<std::string_view, std::size_t> names_;  // event name -> slot
+  std::vector<async_listener> async_;
+};
+
+template <class E, class F>
+void event_bus::add_sync_listener(F&& handler) {
+  detail::check_event<E>();
+  using fn_t = std::decay_t<F>;
+  static_assert(std::is_invocable_v<fn_t&, context&, const E&>,
+                "bus: a sync listener is callable as handler(omnibus::context&, const E&)");
+  sync_listener l{
+      [](void* fn, context& ctx, const void* ev) { (*static_cast<fn_t*>(fn))(ctx, *static_cast<const E*>(ev)); },
+      {new fn_t(std::forward<F>(handler)), [](void* fn) { delete static_cast<fn_t*>(fn); }}};
+  std::lock_guard lock(mutex_);
+  entry_for(detail::type_slot<E>, E::name).sync.push_back(std::move(l));
+}
+
+template <class E, class F>
+void event_bus::add_async_listener(std::string name, F&& handler, listener_options options) {
+  detail::check_event<E>();
+  static_assert(!is_local_only<E>, "bus: a local-only event never leaves the process, so it cannot have async listeners");
+  using fn_t = std::decay_t<F>;
+  static_assert(std::is_invocable_v<fn_t&, context&, const E&>,
+                "bus: an async listener is callable as handler(omnibus::context&, const E&)");
+  async_listener l;
+  l.name = std::move(name);
+  l.event_name = E::name;
+  l.event_version = E::version;
+  l.options = options;
+  l.handler = [fn = fn_t(std::forward<F>(handler))](context& ctx, const envelope& env) mutable {
+    const E event = decode_event<E>(env);
+    fn(ctx, event);
+  };
+  add_async(detail::type_slot<E>, std::move(l));
+}
+
+template <class E>
+batch_report event_bus::publish_batch(context& ctx, std::span<const E> events) {
+  detail::check_event<E>();
+  static_assert(!is_local_only<E>, "bus: publish_batch() sends events on; a local-only event goes through publish()");
+  if (!frozen_.load(std::memory_order_acquire)) freeze();
+  const std::size_t slot = detail::type_slot<E>;
+  const dispatch_range r = slot < dispatch_.size() ? dispatch_[slot] : dispatch_range{};
+  if (r.first == nullptr) check_name_free(slot, E::name);
+  std::vector<envelope> envs;
+  envs.reserve(events.size());
+  for (const E& event : events) {
+    for (const sync_listener* l = r.first; l != r.last; ++l) l->call(l->fn.get(), ctx, &event);
+    envs.push_back(make_envelope(ctx, E::name, E::version, detail::encode_body(event)));
+  }
+  return emit_batch(ctx, std::move(envs));
+}
+
+template <class E>
+inline event_id event_bus::publish(context& ctx, const E& event) {
+  detail::check_event<E>();
+  if (!frozen_.load(std::memory_order_acquire)) [[unlikely]] freeze();
+  const std::size_t slot = detail::type_slot<E>;
+  const dispatch_range r = slot < dispatch_.size() ? dispatch_[slot] : dispatch_range{};
+  if (r.first != nullptr) [[likely]] {
+    for (const sync_listener* l = r.first; l != r.last; ++l) l->call(l->fn.get(), ctx, &event);
+  } else {
+    check_name_free(slot, E::name);
+  }
+  if constexpr (is_local_only<E>) {
+    return event_id{};
+  } else {
+    return emit(ctx, E::name, E::version, detail::encode_body(event));
+  }
+}
+
+}  // namespace omnibus

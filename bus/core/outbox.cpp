@@ -1,0 +1,86 @@
+#include "core/outbox.hpp"
+#include "core/schema.hpp"
+
+#include <tuple>
+#include <vector>
+
+#include <pqxx/pqxx>
+
+#include "omnibus/envelope.hpp"
+#include "omnibus/error.hpp"
+
+namespace omnibus {
+namespace {
+
+std::string table(std::string_view schema) { return detail::table_name(schema, "bus_outbox"); }
+
+std::string hex_bytea(const std::string& bytes) {
+  static constexpr char digits[] = "0123456789abcdef";
+  std::string out;
+  out.reserve(2 + bytes.size() * 2);
+  out += "\\x";
+  for (unsigned char c : bytes) {
+    out += digits[c >> 4];
+    out += digits[c & 15];
+  }
+  return out;
+}
+
+const std::string& id_text(const message& msg) {
+  const std::string* id = msg.header(header::msg_id);
+  if (id == nullptr) throw error("an outbox message needs a " + std::string(header::msg_id) + " header");
+  return *id;
+}
+
+}  // namespace
+
+std::string outbox_channel(std::string_view schema) { return std::string(schema) + "_outbox"; }
+
+namespace detail {
+
+std::string join_headers(const message& msg) {
+  std::string out;
+  for (const auto& [k, v] : msg.headers) {
+    if (!out.empty()) out += "\r\n";
+    out += k;
+    out += ": ";
+    out += v;
+  }
+  return out;
+}
+
+void split_headers(std::string_view text, message& out) {
+  while (!text.empty()) {
+    auto end = text.find("\r\n");
+    std::string_view line = text.substr(0, end);
+    auto colon = line.find(": ");
+    if (colon == std::string_view::npos) throw error("outbox row has a malformed header line: " + std::string(line));
+    out.headers.emplace_back(std::string(line.substr(0, colon)), std::string(line.substr(colon + 2)));
+    text = end == std::string_view::npos ? std::string_view{} : text.substr(end + 2);
+  }
+}
+
+}  // namespace detail
+
+void outbox_insert(pqxx::transaction_base& tx, std::string_view schema, const message& msg) {
+  // The INSERT and the NOTIFY in one statement: one round trip.
+  tx.exec_params("WITH row AS (INSERT INTO " + table(schema) +
+                     " (event_id, subject, headers, body) VALUES ($1::uuid, $2, $3, $4) RETURNING 1) "
+                     "SELECT pg_notify($5, '') FROM row",
+                 id_text(msg), msg.subject, detail::join_headers(msg),
+                 pqxx::binarystring(msg.body.data(), msg.body.size()), outbox_channel(schema));
+}
+
+void outbox_insert_batch(pqxx::transaction_base& tx, std::string_view schema, std::span<const message> msgs) {
+  if (msgs.empty()) return;
+  {
+    pqxx::stream_to copy{tx, table(schema), std::vector<std::string>{"event_id", "subject", "headers", "body"}};
+    for (const message& m : msgs) {
+      copy << std::make_tuple(id_text(m), m.subject, detail::join_headers(m), hex_bytea(m.body));
+    }
+    copy.complete();
+  }
+  tx.exec_params("SELECT pg_notify($1, '')", outbox_channel(schema));
+}
+
+}  // namespace omnibus

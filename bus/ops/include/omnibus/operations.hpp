@@ -1,0 +1,52 @@
+#pragma once
+// What an operator does to a running bus: retry dead letters, list and prune consumers.
+// The worker binary's CLI calls these; they are a library so that tests call them too.
+
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "omnibus/export.hpp"
+#include "omnibus/event_bus.hpp"
+#include "omnibus/fwd.hpp"
+#include "omnibus/queue.hpp"
+
+namespace omnibus {
+
+/// What happened to one retried dead letter.
+struct OMNIBUS_API retry_outcome {
+  std::int64_t id = 0;  ///< the dead letter's id (bus_dead_letters.id)
+  std::string listener;  ///< the listener it belongs to: the only one run
+  std::string event_id;  ///< the event's id, in canonical form
+  bool ok = false;    ///< the handler returned: the dead letter is gone
+  std::string error;  ///< why not (the dead letter stays, with this error and one more attempt)
+};
+
+/// Runs dead letter `id` through **its own listener alone**, on the stored message, in this
+/// process (a republish would re-run every listener of the event: 2.9 consumers take one
+/// filter). `bus` must hold the services' listeners. On success the dead letter is deleted.
+/// Throws omnibus::error when there is no such dead letter.
+OMNIBUS_API retry_outcome retry_dead_letter(const event_bus& bus, pqxx::connection_base& conn, std::int64_t id);
+
+/// Retries every dead letter matching the filters (empty: any), oldest first.
+OMNIBUS_API std::vector<retry_outcome> retry_dead_letters(const event_bus& bus, pqxx::connection_base& conn,
+                                              std::string_view listener, std::string_view event_name);
+
+/// A consumer on the bus's stream, and whether a registered listener owns it.
+struct OMNIBUS_API consumer_status {
+  consumer_info info;  ///< the server's view: name, group, filter, counters
+  bool owned = false;  ///< a listener registered on the bus has this consumer name
+};
+
+/// Every durable consumer on the bus's stream.
+[[nodiscard]] OMNIBUS_API std::vector<consumer_status> list_consumers(const event_bus& bus);
+
+/// Deletes the consumers of this bus's group that no registered listener owns (left behind by
+/// renamed or removed listeners). Only consumers that provisioning marked with this group
+/// (consumer_info::group) qualify: other groups' are never touched, whatever their names, and
+/// neither are consumers made before 0.2 or by other tools. Returns their names. With
+/// `dry_run`, deletes nothing.
+OMNIBUS_API std::vector<std::string> prune_consumers(const event_bus& bus, bool dry_run);
+
+}  // namespace omnibus

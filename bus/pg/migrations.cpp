@@ -1,0 +1,151 @@
+#include "omnibus/migrations.hpp"
+
+#include <array>
+#include <stdexcept>
+
+#include <pqxx/pqxx>
+
+#include "omnibus/error.hpp"
+#include "omnibus/event_bus.hpp"
+#include "core/schema.hpp"
+
+namespace omnibus {
+namespace {
+
+struct migration {
+  int version;
+  const char* description;
+  const char* sql;  // "{s}" stands for the schema
+};
+
+// Append only: a released migration never changes.
+constexpr std::array migrations{
+    migration{1, "outbox",
+              "CREATE TABLE {s}.bus_outbox (\n"
+              "  id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,  -- insertion order, never the UUID's clock\n"
+              "  event_id uuid NOT NULL,\n"
+              "  subject text NOT NULL,\n"
+              "  headers text NOT NULL,  -- 'Name: value' lines joined by CR LF, as in a NATS header block\n"
+              "  body bytea NOT NULL,\n"
+              "  created_at timestamptz NOT NULL DEFAULT now()\n"
+              ");\n"},
+    migration{2, "dead letters and failure history",
+              "CREATE TABLE {s}.bus_dead_letters (\n"
+              "  id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,\n"
+              "  listener text NOT NULL,\n"
+              "  event_id text NOT NULL,  -- Nats-Msg-Id as received; 'seq:<n>' for a message without one\n"
+              "  event_name text,         -- the Omnibus-Event header, when there was one\n"
+              "  subject text NOT NULL,\n"
+              "  headers text NOT NULL,\n"
+              "  body bytea NOT NULL,\n"
+              "  reason text NOT NULL,    -- handler_failed, permanent, malformed_body, name_mismatch, ...\n"
+              "  error text NOT NULL,\n"
+              "  attempts int NOT NULL,\n"
+              "  first_failed_at timestamptz NOT NULL,\n"
+              "  last_failed_at timestamptz NOT NULL,\n"
+              "  stream_sequence bigint,\n"
+              "  UNIQUE (listener, event_id)\n"
+              ");\n"
+              "CREATE TABLE {s}.bus_failures (  -- events whose listener failed and will be retried\n"
+              "  listener text NOT NULL,\n"
+              "  event_id text NOT NULL,\n"
+              "  failures int NOT NULL DEFAULT 1,\n"
+              "  first_failed_at timestamptz NOT NULL DEFAULT now(),\n"
+              "  last_failed_at timestamptz NOT NULL DEFAULT now(),\n"
+              "  last_error text NOT NULL,\n"
+              "  PRIMARY KEY (listener, event_id)\n"
+              ");\n"},
+    migration{3, "parked ordered listeners",
+              "CREATE TABLE {s}.bus_parked (  -- an ordered listener stopped at an event that ran out of attempts\n"
+              "  listener text PRIMARY KEY,\n"
+              "  event_id text NOT NULL,\n"
+              "  event_name text,\n"
+              "  stream_sequence bigint,\n"
+              "  error text NOT NULL,\n"
+              "  attempts int NOT NULL,\n"
+              "  parked_at timestamptz NOT NULL DEFAULT now(),\n"
+              "  action text CHECK (action IN ('retry', 'skip'))  -- requested by an operator; NULL: stay parked\n"
+              ");\n"},
+    migration{4, "inbox",
+              "CREATE TABLE {s}.bus_inbox (  -- events an inbox listener has handled, committed with its effects\n"
+              "  listener text NOT NULL,\n"
+              "  event_id uuid NOT NULL,\n"
+              "  handled_at timestamptz NOT NULL DEFAULT now(),  -- the database's clock: pruning uses it\n"
+              "  PRIMARY KEY (listener, event_id)\n"
+              ");\n"
+              "CREATE INDEX bus_inbox_handled_at ON {s}.bus_inbox (handled_at);\n"},
+    migration{5, "dead letters keep the exact bytes producers sent",
+              "-- Headers are bytes from producers: text refuses invalid UTF-8 and NUL, bytea does not.\n"
+              "ALTER TABLE {s}.bus_dead_letters ALTER COLUMN headers TYPE bytea USING convert_to(headers, 'UTF8');\n"
+              "-- The header block as stored in the stream, for a message whose header block did not parse.\n"
+              "ALTER TABLE {s}.bus_dead_letters ADD COLUMN raw_headers bytea;\n"},
+};
+
+const char* version_table_sql =
+    "CREATE TABLE IF NOT EXISTS {s}.bus_schema_version (\n"
+    "  version int PRIMARY KEY,\n"
+    "  description text NOT NULL,\n"
+    "  applied_at timestamptz NOT NULL DEFAULT now()\n"
+    ");\n";
+
+int read_version(pqxx::transaction_base& tx, std::string_view schema) {
+  auto r = tx.exec_params1(
+      "SELECT CASE WHEN to_regclass($1) IS NULL THEN 0 ELSE 1 END", detail::table_name(schema, "bus_schema_version"));
+  if (r[0].as<int>() == 0) return 0;
+  return tx.exec1(detail::with_schema("SELECT coalesce(max(version), 0) FROM {s}.bus_schema_version", schema))[0].as<int>();
+}
+
+}  // namespace
+
+int latest_schema_version() noexcept { return migrations.back().version; }
+
+int schema_version(pqxx::connection_base& conn, std::string_view schema) {
+  check_schema_name(schema);
+  pqxx::read_transaction tx{conn};
+  return read_version(tx, schema);
+}
+
+int migrate(pqxx::connection_base& conn, std::string_view schema) {
+  check_schema_name(schema);
+  pqxx::work tx{conn};
+  // Taken before anything is created: concurrent CREATE SCHEMA IF NOT EXISTS would race.
+  tx.exec_params("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", "omnibus:migrate:" + std::string(schema));
+  const int current = read_version(tx, schema);
+  if (current > latest_schema_version()) {
+    throw error("schema " + std::string(schema) + " is at version " + std::to_string(current) +
+                ", newer than this build of Omnibus knows (" + std::to_string(latest_schema_version()) +
+                "): upgrade Omnibus before starting this process");
+  }
+  tx.exec0(detail::with_schema("CREATE SCHEMA IF NOT EXISTS {s}", schema));
+  tx.exec0(detail::with_schema(version_table_sql, schema));
+  for (const migration& m : migrations) {
+    if (m.version <= current) continue;
+    tx.exec0(detail::with_schema(m.sql, schema));
+    tx.exec_params0(detail::with_schema("INSERT INTO {s}.bus_schema_version (version, description) VALUES ($1, $2)", schema),
+                    m.version, m.description);
+  }
+  tx.commit();
+  return latest_schema_version();
+}
+
+std::string migrations_sql(std::string_view schema) {
+  check_schema_name(schema);
+  std::string out = "-- Omnibus schema, version " + std::to_string(latest_schema_version()) + ", schema " +
+                    std::string(schema) + ".\n-- Generated by omnibus; apply in one transaction.\nBEGIN;\n";
+  out += detail::with_schema("CREATE SCHEMA IF NOT EXISTS {s};\n", schema);
+  out += detail::with_schema(version_table_sql, schema);
+  for (const migration& m : migrations) {
+    out += "\n-- version " + std::to_string(m.version) + ": " + m.description + "\n";
+    // Guarded, so the script can run against a schema that already has some versions.
+    out += "DO $omnibus$ BEGIN\n  IF NOT EXISTS (SELECT 1 FROM " + detail::with_schema("{s}", schema) +
+           ".bus_schema_version WHERE version = " + std::to_string(m.version) + ") THEN\n";
+    std::string body = detail::with_schema(m.sql, schema);
+    out += "    EXECUTE $sql$" + body + "$sql$;\n";
+    out += "    INSERT INTO " + detail::with_schema("{s}", schema) + ".bus_schema_version (version, description) VALUES (" +
+           std::to_string(m.version) + ", '" + m.description + "');\n  END IF;\nEND $omnibus$;\n";
+  }
+  out += "COMMIT;\n";
+  return out;
+}
+
+}  // namespace omnibus

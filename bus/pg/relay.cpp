@@ -1,0 +1,179 @@
+#include "omnibus/relay.hpp"
+
+#include <condition_variable>
+#include <mutex>
+#include <stdexcept>
+#include <vector>
+
+#include <pqxx/pqxx>
+#include <spdlog/spdlog.h>
+
+#include "omnibus/envelope.hpp"
+#include "omnibus/migrations.hpp"
+#include "core/outbox.hpp"
+#include "core/schema.hpp"
+#include "core/failpoint.hpp"
+#include "core/stop_wait.hpp"
+
+namespace omnibus {
+namespace {
+
+using clock = std::chrono::steady_clock;
+
+class wake_flag final : public pqxx::notification_receiver {
+ public:
+  wake_flag(pqxx::connection_base& c, const std::string& channel) : notification_receiver(c, channel) {}
+  void operator()(const std::string&, int) override { woken = true; }
+  bool woken = false;
+};
+
+}  // namespace
+
+// One connection: the session lock, LISTEN, and the autocommit reads and deletes.
+class relay::session {
+ public:
+  explicit session(const relay_options& o)
+      : conn(o.database_url),
+        lock_key("omnibus:relay:" + o.schema),
+        select_sql("SELECT id, subject, headers, body FROM " + detail::table_name(o.schema, "bus_outbox") + " ORDER BY id LIMIT " +
+                   std::to_string(o.batch_size)),
+        delete_sql("DELETE FROM " + detail::table_name(o.schema, "bus_outbox") + " WHERE id = ANY($1::bigint[])"),
+        delete_range_sql("DELETE FROM " + detail::table_name(o.schema, "bus_outbox") + " WHERE id BETWEEN $1 AND $2") {}
+
+  bool try_lock() {
+    pqxx::nontransaction tx{conn};
+    return tx.exec_params1("SELECT pg_try_advisory_lock(hashtextextended($1, 0))", lock_key)[0].as<bool>();
+  }
+
+  pqxx::connection conn;
+  std::string lock_key;
+  std::string select_sql;
+  std::string delete_sql;
+  std::string delete_range_sql;
+};
+
+relay::relay(queue& q, relay_options options, std::shared_ptr<spdlog::logger> log)
+    : queue_(q), options_(std::move(options)), log_(std::move(log)) {
+  check_schema_name(options_.schema);
+  if (!log_) throw std::invalid_argument("omnibus::relay needs a logger");
+  if (options_.batch_size == 0) throw std::invalid_argument("omnibus::relay needs a batch_size of at least 1");
+}
+
+relay::~relay() { stop(); }
+
+void relay::start() {
+  thread_ = std::jthread([this](std::stop_token st) { run(st); });
+}
+
+void relay::stop() {
+  if (thread_.joinable()) {
+    thread_.request_stop();
+    thread_.join();
+  }
+}
+
+std::size_t relay::sweep(session& s) {
+  std::size_t sent = 0;
+  for (;;) {
+    std::vector<std::int64_t> ids;
+    std::vector<message> msgs;
+    {
+      // Autocommit reads: no row lock is held while the batch is on the network.
+      pqxx::nontransaction tx{s.conn};
+      pqxx::result rows = tx.exec(s.select_sql);
+      ids.reserve(rows.size());
+      msgs.reserve(rows.size());
+      for (const auto& row : rows) {
+        ids.push_back(row[0].as<std::int64_t>());
+        message m;
+        m.subject = row[1].as<std::string>();
+        detail::split_headers(row[2].c_str(), m);
+        pqxx::binarystring body{row[3]};
+        m.body.assign(body.get(), body.size());
+        msgs.push_back(std::move(m));
+      }
+    }
+    if (msgs.empty()) return sent;
+
+    detail::failpoint("relay_before_publish");
+    std::vector<batch_result> results = queue_.publish_batch(msgs, options_.publish_timeout);
+    detail::failpoint("relay_after_pub_ack");
+
+    // Delete the acked prefix only: a row after a failed one waits, so the stream keeps the
+    // outbox's order (a re-send of an already-stored row is dropped by the duplicate window).
+    std::size_t prefix = 0;
+    while (prefix < results.size() && results[prefix].ack) {
+      if (results[prefix].ack->duplicate) stats_.duplicates.fetch_add(1, std::memory_order_relaxed);
+      ++prefix;
+    }
+    if (prefix > 0) {
+      pqxx::nontransaction tx{s.conn};
+      if (ids[prefix - 1] - ids[0] + 1 == static_cast<std::int64_t>(prefix)) {
+        // No gap: every id in the range is one we sent, so a range delete cannot touch a row
+        // that committed after our read.
+        tx.exec_params0(s.delete_range_sql, ids[0], ids[prefix - 1]);
+      } else {
+        std::string array = "{";
+        for (std::size_t i = 0; i < prefix; ++i) {
+          if (i > 0) array += ',';
+          array += std::to_string(ids[i]);
+        }
+        array += '}';
+        tx.exec_params0(s.delete_sql, array);
+      }
+      stats_.relayed.fetch_add(prefix, std::memory_order_relaxed);
+      sent += prefix;
+    }
+    if (prefix < results.size()) {
+      stats_.failures.fetch_add(1, std::memory_order_relaxed);
+      throw error("relay: " + std::to_string(results.size() - prefix) + " of " + std::to_string(results.size()) +
+                  " outbox rows did not reach the stream; they stay in the outbox. First error: " +
+                  results[prefix].error);
+    }
+    if (msgs.size() < options_.batch_size) return sent;
+  }
+}
+
+void relay::run(std::stop_token stop) {
+  while (!stop.stop_requested()) {
+    try {
+      session s{options_};
+      migrate(s.conn, options_.schema);
+      bool announced_standby = false;
+      while (!s.try_lock()) {
+        if (!announced_standby) {
+          log_->info("relay for schema {}: standing by; another process holds the relay lock", options_.schema);
+          announced_standby = true;
+        }
+        if (!detail::wait_until(stop, clock::now() + options_.standby_poll)) return;
+      }
+      stats_.active = true;
+      log_->info("relay for schema {}: active", options_.schema);
+      wake_flag wake{s.conn, outbox_channel(options_.schema)};
+      sweep(s);  // a full sweep after every (re)connect: rows left by publishers that died
+      auto next_sweep = clock::now() + options_.sweep_interval;
+      while (!stop.stop_requested()) {
+        // Short waits keep stop() prompt; a NOTIFY wakes the relay at once.
+        constexpr auto slice = std::chrono::milliseconds(100);
+        s.conn.await_notification(0, std::chrono::duration_cast<std::chrono::microseconds>(slice).count());
+        if (wake.woken || clock::now() >= next_sweep) {
+          if (wake.woken && options_.coalesce.count() > 0) {
+            if (!detail::wait_until(stop, clock::now() + options_.coalesce)) break;
+            s.conn.get_notifs();  // the ones that came meanwhile are served by this sweep
+          }
+          wake.woken = false;
+          sweep(s);
+          next_sweep = clock::now() + options_.sweep_interval;
+        }
+      }
+      stats_.active = false;
+      return;  // the session's end releases the lock
+    } catch (const std::exception& e) {
+      stats_.active = false;
+      log_->error("relay for schema {}: {}; retrying in {} ms", options_.schema, e.what(), options_.retry_backoff.count());
+      if (!detail::wait_until(stop, clock::now() + options_.retry_backoff)) return;
+    }
+  }
+}
+
+}  // namespace omnibus

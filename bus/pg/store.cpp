@@ -1,0 +1,153 @@
+#include "pg/store.hpp"
+
+#include <algorithm>
+#include <stdexcept>
+
+#include <pqxx/pqxx>
+
+#include "core/schema.hpp"
+#include "omnibus/migrations.hpp"
+#include "pg/connection_pool.hpp"
+
+namespace omnibus::detail {
+
+row_refused::~row_refused() = default;
+commit_in_doubt::~commit_in_doubt() = default;
+
+bool claim_inbox(pqxx::transaction_base& tx, std::string_view schema, std::string_view listener,
+                 std::string_view event_id) {
+  return tx.exec_params("INSERT INTO " + table_name(schema, "bus_inbox") +
+                            " (listener, event_id) VALUES ($1, $2::uuid) ON CONFLICT DO NOTHING",
+                        std::string(listener), std::string(event_id))
+             .affected_rows() == 1;
+}
+
+namespace {
+
+// A failure that writing again cannot cure: the row itself is refused (data, constraint or
+// size), not the database's availability.
+bool lasting(const std::exception& e) {
+  if (const auto* sql = dynamic_cast<const pqxx::sql_error*>(&e)) {
+    const std::string& state = sql->sqlstate();
+    return state.rfind("22", 0) == 0 || state.rfind("23", 0) == 0 || state.rfind("54", 0) == 0;
+  }
+  return dynamic_cast<const pqxx::conversion_error*>(&e) != nullptr ||
+         dynamic_cast<const pqxx::argument_error*>(&e) != nullptr || dynamic_cast<const std::length_error*>(&e) != nullptr;
+}
+
+// A handler's database connection, leased from the pool on its first use.
+class lazy_connection final : public connection_source {
+ public:
+  lazy_connection(connection_pool& pool, std::chrono::milliseconds wait) : pool_(pool), wait_(wait) {}
+  pqxx::connection_base& connection() override {
+    if (!lease_) lease_.emplace(pool_.acquire(wait_));
+    return **lease_;
+  }
+
+ private:
+  connection_pool& pool_;
+  std::chrono::milliseconds wait_;
+  std::optional<connection_pool::lease> lease_;
+};
+
+class pg_session final : public job_session {
+ public:
+  pg_session(connection_pool& pool, const pg_store_options& o) : opts_(o), db_(pool, o.db_wait) {}
+
+  connection_source* connections() noexcept override { return &db_; }
+
+  bool claim(std::string_view listener, std::string_view event_id, std::chrono::milliseconds time_left) override {
+    tx_.emplace(db_.connection());
+    // Past the deadline PostgreSQL ends the session of a handler that hangs (idle in its
+    // transaction) or runs one endless statement: its inbox row's lock goes with it, so the
+    // redelivered copy is not blocked for as long as the hung thread lives.
+    const auto left = std::to_string(std::max<std::int64_t>(1, time_left.count()));
+    tx_->exec0("SET LOCAL lock_timeout = " + std::to_string(opts_.inbox_lock_timeout.count()) +
+               "; SET LOCAL idle_in_transaction_session_timeout = " + left + "; SET LOCAL statement_timeout = " + left);
+    return claim_inbox(*tx_, opts_.schema, listener, event_id);
+  }
+
+  pqxx::transaction_base* transaction() noexcept override { return tx_ ? &*tx_ : nullptr; }
+
+  void commit() override {
+    if (!tx_) return;
+    try {
+      tx_->commit();
+    } catch (const pqxx::in_doubt_error& e) {
+      throw commit_in_doubt(e.what());
+    }
+  }
+
+ private:
+  const pg_store_options& opts_;
+  lazy_connection db_;           // declared before tx_: the transaction ends first
+  std::optional<pqxx::work> tx_;  // rolled back by its destructor unless committed
+};
+
+class pg_store final : public store {
+ public:
+  explicit pg_store(pg_store_options o) : opts_(std::move(o)), pool_(opts_.database_url, std::max<std::size_t>(opts_.pool_size, 1)) {
+    check_schema_name(opts_.schema);
+  }
+
+  void migrate() override {
+    auto lease = pool_.acquire(opts_.db_wait);
+    (void)omnibus::migrate(*lease, opts_.schema);
+  }
+
+  std::unique_ptr<job_session> open_session() override { return std::make_unique<pg_session>(pool_, opts_); }
+
+  void record_failure(std::string_view listener, std::string_view event_id, std::string_view error) override {
+    auto lease = pool_.acquire(opts_.db_wait);
+    omnibus::record_failure(*lease, opts_.schema, listener, event_id, error);
+  }
+
+  void clear_failure(std::string_view listener, std::string_view event_id) override {
+    auto lease = pool_.acquire(opts_.db_wait);
+    omnibus::clear_failure(*lease, opts_.schema, listener, event_id);
+  }
+
+  void write_dead_letter(const dead_letter& dl) override {
+    auto lease = pool_.acquire(opts_.db_wait);
+    try {
+      omnibus::write_dead_letter(*lease, opts_.schema, dl);
+    } catch (const std::exception& e) {
+      if (lasting(e)) throw row_refused(e.what());
+      throw;
+    }
+  }
+
+  void park(const parked_event& p) override {
+    auto lease = pool_.acquire(opts_.db_wait);
+    omnibus::park(*lease, opts_.schema, p);
+  }
+
+  std::optional<parked_event> find_parked(std::string_view listener) override {
+    auto lease = pool_.acquire(opts_.db_wait);
+    return omnibus::find_parked(*lease, opts_.schema, listener);
+  }
+
+  void unpark(std::string_view listener) override {
+    auto lease = pool_.acquire(opts_.db_wait);
+    omnibus::unpark(*lease, opts_.schema, listener);
+  }
+
+  std::size_t prune_inbox(std::chrono::seconds older_than) override {
+    auto lease = pool_.acquire(opts_.db_wait);
+    pqxx::nontransaction tx{*lease};
+    auto r = tx.exec_params("DELETE FROM " + table_name(opts_.schema, "bus_inbox") +
+                                " WHERE handled_at < now() - make_interval(secs => $1)",
+                            static_cast<double>(older_than.count()));
+    return static_cast<std::size_t>(r.affected_rows());
+  }
+
+ private:
+  pg_store_options opts_;
+  connection_pool pool_;
+};
+
+}  // namespace
+
+std::unique_ptr<store> make_pg_store(pg_store_options options) { return std::make_unique<pg_store>(std::move(options)); }
+
+}  // namespace omnibus::detail

@@ -1,0 +1,98 @@
+#pragma once
+// What the worker runtime and the operator actions keep in PostgreSQL, behind one interface:
+// failure history, dead letters, parked listeners and the inbox. pg_store is the real one (all
+// of its SQL is in store.cpp and dead_letters.cpp); Omnibus's unit tests hand the worker an
+// in-memory one (tests/support/memory_store.hpp). Internal to bus/: not installed.
+
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+
+#include "omnibus/context.hpp"
+#include "omnibus/dead_letters.hpp"
+#include "omnibus/error.hpp"
+#include "omnibus/export.hpp"
+#include "omnibus/fwd.hpp"
+
+namespace omnibus::detail {
+
+/// The store refused a row for good (bad data, a constraint, a size limit): writing it again
+/// would fail again, so the caller must not retry it.
+class OMNIBUS_API row_refused : public error {
+ public:
+  using error::error;
+  ~row_refused() override;
+};
+
+/// A commit whose outcome is unknown (the connection broke during COMMIT).
+class OMNIBUS_API commit_in_doubt : public error {
+ public:
+  using error::error;
+  ~commit_in_doubt() override;
+};
+
+/// One handler call's side of the store: the connection a handler's context leases, and the
+/// inbox transaction of an inbox listener. Used by one thread; ends (rolling back what was not
+/// committed, giving its connection back) when destroyed.
+class job_session {
+ public:
+  virtual ~job_session() = default;
+  /// What the handler's ctx.db() leases from; nullptr when the store has no database.
+  [[nodiscard]] virtual connection_source* connections() noexcept = 0;
+  /// Opens the inbox transaction (its statements and idle time bounded by `time_left`) and
+  /// claims (listener, event id) in it. False: already handled, the handler must not run.
+  virtual bool claim(std::string_view listener, std::string_view event_id, std::chrono::milliseconds time_left) = 0;
+  /// The inbox transaction after claim(), for the handler's context; nullptr when the store has
+  /// no database transaction to share.
+  [[nodiscard]] virtual pqxx::transaction_base* transaction() noexcept = 0;
+  /// Commits the inbox transaction. Throws commit_in_doubt when its outcome is unknown.
+  virtual void commit() = 0;
+};
+
+/// Thread-safe.
+class store {
+ public:
+  virtual ~store() = default;
+  /// Brings the tables up to date (pg: migrations). Called once, before anything else.
+  virtual void migrate() = 0;
+  /// One handler call's session.
+  [[nodiscard]] virtual std::unique_ptr<job_session> open_session() = 0;
+  /// Records one failed attempt of (listener, event id).
+  virtual void record_failure(std::string_view listener, std::string_view event_id, std::string_view error) = 0;
+  /// Forgets (listener, event id)'s failures: it was handled.
+  virtual void clear_failure(std::string_view listener, std::string_view event_id) = 0;
+  /// Writes (or rewrites) a dead letter, committed when this returns. Throws row_refused when
+  /// the row itself is refused, anything else when the store is unavailable.
+  virtual void write_dead_letter(const dead_letter& dl) = 0;
+  /// Parks a listener at an event (or updates its error and attempts), clearing any request.
+  virtual void park(const parked_event& p) = 0;
+  /// The listener's parked event, with the operator's request, if any.
+  [[nodiscard]] virtual std::optional<parked_event> find_parked(std::string_view listener) = 0;
+  /// Removes the listener's parked row.
+  virtual void unpark(std::string_view listener) = 0;
+  /// Deletes inbox rows older than `older_than`; returns how many.
+  virtual std::size_t prune_inbox(std::chrono::seconds older_than) = 0;
+};
+
+/// Timings of the PostgreSQL store.
+struct pg_store_options {
+  std::string database_url;                      ///< libpq URL; never logged
+  std::string schema;                            ///< the library's tables' schema
+  std::size_t pool_size = 1;                     ///< connections at most
+  std::chrono::milliseconds db_wait{5000};       ///< to lease a pooled connection
+  std::chrono::milliseconds inbox_lock_timeout{5000};  ///< an inbox transaction's lock_timeout
+};
+
+/// The PostgreSQL store, over a pool of pool_size connections. Connects on first use.
+[[nodiscard]] std::unique_ptr<store> make_pg_store(pg_store_options options);
+
+/// Claims (listener, event id) in an inbox listener's transaction `tx`: false when the row was
+/// there already (handled before). The worker's and a dead letter retry's one inbox INSERT.
+bool claim_inbox(pqxx::transaction_base& tx, std::string_view schema, std::string_view listener,
+                 std::string_view event_id);
+
+}  // namespace omnibus::detail

@@ -1,0 +1,784 @@
+#include "omnibus/worker.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <condition_variable>
+#include <stdexcept>
+#include <mutex>
+#include <limits>
+#include <list>
+#include <optional>
+#include <random>
+#include <thread>
+#include <utility>
+#include <vector>
+
+#include <boost/asio/post.hpp>
+#include <boost/asio/thread_pool.hpp>
+#include <spdlog/spdlog.h>
+
+#include "omnibus/dead_letters.hpp"
+#include "omnibus/envelope.hpp"
+#include "omnibus/text.hpp"
+#include "core/context_access.hpp"
+#include "core/failpoint.hpp"
+#include "pg/store.hpp"
+#include "runtime/settle.hpp"
+#include "core/stop_wait.hpp"
+
+namespace omnibus {
+
+std::chrono::milliseconds retry_delay(const retry_policy& p, std::uint64_t attempt, double unit_random) noexcept {
+  const double exponent = attempt > 0 ? static_cast<double>(attempt - 1) : 0.0;
+  double nominal = static_cast<double>(p.initial.count()) * std::pow(p.multiplier, exponent);
+  nominal = std::min(nominal, static_cast<double>(p.max.count()));
+  const double factor = 1.0 + p.jitter * (2.0 * unit_random - 1.0);
+  return std::chrono::milliseconds(std::llround(std::max(0.0, nominal * factor)));
+}
+
+namespace {
+
+using clock = std::chrono::steady_clock;
+
+double unit_random() {
+  thread_local std::mt19937_64 random{std::random_device{}()};
+  return std::uniform_real_distribution<double>(0.0, 1.0)(random);
+}
+
+struct listener_state;
+struct job;
+using job_list = std::list<std::shared_ptr<job>>;
+
+// One delivery from fetch to settlement.
+struct job {
+  listener_state* l = nullptr;
+  std::unique_ptr<delivery> d;
+  std::mutex settle_mutex;  // ack/nak/term/in_progress on one message never run at once
+  bool settled = false;     // under settle_mutex: the first to settle (handler or deadline) wins
+  bool timed_out = false;   // under the listener's mutex
+  clock::time_point deadline;
+  clock::time_point last_progress;
+  std::stop_source stop;
+  job_list::iterator self;  // its place in the listener's list, for O(1) removal
+};
+
+struct listener_state {
+  const async_listener* def = nullptr;
+  std::unique_ptr<consumer> cons;
+  std::mutex mutex;
+  std::condition_variable_any slot_freed;
+  int in_flight = 0;  // slots taken, stuck ones included
+  int stuck = 0;      // past the deadline, handler still running
+  int refill_at = 0;  // the fetcher fetches again once in_flight is at or below this
+  job_list jobs;
+
+  // Under mutex. Refill when half the usable slots are free: fewer, larger fetches than one
+  // per freed slot. Slots held by handlers stuck past their deadline are not usable, and do
+  // not stop the others from fetching.
+  [[nodiscard]] bool may_fetch() const {
+    const int slots = def->options.concurrency;
+    const int free = slots - in_flight;
+    return free > 0 && free >= slots - stuck - refill_at;
+  }
+};
+
+std::string event_id_of(const delivery& d) {
+  if (const std::string* id = d.msg().header(header::msg_id); id != nullptr && !id->empty()) return *id;
+  return "seq:" + std::to_string(d.stream_sequence());
+}
+
+std::string event_name_of(const delivery& d) {
+  const std::string* n = d.msg().header(header::event);
+  return n != nullptr ? *n : std::string();
+}
+
+dead_letter letter_of(const async_listener& def, const delivery& d, std::string reason, std::string error,
+                      std::uint64_t attempt) {
+  dead_letter dl;
+  dl.listener = def.name;
+  dl.event_id = event_id_of(d);
+  dl.event_name = event_name_of(d);
+  dl.msg = d.msg();
+  dl.raw_header_block = std::string(d.raw_header_block());
+  dl.reason = std::move(reason);
+  dl.error = std::move(error);
+  dl.attempts = static_cast<int>(std::min<std::uint64_t>(attempt, std::numeric_limits<int>::max()));
+  dl.stream_sequence = d.stream_sequence();
+  return dl;
+}
+
+enum class parked_outcome { not_parked, retry, settled };
+
+// Max-deliveries reports read per fetch: they are rare, and each is one small write.
+constexpr std::size_t abandoned_batch = 16;
+
+}  // namespace
+
+struct worker::impl {
+  impl(event_bus& b, worker_options o, std::shared_ptr<spdlog::logger> l, std::unique_ptr<detail::store> s)
+      : bus(b), opts(std::move(o)), log(std::move(l)), db(std::move(s)) {}
+
+  event_bus& bus;
+  worker_options opts;
+  std::shared_ptr<spdlog::logger> log;
+  worker_stats stats;
+  std::vector<std::unique_ptr<listener_state>> listeners;
+  std::unique_ptr<detail::store> db;  // given, or made from database_url by run()
+  std::unique_ptr<boost::asio::thread_pool> threads;
+  std::atomic<bool> shutting_down{false};
+  clock::time_point next_prune{};
+
+  // Deletes inbox rows older than the retention, by the database's clock, now and then.
+  void prune_inbox() {
+    if (clock::now() < next_prune) return;
+    next_prune = clock::now() + opts.inbox_prune_every;
+    try {
+      const std::size_t pruned = db->prune_inbox(opts.inbox_retention);
+      if (pruned > 0) log->info("worker: pruned {} inbox row(s)", pruned);
+    } catch (const std::exception& e) {
+      log->warn("worker: pruning the inbox failed: {}", e.what());
+    }
+  }
+
+  // Warns when the stream is nearly full. On a thread of its own: a slow answer from the
+  // server must not delay deadlines.
+  void watch_stream(std::stop_token stop) {
+    do {
+      check_stream();
+    } while (detail::wait_for(stop, opts.stream_check_every));
+  }
+  void check_stream() {
+    const stream_config& stream = bus.options().stream;
+    try {
+      auto st = bus.target()->state(stream);
+      if (!st || st->max_bytes <= 0) return;
+      const double fill = static_cast<double>(st->bytes) / static_cast<double>(st->max_bytes);
+      if (fill < opts.stream_full_warning) return;
+      log->warn("worker: stream {} is {:.0f}% full ({} of {} bytes, {} events): when full every publish is "
+                "refused. Raise max_bytes or lower max_age; near full, nats-server 2.9 may drop the "
+                "oldest events despite DiscardNew (nats-io/nats-server#4771)",
+                stream.name, fill * 100, st->bytes, st->max_bytes, st->messages);
+    } catch (const std::exception& e) {
+      log->warn("worker: cannot read the state of stream {}: {}", stream.name, e.what());
+    }
+  }
+
+  // Settles `j` with `f` unless someone already did. Returns whether this call settled it.
+  template <class F>
+  bool settle(job& j, const char* what, F&& f) {
+    std::lock_guard lock(j.settle_mutex);
+    if (j.settled) return false;
+    j.settled = true;
+    try {
+      f(*j.d);
+    } catch (const std::exception& e) {
+      // The message is not lost: unsettled, the server redelivers it after AckWait.
+      log->error("listener {}: {} event {} failed: {}", j.l->def->name, what, event_id_of(*j.d), e.what());
+    }
+    return true;
+  }
+
+  void fetch_loop(listener_state& l, std::stop_token stop) {
+    const int slots = l.def->options.concurrency;
+    while (!stop.stop_requested()) {
+      int free = 0;
+      {
+        // Never more messages than free slots (they would wait out their AckWait).
+        std::unique_lock lock(l.mutex);
+        if (!l.slot_freed.wait(lock, stop, [&] { return l.may_fetch(); })) break;
+        free = slots - l.in_flight;
+      }
+      std::vector<std::unique_ptr<delivery>> batch;
+      try {
+        batch = l.cons->fetch(static_cast<std::size_t>(free), opts.fetch_wait);
+      } catch (const std::exception& e) {
+        log->warn("listener {}: fetch failed: {}; retrying in {} ms", l.def->name, e.what(), opts.fetch_retry.count());
+        if (!detail::wait_for(stop, opts.fetch_retry)) break;
+        continue;
+      }
+      for (auto& d : batch) {
+        if (stop.stop_requested() || shutting_down) {
+          // Fetched but not started: give it back at once for another worker.
+          auto j = std::make_shared<job>();
+          j->l = &l;
+          j->d = std::move(d);
+          settle(*j, "returning", [](delivery& x) { x.nak(std::chrono::milliseconds(0)); });
+          continue;
+        }
+        auto j = std::make_shared<job>();
+        j->l = &l;
+        j->d = std::move(d);
+        j->deadline = clock::now() + l.def->options.deadline;
+        j->last_progress = clock::now();
+        {
+          std::lock_guard lock(l.mutex);
+          ++l.in_flight;
+          j->self = l.jobs.insert(l.jobs.end(), j);
+        }
+        boost::asio::post(*threads, [this, j] {
+          run_job(*j);
+          finish(j);
+        });
+      }
+    }
+  }
+
+  void finish(const std::shared_ptr<job>& j) {
+    listener_state& l = *j->l;
+    bool wake = false;
+    {
+      std::lock_guard lock(l.mutex);
+      --l.in_flight;
+      if (j->timed_out) --l.stuck;
+      l.jobs.erase(j->self);
+      wake = l.may_fetch();
+    }
+    if (wake) l.slot_freed.notify_one();
+  }
+
+  // One delivery, from the fetch to its settlement, in steps: admit the message, hold it while
+  // its ordered listener is parked, call the handler, then settle by the outcome.
+  void run_job(job& j) {
+    if (shutting_down) {
+      settle(j, "returning", [](delivery& x) { x.nak(std::chrono::milliseconds(0)); });
+      return;
+    }
+    std::optional<envelope> env = admit(j);
+    if (!env) return;
+    bool operator_retry = false;
+    if (!hold_while_parked(j, *env, operator_retry)) return;
+    const handler_result result = call_handler(j, *env);
+    conclude(j, *env, result, operator_retry);
+  }
+
+  // The envelope to hand the handler, or nullopt when the message cannot reach it (it was
+  // dead-lettered: bad headers, unknown version, undecodable envelope, too large).
+  std::optional<envelope> admit(job& j) {
+    detail::settle_decision first = detail::before_handler(j.d->msg(), j.d->header_error(),
+                                                           bus.options().stream.subject_prefix, bus.options().max_body_bytes);
+    if (first.what != detail::settle_decision::action::run) {
+      dead_letter_now(j, first.reason, first.error, j.d->delivery_count());
+      return std::nullopt;
+    }
+    return std::move(first.env);
+  }
+
+  // An ordered listener parked at this event runs it only when an operator says so. Returns
+  // false when the event was settled meanwhile (skipped, or returned at shutdown).
+  bool hold_while_parked(job& j, const envelope& env, bool& operator_retry) {
+    const async_listener& def = *j.l->def;
+    if (!(def.options.ordered && def.options.park_when_exhausted) || j.d->delivery_count() <= 1) return true;
+    switch (wait_while_parked(j, env)) {
+      case parked_outcome::not_parked: return true;
+      case parked_outcome::retry: operator_retry = true; return true;
+      case parked_outcome::settled: return false;
+    }
+    return true;
+  }
+
+  struct handler_result {
+    enum class kind { handled, duplicate, failed, in_doubt, settled };
+    kind what = kind::handled;
+    std::string error;  // failed, in_doubt
+  };
+
+  // Runs the handler with its context (and, for an inbox listener, inside the inbox
+  // transaction, committed with the handler's writes). Errors that settle at once (decode
+  // failures, permanent_error) are settled here.
+  handler_result call_handler(job& j, const envelope& env) {
+    using kind = handler_result::kind;
+    const async_listener& def = *j.l->def;
+    context ctx;
+    ctx.meta() = env.meta;
+    using access = detail::context_access;
+    access::set_event_id(ctx, env.id);
+    access::set_attempt(ctx, j.d->delivery_count());
+    access::set_deadline(ctx, j.deadline);
+    access::set_stop_token(ctx, j.stop.get_token());
+    try {
+      std::unique_ptr<detail::job_session> session = db->open_session();  // ends with this scope
+      access::set_connection_source(ctx, session->connections());
+      if (def.options.inbox) {
+        const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(j.deadline - clock::now());
+        if (!session->claim(def.name, env.id.to_string(), left)) return {kind::duplicate, {}};
+        access::set_transaction(ctx, session->transaction());
+      }
+      def.handler(ctx, env);
+      if (def.options.inbox) {
+        session->commit();
+        detail::failpoint("worker_after_inbox_commit");
+      }
+      return {kind::handled, {}};
+    } catch (const decode_error& e) {
+      settle_decode_error(j, env, e);
+      return {kind::settled, {}};
+    } catch (const permanent_error& e) {
+      dead_letter_now(j, "permanent", e.what(), j.d->delivery_count());
+      return {kind::settled, {}};
+    } catch (const detail::commit_in_doubt& e) {
+      return {kind::in_doubt, e.what()};
+    } catch (const std::exception& e) {
+      return {kind::failed, e.what()};
+    } catch (...) {
+      return {kind::failed, "a handler threw something that is not a std::exception"};
+    }
+  }
+
+  // A body this build cannot read: a newer version waits for a newer worker; anything else
+  // is a dead letter.
+  void settle_decode_error(job& j, const envelope& env, const decode_error& e) {
+    const detail::settle_decision then = detail::after_decode_error(e);
+    if (then.what == detail::settle_decision::action::defer) {
+      log->info("listener {}: {} {} is a newer version than this build knows; retrying in {} ms", j.l->def->name,
+                env.name, env.id.to_string(), opts.newer_version_delay.count());
+      if (retry_later(j, opts.newer_version_delay, "deferring", then.error)) {
+        stats.deferred.fetch_add(1, std::memory_order_relaxed);
+      }
+      return;
+    }
+    dead_letter_now(j, then.reason, then.error, j.d->delivery_count());
+  }
+
+  void conclude(job& j, const envelope& env, const handler_result& result, bool operator_retry) {
+    using kind = handler_result::kind;
+    const async_listener& def = *j.l->def;
+    const std::uint64_t attempt = j.d->delivery_count();
+    switch (result.what) {
+      case kind::settled:
+        return;
+      case kind::in_doubt:
+        // Committed or not, nobody knows: never ack. The redelivery asks the inbox.
+        stats.in_doubt.fetch_add(1, std::memory_order_relaxed);
+        log->error("listener {}: {} {}: the inbox commit's outcome is unknown ({}); not acked, it will be redelivered",
+                   def.name, env.name, env.id.to_string(), result.error);
+        (void)retry_later(j, retry_delay(def.options.retry, attempt, unit_random()), "naking", result.error);
+        return;
+      case kind::duplicate:
+        settle(j, "acking a duplicate", [](delivery& x) { x.ack(); });
+        stats.duplicates.fetch_add(1, std::memory_order_relaxed);
+        log->debug("listener {}: {} {} was handled already (inbox): acked", def.name, env.name, env.id.to_string());
+        return;
+      case kind::failed:
+        failed(j, env, result.error, attempt, operator_retry);
+        return;
+      case kind::handled:
+        break;
+    }
+    if (!settle(j, "acking", [](delivery& x) { x.ack(); })) {
+      log->warn("listener {}: {} {} finished after its deadline; the late result is discarded", def.name, env.name,
+                env.id.to_string());
+      return;
+    }
+    stats.handled.fetch_add(1, std::memory_order_relaxed);
+    if (attempt > 1) forget_failures(j, env, operator_retry);
+  }
+
+  // After a success on a later attempt: the failure history goes, and a parked listener goes on.
+  void forget_failures(job& j, const envelope& env, bool operator_retry) {
+    const async_listener& def = *j.l->def;
+    try {
+      db->clear_failure(def.name, env.id.to_string());
+      if (operator_retry) {
+        db->unpark(def.name);
+        log->info("listener {}: {} {} succeeded on an operator's retry; the listener goes on", def.name, env.name,
+                  env.id.to_string());
+      }
+    } catch (const std::exception& e) {
+      log->warn("listener {}: could not clear the failure history of {}: {}", def.name, env.id.to_string(), e.what());
+    }
+  }
+
+  void failed(job& j, const envelope& env, const std::string& error, std::uint64_t attempt, bool operator_retry) {
+    const async_listener& def = *j.l->def;
+    const auto max = static_cast<std::uint64_t>(def.options.retry.max_attempts);
+    log->warn("listener {}: {} {} attempt {}/{} failed: {}", def.name, env.name, env.id.to_string(), attempt, max, error);
+    if (attempt >= max || operator_retry) {
+      if (def.options.ordered && def.options.park_when_exhausted) {
+        park_now(j, env, error, attempt);
+      } else {
+        dead_letter_now(j, "handler_failed", error, attempt);
+      }
+      return;
+    }
+    try {
+      db->record_failure(def.name, env.id.to_string(), error);
+    } catch (const std::exception& e) {
+      log->warn("listener {}: could not record the failure of {}: {}", def.name, env.id.to_string(), e.what());
+    }
+    if (retry_later(j, retry_delay(def.options.retry, attempt, unit_random()), "naking", error)) {
+      stats.failed.fetch_add(1, std::memory_order_relaxed);
+    }
+  }
+
+  void park_now(job& j, const envelope& env, const std::string& error, std::uint64_t attempt) {
+    const async_listener& def = *j.l->def;
+    try {
+      db->park({def.name, env.id.to_string(), env.name, j.d->stream_sequence(), error, static_cast<int>(attempt), ""});
+      stats.parked.fetch_add(1, std::memory_order_relaxed);
+      log->error("listener {}: parked at {} {} after {} attempt(s): {}. Nothing after it runs until "
+                 "`omnibus-worker parked retry {}` or `... skip {}`",
+                 def.name, env.name, env.id.to_string(), attempt, error, def.name, def.name);
+    } catch (const std::exception& e) {
+      log->error("listener {}: could not park at {}: {}", def.name, env.id.to_string(), e.what());
+    }
+    // Redelivered at once, the event is held (wait_while_parked) until an operator's word.
+    (void)retry_later(j, std::chrono::milliseconds(0), "naking a parked", error);
+  }
+
+  // Holds a parked ordered listener's event until an operator retries or skips it: the
+  // message stays in flight (the monitor signals in-progress, no deadline applies), so waiting
+  // costs no redeliveries however long it lasts. At shutdown the message goes back.
+  parked_outcome wait_while_parked(job& j, const envelope& env) {
+    const async_listener& def = *j.l->def;
+    const std::string id = env.id.to_string();
+    bool held = false;
+    bool warned = false;
+    for (;;) {
+      try {
+        const std::optional<parked_event> parked = db->find_parked(def.name);
+        if (!parked || parked->event_id != id) {
+          if (held) set_deadline(j, clock::now() + def.options.deadline);
+          return parked_outcome::not_parked;
+        }
+        if (parked->action == "skip") {
+          db->unpark(def.name);
+          settle(j, "acking a skipped", [](delivery& x) { x.ack(); });
+          stats.skipped.fetch_add(1, std::memory_order_relaxed);
+          log->warn("listener {}: {} {} skipped by an operator; the listener goes on", def.name, env.name, id);
+          return parked_outcome::settled;
+        }
+        if (parked->action == "retry") {
+          set_deadline(j, clock::now() + def.options.deadline);
+          return parked_outcome::retry;
+        }
+      } catch (const std::exception& e) {
+        if (!warned) log->warn("listener {}: cannot read its parked state (holding {} meanwhile): {}", def.name, id, e.what());
+        warned = true;
+      }
+      if (!held) {
+        set_deadline(j, clock::time_point::max());
+        held = true;
+      }
+      for (const auto until = clock::now() + opts.parked_poll; clock::now() < until;) {
+        if (shutting_down) {
+          settle(j, "returning a parked", [](delivery& x) { x.nak(std::chrono::milliseconds(0)); });
+          return parked_outcome::settled;
+        }
+        std::this_thread::sleep_for(std::min<clock::duration>(opts.tick, until - clock::now()));
+      }
+    }
+  }
+
+  void set_deadline(job& j, clock::time_point deadline) {
+    std::lock_guard lock(j.l->mutex);
+    j.deadline = deadline;
+  }
+
+  // Naks for a redelivery after `delay`, unless this delivery is the last the server makes
+  // (bus_options::max_deliveries): then the message becomes a dead letter instead, so that
+  // nothing is redelivered forever. Returns whether it was nak'd.
+  bool retry_later(job& j, std::chrono::milliseconds delay, const char* what, const std::string& why) {
+    const std::uint64_t attempt = j.d->delivery_count();
+    const auto ceiling = static_cast<std::uint64_t>(bus.options().max_deliveries);
+    if (attempt >= ceiling) {
+      dead_letter_now(j, "max_deliveries",
+                      "delivered " + std::to_string(attempt) + " times, the most bus_options::max_deliveries allows; "
+                      "the last time: " + why, attempt);
+      return false;
+    }
+    settle(j, what, [&](delivery& x) { x.nak(delay); });
+    return true;
+  }
+
+  void dead_letter_now(job& j, const std::string& reason, const std::string& error, std::uint64_t attempt) {
+    const async_listener& def = *j.l->def;
+    const dead_letter dl = letter_of(def, *j.d, reason, error, attempt);
+    try {
+      db->write_dead_letter(dl);  // committed before the term below
+    } catch (const std::exception& e) {
+      const bool refused = dynamic_cast<const detail::row_refused*>(&e) != nullptr;
+      if (!refused && attempt < static_cast<std::uint64_t>(bus.options().max_deliveries)) {
+        log->error("listener {}: could not write the dead letter of {} ({}): {}; it will be retried", def.name,
+                   to_text(dl.event_id), to_text(error), e.what());
+        settle(j, "naking", [&](delivery& x) { x.nak(retry_delay(def.options.retry, attempt, unit_random())); });
+        return;
+      }
+      // Writing again would fail again: never loop on it. The stream still holds the message.
+      log->error("listener {}: could not write the dead letter of stream message #{} on {} ({}: {}): {}; "
+                 "terminated without one: read it from the stream by its sequence",
+                 def.name, dl.stream_sequence, to_text(dl.msg.subject), reason, to_text(error), e.what());
+      if (settle(j, "terminating", [](delivery& x) { x.term(); })) {
+        stats.unrecorded.fetch_add(1, std::memory_order_relaxed);
+      }
+      return;
+    }
+    log->error("listener {}: {} {} dead-lettered after {} attempt(s) ({}): {}", def.name,
+               dl.event_name.empty() ? "message" : to_text(dl.event_name), to_text(dl.event_id), attempt, reason,
+               to_text(error));
+    settle(j, "terminating", [](delivery& x) { x.term(); });
+    stats.dead_lettered.fetch_add(1, std::memory_order_relaxed);
+  }
+
+  // The server's reports of messages it stopped delivering (max_deliveries reached while no
+  // worker could settle them): each becomes a dead letter of its listener.
+  void abandoned_loop(consumer& reports, std::stop_token stop) {
+    while (!stop.stop_requested()) {
+      std::vector<std::unique_ptr<delivery>> batch;
+      try {
+        batch = reports.fetch(abandoned_batch, opts.fetch_wait);
+      } catch (const std::exception& e) {
+        log->warn("worker: reading the server's max-deliveries reports failed: {}; retrying in {} ms", e.what(),
+                  opts.fetch_retry.count());
+        if (!detail::wait_for(stop, opts.fetch_retry)) break;
+        continue;
+      }
+      for (auto& d : batch) record_abandoned(*d);
+    }
+  }
+
+  void record_abandoned(delivery& d) {
+    const async_listener* def = nullptr;
+    for (const auto& l : listeners) {
+      if (l->def->consumer_name == d.abandoned_by()) def = l->def;
+    }
+    try {
+      if (def == nullptr) {  // another group's consumer: that group's workers record it
+        const std::string own = bus.options().group + "_";
+        if (d.abandoned_by().substr(0, own.size()) == own) {
+          log->warn("worker: nats-server stopped delivering stream message #{} to consumer {}, which no listener of "
+                    "this build owns (renamed?); no dead letter is written for it",
+                    d.stream_sequence(), to_text(d.abandoned_by()));
+        }
+        d.ack();
+        return;
+      }
+      std::string error = "nats-server stopped delivering it after " + std::to_string(d.delivery_count()) +
+                          " deliveries (bus_options::max_deliveries) without the worker settling it";
+      if (!d.header_error().empty()) error += "; " + std::string(d.header_error());
+      const dead_letter dl = letter_of(*def, d, "max_deliveries", error, d.delivery_count());
+      try {
+        db->write_dead_letter(dl);
+      } catch (const std::exception& e) {
+        if (dynamic_cast<const detail::row_refused*>(&e) == nullptr) {
+          log->warn("listener {}: could not write the dead letter of abandoned stream message #{}: {}; retrying",
+                    def->name, dl.stream_sequence, e.what());
+          d.nak(opts.fetch_retry);
+          return;
+        }
+        log->error("listener {}: could not write the dead letter of abandoned stream message #{}: {}; read it "
+                   "from the stream by its sequence", def->name, dl.stream_sequence, e.what());
+        stats.unrecorded.fetch_add(1, std::memory_order_relaxed);
+        d.ack();
+        return;
+      }
+      d.ack();
+      stats.dead_lettered.fetch_add(1, std::memory_order_relaxed);
+      log->error("listener {}: stream message #{} ({}) dead-lettered: {}", def->name, dl.stream_sequence,
+                 to_text(dl.event_id), error);
+    } catch (const std::exception& e) {  // settling the report failed: it comes back
+      log->warn("worker: settling a max-deliveries report failed: {}", e.what());
+    }
+  }
+
+  // Signals progress for long handlers, and enforces deadlines. Returns the name of a listener
+  // whose every slot is stuck, or "".
+  std::string monitor() {
+    const auto now = clock::now();
+    for (auto& lp : listeners) {
+      listener_state& l = *lp;
+      const auto progress_every = std::max<clock::duration>(l.def->options.ack_wait / 4, opts.tick);
+      std::lock_guard lock(l.mutex);
+      for (const auto& jp : l.jobs) {
+        job& j = *jp;
+        if (j.timed_out) continue;
+        if (now >= j.deadline) {
+          j.timed_out = true;
+          ++l.stuck;
+          l.slot_freed.notify_one();  // fewer usable slots: the fetcher may refill sooner
+          stats.timed_out.fetch_add(1, std::memory_order_relaxed);
+          const auto attempt = j.d->delivery_count();
+          const auto delay = retry_delay(l.def->options.retry, attempt, unit_random());
+          if (settle(j, "naking a timed-out", [&](delivery& x) { x.nak(delay); })) {
+            log->warn("listener {}: event {} attempt {} passed its {} ms deadline; retrying in {} ms", l.def->name,
+                      event_id_of(*j.d), attempt, l.def->options.deadline.count(), delay.count());
+          }
+          j.stop.request_stop();
+        } else if (now - j.last_progress >= progress_every) {
+          std::lock_guard settle_lock(j.settle_mutex);
+          if (!j.settled) {
+            try {
+              j.d->in_progress();
+            } catch (const std::exception& e) {
+              log->warn("listener {}: in-progress signal for {} failed: {}", l.def->name, event_id_of(*j.d), e.what());
+            }
+          }
+          j.last_progress = now;
+        }
+      }
+      if (l.stuck >= l.def->options.concurrency) return l.def->name;
+    }
+    return {};
+  }
+
+  int in_flight() {
+    int n = 0;
+    for (auto& l : listeners) {
+      std::lock_guard lock(l->mutex);
+      n += l->in_flight;
+    }
+    return n;
+  }
+  int running_in_time() {  // in flight and not yet past the deadline
+    int n = 0;
+    for (auto& l : listeners) {
+      std::lock_guard lock(l->mutex);
+      n += l->in_flight - l->stuck;
+    }
+    return n;
+  }
+};
+
+worker_stuck::~worker_stuck() = default;
+
+worker::worker(event_bus& bus, worker_options options, std::shared_ptr<spdlog::logger> log)
+    : worker(bus, std::move(options), std::move(log), nullptr) {}
+
+worker::worker(event_bus& bus, worker_options options, std::shared_ptr<spdlog::logger> log,
+               std::unique_ptr<detail::store> store)
+    : impl_(std::make_unique<impl>(bus, std::move(options), std::move(log), std::move(store))) {
+  if (!impl_->log) throw std::invalid_argument("omnibus::worker needs a logger");
+  if (!impl_->db && impl_->opts.database_url.empty()) {
+    throw std::invalid_argument("omnibus::worker needs a database_url (dead letters live there)");
+  }
+  if (bus.target() == nullptr) throw std::invalid_argument("omnibus::worker needs a bus with a queue");
+}
+
+worker::~worker() {
+  // After an abandoned shutdown the pool's threads may be stuck in handlers: never join them.
+  if (impl_->threads && impl_->shutting_down && impl_->in_flight() > 0) (void)impl_->threads.release();
+}
+
+const worker_stats& worker::stats() const noexcept { return impl_->stats; }
+
+namespace {
+
+std::size_t handler_slots(const event_bus& bus) {
+  std::size_t slots = 0;
+  for (const async_listener& l : bus.async_listeners()) slots += static_cast<std::size_t>(l.options.concurrency);
+  return slots;
+}
+
+bool any_inbox(const event_bus& bus) {
+  for (const async_listener& l : bus.async_listeners()) {
+    if (l.options.inbox) return true;
+  }
+  return false;
+}
+
+// Everything that can be checked before the worker touches a server.
+void validate(const event_bus& bus, const worker_options& o) {
+  const auto positive = [](std::chrono::milliseconds d, const char* name) {
+    if (d.count() <= 0) throw std::invalid_argument(std::string("worker_options::") + name + " must be positive");
+  };
+  positive(o.fetch_wait, "fetch_wait");
+  positive(o.tick, "tick");
+  positive(o.db_wait, "db_wait");
+  positive(o.parked_poll, "parked_poll");
+  positive(o.fetch_retry, "fetch_retry");
+  positive(o.flush_timeout, "flush_timeout");
+  positive(o.stream_check_every, "stream_check_every");
+  if (o.shutdown_grace.count() < 0) throw std::invalid_argument("worker_options::shutdown_grace must not be negative");
+  if (any_inbox(bus) && o.inbox_retention <= bus.options().stream.max_age) {
+    throw std::invalid_argument("worker: inbox_retention must exceed the stream's max_age: while the stream holds an "
+                                "event it can be delivered again, and only its inbox row stops a second run");
+  }
+}
+
+}  // namespace
+
+void worker::run(std::stop_token stop) {
+  impl& w = *impl_;
+  validate(w.bus, w.opts);
+  const std::size_t slots = handler_slots(w.bus);
+  if (!w.db) {
+    w.db = detail::make_pg_store({w.opts.database_url, w.bus.options().schema,
+                                  w.opts.pool_size > 0 ? w.opts.pool_size : std::max<std::size_t>(slots, 1),
+                                  w.opts.db_wait, w.opts.inbox_lock_timeout});
+  }
+  w.db->migrate();
+  w.bus.provision();
+  const bool prunes = any_inbox(w.bus);
+  for (const async_listener& l : w.bus.async_listeners()) {
+    auto st = std::make_unique<listener_state>();
+    st->def = &l;
+    st->refill_at = l.options.concurrency / 2;
+    st->cons = w.bus.target()->open_consumer(w.bus.options().stream, l.consumer_name);
+    w.listeners.push_back(std::move(st));
+  }
+  // Opened before any thread starts: a failure here leaves nothing running.
+  std::unique_ptr<consumer> reports =
+      w.listeners.empty() ? nullptr : w.bus.target()->open_abandoned(w.bus.options().stream, w.bus.options().group);
+  w.threads = std::make_unique<boost::asio::thread_pool>(std::max<std::size_t>(slots, 1));
+  w.log->info("worker: {} listener(s), {} handler slot(s)", w.listeners.size(), slots);
+
+  std::stop_source fetch_stop;
+  std::vector<std::jthread> fetchers;
+  for (auto& l : w.listeners) {
+    fetchers.emplace_back([&w, &l, token = fetch_stop.get_token()] { w.fetch_loop(*l, token); });
+  }
+
+  std::jthread stream_watch([&w](std::stop_token st) { w.watch_stream(st); });
+  std::jthread report_reader;
+  if (reports) report_reader = std::jthread([&w, &reports](std::stop_token st) { w.abandoned_loop(*reports, st); });
+
+  std::string stuck;
+  while (!stop.stop_requested() && stuck.empty()) {
+    (void)detail::wait_for(stop, w.opts.tick);
+    stuck = w.monitor();
+    if (prunes) w.prune_inbox();
+  }
+
+  // Graceful shutdown (decision 14).
+  stream_watch.request_stop();
+  if (report_reader.joinable()) {
+    report_reader.request_stop();
+    report_reader.join();
+  }
+  w.shutting_down = true;
+  fetch_stop.request_stop();
+  for (auto& l : w.listeners) l->slot_freed.notify_all();
+  fetchers.clear();  // joins: no fetch after this
+  const auto grace_end = clock::now() + (stuck.empty() ? w.opts.shutdown_grace : std::chrono::milliseconds(0));
+  // Handlers past their deadline were nak'd already: the grace is for the others only.
+  while (w.running_in_time() > 0 && clock::now() < grace_end) {
+    std::this_thread::sleep_for(w.opts.tick);
+    (void)w.monitor();
+  }
+  int abandoned = 0;
+  for (auto& l : w.listeners) {
+    std::lock_guard lock(l->mutex);
+    for (auto& j : l->jobs) {
+      j->stop.request_stop();
+      if (w.settle(*j, "returning", [](delivery& x) { x.nak(std::chrono::milliseconds(0)); })) ++abandoned;
+    }
+  }
+  try {
+    w.bus.target()->flush(w.opts.flush_timeout);
+  } catch (const std::exception& e) {
+    w.log->error("worker: flushing acks at shutdown failed: {}", e.what());
+  }
+  if (w.in_flight() == 0) {
+    w.threads->join();
+  } else {
+    w.log->error("worker: {} handler(s) still running after the shutdown grace; their messages were returned",
+                 w.in_flight());
+  }
+  if (abandoned > 0) w.log->warn("worker: returned {} unfinished message(s) for redelivery", abandoned);
+  if (!stuck.empty()) {
+    throw worker_stuck("every handler slot of listener " + stuck +
+                       " is stuck past its deadline; exit so that the supervisor restarts this worker");
+  }
+  w.log->info("worker: stopped");
+}
+
+}  // namespace omnibus

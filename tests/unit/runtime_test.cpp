@@ -1,0 +1,310 @@
+// The worker runtime without servers: the memory queue for the stream and an in-memory store
+// for PostgreSQL's side. Each step of a delivery (admit, hold while parked, call, settle) is
+// observable in the store and the worker's counters. The same paths run against the real
+// servers in tests/integration/worker_test.cpp.
+
+#include <atomic>
+#include <chrono>
+#include <memory>
+#include <stdexcept>
+#include <string>
+#include <thread>
+
+#include <catch2/catch.hpp>
+#include <spdlog/sinks/null_sink.h>
+#include <spdlog/spdlog.h>
+
+#include "omnibus/event.hpp"
+#include "omnibus/event_bus.hpp"
+#include "omnibus/memory_queue.hpp"
+#include "omnibus/worker.hpp"
+#include "support/memory_store.hpp"
+#include "support/wait.hpp"
+
+namespace {
+
+using namespace std::chrono_literals;
+using test_env::eventually;
+
+struct parcel_sent {
+  static constexpr std::string_view name = "test.parcel_sent";
+  static constexpr int version = 1;
+  std::int64_t parcel = 0;
+  OMNIBUS_FIELDS(parcel);
+};
+
+omnibus::listener_options quick(int attempts) {
+  omnibus::listener_options o;
+  o.concurrency = 2;
+  o.retry.max_attempts = attempts;
+  o.retry.initial = 1ms;
+  o.retry.max = 5ms;
+  o.deadline = 5s;
+  return o;
+}
+
+struct runtime {
+  omnibus::memory_queue q;
+  omnibus::event_bus bus{q, [] {
+                           omnibus::bus_options o;
+                           o.group = "rt";
+                           o.stream.subject_prefix = "rt";
+                           return o;
+                         }()};
+  std::shared_ptr<test_env::store_state> store = std::make_shared<test_env::store_state>();
+  std::unique_ptr<omnibus::worker> w;
+  std::jthread thread;
+  std::exception_ptr failure;
+  omnibus::context ctx;
+
+  static omnibus::worker_options fast() {
+    omnibus::worker_options o;
+    o.fetch_wait = 20ms;
+    o.tick = 5ms;
+    o.parked_poll = 5ms;
+    o.fetch_retry = 5ms;
+    o.shutdown_grace = 2s;
+    return o;
+  }
+
+  void start(omnibus::worker_options o = fast()) {
+    bus.provision();
+    auto log = std::make_shared<spdlog::logger>("runtime_test", std::make_shared<spdlog::sinks::null_sink_mt>());
+    w = std::make_unique<omnibus::worker>(bus, o, log, std::make_unique<test_env::memory_store>(store));
+    thread = std::jthread([this](std::stop_token st) {
+      try {
+        w->run(st);
+      } catch (...) {
+        failure = std::current_exception();
+      }
+    });
+  }
+  void stop() {
+    if (!thread.joinable()) return;
+    thread.request_stop();
+    thread.join();
+  }
+  ~runtime() { stop(); }
+
+  [[nodiscard]] const omnibus::worker_stats& stats() const { return w->stats(); }
+};
+
+}  // namespace
+
+TEST_CASE_METHOD(runtime, "a handled event is acked and leaves nothing in the store", "[runtime]") {
+  std::atomic<std::int64_t> seen{0};
+  std::atomic<std::uint64_t> attempt{0};
+  bus.add_async_listener<parcel_sent>("tracker", [&](omnibus::context& c, const parcel_sent& e) {
+    attempt = c.attempt();
+    seen = e.parcel;
+  }, quick(3));
+  start();
+  const auto id = bus.publish(ctx, parcel_sent{7});
+  REQUIRE(eventually([&] { return stats().handled == 1; }, 5s));
+  CHECK(seen == 7);
+  CHECK(attempt == 1);
+  CHECK(store->locked([&] { return store->failures.empty() && store->letters.empty(); }));
+  stop();
+  CHECK_FALSE(failure);
+  CHECK(store->migrations == 1);
+  CHECK(q.info(bus.options().stream, "rt_tracker")->ack_pending == 0);
+  (void)id;
+}
+
+TEST_CASE_METHOD(runtime, "a failing handler is retried, its failures recorded, then dead-lettered", "[runtime]") {
+  std::atomic<int> calls{0};
+  bus.add_async_listener<parcel_sent>("tracker", [&](omnibus::context&, const parcel_sent&) {
+    ++calls;
+    throw std::runtime_error("carrier down");
+  }, quick(3));
+  start();
+  const auto id = bus.publish(ctx, parcel_sent{1});
+  REQUIRE(eventually([&] { return stats().dead_lettered == 1; }, 5s));
+  CHECK(calls == 3);
+  CHECK(stats().failed == 2);
+  store->locked([&] {
+    REQUIRE(store->letters.size() == 1);
+    const omnibus::dead_letter& dl = store->letters.front();
+    CHECK(dl.listener == "tracker");
+    CHECK(dl.event_id == id.to_string());
+    CHECK(dl.event_name == "test.parcel_sent");
+    CHECK(dl.reason == "handler_failed");
+    CHECK(dl.error == "carrier down");
+    CHECK(dl.attempts == 3);
+    CHECK(store->failures.empty());  // the letter replaces the history
+    return 0;
+  });
+}
+
+TEST_CASE_METHOD(runtime, "a success on a later attempt clears the failure history", "[runtime]") {
+  std::atomic<int> calls{0};
+  bus.add_async_listener<parcel_sent>("tracker", [&](omnibus::context&, const parcel_sent&) {
+    if (++calls == 1) throw std::runtime_error("once");
+  }, quick(3));
+  start();
+  bus.publish(ctx, parcel_sent{1});
+  REQUIRE(eventually([&] { return stats().handled == 1; }, 5s));
+  CHECK(stats().failed == 1);
+  CHECK(eventually([&] { return store->locked([&] { return store->failures.empty(); }); }, 5s));
+  CHECK(store->letter_count() == 0);
+}
+
+TEST_CASE_METHOD(runtime, "permanent_error dead-letters at once", "[runtime]") {
+  bus.add_async_listener<parcel_sent>("tracker", [&](omnibus::context&, const parcel_sent&) {
+    throw omnibus::permanent_error("no such parcel");
+  }, quick(10));
+  start();
+  bus.publish(ctx, parcel_sent{1});
+  REQUIRE(eventually([&] { return stats().dead_lettered == 1; }, 5s));
+  CHECK(stats().failed == 0);
+  store->locked([&] {
+    CHECK(store->letters.front().reason == "permanent");
+    CHECK(store->letters.front().attempts == 1);
+    return 0;
+  });
+}
+
+TEST_CASE_METHOD(runtime, "a body that does not decode becomes a dead letter without reaching the handler", "[runtime]") {
+  std::atomic<int> calls{0};
+  bus.add_async_listener<parcel_sent>("tracker", [&](omnibus::context&, const parcel_sent&) { ++calls; }, quick(3));
+  start();
+  omnibus::envelope env;
+  env.id = omnibus::event_id::generate();
+  env.name = "test.parcel_sent";
+  env.version = 1;
+  env.body = "\xc1";  // never valid msgpack
+  q.publish(omnibus::encode(env, "rt"), 1s);
+  REQUIRE(eventually([&] { return stats().dead_lettered == 1; }, 5s));
+  CHECK(calls == 0);
+  store->locked([&] {
+    CHECK(store->letters.front().reason == "malformed_body");
+    return 0;
+  });
+}
+
+TEST_CASE_METHOD(runtime, "while the store is down a dead letter waits; it is written once the store is back", "[runtime]") {
+  std::atomic<int> calls{0};
+  bus.add_async_listener<parcel_sent>("tracker", [&](omnibus::context&, const parcel_sent&) {
+    ++calls;
+    throw omnibus::permanent_error("refused");
+  }, quick(3));
+  start();
+  REQUIRE(eventually([&] { return store->locked([&] { return store->migrations == 1; }); }, 5s));
+  store->locked([&] { return store->unavailable = true; });
+  bus.publish(ctx, parcel_sent{1});
+  // The dead letter cannot be written: the message is nak'd, not lost, and comes back.
+  REQUIRE(eventually([&] { return calls >= 2; }, 5s));
+  CHECK(stats().dead_lettered == 0);
+  store->locked([&] { return store->unavailable = false; });
+  REQUIRE(eventually([&] { return stats().dead_lettered == 1; }, 5s));
+  CHECK(store->letter_count() == 1);
+}
+
+TEST_CASE_METHOD(runtime, "a dead letter the store refuses for good is terminated and counted, not retried", "[runtime]") {
+  bus.add_async_listener<parcel_sent>("tracker", [&](omnibus::context&, const parcel_sent&) {
+    throw omnibus::permanent_error("refused");
+  }, quick(3));
+  store->refuse_letters = true;
+  start();
+  bus.publish(ctx, parcel_sent{1});
+  REQUIRE(eventually([&] { return stats().unrecorded == 1; }, 5s));
+  CHECK(stats().dead_lettered == 0);
+  CHECK(eventually([&] { return q.info(bus.options().stream, "rt_tracker")->ack_pending == 0; }, 5s));
+}
+
+TEST_CASE_METHOD(runtime, "an inbox listener records what it handles and skips what the inbox holds", "[runtime]") {
+  std::atomic<int> calls{0};
+  auto o = quick(3);
+  o.inbox = true;
+  bus.add_async_listener<parcel_sent>("ledger", [&](omnibus::context& c, const parcel_sent&) {
+    ++calls;
+    CHECK(c.transaction() == nullptr);  // the memory store has no SQL transaction to share
+  }, o);
+  start();
+  const auto first = bus.publish(ctx, parcel_sent{1});
+  REQUIRE(eventually([&] { return stats().handled == 1; }, 5s));
+  CHECK(store->locked([&] { return store->inbox.contains({"ledger", first.to_string()}); }));
+
+  // An event the inbox already holds (handled by a worker whose ack was lost): not run again.
+  omnibus::envelope env;
+  env.id = omnibus::event_id::generate();
+  env.name = "test.parcel_sent";
+  env.version = 1;
+  env.body = omnibus::detail::encode_body(parcel_sent{2});
+  store->locked([&] { return store->inbox.insert({"ledger", env.id.to_string()}).second; });
+  q.publish(omnibus::encode(env, "rt"), 1s);
+  REQUIRE(eventually([&] { return stats().duplicates == 1; }, 5s));
+  CHECK(calls == 1);
+}
+
+TEST_CASE_METHOD(runtime, "an inbox commit of unknown outcome is never acked; the redelivery finds it done", "[runtime]") {
+  std::atomic<int> calls{0};
+  auto o = quick(5);
+  o.inbox = true;
+  bus.add_async_listener<parcel_sent>("ledger", [&](omnibus::context&, const parcel_sent&) { ++calls; }, o);
+  store->commit_in_doubt = true;
+  start();
+  bus.publish(ctx, parcel_sent{1});
+  REQUIRE(eventually([&] { return stats().in_doubt >= 1; }, 5s));
+  store->locked([&] { return store->commit_in_doubt = false; });
+  REQUIRE(eventually([&] { return stats().duplicates == 1; }, 5s));
+  CHECK(calls == 1);
+  CHECK(stats().handled == 0);
+}
+
+TEST_CASE_METHOD(runtime, "an ordered listener parks at an exhausted event and an operator's skip moves it on", "[runtime]") {
+  std::atomic<int> calls{0};
+  auto o = quick(2);
+  o.ordered = true;
+  bus.add_async_listener<parcel_sent>("sequencer", [&](omnibus::context&, const parcel_sent& e) {
+    ++calls;
+    if (e.parcel == 1) throw std::runtime_error("stuck");
+  }, o);
+  start();
+  const auto stuck = bus.publish(ctx, parcel_sent{1});
+  bus.publish(ctx, parcel_sent{2});
+  REQUIRE(eventually([&] { return stats().parked == 1; }, 5s));
+  CHECK(store->locked([&] { return store->parked.at("sequencer").event_id == stuck.to_string(); }));
+  CHECK(calls == 2);
+  CHECK(stats().handled == 0);  // nothing overtakes the parked event
+
+  store->locked([&] { return store->parked.at("sequencer").action = "skip"; });
+  REQUIRE(eventually([&] { return stats().skipped == 1 && stats().handled == 1; }, 5s));
+  CHECK(store->locked([&] { return store->parked.empty(); }));
+  CHECK(store->letter_count() == 0);
+}
+
+TEST_CASE_METHOD(runtime, "a handler past its deadline is stopped and its event retried", "[runtime]") {
+  std::atomic<int> calls{0};
+  auto o = quick(3);
+  o.deadline = 50ms;
+  bus.add_async_listener<parcel_sent>("slow", [&](omnibus::context& c, const parcel_sent&) {
+    if (++calls == 1) {
+      while (!c.stop_token().stop_requested()) std::this_thread::sleep_for(1ms);  // a cooperative long handler
+      throw std::runtime_error("stopped");
+    }
+  }, o);
+  start();
+  bus.publish(ctx, parcel_sent{1});
+  REQUIRE(eventually([&] { return stats().timed_out == 1 && stats().handled == 1; }, 5s));
+  CHECK(calls == 2);
+}
+
+TEST_CASE_METHOD(runtime, "bad worker options are refused before the store or the queue is touched", "[runtime]") {
+  auto o = quick(3);
+  o.inbox = true;
+  bus.add_async_listener<parcel_sent>("ledger", [](omnibus::context&, const parcel_sent&) {}, o);
+  auto opts = fast();
+  opts.inbox_retention = std::chrono::duration_cast<std::chrono::seconds>(bus.options().stream.max_age);
+  auto log = std::make_shared<spdlog::logger>("runtime_test", std::make_shared<spdlog::sinks::null_sink_mt>());
+  omnibus::worker bad{bus, opts, log, std::make_unique<test_env::memory_store>(store)};
+  std::stop_source never;
+  CHECK_THROWS_WITH(bad.run(never.get_token()), Catch::Contains("inbox_retention must exceed"));
+  CHECK(store->migrations == 0);
+  CHECK_FALSE(bus.frozen());
+
+  opts = fast();
+  opts.tick = 0ms;
+  omnibus::worker zero{bus, opts, log, std::make_unique<test_env::memory_store>(store)};
+  CHECK_THROWS_WITH(zero.run(never.get_token()), Catch::Contains("tick must be positive"));
+}
