@@ -6,6 +6,7 @@
 #include <pqxx/pqxx>
 
 #include "models/order_placed.hpp"
+#include "omnibus/event_bus.hpp"
 
 namespace services {
 

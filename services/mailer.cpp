@@ -4,6 +4,7 @@
 
 #include "models/order_placed.hpp"
 #include "models/user_registered.hpp"
+#include "omnibus/event_bus.hpp"
 
 namespace services {
 

@@ -2,6 +2,7 @@
 
 #include <pqxx/pqxx>
 
+#include "omnibus/event_bus.hpp"
 #include "omnibus/migrations.hpp"
 
 namespace services {

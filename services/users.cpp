@@ -3,6 +3,7 @@
 #include <pqxx/pqxx>
 
 #include "models/user_registered.hpp"
+#include "omnibus/event_bus.hpp"
 
 namespace services {
 

@@ -26,6 +26,7 @@
 #include <spdlog/spdlog.h>
 
 #include "omnibus/dead_letters.hpp"
+#include "omnibus/event_bus.hpp"
 #include "omnibus/migrations.hpp"
 #include "omnibus/relay.hpp"
 #include "omnibus/jetstream.hpp"

@@ -1,4 +1,4 @@
-#include "omnibus/event.hpp"
+#include "omnibus/codec.hpp"
 
 #include <cstdint>
 #include <string>

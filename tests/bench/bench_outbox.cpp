@@ -11,6 +11,7 @@
 
 #include "bench_support.hpp"
 #include "bench_world.hpp"
+#include "omnibus/codec.hpp"
 #include "omnibus/envelope.hpp"
 #include "core/outbox.hpp"
 #include "omnibus/relay.hpp"

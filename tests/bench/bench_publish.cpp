@@ -9,6 +9,7 @@
 
 #include "bench_support.hpp"
 #include "bench_world.hpp"
+#include "omnibus/codec.hpp"
 #include "omnibus/envelope.hpp"
 
 namespace bench {

@@ -29,6 +29,7 @@
 #include <pqxx/pqxx>
 #include <spdlog/sinks/ostream_sink.h>
 
+#include "omnibus/codec.hpp"
 #include "omnibus/envelope.hpp"
 #include "omnibus/event.hpp"
 #include "omnibus/relay.hpp"

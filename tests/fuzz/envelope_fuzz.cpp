@@ -11,6 +11,7 @@
 #include <string_view>
 #include <vector>
 
+#include "omnibus/codec.hpp"
 #include "omnibus/envelope.hpp"
 #include "omnibus/error.hpp"
 #include "omnibus/event.hpp"

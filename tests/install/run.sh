@@ -50,6 +50,17 @@ for h in "$work"/prefix/include/omnibus/*.hpp; do
 done
 say "each of the $(ls "$work"/prefix/include/omnibus/*.hpp | wc -l) installed headers compiles on its own"
 
+# An event type's header and a service header's forward declarations stay light: no msgpack,
+# no Boost (those come with omnibus/event_bus.hpp, in the .cpp files that publish or listen).
+for light in event.hpp fwd.hpp; do
+  # shellcheck disable=SC2046
+  if echo "#include <omnibus/$light>" | g++ -std=c++20 -H -fsyntax-only -x c++ - $(pkg-config --cflags omnibus) 2>&1 \
+      | grep -E '^\.+ .*/(msgpack|boost)/'; then
+    echo "install: <omnibus/$light> pulls in msgpack or Boost" >&2; exit 1
+  fi
+done
+say "<omnibus/event.hpp> and <omnibus/fwd.hpp> include neither msgpack nor Boost"
+
 # The ABI is what the headers say: the libraries are built with hidden visibility, so none of
 # the internals (SQL store, connection pool, failpoints, NATS.c glue, settle rules) is exported.
 exported=$(nm -D --defined-only -C "$libdir"/libomnibus*.so | grep -c ' omnibus::' || true)

@@ -5,6 +5,7 @@
 
 #include <catch2/catch.hpp>
 
+#include "omnibus/codec.hpp"
 #include "omnibus/envelope.hpp"
 #include "omnibus/event.hpp"
 

@@ -3,7 +3,7 @@
 #include <stdexcept>
 #include <string>
 
-#include "omnibus/event_bus.hpp"
+#include "omnibus/fwd.hpp"
 #include "services/shop_options.hpp"
 
 namespace services {

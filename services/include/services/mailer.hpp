@@ -1,6 +1,6 @@
 #pragma once
 
-#include "omnibus/event_bus.hpp"
+#include "omnibus/fwd.hpp"
 #include "services/shop_options.hpp"
 
 namespace services {

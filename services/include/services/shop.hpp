@@ -4,7 +4,6 @@
 
 #include <memory>
 
-#include "omnibus/event_bus.hpp"
 #include "omnibus/fwd.hpp"
 #include "services/audit.hpp"
 #include "services/customer_stats.hpp"

@@ -25,11 +25,12 @@
 #include <utility>
 #include <vector>
 
-#include "omnibus/export.hpp"
+#include "omnibus/codec.hpp"
 #include "omnibus/context.hpp"
 #include "omnibus/envelope.hpp"
 #include "omnibus/event_id.hpp"
 #include "omnibus/event_traits.hpp"
+#include "omnibus/export.hpp"
 #include "omnibus/fwd.hpp"
 #include "omnibus/queue.hpp"
 

@@ -9,14 +9,13 @@ namespace omnibus {
 
 /// An event: a default-constructible struct with `static constexpr std::string_view name`
 /// (stable, dotted), `static constexpr int version`, and fields declared with
-/// OMNIBUS_FIELDS(...) (or msgpack's MSGPACK_DEFINE_MAP). See bus/event.hpp.
+/// OMNIBUS_FIELDS(...) (or msgpack's MSGPACK_DEFINE_MAP). See omnibus/event.hpp.
 template <class E>
 concept event = std::is_class_v<E> && std::default_initializable<E> && std::copy_constructible<E> &&
     requires {
       { E::name } -> std::convertible_to<std::string_view>;
       { E::version } -> std::convertible_to<int>;
-      &E::msgpack_unpack;
-    };
+    } && (requires { typename E::omnibus_fields_declared_; } || requires { &E::msgpack_unpack; });
 
 /// True when E declares `static constexpr bool local_only = true`: its sync listeners run,
 /// and it never leaves the process (no stream, no outbox, no async listeners).
@@ -48,7 +47,7 @@ constexpr void check_event() {
   static_assert(event<E>,
                 "bus: this type is not an event. An event is a struct with "
                 "`static constexpr std::string_view name`, `static constexpr int version` and "
-                "OMNIBUS_FIELDS(...) (see bus/event.hpp).");
+                "OMNIBUS_FIELDS(...) (see omnibus/event.hpp).");
   if constexpr (event<E>) {
     static_assert(valid_event_name(E::name),
                   "bus: an event name is lower-case words of [a-z0-9_-] joined by dots, e.g. "

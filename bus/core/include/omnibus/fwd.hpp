@@ -17,12 +17,12 @@ struct message;
 struct metadata;
 
 namespace detail {
-/// The msgpack map body of an event. Defined in bus/event.hpp, which every event type's
-/// header includes, so it is visible wherever an event is complete.
+/// The msgpack map body of an event. Defined in omnibus/codec.hpp, which omnibus/event_bus.hpp
+/// includes.
 template <class E>
 std::string encode_body(const E& event);
 /// Decodes a msgpack map body into `out` (missing fields keep their defaults). Throws
-/// omnibus::decode_error. Defined in bus/event.hpp.
+/// omnibus::decode_error. Defined in omnibus/codec.hpp.
 template <class E>
 void decode_body(std::string_view body, E& out);
 }  // namespace detail
