@@ -15,11 +15,6 @@
 #include <thread>
 #include <vector>
 
-#include <fcntl.h>
-#include <spawn.h>
-#include <sys/wait.h>
-#include <unistd.h>
-
 #include <CLI/CLI.hpp>
 #include <pqxx/pqxx>
 #include <spdlog/sinks/null_sink.h>
@@ -32,56 +27,30 @@
 #include "omnibus/jetstream.hpp"
 #include "omnibus/nats_connection.hpp"
 #include "services/shop.hpp"
-
-extern char** environ;
+#include "support/process.hpp"
 
 namespace {
 
 using namespace std::chrono_literals;
 
-// One omnibus-worker child process, its output in a file.
+// One omnibus-worker child process (the tests' process helper), its output in a file.
 class worker_process {
  public:
   worker_process(const std::string& exe, const std::vector<std::string>& args, const std::string& log)
-      : log_(log) {
-    std::vector<std::string> argv{exe};
-    argv.insert(argv.end(), args.begin(), args.end());
-    std::vector<char*> cargv;
-    for (auto& a : argv) cargv.push_back(a.data());
-    cargv.push_back(nullptr);
-    posix_spawn_file_actions_t fa;
-    posix_spawn_file_actions_init(&fa);
-    posix_spawn_file_actions_addopen(&fa, 1, log_.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    posix_spawn_file_actions_adddup2(&fa, 1, 2);
-    int rc = posix_spawn(&pid_, exe.c_str(), &fa, nullptr, cargv.data(), environ);
-    posix_spawn_file_actions_destroy(&fa);
-    if (rc != 0) throw std::runtime_error("cannot start " + exe);
-  }
-  ~worker_process() {
-    if (pid_ > 0) {
-      ::kill(pid_, SIGKILL);
-      ::waitpid(pid_, nullptr, 0);
-    }
-  }
+      : p_(argv_of(exe, args), {}, log) {}
   // SIGTERM, then the exit status (graceful shutdown exits 0).
   int stop() {
-    ::kill(pid_, SIGTERM);
+    (void)p_.signal(SIGTERM);
     return wait();
   }
-  // The exit status, once the process ends.
+  // The exit status, once the process ends (a worker that never ends fails the demo).
   int wait() {
-    int st = 0;
-    ::waitpid(pid_, &st, 0);
-    pid_ = -1;
-    return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+    const int rc = p_.wait(std::chrono::minutes(2));
+    if (rc < 0) throw std::runtime_error("a worker did not exit within 2 minutes:\n" + p_.output());
+    return rc;
   }
-  [[nodiscard]] bool alive() const { return pid_ > 0 && ::waitpid(pid_, nullptr, WNOHANG) == 0; }
-  [[nodiscard]] std::string output() const {
-    std::ifstream in(log_);
-    std::stringstream ss;
-    ss << in.rdbuf();
-    return ss.str();
-  }
+  [[nodiscard]] bool alive() { return p_.alive(); }
+  [[nodiscard]] std::string output() const { return p_.output(); }
   // The value of `key=` in the worker's final stats line.
   [[nodiscard]] long stat(const std::string& key) const {
     const std::string out = output();
@@ -92,8 +61,12 @@ class worker_process {
   }
 
  private:
-  std::string log_;
-  pid_t pid_ = -1;
+  static std::vector<std::string> argv_of(const std::string& exe, const std::vector<std::string>& args) {
+    std::vector<std::string> argv{exe};
+    argv.insert(argv.end(), args.begin(), args.end());
+    return argv;
+  }
+  test_env::process p_;
 };
 
 long count(pqxx::connection& db, const std::string& sql) {
