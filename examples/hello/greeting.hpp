@@ -6,8 +6,7 @@
 #include <string>
 #include <string_view>
 
-#include <omnibus/event.hpp>
-#include <omnibus/event_bus.hpp>
+#include <omnibus/bus.hpp>  // events, the bus, the context: what most code needs
 
 struct greeting {
   static constexpr std::string_view name = "hello.greeting";  // the subject is <prefix>.hello.greeting

@@ -6,7 +6,7 @@
 #include <cstdlib>
 #include <string>
 
-#include <omnibus/event_bus.hpp>
+#include <omnibus/bus.hpp>
 #include <omnibus/jetstream.hpp>
 #include <omnibus/nats_connection.hpp>
 

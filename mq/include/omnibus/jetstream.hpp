@@ -10,8 +10,8 @@
 #include <vector>
 
 #include "omnibus/export.hpp"
-#include "omnibus/queue.hpp"
 #include "omnibus/nats_connection.hpp"
+#include "omnibus/queue.hpp"
 
 namespace omnibus {
 

@@ -3,8 +3,8 @@
 
 #include <string>
 
-#include "omnibus/export.hpp"
 #include "omnibus/error.hpp"
+#include "omnibus/export.hpp"
 
 namespace omnibus {
 

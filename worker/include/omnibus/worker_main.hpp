@@ -19,9 +19,9 @@
 #include <utility>
 #include <vector>
 
-#include "omnibus/export.hpp"
 #include "omnibus/error.hpp"
 #include "omnibus/event_bus.hpp"
+#include "omnibus/export.hpp"
 #include "omnibus/nats_connection.hpp"
 
 namespace CLI {

@@ -9,8 +9,8 @@
 #include <utility>
 #include <vector>
 
-#include "omnibus/export.hpp"
 #include "omnibus/event_id.hpp"
+#include "omnibus/export.hpp"
 #include "omnibus/fwd.hpp"
 
 namespace omnibus {

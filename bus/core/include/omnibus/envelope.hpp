@@ -7,11 +7,12 @@
 #include <string>
 #include <string_view>
 
-#include "omnibus/export.hpp"
+#include "omnibus/codec.hpp"  // decode_event
 #include "omnibus/context.hpp"
 #include "omnibus/error.hpp"
 #include "omnibus/event_id.hpp"
 #include "omnibus/event_traits.hpp"
+#include "omnibus/export.hpp"
 #include "omnibus/message.hpp"
 
 namespace omnibus {

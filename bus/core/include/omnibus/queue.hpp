@@ -12,9 +12,9 @@
 #include <string_view>
 #include <vector>
 
-#include "omnibus/export.hpp"
 #include "omnibus/error.hpp"
 #include "omnibus/event_id.hpp"
+#include "omnibus/export.hpp"
 #include "omnibus/message.hpp"
 
 namespace omnibus {

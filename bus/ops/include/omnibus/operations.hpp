@@ -7,8 +7,8 @@
 #include <string_view>
 #include <vector>
 
-#include "omnibus/export.hpp"
 #include "omnibus/event_bus.hpp"
+#include "omnibus/export.hpp"
 #include "omnibus/fwd.hpp"
 #include "omnibus/queue.hpp"
 
