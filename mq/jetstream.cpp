@@ -113,6 +113,13 @@ std::optional<system_clock::time_point> time_of(std::int64_t unix_ns) {
 
 constexpr std::string_view group_mark = "omnibus group ";
 
+// How long after a pull request's expiry its answer (408) may still arrive.
+constexpr std::chrono::milliseconds request_margin{200};
+// Reading one stored message back from the stream ($JS.API.STREAM.MSG.GET).
+constexpr std::chrono::seconds stored_read_timeout{5};
+// A max-deliveries report is written as a dead letter within this, or delivered again.
+constexpr std::chrono::seconds reports_ack_wait{30};
+
 omnibus::consumer_info to_info(const jsConsumerInfo& ci) {
   omnibus::consumer_info info;
   info.name = ci.Name != nullptr ? ci.Name : "";
@@ -320,7 +327,7 @@ class jetstream_consumer final : public omnibus::consumer {
             "asking consumer " + next_subject_ + " for messages");
       lock.lock();
       // The server ends the request itself at `timeout` (408); the margin covers the trip.
-      const auto until = steady_clock::now() + timeout + milliseconds(200);
+      const auto until = steady_clock::now() + timeout + request_margin;
       state_->arrived.wait_until(lock, until, [&] { return state_->messages.size() >= want || state_->request_done; });
       take(taken, max);
       if (taken.empty() && !state_->request_error.empty()) {
@@ -337,7 +344,7 @@ class jetstream_consumer final : public omnibus::consumer {
   }
 
   // The message as stored in the stream, byte-exact; nullopt when the stream no longer has it.
-  std::optional<detail::stored_message> stored(std::uint64_t seq) { return read_stored(conn_, stream_, seq, seconds(5)); }
+  std::optional<detail::stored_message> stored(std::uint64_t seq) { return read_stored(conn_, stream_, seq, stored_read_timeout); }
 
  private:
   void take(std::vector<detail::msg_ptr>& into, std::size_t max) {  // under the state's mutex
@@ -420,7 +427,7 @@ class abandoned_consumer final : public omnibus::consumer {
       std::string raw;
       std::optional<detail::stored_message> s;
       try {
-        s = read_stored(conn_, events_stream_, advisory->stream_sequence, seconds(5));
+        s = read_stored(conn_, events_stream_, advisory->stream_sequence, stored_read_timeout);
       } catch (const std::exception&) {
         report->nak(seconds(1));  // the server did not answer: the report comes back
         continue;
@@ -477,13 +484,9 @@ void on_batch_ack(jsCtx*, natsMsg* msg, jsPubAck* pa, jsPubAckErr* pae, void* cl
   natsMsg_Destroy(msg);
 }
 
-}  // namespace
-
-jetstream::jetstream(nats_connection& conn) : conn_(conn) {}
-jetstream::~jetstream() = default;
-
-void jetstream::provision(const omnibus::stream_config& stream, std::span<const omnibus::consumer_config> consumers) {
-  jsCtx* js = conn_.native().js.get();
+// Creates the stream, or checks that the existing one has the same settings (Omnibus never
+// recreates or silently changes a stream).
+void provision_stream(jsCtx* js, const omnibus::stream_config& stream) {
   const std::string subject = stream_subject(stream);
   const char* subjects[1];
   jsStreamConfig want;
@@ -512,67 +515,85 @@ void jetstream::provision(const omnibus::stream_config& stream, std::span<const 
                      ". Omnibus never recreates a stream; change the configuration to match, or edit the stream "
                      "deliberately");
   }
+}
 
-  provision_abandoned(stream);
-
-  for (const omnibus::consumer_config& c : consumers) {
-    jsConsumerConfig cc;
-    jsConsumerConfig_Init(&cc);
-    cc.Durable = c.name.c_str();
-    const std::string description = c.group.empty() ? std::string() : std::string(group_mark) + c.group;
-    if (!description.empty()) cc.Description = description.c_str();
-    cc.FilterSubject = c.filter_subject.c_str();
-    cc.AckPolicy = js_AckExplicit;
-    cc.AckWait = ns(c.ack_wait);
-    // The worker counts attempts and dead-letters long before this ceiling; when the server
-    // reaches it anyway, its advisory lands in <stream>_ABANDONED and becomes a dead letter.
-    cc.MaxDeliver = c.max_deliver;
-    cc.MaxAckPending = c.max_ack_pending;
-    if (c.start_time && c.start_time->time_since_epoch().count() <= 0) {
-      cc.DeliverPolicy = js_DeliverAll;  // the server reads a zero start time as "not set"
-    } else if (c.start_time) {
-      cc.DeliverPolicy = js_DeliverByStartTime;
-      cc.OptStartTime = ns(c.start_time->time_since_epoch());
-    } else {
-      cc.DeliverPolicy = js_DeliverNew;
-    }
-
-    jsConsumerInfo* raw_ci = nullptr;
-    code = {};
-    s = js_GetConsumerInfo(&raw_ci, js, stream.name.c_str(), c.name.c_str(), nullptr, &code);
-    consumer_info_ptr ci{raw_ci};
-    if (s == NATS_NOT_FOUND || code == JSConsumerNotFoundErr) {
-      code = {};
-      raw_ci = nullptr;
-      s = js_AddConsumer(&raw_ci, js, stream.name.c_str(), &cc, nullptr, &code);
-      ci.reset(raw_ci);
-      check(s, "creating consumer " + c.name, code);
-      continue;
-    }
-    check(s, "reading consumer " + c.name, code);
-    const jsConsumerConfig& have = *ci->Config;
-    const char* have_filter = have.FilterSubject != nullptr ? have.FilterSubject : "";
-    if (c.filter_subject != have_filter) {
-      throw omnibus::error("consumer " + c.name + " exists with filter '" + have_filter + "', but its listener wants '" +
-                       c.filter_subject +
-                       "'. A listener name belongs to one event: rename the listener, or delete the old consumer "
-                       "(omnibus-worker consumers prune)");
-    }
-    const std::string_view have_description = have.Description != nullptr ? have.Description : "";
-    if (have.AckWait != cc.AckWait || have.MaxAckPending != cc.MaxAckPending || have.MaxDeliver != cc.MaxDeliver ||
-        (!description.empty() && have_description != description)) {
-      // Keep what the server cannot change (where it started), update the rest.
-      cc.DeliverPolicy = have.DeliverPolicy;
-      cc.OptStartTime = have.OptStartTime;
-      cc.OptStartSeq = have.OptStartSeq;
-      cc.MaxWaiting = have.MaxWaiting;
-      code = {};
-      raw_ci = nullptr;
-      s = js_UpdateConsumer(&raw_ci, js, stream.name.c_str(), &cc, nullptr, &code);
-      consumer_info_ptr updated{raw_ci};
-      check(s, "updating consumer " + c.name, code);
-    }
+// The settings a listener's durable consumer should have. Points into `c` and `description`.
+jsConsumerConfig consumer_settings(const omnibus::consumer_config& c, const std::string& description) {
+  jsConsumerConfig cc;
+  jsConsumerConfig_Init(&cc);
+  cc.Durable = c.name.c_str();
+  if (!description.empty()) cc.Description = description.c_str();
+  cc.FilterSubject = c.filter_subject.c_str();
+  cc.AckPolicy = js_AckExplicit;
+  cc.AckWait = ns(c.ack_wait);
+  // The worker counts attempts and dead-letters long before this ceiling; when the server
+  // reaches it anyway, its advisory lands in <stream>_ABANDONED and becomes a dead letter.
+  cc.MaxDeliver = c.max_deliver;
+  cc.MaxAckPending = c.max_ack_pending;
+  if (c.start_time && c.start_time->time_since_epoch().count() <= 0) {
+    cc.DeliverPolicy = js_DeliverAll;  // the server reads a zero start time as "not set"
+  } else if (c.start_time) {
+    cc.DeliverPolicy = js_DeliverByStartTime;
+    cc.OptStartTime = ns(c.start_time->time_since_epoch());
+  } else {
+    cc.DeliverPolicy = js_DeliverNew;
   }
+  return cc;
+}
+
+// Creates a listener's durable consumer, or updates what the server lets change (ack wait,
+// max ack pending, max deliver, the group mark); a different filter is refused.
+void provision_consumer(jsCtx* js, const omnibus::stream_config& stream, const omnibus::consumer_config& c) {
+  const std::string description = c.group.empty() ? std::string() : std::string(group_mark) + c.group;
+  jsConsumerConfig cc = consumer_settings(c, description);
+  jsConsumerInfo* raw_ci = nullptr;
+  jsErrCode code{};
+  natsStatus s = js_GetConsumerInfo(&raw_ci, js, stream.name.c_str(), c.name.c_str(), nullptr, &code);
+  consumer_info_ptr ci{raw_ci};
+  if (s == NATS_NOT_FOUND || code == JSConsumerNotFoundErr) {
+    code = {};
+    raw_ci = nullptr;
+    s = js_AddConsumer(&raw_ci, js, stream.name.c_str(), &cc, nullptr, &code);
+    ci.reset(raw_ci);
+    check(s, "creating consumer " + c.name, code);
+    return;
+  }
+  check(s, "reading consumer " + c.name, code);
+  const jsConsumerConfig& have = *ci->Config;
+  const char* have_filter = have.FilterSubject != nullptr ? have.FilterSubject : "";
+  if (c.filter_subject != have_filter) {
+    throw omnibus::error("consumer " + c.name + " exists with filter '" + have_filter + "', but its listener wants '" +
+                     c.filter_subject +
+                     "'. A listener name belongs to one event: rename the listener, or delete the old consumer "
+                     "(omnibus-worker consumers prune)");
+  }
+  const std::string_view have_description = have.Description != nullptr ? have.Description : "";
+  if (have.AckWait == cc.AckWait && have.MaxAckPending == cc.MaxAckPending && have.MaxDeliver == cc.MaxDeliver &&
+      (description.empty() || have_description == description)) {
+    return;
+  }
+  // Keep what the server cannot change (where it started), update the rest.
+  cc.DeliverPolicy = have.DeliverPolicy;
+  cc.OptStartTime = have.OptStartTime;
+  cc.OptStartSeq = have.OptStartSeq;
+  cc.MaxWaiting = have.MaxWaiting;
+  code = {};
+  raw_ci = nullptr;
+  s = js_UpdateConsumer(&raw_ci, js, stream.name.c_str(), &cc, nullptr, &code);
+  consumer_info_ptr updated{raw_ci};
+  check(s, "updating consumer " + c.name, code);
+}
+
+}  // namespace
+
+jetstream::jetstream(nats_connection& conn) : conn_(conn) {}
+jetstream::~jetstream() = default;
+
+void jetstream::provision(const omnibus::stream_config& stream, std::span<const omnibus::consumer_config> consumers) {
+  jsCtx* js = conn_.native().js.get();
+  provision_stream(js, stream);
+  provision_abandoned(stream);
+  for (const omnibus::consumer_config& c : consumers) provision_consumer(js, stream, c);
 }
 
 omnibus::publish_ack jetstream::publish(const omnibus::message& m, std::chrono::milliseconds timeout) {
@@ -707,7 +728,7 @@ std::unique_ptr<omnibus::consumer> jetstream::open_abandoned(const omnibus::stre
   cc.Durable = name.c_str();
   cc.AckPolicy = js_AckExplicit;
   cc.DeliverPolicy = js_DeliverAll;  // every report since the stream was made
-  cc.AckWait = ns(seconds(30));
+  cc.AckWait = ns(reports_ack_wait);
   cc.MaxDeliver = -1;
   jsConsumerInfo* raw_ci = nullptr;
   jsErrCode code{};
