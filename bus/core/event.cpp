@@ -21,9 +21,34 @@ const char* to_string(decode_failure kind) noexcept {
 
 namespace detail {
 
-void throw_wrong_type(std::string_view field, const char* what) {
-  throw decode_error(decode_failure::wrong_type,
-                     "field '" + std::string(field) + "' has a value of the wrong type (" + what + ")");
+namespace {
+
+// How msgpack calls what it holds, in the words of expected_type().
+const char* received(msgpack::type::object_type t) {
+  switch (t) {
+    case msgpack::type::NIL: return "nil";
+    case msgpack::type::BOOLEAN: return "a boolean";
+    case msgpack::type::POSITIVE_INTEGER: return "a positive integer";
+    case msgpack::type::NEGATIVE_INTEGER: return "a negative integer";
+    case msgpack::type::FLOAT32:
+    case msgpack::type::FLOAT64: return "a floating-point number";
+    case msgpack::type::STR: return "a string";
+    case msgpack::type::BIN: return "binary data";
+    case msgpack::type::ARRAY: return "an array";
+    case msgpack::type::MAP: return "a map";
+    case msgpack::type::EXT: return "a msgpack extension";
+  }
+  return "an unknown msgpack type";
+}
+
+}  // namespace
+
+void throw_wrong_type(std::string_view field, const std::string& expected, msgpack::type::object_type got) {
+  std::string what = "field '" + std::string(field) + "' expects " + expected + ", but the body holds " + received(got);
+  if (got == msgpack::type::POSITIVE_INTEGER || got == msgpack::type::NEGATIVE_INTEGER) {
+    if (expected.rfind("an integer", 0) == 0) what += " out of its range";
+  }
+  throw decode_error(decode_failure::wrong_type, what);
 }
 
 void throw_nested(std::string_view field, const decode_error& inner) {
@@ -39,8 +64,7 @@ void throw_nested(std::string_view field, const decode_error& inner) {
 }
 
 void throw_not_a_map(msgpack::type::object_type got) {
-  throw decode_error(decode_failure::malformed_body,
-                     "expected a msgpack map, found msgpack type " + std::to_string(static_cast<int>(got)));
+  throw decode_error(decode_failure::malformed_body, std::string("expected a map, found ") + received(got));
 }
 
 void check_sizes(std::string_view body, std::string_view event_name) {

@@ -8,6 +8,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <tuple>
@@ -77,7 +78,42 @@ void pack_fields(Packer& pk, const T& self) {
   }(std::make_index_sequence<names.size()>{});
 }
 
-[[noreturn]] OMNIBUS_API void throw_wrong_type(std::string_view field, const char* what);
+template <class V>
+struct is_optional : std::false_type {};
+template <class V>
+struct is_optional<std::optional<V>> : std::true_type {
+  using value_type = V;
+};
+
+/// What a field of type V holds, in words, for decode errors ("an integer", "a string", ...).
+template <class V>
+std::string expected_type() {
+  if constexpr (is_optional<V>::value) {
+    return "nil or " + expected_type<typename is_optional<V>::value_type>();
+  } else if constexpr (std::is_same_v<V, bool>) {
+    return "a boolean";
+  } else if constexpr (std::is_enum_v<V>) {
+    return "an integer (an enum's value)";
+  } else if constexpr (std::is_integral_v<V>) {
+    return std::string("an integer that fits ") + (std::is_signed_v<V> ? "a signed " : "an unsigned ") +
+           std::to_string(sizeof(V) * 8) + "-bit field";
+  } else if constexpr (std::is_floating_point_v<V>) {
+    return "a number";
+  } else if constexpr (std::is_convertible_v<V, std::string_view>) {
+    return "a string";
+  } else if constexpr (requires { typename V::omnibus_fields_declared_; }) {
+    return "a map (a nested struct)";
+  } else if constexpr (requires { typename V::mapped_type; }) {
+    return "a map";
+  } else if constexpr (requires { typename V::value_type; std::declval<V&>().begin(); }) {
+    return "an array";
+  } else {
+    return "another type";
+  }
+}
+
+[[noreturn]] OMNIBUS_API void throw_wrong_type(std::string_view field, const std::string& expected,
+                                               msgpack::type::object_type got);
 [[noreturn]] OMNIBUS_API void throw_nested(std::string_view field, const decode_error& inner);
 [[noreturn]] OMNIBUS_API void throw_not_a_map(msgpack::type::object_type got);
 
@@ -98,8 +134,9 @@ void unpack_fields(const msgpack::object& o, T& self) {
           convert_value(kv->val, std::get<I>(fields));
         } catch (const decode_error& inner) {
           throw_nested(names[I], inner);
-        } catch (const msgpack::type_error& e) {
-          throw_wrong_type(names[I], e.what());
+        } catch (const msgpack::type_error&) {
+          using field_type = std::remove_cvref_t<std::tuple_element_t<I, fields_tuple_t<T>>>;
+          throw_wrong_type(names[I], expected_type<field_type>(), kv->val.type);
         }
       }(), true) : false) || ...);
     }(std::make_index_sequence<names.size()>{});
