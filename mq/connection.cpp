@@ -76,6 +76,10 @@ nats_connection::~nats_connection() = default;
 nats_connection::nats_connection(nats_connection&&) noexcept = default;
 nats_connection& nats_connection::operator=(nats_connection&&) noexcept = default;
 
+bool nats_connection::connected() const noexcept {
+  return impl_ && natsConnection_Status(impl_->conn.get()) == NATS_CONN_STATUS_CONNECTED;
+}
+
 std::string nats_connection::connected_url() const {
   char buf[512] = {};
   detail::check(natsConnection_GetConnectedUrl(impl_->conn.get(), buf, sizeof buf), "reading the connected URL");

@@ -1,6 +1,8 @@
 #include "omnibus/worker_main.hpp"
 
+#include <condition_variable>
 #include <csignal>
+#include <mutex>
 #include <cstdio>
 #include <ctime>
 #include <exception>
@@ -15,6 +17,7 @@
 #include <CLI/CLI.hpp>
 #include <pqxx/pqxx>
 #include <spdlog/sinks/stdout_color_sinks.h>
+#include <spdlog/sinks/stdout_sinks.h>
 #include <spdlog/spdlog.h>
 
 #include "omnibus/dead_letters.hpp"
@@ -25,6 +28,10 @@
 #include "omnibus/relay.hpp"
 #include "omnibus/text.hpp"
 #include "omnibus/worker.hpp"
+#include "http_server.hpp"
+#include "json_log.hpp"
+#include "metrics.hpp"
+#include "stats.hpp"
 
 namespace omnibus {
 namespace {
@@ -33,12 +40,33 @@ constexpr int exit_failure = 1;
 constexpr int exit_config = 2;
 constexpr int exit_stuck = 3;
 
-std::shared_ptr<spdlog::logger> make_logger(const std::string& level, const std::string& name) {
-  auto lvl = spdlog::level::from_str(level);
-  if (lvl == spdlog::level::off && level != "off") throw config_error("--log-level: unknown level '" + level + "'");
-  auto log = std::make_shared<spdlog::logger>(name, std::make_shared<spdlog::sinks::stderr_color_sink_mt>());
+std::shared_ptr<spdlog::logger> make_logger(const worker_config& c, const std::string& name) {
+  auto lvl = spdlog::level::from_str(c.log_level);
+  if (lvl == spdlog::level::off && c.log_level != "off") throw config_error("--log-level: unknown level '" + c.log_level + "'");
+  if (c.log_format != "text" && c.log_format != "json") {
+    throw config_error("--log-format: '" + c.log_format + "' is neither text nor json");
+  }
+  std::shared_ptr<spdlog::logger> log;
+  if (c.log_format == "json") {
+    auto sink = std::make_shared<spdlog::sinks::stderr_sink_mt>();  // no colour codes inside JSON
+    sink->set_formatter(detail::make_json_formatter());
+    log = std::make_shared<spdlog::logger>(name, std::move(sink));
+  } else {
+    log = std::make_shared<spdlog::logger>(name, std::make_shared<spdlog::sinks::stderr_color_sink_mt>());
+  }
   log->set_level(lvl);
   return log;
+}
+
+// /metrics, /healthz, /readyz over the worker's metrics.
+detail::http_reply route(detail::worker_metrics& metrics, const std::string& path) {
+  if (path == "/metrics") return {200, "text/plain; version=0.0.4; charset=utf-8", metrics.scrape()};
+  if (path == "/healthz") return {200, "text/plain; charset=utf-8", "ok\n"};
+  if (path == "/readyz") {
+    auto [ready, body] = metrics.readiness();
+    return {ready ? 200 : 503, "application/json", std::move(body)};
+  }
+  return {404, "text/plain; charset=utf-8", "not found: try /metrics, /healthz or /readyz\n"};
 }
 
 std::string when(std::chrono::system_clock::time_point t) {
@@ -73,6 +101,15 @@ class signal_stop {
   std::stop_source source_;
   std::jthread thread_;
 };
+
+// Waits `d` unless `stop` is requested first; false when it was.
+bool wait_for(const std::stop_token& stop, std::chrono::milliseconds d) {
+  std::mutex m;
+  std::condition_variable_any cv;
+  std::unique_lock lock(m);
+  (void)cv.wait_for(lock, stop, d, [] { return false; });
+  return !stop.stop_requested();
+}
 
 // Dead letters hold what producers sent: every such string goes through omnibus::for_terminal, so
 // that escape sequences in a subject, header or error never reach the operator's terminal.
@@ -145,7 +182,10 @@ struct worker_program::impl {
   std::int64_t id = 0;
   std::size_t limit = 100;
   bool retry_all = false, retry_confirmed = false, dry_run = false, purge_confirmed = false, prune_confirmed = false;
-  CLI::App *run_cmd, *dl_list, *dl_show, *dl_retry, *dl_discard, *parked_list, *parked_retry, *parked_skip,
+  bool stats_json = false;
+  double stats_every_s = 0;
+  CLI::App *stats_cmd,
+      *run_cmd, *dl_list, *dl_show, *dl_retry, *dl_discard, *parked_list, *parked_retry, *parked_skip,
       *consumers_list, *consumers_prune, *stream_cmd, *stream_info, *stream_purge, *mig_sql, *mig_apply;
   CLI::Option *retry_id;
 
@@ -182,9 +222,17 @@ struct worker_program::impl {
         ->envname("OMNIBUS_DUPLICATE_WINDOW")->capture_default_str();
     cli.add_option("--log-level", c.log_level, "trace, debug, info, warn, err, critical, off")
         ->envname("OMNIBUS_LOG_LEVEL")->capture_default_str();
+    cli.add_option("--log-format", c.log_format, "text, or json: one object per line")
+        ->envname("OMNIBUS_LOG_FORMAT")->capture_default_str();
 
     run_cmd = cli.add_subcommand("run", "Run every async listener until SIGINT or SIGTERM (and a relay)");
     run_cmd->add_flag("!--no-relay", c.relay, "do not run an outbox relay in this process");
+    run_cmd->add_option("--http", c.http, "serve /metrics, /healthz and /readyz on host:port, e.g. 127.0.0.1:9464")
+        ->envname("OMNIBUS_HTTP");
+
+    stats_cmd = cli.add_subcommand("stats", "Every listener's backlog, dead letters and parking; the outbox, relay and stream");
+    stats_cmd->add_flag("--json", stats_json, "one JSON object, for scripts");
+    stats_cmd->add_option("--watch", stats_every_s, "refresh every N seconds until SIGINT");
 
     auto* dl_cmd = cli.add_subcommand("dead-letters", "List, show, retry or discard dead letters");
     dl_cmd->require_subcommand(1);
@@ -246,34 +294,51 @@ struct worker_program::impl {
     } catch (const std::invalid_argument& e) {
       throw config_error(e.what());
     }
-    (void)make_logger(c.log_level, name);  // an unknown level is a configuration error, whatever the command
+    (void)make_logger(c, name);  // an unknown level or format is a configuration error, whatever the command
+    if (stats_every_s < 0) throw config_error("stats --watch: seconds must be positive");
+    if (!c.http.empty()) {
+      try {
+        detail::check_http_address(c.http);
+      } catch (const std::invalid_argument& e) {
+        throw config_error(e.what());
+      }
+    }
     for (const auto& check : checks) check(c);
   }
 
   int run(const setup_function& setup) {
     const worker_config& c = config;
     signal_stop signals;
-    auto log = make_logger(c.log_level, name);
+    auto log = make_logger(c, name);
     nats_connection nats{c.nats};
     jetstream js{nats};
     event_bus bus{js, c.bus};
     app a{bus, c, "run"};
     setup(a);  // every service registers its listeners here
-    {
-      pqxx::connection db{c.database_url};
-      migrate(db, c.bus.schema);
-    }
     std::optional<relay> r;
     if (c.relay) {
       relay_options ro;
       ro.database_url = c.database_url;
       ro.schema = c.bus.schema;
       r.emplace(js, ro, log);
-      r->start();  // active or standby: any worker can be the relay
     }
     worker_options wo;
     wo.database_url = c.database_url;
     worker w{bus, wo, log};
+    std::shared_ptr<detail::worker_metrics> metrics;
+    std::optional<detail::http_server> http;
+    if (!c.http.empty()) {
+      metrics = std::make_shared<detail::worker_metrics>(
+          detail::metrics_sources{&bus, &nats, c.database_url, &w.stats(), r ? &r->stats() : nullptr}, log);
+      bus.add_observer(metrics);
+      http.emplace(c.http, [&m = *metrics](const std::string& path) { return route(m, path); }, log);
+      log->info("http: serving /metrics, /healthz and /readyz on port {}", http->port());
+    }
+    {
+      pqxx::connection db{c.database_url};
+      migrate(db, c.bus.schema);
+    }
+    if (r) r->start();  // active or standby: any worker can be the relay
     try {
       w.run(signals.token());
     } catch (const worker_stuck& e) {
@@ -287,6 +352,33 @@ struct worker_program::impl {
                 static_cast<unsigned long long>(s.dead_lettered.load()), static_cast<unsigned long long>(s.timed_out.load()),
                 static_cast<unsigned long long>(s.parked.load()));
     std::fflush(stdout);
+    return 0;
+  }
+
+  int stats(const setup_function& setup) {
+    const worker_config& c = config;
+    nats_connection nats{c.nats};
+    jetstream js{nats};
+    event_bus bus{js, c.bus};
+    app a{bus, c, "stats"};
+    setup(a);  // the listeners, to list every one (even those with nothing waiting)
+    pqxx::connection db{c.database_url};
+    if (stats_every_s <= 0) {
+      const auto v = detail::read_stats(bus, db);
+      std::fputs((stats_json ? detail::stats_json(v) : detail::stats_text(v)).c_str(), stdout);
+      return 0;
+    }
+    signal_stop signals;
+    const auto every = std::chrono::milliseconds(static_cast<long long>(stats_every_s * 1000));
+    do {
+      const auto v = detail::read_stats(bus, db);
+      if (stats_json) {
+        std::fputs(detail::stats_json(v).c_str(), stdout);
+      } else {
+        std::printf("\033[H\033[2J%s  (every %.1f s; Ctrl-C stops)\n", detail::stats_text(v).c_str(), stats_every_s);
+      }
+      std::fflush(stdout);
+    } while (wait_for(signals.token(), every));
     return 0;
   }
 
@@ -418,6 +510,7 @@ struct worker_program::impl {
     for (const auto& u : commands) user = user || u.sub->parsed();
     finish(needs_database && !user);
     if (run_cmd->parsed()) return run(setup);
+    if (stats_cmd->parsed()) return stats(setup);
     if (stream_info->parsed() || stream_purge->parsed()) return stream(stream_info->parsed());
     if (consumers_list->parsed() || consumers_prune->parsed()) return consumers(setup);
     for (const auto& u : commands) {

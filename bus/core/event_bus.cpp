@@ -153,30 +153,82 @@ batch_report event_bus::emit_batch(context& ctx, std::vector<envelope> envs) {
     msgs.push_back(encode(env, options_.stream.subject_prefix, options_.max_body_bytes));
     report.ids.push_back(env.id);
   }
+  const std::string_view name = envs.empty() ? std::string_view{} : std::string_view{envs.front().name};
   if (ctx.transaction() != nullptr) {
     // All rows in one COPY; a batch_report of the rows written (the relay sends them after commit).
-    outbox_insert_batch(*ctx.transaction(), options_.schema, msgs);
+    try {
+      outbox_insert_batch(*ctx.transaction(), options_.schema, msgs);
+    } catch (const std::exception& e) {
+      notify_publish_error(name, e.what());
+      throw;
+    }
     report.results.assign(msgs.size(), batch_result{publish_ack{}, std::nullopt, {}});
+    notify_publish(name, publish_path::outbox, msgs.size());
     return report;
   }
   if (queue_ == nullptr) throw std::logic_error("bus: publish_batch() needs a queue: construct the bus with one");
   report.results = queue_->publish_batch(msgs, options_.publish_timeout);
+  if (!observers_.empty()) {
+    for (const batch_result& r : report.results) {
+      if (r.ack) {
+        notify_publish(name, publish_path::direct, 1);
+      } else {
+        notify_publish_error(name, r.error);
+      }
+    }
+  }
   return report;
 }
 
 event_id event_bus::emit(context& ctx, std::string_view name, int version, std::string body) {
   envelope env = make_envelope(ctx, name, version, std::move(body));
   message msg = encode(env, options_.stream.subject_prefix, options_.max_body_bytes);
-  if (ctx.transaction() != nullptr) {
-    outbox_insert(*ctx.transaction(), options_.schema, msg);  // sent by the relay after commit
-    return env.id;
-  }
-  if (queue_ == nullptr) {
+  const publish_path path = ctx.transaction() != nullptr ? publish_path::outbox : publish_path::direct;
+  if (path == publish_path::direct && queue_ == nullptr) {
     throw std::logic_error("bus: " + env.name +
                            " is not local-only, and this bus has no queue: construct it with one");
   }
-  queue_->publish(msg, options_.publish_timeout);
+  try {
+    if (path == publish_path::outbox) {
+      outbox_insert(*ctx.transaction(), options_.schema, msg);  // sent by the relay after commit
+    } else {
+      queue_->publish(msg, options_.publish_timeout);
+    }
+  } catch (const std::exception& e) {
+    notify_publish_error(name, e.what());
+    throw;
+  }
+  notify_publish(name, path, 1);
   return env.id;
+}
+
+void event_bus::add_observer(std::shared_ptr<observer> o) {
+  if (!o) throw std::invalid_argument("bus: add_observer() needs an observer");
+  std::lock_guard lock(mutex_);
+  if (frozen_.load(std::memory_order_relaxed)) {
+    throw std::logic_error("bus: cannot add an observer: the bus is frozen; add observers with the listeners");
+  }
+  observers_.push_back(std::move(o));
+}
+
+void event_bus::notify_publish(std::string_view name, publish_path path, std::size_t count) const noexcept {
+  for (const auto& o : observers_) {
+    for (std::size_t i = 0; i < count; ++i) {
+      try {
+        o->on_publish(name, path);
+      } catch (...) {  // observing never changes what the bus does
+      }
+    }
+  }
+}
+
+void event_bus::notify_publish_error(std::string_view name, std::string_view what) const noexcept {
+  for (const auto& o : observers_) {
+    try {
+      o->on_publish_error(name, what);
+    } catch (...) {
+    }
+  }
 }
 
 }  // namespace omnibus

@@ -60,6 +60,9 @@ struct job {
   clock::time_point last_progress;
   std::stop_source stop;
   job_list::iterator self;  // its place in the listener's list, for O(1) removal
+  // What observers are told (run_job's thread only): the last settlement this thread made.
+  handle_outcome outcome = handle_outcome::returned;
+  std::string error;
 };
 
 struct listener_state {
@@ -236,9 +239,44 @@ struct worker::impl {
     if (wake) l.slot_freed.notify_one();
   }
 
-  // One delivery, from the fetch to its settlement, in steps: admit the message, hold it while
-  // its ordered listener is parked, call the handler, then settle by the outcome.
+  // One delivery, from the fetch to its settlement, told to the bus's observers.
   void run_job(job& j) {
+    if (bus.observers().empty()) {
+      process(j);
+      return;
+    }
+    const std::string id = event_id_of(*j.d);
+    const std::string name = event_name_of(*j.d);
+    const message& m = j.d->msg();
+    const std::string* trace = m.header(header::traceparent);
+    const std::string* state = m.header(header::tracestate);
+    const handle_info info{j.l->def->name, name, id, j.d->delivery_count(),
+                           trace != nullptr ? std::string_view(*trace) : std::string_view{},
+                           state != nullptr ? std::string_view(*state) : std::string_view{}};
+    for (const auto& o : bus.observers()) {
+      try {
+        o->on_handle_start(info);
+      } catch (...) {  // observing never changes what the worker does
+      }
+    }
+    const auto started = clock::now();
+    process(j);
+    const auto took = clock::now() - started;
+    {
+      std::lock_guard lock(j.l->mutex);
+      if (j.timed_out) j.outcome = handle_outcome::timed_out;
+    }
+    for (const auto& o : bus.observers()) {
+      try {
+        o->on_handle_end(info, j.outcome, took, j.error);
+      } catch (...) {
+      }
+    }
+  }
+
+  // Admit the message, hold it while its ordered listener is parked, call the handler, then
+  // settle by the outcome.
+  void process(job& j) {
     if (shutting_down) {
       settle(j, "returning", [](delivery& x) { x.nak(std::chrono::milliseconds(0)); });
       return;
@@ -332,6 +370,7 @@ struct worker::impl {
       log->info("listener {}: {} {} is a newer version than this build knows; retrying in {} ms", j.l->def->name,
                 env.name, env.id.to_string(), opts.newer_version_delay.count());
       if (retry_later(j, opts.newer_version_delay, "deferring", then.error)) {
+        j.outcome = handle_outcome::deferred;
         stats.deferred.fetch_add(1, std::memory_order_relaxed);
       }
       return;
@@ -355,6 +394,7 @@ struct worker::impl {
         return;
       case kind::duplicate:
         settle(j, "acking a duplicate", [](delivery& x) { x.ack(); });
+        j.outcome = handle_outcome::skipped;
         stats.duplicates.fetch_add(1, std::memory_order_relaxed);
         log->debug("listener {}: {} {} was handled already (inbox): acked", def.name, env.name, env.id.to_string());
         return;
@@ -367,8 +407,10 @@ struct worker::impl {
     if (!settle(j, "acking", [](delivery& x) { x.ack(); })) {
       log->warn("listener {}: {} {} finished after its deadline; the late result is discarded", def.name, env.name,
                 env.id.to_string());
+      j.outcome = handle_outcome::timed_out;
       return;
     }
+    j.outcome = handle_outcome::handled;
     stats.handled.fetch_add(1, std::memory_order_relaxed);
     if (attempt > 1) forget_failures(j, env, operator_retry);
   }
@@ -422,7 +464,7 @@ struct worker::impl {
       log->error("listener {}: could not park at {}: {}", def.name, env.id.to_string(), e.what());
     }
     // Redelivered at once, the event is held (wait_while_parked) until an operator's word.
-    (void)retry_later(j, std::chrono::milliseconds(0), "naking a parked", error);
+    if (retry_later(j, std::chrono::milliseconds(0), "naking a parked", error)) j.outcome = handle_outcome::parked;
   }
 
   // Holds a parked ordered listener's event until an operator retries or skips it: the
@@ -443,6 +485,7 @@ struct worker::impl {
         if (parked->action == "skip") {
           db->unpark(def.name);
           settle(j, "acking a skipped", [](delivery& x) { x.ack(); });
+          j.outcome = handle_outcome::skipped;
           stats.skipped.fetch_add(1, std::memory_order_relaxed);
           log->warn("listener {}: {} {} skipped by an operator; the listener goes on", def.name, env.name, id);
           return parked_outcome::settled;
@@ -487,12 +530,16 @@ struct worker::impl {
       return false;
     }
     settle(j, what, [&](delivery& x) { x.nak(delay); });
+    j.outcome = handle_outcome::retry;
+    j.error = why;
     return true;
   }
 
   void dead_letter_now(job& j, const std::string& reason, const std::string& error, std::uint64_t attempt) {
     const async_listener& def = *j.l->def;
     const dead_letter dl = letter_of(def, *j.d, reason, error, attempt);
+    j.outcome = handle_outcome::dead_letter;
+    j.error = error;
     try {
       db->write_dead_letter(dl);  // committed before the term below
     } catch (const std::exception& e) {
@@ -501,6 +548,7 @@ struct worker::impl {
         log->error("listener {}: could not write the dead letter of {} ({}): {}; it will be retried", def.name,
                    to_text(dl.event_id), to_text(error), e.what());
         settle(j, "naking", [&](delivery& x) { x.nak(retry_delay(def.options.retry, attempt, unit_random())); });
+        j.outcome = handle_outcome::retry;
         return;
       }
       // Writing again would fail again: never loop on it. The stream still holds the message.
@@ -727,6 +775,7 @@ void worker::run(std::stop_token stop) {
     fetchers.emplace_back([&w, &l, token = fetch_stop.get_token()] { w.fetch_loop(*l, token); });
   }
 
+  w.stats.ready = true;
   std::jthread stream_watch([&w](std::stop_token st) { w.watch_stream(st); });
   std::jthread report_reader;
   if (reports) report_reader = std::jthread([&w, &reports](std::stop_token st) { w.abandoned_loop(*reports, st); });
@@ -739,6 +788,7 @@ void worker::run(std::stop_token stop) {
   }
 
   // Graceful shutdown (decision 14).
+  w.stats.ready = false;
   stream_watch.request_stop();
   if (report_reader.joinable()) {
     report_reader.request_stop();

@@ -85,6 +85,10 @@ class private_postgres {
 
   /// A fast restart: every session is cut, the data stays.
   void restart() { REQUIRE(run("restart") == 0); }
+  /// Down: every session is cut, and nothing answers on the port.
+  void stop() { REQUIRE(run("stop") == 0); }
+  /// Up again, as a new cluster (scripts/postgres keeps no data across a stop).
+  void start() { REQUIRE(run("start") == 0); }
   [[nodiscard]] std::string url() const { return "postgresql://postgres@127.0.0.1:" + std::to_string(port_) + "/postgres"; }
 
  private:

@@ -6,9 +6,11 @@
 #include <atomic>
 #include <chrono>
 #include <memory>
+#include <mutex>
 #include <stdexcept>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include <catch2/catch.hpp>
 #include <spdlog/sinks/null_sink.h>
@@ -17,6 +19,7 @@
 #include "omnibus/event.hpp"
 #include "omnibus/event_bus.hpp"
 #include "omnibus/memory_queue.hpp"
+#include "omnibus/observer.hpp"
 #include "omnibus/worker.hpp"
 #include "support/memory_store.hpp"
 #include "support/wait.hpp"
@@ -307,4 +310,71 @@ TEST_CASE_METHOD(runtime, "bad worker options are refused before the store or th
   opts.tick = 0ms;
   omnibus::worker zero{bus, opts, log, std::make_unique<test_env::memory_store>(store)};
   CHECK_THROWS_WITH(zero.run(never.get_token()), Catch::Contains("tick must be positive"));
+}
+
+namespace {
+
+// Records every hook call as text, in order.
+struct recording_observer final : omnibus::observer {
+  std::mutex mutex;
+  std::vector<std::string> calls;
+  void on_publish(std::string_view event, omnibus::publish_path path) override {
+    std::lock_guard lock(mutex);
+    calls.push_back("publish " + std::string(event) + " " + omnibus::to_string(path));
+  }
+  void on_handle_start(const omnibus::handle_info& info) override {
+    std::lock_guard lock(mutex);
+    calls.push_back("start " + std::string(info.listener) + " " + std::to_string(info.attempt) + " " +
+                    std::string(info.traceparent));
+  }
+  void on_handle_end(const omnibus::handle_info& info, omnibus::handle_outcome outcome, std::chrono::nanoseconds took,
+                     std::string_view error) override {
+    std::lock_guard lock(mutex);
+    CHECK(took.count() >= 0);
+    calls.push_back("end " + std::string(info.listener) + " " + std::to_string(info.attempt) + " " +
+                    omnibus::to_string(outcome) + (error.empty() ? "" : " " + std::string(error)));
+  }
+  std::vector<std::string> seen() {
+    std::lock_guard lock(mutex);
+    return calls;
+  }
+};
+
+struct throwing_observer final : omnibus::observer {
+  void on_publish(std::string_view, omnibus::publish_path) override { throw std::runtime_error("observer bug"); }
+  void on_handle_start(const omnibus::handle_info&) override { throw std::runtime_error("observer bug"); }
+};
+
+}  // namespace
+
+TEST_CASE_METHOD(runtime, "observers see every publish and every attempt's outcome, in order", "[runtime][observer]") {
+  auto seen = std::make_shared<recording_observer>();
+  bus.add_observer(seen);
+  bus.add_observer(std::make_shared<throwing_observer>());  // its exceptions change nothing
+  std::atomic<int> calls{0};
+  bus.add_async_listener<parcel_sent>("tracker", [&](omnibus::context&, const parcel_sent& e) {
+    ++calls;
+    if (e.parcel == 1 && calls == 1) throw std::runtime_error("once");
+    if (e.parcel == 2) throw omnibus::permanent_error("never");
+  }, quick(3));
+  start();
+  ctx.meta().traceparent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+  bus.publish(ctx, parcel_sent{1});
+  REQUIRE(eventually([&] { return stats().handled == 1; }, 5s));
+  bus.publish(ctx, parcel_sent{2});
+  REQUIRE(eventually([&] { return stats().dead_lettered == 1; }, 5s));
+  stop();
+  const std::string trace = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+  std::vector<std::string> publishes, handles;
+  for (const auto& c : seen->seen()) (c.rfind("publish", 0) == 0 ? publishes : handles).push_back(c);
+  CHECK(publishes == std::vector<std::string>(2, "publish test.parcel_sent direct"));
+  CHECK(handles == std::vector<std::string>{
+                       "start tracker 1 " + trace,
+                       "end tracker 1 retry once",
+                       "start tracker 2 " + trace,
+                       "end tracker 2 handled",
+                       "start tracker 1 " + trace,
+                       "end tracker 1 dead_letter never",
+                   });
+  CHECK_THROWS_AS(bus.add_observer(std::make_shared<recording_observer>()), std::logic_error);  // frozen
 }

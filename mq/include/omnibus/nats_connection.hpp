@@ -41,6 +41,8 @@ class OMNIBUS_API nats_connection {
   /// Closes this connection (nothing may still borrow it) and takes over the other one.
   nats_connection& operator=(nats_connection&&) noexcept;
 
+  /// Whether the connection is up now (NATS.c reconnects by itself after a loss).
+  [[nodiscard]] bool connected() const noexcept;
   /// The server's URL as NATS.c reports it, with any user:password removed.
   [[nodiscard]] std::string connected_url() const;
   /// Round trip to the server: every publish before it has been received. Throws omnibus::nats_error.

@@ -1,7 +1,8 @@
 #pragma once
 // A whole worker binary around the listeners of your services: configuration from flags and
 // environment variables, SIGINT/SIGTERM, `run`, and every operator command (dead letters,
-// parked listeners, consumers, the stream, migrations). Your worker's main() is:
+// parked listeners, consumers, the stream, migrations, stats), and, with --http, Prometheus
+// metrics and health endpoints. Your worker's main() is:
 //
 //   int main(int argc, char** argv) {
 //     return omnibus::worker_main(argc, argv, [](omnibus::app& app) {
@@ -40,6 +41,11 @@ struct OMNIBUS_API worker_config {
   std::string log_level = "info";
   bus_options bus;  ///< group, schema and stream (--group, --schema, --stream, ...)
   bool relay = true;  ///< run an outbox relay in `run` (one per schema is active)
+  /// text (the default) or json: one JSON object per line (--log-format, OMNIBUS_LOG_FORMAT).
+  std::string log_format = "text";
+  /// `run` serves /metrics, /healthz and /readyz on this host:port (--http, OMNIBUS_HTTP);
+  /// empty: no HTTP endpoint. Give a loopback address unless something else must scrape it.
+  std::string http;
 };
 
 /// A bad setting: worker_main prints it and exits 2. Throw it from a validator or a setup.

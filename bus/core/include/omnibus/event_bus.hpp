@@ -32,6 +32,7 @@
 #include "omnibus/event_traits.hpp"
 #include "omnibus/export.hpp"
 #include "omnibus/fwd.hpp"
+#include "omnibus/observer.hpp"
 #include "omnibus/queue.hpp"
 
 namespace omnibus {
@@ -181,6 +182,12 @@ class OMNIBUS_API event_bus {
   /// The queue this bus sends through, or nullptr.
   [[nodiscard]] queue* target() const noexcept { return queue_; }
 
+  /// Adds an observer of publishes and (in the worker) handler calls; shared with the caller.
+  /// Throws std::logic_error when the bus is frozen, std::invalid_argument for a null one.
+  void add_observer(std::shared_ptr<observer> o);
+  /// The observers, in registration order. Stable once frozen.
+  [[nodiscard]] const std::vector<std::shared_ptr<observer>>& observers() const noexcept { return observers_; }
+
   /// Freezes the registry. Idempotent; publish() and provision() call it.
   void freeze();
   /// Whether the registry is frozen (no listener can be added). Thread-safe.
@@ -210,6 +217,8 @@ class OMNIBUS_API event_bus {
   event_id emit(context& ctx, std::string_view name, int version, std::string body);
   [[nodiscard]] envelope make_envelope(const context& ctx, std::string_view name, int version, std::string body) const;
   [[nodiscard]] batch_report emit_batch(context& ctx, std::vector<envelope> envs);
+  void notify_publish(std::string_view name, publish_path path, std::size_t count) const noexcept;
+  void notify_publish_error(std::string_view name, std::string_view what) const noexcept;
 
   bus_options options_;
   queue* queue_ = nullptr;  // borrowed; outlives the bus
@@ -220,6 +229,7 @@ class OMNIBUS_API event_bus {
   sync_listener no_listeners_{};                             // the range of a type with none
   std::unordered_map<std::string_view, std::size_t> names_;  // event name -> slot
   std::vector<async_listener> async_;
+  std::vector<std::shared_ptr<observer>> observers_;
 };
 
 template <class E, class F>

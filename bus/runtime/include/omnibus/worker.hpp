@@ -73,6 +73,9 @@ struct OMNIBUS_API worker_stats {
   /// Messages terminated although their dead letter could not be written (the row was refused,
   /// or max_deliveries was reached): each is logged with its stream sequence.
   std::atomic<std::uint64_t> unrecorded{0};
+  /// True while run() drains: migrated, provisioned, every consumer open. False before and
+  /// once shutdown begins (a readiness probe reads it).
+  std::atomic<bool> ready{false};
 };
 
 /// Thrown by run() when every handler slot of a listener is stuck past its deadline. The

@@ -1,0 +1,36 @@
+#include "omnibus/bus_state.hpp"
+
+#include <pqxx/pqxx>
+
+#include "core/schema.hpp"
+#include "omnibus/migrations.hpp"
+
+namespace omnibus {
+
+bus_state read_bus_state(pqxx::connection_base& conn, std::string_view schema) {
+  check_schema_name(schema);
+  bus_state out;
+  out.schema_version = schema_version(conn, schema);
+  pqxx::read_transaction tx{conn};
+  // The relay's lock is an advisory lock on a 64-bit key: pg_locks shows it as two 32-bit halves.
+  out.relay_active = tx.exec_params1("SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted "
+                                     "AND objsubid = 1 AND ((classid::bigint << 32) | objid::bigint) = "
+                                     "hashtextextended($1, 0))",
+                                     "omnibus:relay:" + std::string(schema))[0]
+                         .as<bool>();
+  if (out.schema_version == 0) return out;
+  const auto backlog = tx.exec1("SELECT count(*), (extract(epoch FROM now() - min(created_at)) * 1000)::bigint FROM " +
+                                detail::table_name(schema, "bus_outbox"));
+  out.outbox_rows = backlog[0].as<std::uint64_t>();
+  if (!backlog[1].is_null()) out.outbox_oldest_age = std::chrono::milliseconds(backlog[1].as<std::int64_t>());
+  for (const auto& row : tx.exec("SELECT listener, count(*) FROM " + detail::table_name(schema, "bus_dead_letters") +
+                                 " GROUP BY listener ORDER BY listener")) {
+    out.dead_letters.emplace_back(row[0].as<std::string>(), row[1].as<std::uint64_t>());
+  }
+  for (const auto& row : tx.exec("SELECT listener FROM " + detail::table_name(schema, "bus_parked") + " ORDER BY listener")) {
+    out.parked.push_back(row[0].as<std::string>());
+  }
+  return out;
+}
+
+}  // namespace omnibus

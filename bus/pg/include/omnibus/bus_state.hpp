@@ -1,0 +1,34 @@
+#pragma once
+// What PostgreSQL holds about a bus, for operators: the outbox backlog, whether a relay is
+// active, dead letters and parked listeners. Read by the worker's metrics and its `stats`
+// command; cheap (a few aggregate queries in one read transaction).
+
+#include <chrono>
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "omnibus/export.hpp"
+#include "omnibus/fwd.hpp"
+
+namespace omnibus {
+
+/// One schema's tables, summed up.
+struct OMNIBUS_API bus_state {
+  int schema_version = 0;                 ///< 0: not migrated
+  std::uint64_t outbox_rows = 0;          ///< events written, not yet sent to the stream
+  /// How long the oldest outbox row has waited, by the database's clock; nullopt: none waits.
+  std::optional<std::chrono::milliseconds> outbox_oldest_age;
+  bool relay_active = false;              ///< some session holds the schema's relay lock
+  /// Dead letters per listener (listeners with none are absent), by listener name.
+  std::vector<std::pair<std::string, std::uint64_t>> dead_letters;
+  std::vector<std::string> parked;        ///< the listeners parked at an event, by name
+};
+
+/// Reads `schema`'s state in one read-only transaction. A schema that was never migrated reads
+/// as version 0 and empty. Throws what libpqxx throws (the database is unreachable, ...).
+[[nodiscard]] OMNIBUS_API bus_state read_bus_state(pqxx::connection_base& conn, std::string_view schema);
+
+}  // namespace omnibus

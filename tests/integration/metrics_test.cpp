@@ -1,0 +1,294 @@
+// The worker's HTTP endpoint as an operator and Prometheus meet it: /metrics counts what the
+// worker did (and a real Prometheus scrapes it, promtool finds nothing wrong), /readyz follows
+// PostgreSQL, `stats` agrees, JSON logs parse, and hostile clients get a 4xx or are cut off
+// without slowing the worker.
+
+#include <chrono>
+#include <csignal>
+#include <cstdio>
+#include <fstream>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <catch2/catch.hpp>
+#include <pqxx/pqxx>
+
+#include "omnibus/event_bus.hpp"
+#include "omnibus/jetstream.hpp"
+#include "omnibus/migrations.hpp"
+#include "omnibus/nats_connection.hpp"
+#include "services/shop.hpp"
+#include "support/child_process.hpp"
+#include "support/http_client.hpp"
+#include "support/private_servers.hpp"
+#include "support/schema.hpp"
+#include "support/stream_reader.hpp"
+#include "support/test_env.hpp"
+#include "support/wait.hpp"
+
+namespace {
+
+using namespace std::chrono_literals;
+using test_env::eventually;
+using test_env::http_get;
+
+struct metrics_fixture {
+  omnibus::nats_connection conn{{.url = test_env::nats_url()}};
+  omnibus::jetstream js{conn};
+  omnibus::bus_options opts = [] {
+    auto o = test_env::test_bus_options("metrics");
+    o.group = "shop";
+    // The stream as omnibus-worker makes it from its defaults (file storage, 7 days, 1 GiB):
+    // the publisher provisions it too, and a stream's settings must agree.
+    const omnibus::stream_config defaults;
+    o.stream.memory_storage = defaults.memory_storage;
+    o.stream.max_age = defaults.max_age;
+    o.stream.max_bytes = defaults.max_bytes;
+    return o;
+  }();
+  services::shop_options shop_opts = [] {
+    services::shop_options s;
+    s.schema = test_env::unique_name("shop");
+    s.flaky_failure_rate = 1.0;  // loyalty always fails: 3 attempts, then a dead letter
+    return s;
+  }();
+  pqxx::connection db{test_env::database_url()};
+  std::string work = "/tmp/" + test_env::unique_name("omnibus-metrics");
+
+  metrics_fixture() {
+    omnibus::migrate(db, opts.schema);
+    services::migrate_shop(db, shop_opts);
+    REQUIRE(std::system(("mkdir -p " + work).c_str()) == 0);
+  }
+  ~metrics_fixture() {
+    (void)js.delete_stream(opts.stream);
+    test_env::drop_schemas(db, {opts.schema, shop_opts.schema});
+    (void)std::system(("rm -rf " + work).c_str());
+  }
+
+  // omnibus-worker with this fixture's names; `before` goes before the command, `after` after.
+  test_env::child_process cli(std::vector<std::string> args, std::vector<std::string> env = {}) {
+    std::vector<std::string> argv{test_env::tool_path("OMNIBUS_WORKER_BIN"), "--group", opts.group, "--schema", opts.schema,
+                                  "--shop-schema", shop_opts.schema, "--stream", opts.stream.name, "--subject-prefix",
+                                  opts.stream.subject_prefix, "--flaky-rate", "1"};
+    argv.insert(argv.end(), args.begin(), args.end());
+    return test_env::child_process(argv, std::move(env));
+  }
+
+  // The port a worker started with --http 127.0.0.1:0 listens on (it logs it).
+  static int http_port(test_env::child_process& w) {
+    int port = 0;
+    REQUIRE(eventually([&] {
+      const std::string out = w.output();
+      const auto at = out.find("/readyz on port ");
+      if (at == std::string::npos) return false;
+      port = std::atoi(out.c_str() + at + 16);
+      return port > 0;
+    }, 30s));
+    return port;
+  }
+
+  void place_orders(int n) {
+    omnibus::event_bus b{js, opts};
+    auto shop = services::make_shop(b, shop_opts);
+    b.provision();  // as every publisher does: the listeners' consumers exist before the events
+    pqxx::work tx{db};
+    omnibus::context ctx{tx};
+    shop->inventory.restock(ctx, "mug", n);
+    for (int i = 0; i < n; ++i) shop->orders.place(ctx, "ada@example.com", "mug", 1, 1200);
+    tx.commit();  // the worker's relay sends them
+  }
+};
+
+// The value of the series `series` (name and labels exactly as exposed), or -1.
+double value_of(const std::string& exposition, const std::string& series) {
+  const std::string text = "\n" + exposition;
+  const auto pos = text.find("\n" + series + " ");
+  if (pos == std::string::npos) return -1;
+  return std::atof(text.c_str() + pos + 1 + series.size() + 1);
+}
+
+bool parses_as_json(const std::string& path) {
+  const std::string cmd = "/usr/bin/python3 -c 'import json,sys\nfor l in open(sys.argv[1]):\n  json.loads(l)' " + path;
+  return std::system(cmd.c_str()) == 0;
+}
+
+}  // namespace
+
+TEST_CASE_METHOD(metrics_fixture, "a worker's /metrics, /readyz and stats say what it did; its JSON logs parse",
+                 "[integration][metrics]") {
+  auto w = cli({"--log-format", "json", "run", "--http", "127.0.0.1:0"});
+  const int port = http_port(w);
+  REQUIRE(eventually([&] { return http_get(port, "/readyz").status == 200; }, 30s));
+  CHECK_THAT(http_get(port, "/readyz").body, Catch::Contains("\"ready\":true"));
+  const auto health = http_get(port, "/healthz");
+  CHECK(health.status == 200);
+  CHECK(health.body == "ok\n");
+
+  place_orders(5);
+  std::string text;
+  const std::string handled = "omnibus_handled_total{listener=\"confirmation_email\",outcome=\"handled\"}";
+  const std::string dead = "omnibus_dead_letters{listener=\"loyalty\"}";
+  REQUIRE(eventually([&] {
+    text = http_get(port, "/metrics").body;
+    return value_of(text, handled) == 5 && value_of(text, dead) == 5;
+  }, 60s));
+  CHECK(value_of(text, "omnibus_handled_total{listener=\"loyalty\",outcome=\"retry\"}") == 10);
+  CHECK(value_of(text, "omnibus_handled_total{listener=\"loyalty\",outcome=\"dead_letter\"}") == 5);
+  CHECK(value_of(text, "omnibus_handler_duration_seconds_count{listener=\"confirmation_email\"}") == 5);
+  CHECK(value_of(text, "omnibus_handlers_in_flight{listener=\"confirmation_email\"}") == 0);
+  CHECK(value_of(text, "omnibus_consumer_pending{listener=\"confirmation_email\"}") == 0);
+  CHECK(value_of(text, "omnibus_outbox_backlog_rows") == 0);
+  CHECK(value_of(text, "omnibus_relay_active") == 1);
+  CHECK(value_of(text, "omnibus_relay_lock_held") == 1);
+  CHECK(value_of(text, "omnibus_relayed_total") == 5);
+  CHECK(value_of(text, "omnibus_worker_ready") == 1);
+  CHECK(value_of(text, "omnibus_stream_messages") >= 5);
+
+  // promtool, Prometheus's own linter, finds nothing wrong with the exposition.
+  const std::string scraped = work + "/metrics.txt";
+  std::ofstream(scraped) << text;
+  CHECK(std::system(("promtool check metrics < " + scraped + " > " + work + "/promtool.log 2>&1").c_str()) == 0);
+
+  // stats agrees, as text and as JSON.
+  auto stats = cli({"stats", "--json"});
+  REQUIRE(stats.wait(30s) == 0);
+  const std::string json = work + "/stats.json";
+  std::ofstream(json) << stats.output();
+  CHECK(parses_as_json(json));
+  CHECK_THAT(stats.output(), Catch::Contains("{\"name\":\"loyalty\"") && Catch::Contains("\"dead_letters\":5") &&
+                                 Catch::Contains("\"relay_active\":true"));
+  auto screen = cli({"stats"});
+  REQUIRE(screen.wait(30s) == 0);
+  CHECK_THAT(screen.output(), Catch::Contains("loyalty") && Catch::Contains("relay      active"));
+
+  w.signal(SIGTERM);
+  REQUIRE(w.wait(30s) == 0);
+  // Every log line is one JSON object (the last stdout line is the worker's plain summary).
+  std::ofstream logs(work + "/log.jsonl");
+  int lines = 0;
+  std::istringstream in(w.output());
+  for (std::string line; std::getline(in, line);) {
+    if (line.rfind("worker: handled=", 0) == 0) continue;
+    logs << line << "\n";
+    ++lines;
+  }
+  logs.close();
+  CHECK(lines > 5);
+  CHECK(parses_as_json(work + "/log.jsonl"));
+  CHECK_THAT(w.output(), Catch::Contains("\"listener\":\"loyalty\""));
+}
+
+TEST_CASE_METHOD(metrics_fixture, "a real Prometheus scrapes the worker", "[integration][metrics]") {
+  auto w = cli({"run", "--http", "127.0.0.1:0"});
+  const int port = http_port(w);
+  const int prom_port = test_env::free_loopback_port();
+  std::ofstream(work + "/prometheus.yml") << "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: omnibus\n"
+                                             "    static_configs:\n      - targets: ['127.0.0.1:"
+                                          << port << "']\n";
+  test_env::child_process prometheus({"/usr/bin/prometheus", "--config.file=" + work + "/prometheus.yml",
+                                      "--storage.tsdb.path=" + work + "/tsdb",
+                                      "--web.listen-address=127.0.0.1:" + std::to_string(prom_port)});
+  place_orders(4);
+  // Prometheus's own HTTP API answers the questions an operator asks it.
+  auto query = [&](const std::string& q) {
+    return http_get(prom_port, "/api/v1/query?query=" + q).body;
+  };
+  CHECK(eventually([&] {
+    return query("sum(omnibus_handled_total%7Boutcome%3D%22handled%22,listener%3D%22confirmation_email%22%7D)")
+               .find("\"4\"]") != std::string::npos;
+  }, 60s));
+  CHECK(eventually([&] {
+    return query("omnibus_dead_letters%7Blistener%3D%22loyalty%22%7D").find("\"4\"]") != std::string::npos;
+  }, 60s));
+  CHECK(eventually([&] { return query("up%7Bjob%3D%22omnibus%22%7D").find("\"1\"]") != std::string::npos; }, 30s));
+  w.signal(SIGTERM);
+  CHECK(w.wait(30s) == 0);
+}
+
+TEST_CASE_METHOD(metrics_fixture, "hostile HTTP clients get a 4xx or are cut off, and the worker goes on",
+                 "[integration][metrics]") {
+  auto w = cli({"run", "--http", "127.0.0.1:0"});
+  const int port = http_port(w);
+  REQUIRE(eventually([&] { return http_get(port, "/readyz").status == 200; }, 30s));
+
+  CHECK(http_get(port, "/nowhere").status == 404);
+  CHECK(test_env::raw_request(port, "POST /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+            .status == 405);
+  CHECK(test_env::raw_request(port, "this is not http\r\n\r\n").status == 400);
+  CHECK(test_env::raw_request(port, "GET /metrics HTTP/1.1\r\nX-Big: " + std::string(20000, 'a') + "\r\n\r\n").status == 431);
+  CHECK(test_env::raw_request(port, "GET /metrics HTTP/1.1\r\nContent-Length: 10000\r\n\r\n" + std::string(10000, 'b'))
+            .status == 413);
+
+  // A slow client that never finishes its request is cut off after the read timeout (5 s).
+  {
+    const int fd = test_env::connect_loopback(port);
+    REQUIRE(fd >= 0);
+    (void)::send(fd, "GET /metrics HTTP/1.1\r\n", 23, MSG_NOSIGNAL);
+    const auto start = std::chrono::steady_clock::now();
+    (void)test_env::read_all(fd, 15s);  // returns when the server closes
+    CHECK(std::chrono::steady_clock::now() - start < 12s);
+    ::close(fd);
+  }
+
+  // Hundreds of idle connections: past 64 they are closed at once, the rest after the read
+  // timeout; meanwhile the worker handles events, and afterwards the endpoint answers.
+  std::vector<int> idle;
+  for (int i = 0; i < 300; ++i) idle.push_back(test_env::connect_loopback(port));
+  place_orders(3);
+  CHECK(eventually([&] {
+    return value_of(http_get(port, "/metrics").body,
+                    "omnibus_handled_total{listener=\"confirmation_email\",outcome=\"handled\"}") == 3;
+  }, 60s));
+  for (int fd : idle) {
+    if (fd < 0) continue;
+    (void)test_env::read_all(fd, 15s);
+    ::close(fd);
+  }
+  CHECK(http_get(port, "/healthz").status == 200);
+  w.signal(SIGTERM);
+  CHECK(w.wait(30s) == 0);
+}
+
+TEST_CASE_METHOD(metrics_fixture, "a bad or taken --http address fails start-up and names it", "[integration][metrics]") {
+  auto bad = cli({"run", "--http", "localhost"});
+  CHECK(bad.wait(30s) == 2);
+  CHECK_THAT(bad.output(), Catch::Contains("--http 'localhost'"));
+
+  auto first = cli({"run", "--http", "127.0.0.1:0"});
+  const int port = http_port(first);
+  auto second = cli({"run", "--http", "127.0.0.1:" + std::to_string(port)});
+  CHECK(second.wait(30s) == 1);
+  CHECK_THAT(second.output(), Catch::Contains("127.0.0.1:" + std::to_string(port)) && Catch::Contains("cannot listen"));
+  first.signal(SIGTERM);
+  CHECK(first.wait(30s) == 0);
+}
+
+TEST_CASE_METHOD(metrics_fixture, "/readyz goes 503 while PostgreSQL is down and 200 when it is back",
+                 "[integration][metrics]") {
+  test_env::private_postgres pg;
+  {
+    pqxx::connection own{pg.url()};
+    services::migrate_shop(own, shop_opts);
+  }
+  auto w = cli({"--database-url", pg.url(), "run", "--http", "127.0.0.1:0"});
+  const int port = http_port(w);
+  REQUIRE(eventually([&] { return http_get(port, "/readyz").status == 200; }, 30s));
+  pg.stop();
+  CHECK(eventually([&] {
+    const auto r = http_get(port, "/readyz");
+    return r.status == 503 && r.body.find("\"postgres\":false") != std::string::npos;
+  }, 30s));
+  CHECK(http_get(port, "/healthz").status == 200);  // alive all the same
+  pg.start();  // a new cluster: restore the tables, as an operator restoring the database would
+  {
+    pqxx::connection own{pg.url()};
+    omnibus::migrate(own, opts.schema);
+    services::migrate_shop(own, shop_opts);
+  }
+  CHECK(eventually([&] { return http_get(port, "/readyz").status == 200; }, 60s));
+  w.signal(SIGTERM);
+  CHECK(w.wait(30s) == 0);
+}

@@ -1,0 +1,303 @@
+#include "metrics.hpp"
+
+#include <array>
+#include <mutex>
+#include <optional>
+#include <sstream>
+#include <unordered_map>
+#include <vector>
+
+#include <pqxx/pqxx>
+#include <prometheus/counter.h>
+#include <prometheus/gauge.h>
+#include <prometheus/histogram.h>
+#include <prometheus/registry.h>
+#include <prometheus/text_serializer.h>
+#include <spdlog/spdlog.h>
+
+#include "omnibus/bus_state.hpp"
+#include "omnibus/migrations.hpp"
+#include "omnibus/nats_connection.hpp"
+#include "omnibus/relay.hpp"
+#include "omnibus/worker.hpp"
+#include "json_log.hpp"
+
+namespace omnibus::detail {
+
+namespace {
+
+constexpr std::array outcomes{handle_outcome::handled,  handle_outcome::retry,     handle_outcome::dead_letter,
+                              handle_outcome::parked,   handle_outcome::skipped,   handle_outcome::deferred,
+                              handle_outcome::timed_out, handle_outcome::returned};
+
+// Handler durations, in seconds: from a millisecond to a minute (the default deadline).
+const prometheus::Histogram::BucketBoundaries duration_buckets{0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
+                                                               0.25,  0.5,    1,     2.5,  5,     10,   30, 60};
+
+// Lets the per-listener map be searched by the string_view observers get, without a copy.
+struct name_hash {
+  using is_transparent = void;
+  std::size_t operator()(std::string_view s) const noexcept { return std::hash<std::string_view>{}(s); }
+};
+
+}  // namespace
+
+struct worker_metrics::impl {
+  struct listener_series {
+    std::array<prometheus::Counter*, outcomes.size()> handled{};
+    prometheus::Histogram* duration = nullptr;
+    prometheus::Gauge* in_flight = nullptr;
+    prometheus::Gauge* pending = nullptr;
+    prometheus::Gauge* ack_pending = nullptr;
+    prometheus::Gauge* redelivered = nullptr;
+    prometheus::Gauge* dead_letters = nullptr;
+    prometheus::Gauge* parked = nullptr;
+    std::string consumer;
+  };
+
+  impl(metrics_sources s, std::shared_ptr<spdlog::logger> l, std::chrono::milliseconds c)
+      : src(std::move(s)), log(std::move(l)), cache(c), registry(std::make_shared<prometheus::Registry>()) {
+    auto& reg = *registry;
+    handled_family = &prometheus::BuildCounter().Name("omnibus_handled_total")
+                          .Help("Deliveries settled by the worker, by listener and outcome").Register(reg);
+    duration_family = &prometheus::BuildHistogram().Name("omnibus_handler_duration_seconds")
+                           .Help("From the start of a delivery's handling to its settlement").Register(reg);
+    in_flight_family = &prometheus::BuildGauge().Name("omnibus_handlers_in_flight")
+                            .Help("Deliveries being handled now, by listener").Register(reg);
+    pending_family = &prometheus::BuildGauge().Name("omnibus_consumer_pending")
+                          .Help("Events in the stream not yet delivered to the listener's consumer").Register(reg);
+    ack_pending_family = &prometheus::BuildGauge().Name("omnibus_consumer_ack_pending")
+                              .Help("Events delivered to the listener and not yet settled").Register(reg);
+    redelivered_family = &prometheus::BuildGauge().Name("omnibus_consumer_redelivered")
+                              .Help("Events delivered more than once and not yet settled").Register(reg);
+    dead_letters_family = &prometheus::BuildGauge().Name("omnibus_dead_letters")
+                               .Help("Dead letters waiting for an operator, by listener").Register(reg);
+    parked_family = &prometheus::BuildGauge().Name("omnibus_parked")
+                         .Help("1 when the ordered listener is parked at an event").Register(reg);
+    published_family = &prometheus::BuildCounter().Name("omnibus_published_total")
+                            .Help("Events this process published, by event and path (direct, outbox)").Register(reg);
+    publish_errors_family = &prometheus::BuildCounter().Name("omnibus_publish_errors_total")
+                                 .Help("Publishes from this process that failed, by event").Register(reg);
+    auto gauge = [&](const char* name, const char* help) -> prometheus::Gauge& {
+      return prometheus::BuildGauge().Name(name).Help(help).Register(reg).Add({});
+    };
+    stream_messages = &gauge("omnibus_stream_messages", "Events stored in the stream");
+    stream_bytes = &gauge("omnibus_stream_bytes", "Bytes stored in the stream, as the server counts them");
+    stream_max_bytes = &gauge("omnibus_stream_max_bytes", "The stream's byte limit (it refuses publishes beyond)");
+    stream_fill = &gauge("omnibus_stream_fill_ratio", "stream bytes / max bytes");
+    outbox_rows = &gauge("omnibus_outbox_backlog_rows", "Outbox rows not yet sent to the stream");
+    outbox_age = &gauge("omnibus_outbox_oldest_age_seconds", "How long the oldest outbox row has waited (0: none)");
+    relay_lock = &gauge("omnibus_relay_lock_held", "1 when some process holds the schema's relay lock");
+    relay_active = &gauge("omnibus_relay_active", "1 when this process is the schema's active relay");
+    worker_ready = &gauge("omnibus_worker_ready", "1 while the worker drains its listeners");
+    relayed = &prometheus::BuildCounter().Name("omnibus_relayed_total")
+                   .Help("Outbox rows this process's relay sent to the stream").Register(reg).Add({});
+    auto& errors = prometheus::BuildCounter().Name("omnibus_scrape_errors_total")
+                       .Help("Server-side values a scrape could not read, by source").Register(reg);
+    nats_errors = &errors.Add({{"source", "nats"}});
+    postgres_errors = &errors.Add({{"source", "postgres"}});
+
+    for (const async_listener& l : src.bus->async_listeners()) {
+      listener_series series;
+      for (std::size_t i = 0; i < outcomes.size(); ++i) {
+        series.handled[i] = &handled_family->Add({{"listener", l.name}, {"outcome", to_string(outcomes[i])}});
+      }
+      series.duration = &duration_family->Add({{"listener", l.name}}, duration_buckets);
+      series.in_flight = &in_flight_family->Add({{"listener", l.name}});
+      series.pending = &pending_family->Add({{"listener", l.name}});
+      series.ack_pending = &ack_pending_family->Add({{"listener", l.name}});
+      series.redelivered = &redelivered_family->Add({{"listener", l.name}});
+      series.dead_letters = &dead_letters_family->Add({{"listener", l.name}});
+      series.parked = &parked_family->Add({{"listener", l.name}});
+      series.consumer = l.consumer_name;
+      listeners.emplace(l.name, std::move(series));
+    }
+  }
+
+  metrics_sources src;
+  std::shared_ptr<spdlog::logger> log;
+  std::chrono::milliseconds cache;
+  std::shared_ptr<prometheus::Registry> registry;
+  prometheus::Family<prometheus::Counter>* handled_family;
+  prometheus::Family<prometheus::Histogram>* duration_family;
+  prometheus::Family<prometheus::Gauge>* in_flight_family;
+  prometheus::Family<prometheus::Gauge>* pending_family;
+  prometheus::Family<prometheus::Gauge>* ack_pending_family;
+  prometheus::Family<prometheus::Gauge>* redelivered_family;
+  prometheus::Family<prometheus::Gauge>* dead_letters_family;
+  prometheus::Family<prometheus::Gauge>* parked_family;
+  prometheus::Family<prometheus::Counter>* published_family;
+  prometheus::Family<prometheus::Counter>* publish_errors_family;
+  prometheus::Gauge *stream_messages, *stream_bytes, *stream_max_bytes, *stream_fill;
+  prometheus::Gauge *outbox_rows, *outbox_age, *relay_lock, *relay_active, *worker_ready;
+  prometheus::Counter* relayed;
+  prometheus::Counter *nats_errors, *postgres_errors;
+  std::unordered_map<std::string, listener_series, name_hash, std::equal_to<>> listeners;  // fixed after construction
+
+  std::mutex publish_mutex;  // guards the two maps below
+  std::unordered_map<std::string, std::array<prometheus::Counter*, 2>> published;  // by event name, by path
+  std::unordered_map<std::string, prometheus::Counter*> publish_errors;
+
+  // Scrape-time state, under refresh_mutex.
+  std::mutex refresh_mutex;
+  std::chrono::steady_clock::time_point refreshed{};
+  std::optional<pqxx::connection> db;
+  double relayed_seen = 0;
+  bool postgres_ok = false;
+  bool migrations_current = false;
+  std::string postgres_error;
+
+  listener_series* find(std::string_view listener) {
+    auto it = listeners.find(listener);
+    return it == listeners.end() ? nullptr : &it->second;
+  }
+
+  // Re-reads what the servers hold, unless that was done less than `cache` ago.
+  void refresh() {
+    const auto now = std::chrono::steady_clock::now();
+    if (refreshed != std::chrono::steady_clock::time_point{} && now - refreshed < cache) return;
+    refreshed = now;
+    refresh_nats();
+    refresh_postgres();
+    if (src.relay != nullptr) {
+      const auto total = static_cast<double>(src.relay->relayed.load(std::memory_order_relaxed));
+      if (total > relayed_seen) relayed->Increment(total - relayed_seen);
+      relayed_seen = total;
+      relay_active->Set(src.relay->active.load() ? 1 : 0);
+    }
+    worker_ready->Set(src.worker != nullptr && src.worker->ready.load() ? 1 : 0);
+  }
+
+  void refresh_nats() {
+    queue* q = src.bus->target();
+    const stream_config& stream = src.bus->options().stream;
+    try {
+      if (auto st = q->state(stream)) {
+        stream_messages->Set(static_cast<double>(st->messages));
+        stream_bytes->Set(static_cast<double>(st->bytes));
+        stream_max_bytes->Set(static_cast<double>(st->max_bytes));
+        stream_fill->Set(st->max_bytes > 0 ? static_cast<double>(st->bytes) / static_cast<double>(st->max_bytes) : 0);
+      }
+      for (auto& [name, s] : listeners) {
+        if (auto info = q->info(stream, s.consumer)) {
+          s.pending->Set(static_cast<double>(info->pending));
+          s.ack_pending->Set(static_cast<double>(info->ack_pending));
+          s.redelivered->Set(static_cast<double>(info->redelivered));
+        }
+      }
+    } catch (const std::exception& e) {
+      nats_errors->Increment();
+      log->warn("metrics: cannot read the stream and consumers: {}", e.what());
+    }
+  }
+
+  void refresh_postgres() {
+    try {
+      if (!db || !db->is_open()) db.emplace(src.database_url);
+      const bus_state st = read_bus_state(*db, src.bus->options().schema);
+      postgres_ok = true;
+      postgres_error.clear();
+      migrations_current = st.schema_version == latest_schema_version();
+      outbox_rows->Set(static_cast<double>(st.outbox_rows));
+      outbox_age->Set(st.outbox_oldest_age ? static_cast<double>(st.outbox_oldest_age->count()) / 1000.0 : 0.0);
+      relay_lock->Set(st.relay_active ? 1 : 0);
+      for (auto& [name, s] : listeners) {
+        s.dead_letters->Set(0);
+        s.parked->Set(0);
+      }
+      for (const auto& [listener, n] : st.dead_letters) {
+        if (auto* s = find(listener)) s->dead_letters->Set(static_cast<double>(n));
+      }
+      for (const auto& listener : st.parked) {
+        if (auto* s = find(listener)) s->parked->Set(1);
+      }
+    } catch (const std::exception& e) {
+      db.reset();  // reconnect next time
+      postgres_ok = false;
+      // libpq's text can repeat parts of the connection string: never pass it on.
+      postgres_error = dynamic_cast<const pqxx::broken_connection*>(&e) != nullptr ? "cannot connect to PostgreSQL"
+                                                                                   : e.what();
+      postgres_errors->Increment();
+      log->warn("metrics: cannot read the bus's tables: {}", postgres_error);
+    }
+  }
+};
+
+worker_metrics::worker_metrics(metrics_sources sources, std::shared_ptr<spdlog::logger> log,
+                               std::chrono::milliseconds cache)
+    : impl_(std::make_unique<impl>(std::move(sources), std::move(log), cache)) {}
+
+worker_metrics::~worker_metrics() = default;
+
+std::string worker_metrics::scrape() {
+  {
+    std::lock_guard lock(impl_->refresh_mutex);
+    impl_->refresh();
+  }
+  std::ostringstream out;
+  prometheus::TextSerializer{}.Serialize(out, impl_->registry->Collect());
+  return out.str();
+}
+
+std::pair<bool, std::string> worker_metrics::readiness() {
+  std::lock_guard lock(impl_->refresh_mutex);
+  impl_->refresh();
+  const bool nats = impl_->src.nats != nullptr && impl_->src.nats->connected();
+  const bool consumers = impl_->src.worker != nullptr && impl_->src.worker->ready.load();
+  const bool postgres = impl_->postgres_ok;
+  const bool migrations = postgres && impl_->migrations_current;
+  std::string reason;
+  if (!nats) {
+    reason = "not connected to NATS";
+  } else if (!postgres) {
+    reason = "PostgreSQL: " + impl_->postgres_error;
+  } else if (!migrations) {
+    reason = "the schema's migrations are not current";
+  } else if (!consumers) {
+    reason = "the worker is not draining (starting or stopping)";
+  }
+  const bool ready = reason.empty();
+  std::string body = std::string("{\"ready\":") + (ready ? "true" : "false") + ",\"nats\":" + (nats ? "true" : "false") +
+                     ",\"postgres\":" + (postgres ? "true" : "false") + ",\"migrations\":" +
+                     (migrations ? "true" : "false") + ",\"consumers\":" + (consumers ? "true" : "false");
+  if (!ready) body += ",\"reason\":" + json_quote(reason);
+  return {ready, body + "}\n"};
+}
+
+void worker_metrics::on_publish(std::string_view event_name, publish_path path) {
+  std::lock_guard lock(impl_->publish_mutex);
+  auto it = impl_->published.find(std::string(event_name));
+  if (it == impl_->published.end()) {
+    std::array<prometheus::Counter*, 2> pair{
+        &impl_->published_family->Add({{"event", std::string(event_name)}, {"path", "direct"}}),
+        &impl_->published_family->Add({{"event", std::string(event_name)}, {"path", "outbox"}})};
+    it = impl_->published.emplace(std::string(event_name), pair).first;
+  }
+  it->second[path == publish_path::direct ? 0 : 1]->Increment();
+}
+
+void worker_metrics::on_publish_error(std::string_view event_name, std::string_view) {
+  std::lock_guard lock(impl_->publish_mutex);
+  auto it = impl_->publish_errors.find(std::string(event_name));
+  if (it == impl_->publish_errors.end()) {
+    it = impl_->publish_errors
+             .emplace(std::string(event_name), &impl_->publish_errors_family->Add({{"event", std::string(event_name)}}))
+             .first;
+  }
+  it->second->Increment();
+}
+
+void worker_metrics::on_handle_start(const handle_info& info) {
+  if (auto* s = impl_->find(info.listener)) s->in_flight->Increment();
+}
+
+void worker_metrics::on_handle_end(const handle_info& info, handle_outcome outcome, std::chrono::nanoseconds took,
+                                   std::string_view) {
+  auto* s = impl_->find(info.listener);
+  if (s == nullptr) return;
+  s->in_flight->Decrement();
+  s->handled[static_cast<std::size_t>(outcome)]->Increment();
+  s->duration->Observe(std::chrono::duration<double>(took).count());
+}
+
+}  // namespace omnibus::detail

@@ -1,0 +1,103 @@
+#include "stats.hpp"
+
+#include <cstdio>
+
+#include "json_log.hpp"
+
+namespace omnibus::detail {
+
+stats_view read_stats(const event_bus& bus, pqxx::connection_base& db) {
+  stats_view v;
+  v.db = read_bus_state(db, bus.options().schema);
+  queue& q = *bus.target();
+  const stream_config& stream = bus.options().stream;
+  v.stream_name = stream.name;
+  v.stream = q.state(stream);
+  for (const async_listener& l : bus.async_listeners()) {
+    listener_stats s;
+    s.name = l.name;
+    s.consumer = l.consumer_name;
+    if (auto info = q.info(stream, l.consumer_name)) {
+      s.consumer_found = true;
+      s.pending = info->pending;
+      s.ack_pending = info->ack_pending;
+      s.redelivered = info->redelivered;
+    }
+    for (const auto& [name, n] : v.db.dead_letters) {
+      if (name == l.name) s.dead_letters = n;
+    }
+    for (const auto& name : v.db.parked) s.parked = s.parked || name == l.name;
+    v.listeners.push_back(std::move(s));
+  }
+  return v;
+}
+
+namespace {
+
+std::string format(const char* fmt, auto... args) {
+  char buf[512];
+  std::snprintf(buf, sizeof buf, fmt, args...);
+  return buf;
+}
+
+std::string age(const std::optional<std::chrono::milliseconds>& a) {
+  if (!a) return "-";
+  return format("%.1f s", static_cast<double>(a->count()) / 1000.0);
+}
+
+}  // namespace
+
+std::string stats_text(const stats_view& v) {
+  std::string out = format("%-24s %10s %12s %12s %13s %7s\n", "listener", "pending", "ack pending", "redelivered",
+                           "dead letters", "parked");
+  for (const auto& l : v.listeners) {
+    out += format("%-24s %10llu %12llu %12llu %13llu %7s%s\n", l.name.c_str(), static_cast<unsigned long long>(l.pending),
+                  static_cast<unsigned long long>(l.ack_pending), static_cast<unsigned long long>(l.redelivered),
+                  static_cast<unsigned long long>(l.dead_letters), l.parked ? "YES" : "no",
+                  l.consumer_found ? "" : "  (no consumer: run the worker once to provision it)");
+  }
+  out += format("\noutbox     %llu row(s) waiting, oldest %s\n", static_cast<unsigned long long>(v.db.outbox_rows),
+                age(v.db.outbox_oldest_age).c_str());
+  if (v.db.relay_active) {
+    out += "relay      active (some process holds the relay lock)\n";
+  } else {
+    out += "relay      NONE: no process holds the relay lock; outbox rows are not being sent\n";
+  }
+  if (v.stream) {
+    const double fill = v.stream->max_bytes > 0 ? 100.0 * static_cast<double>(v.stream->bytes) /
+                                                      static_cast<double>(v.stream->max_bytes)
+                                                : 0.0;
+    out += format("stream     %s: %llu event(s), %llu of %lld bytes (%.1f%% full)\n", v.stream_name.c_str(),
+                  static_cast<unsigned long long>(v.stream->messages), static_cast<unsigned long long>(v.stream->bytes),
+                  static_cast<long long>(v.stream->max_bytes), fill);
+  }
+  out += format("schema     version %d\n", v.db.schema_version);
+  return out;
+}
+
+std::string stats_json(const stats_view& v) {
+  std::string out = "{\"listeners\":[";
+  bool first = true;
+  for (const auto& l : v.listeners) {
+    if (!first) out += ",";
+    first = false;
+    out += "{\"name\":" + json_quote(l.name) + ",\"consumer\":" + json_quote(l.consumer) +
+           ",\"consumer_found\":" + (l.consumer_found ? "true" : "false") +
+           format(",\"pending\":%llu,\"ack_pending\":%llu,\"redelivered\":%llu,\"dead_letters\":%llu",
+                  static_cast<unsigned long long>(l.pending), static_cast<unsigned long long>(l.ack_pending),
+                  static_cast<unsigned long long>(l.redelivered), static_cast<unsigned long long>(l.dead_letters)) +
+           ",\"parked\":" + (l.parked ? "true" : "false") + "}";
+  }
+  out += "],\"outbox\":" + format("{\"rows\":%llu,\"oldest_age_seconds\":", static_cast<unsigned long long>(v.db.outbox_rows));
+  out += v.db.outbox_oldest_age ? format("%.3f", static_cast<double>(v.db.outbox_oldest_age->count()) / 1000.0) : "null";
+  out += std::string("},\"relay_active\":") + (v.db.relay_active ? "true" : "false");
+  if (v.stream) {
+    out += ",\"stream\":{\"name\":" + json_quote(v.stream_name) +
+           format(",\"messages\":%llu,\"bytes\":%llu,\"max_bytes\":%lld}", static_cast<unsigned long long>(v.stream->messages),
+                  static_cast<unsigned long long>(v.stream->bytes), static_cast<long long>(v.stream->max_bytes));
+  }
+  out += format(",\"schema_version\":%d}\n", v.db.schema_version);
+  return out;
+}
+
+}  // namespace omnibus::detail
