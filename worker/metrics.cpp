@@ -88,6 +88,8 @@ struct worker_metrics::impl {
     outbox_rows = &gauge("omnibus_outbox_backlog_rows", "Outbox rows not yet sent to the stream");
     outbox_age = &gauge("omnibus_outbox_oldest_age_seconds", "How long the oldest outbox row has waited (0: none)");
     relay_lock = &gauge("omnibus_relay_lock_held", "1 when some process holds the schema's relay lock");
+    unrelayed = &gauge("omnibus_outbox_unrelayed",
+                       "1 when outbox rows have waited past the alert threshold and no process relays them");
     relay_active = &gauge("omnibus_relay_active", "1 when this process is the schema's active relay");
     worker_ready = &gauge("omnibus_worker_ready", "1 while the worker drains its listeners");
     relayed = &prometheus::BuildCounter().Name("omnibus_relayed_total")
@@ -129,7 +131,7 @@ struct worker_metrics::impl {
   prometheus::Family<prometheus::Counter>* published_family;
   prometheus::Family<prometheus::Counter>* publish_errors_family;
   prometheus::Gauge *stream_messages, *stream_bytes, *stream_max_bytes, *stream_fill;
-  prometheus::Gauge *outbox_rows, *outbox_age, *relay_lock, *relay_active, *worker_ready;
+  prometheus::Gauge *outbox_rows, *outbox_age, *relay_lock, *unrelayed, *relay_active, *worker_ready;
   prometheus::Counter* relayed;
   prometheus::Counter *nats_errors, *postgres_errors;
   std::unordered_map<std::string, listener_series, name_hash, std::equal_to<>> listeners;  // fixed after construction
@@ -145,6 +147,8 @@ struct worker_metrics::impl {
   double relayed_seen = 0;
   bool postgres_ok = false;
   bool migrations_current = false;
+  bool outbox_unrelayed = false;
+  std::chrono::milliseconds outbox_age_seen{0};
   std::string postgres_error;
 
   listener_series* find(std::string_view listener) {
@@ -201,6 +205,9 @@ struct worker_metrics::impl {
       outbox_rows->Set(static_cast<double>(st.outbox_rows));
       outbox_age->Set(st.outbox_oldest_age ? static_cast<double>(st.outbox_oldest_age->count()) / 1000.0 : 0.0);
       relay_lock->Set(st.relay_active ? 1 : 0);
+      outbox_unrelayed = st.unrelayed(src.outbox_alert_after);
+      outbox_age_seen = st.outbox_oldest_age.value_or(std::chrono::milliseconds(0));
+      unrelayed->Set(outbox_unrelayed ? 1 : 0);
       for (auto& [name, s] : listeners) {
         s.dead_letters->Set(0);
         s.parked->Set(0);
@@ -253,6 +260,9 @@ std::pair<bool, std::string> worker_metrics::readiness() {
     reason = "PostgreSQL: " + impl_->postgres_error;
   } else if (!migrations) {
     reason = "the schema's migrations are not current";
+  } else if (impl_->outbox_unrelayed) {
+    reason = "outbox rows have waited " + std::to_string(impl_->outbox_age_seen.count() / 1000) +
+             " s and no process holds the relay lock: run a worker with its relay (run without --no-relay)";
   } else if (!consumers) {
     reason = "the worker is not draining (starting or stopping)";
   }

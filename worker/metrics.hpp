@@ -29,6 +29,8 @@ struct metrics_sources {
   std::string database_url;                  ///< the outbox, dead letters, parking, migrations
   const worker_stats* worker = nullptr;      ///< set while a worker runs
   const relay_stats* relay = nullptr;        ///< set when this process runs a relay
+  /// Outbox rows older than this with no relay lock held: not ready (bus_state::unrelayed).
+  std::chrono::milliseconds outbox_alert_after = std::chrono::minutes(1);
 };
 
 class worker_metrics final : public observer {

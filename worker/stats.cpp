@@ -47,7 +47,7 @@ std::string age(const std::optional<std::chrono::milliseconds>& a) {
 
 }  // namespace
 
-std::string stats_text(const stats_view& v) {
+std::string stats_text(const stats_view& v, std::chrono::milliseconds alert_after, bool colour) {
   std::string out = format("%-24s %10s %12s %12s %13s %7s\n", "listener", "pending", "ack pending", "redelivered",
                            "dead letters", "parked");
   for (const auto& l : v.listeners) {
@@ -63,6 +63,11 @@ std::string stats_text(const stats_view& v) {
   } else {
     out += "relay      NONE: no process holds the relay lock; outbox rows are not being sent\n";
   }
+  if (v.db.unrelayed(alert_after)) {
+    out += std::string(colour ? "\033[1;31m" : "") + "ALERT      outbox rows have waited " + age(v.db.outbox_oldest_age) +
+           " with no relay: events are written and nothing sends them. Run a worker with its relay." +
+           (colour ? "\033[0m" : "") + "\n";
+  }
   if (v.stream) {
     const double fill = v.stream->max_bytes > 0 ? 100.0 * static_cast<double>(v.stream->bytes) /
                                                       static_cast<double>(v.stream->max_bytes)
@@ -75,7 +80,7 @@ std::string stats_text(const stats_view& v) {
   return out;
 }
 
-std::string stats_json(const stats_view& v) {
+std::string stats_json(const stats_view& v, std::chrono::milliseconds alert_after) {
   std::string out = "{\"listeners\":[";
   bool first = true;
   for (const auto& l : v.listeners) {
@@ -91,6 +96,7 @@ std::string stats_json(const stats_view& v) {
   out += "],\"outbox\":" + format("{\"rows\":%llu,\"oldest_age_seconds\":", static_cast<unsigned long long>(v.db.outbox_rows));
   out += v.db.outbox_oldest_age ? format("%.3f", static_cast<double>(v.db.outbox_oldest_age->count()) / 1000.0) : "null";
   out += std::string("},\"relay_active\":") + (v.db.relay_active ? "true" : "false");
+  out += std::string(",\"outbox_unrelayed\":") + (v.db.unrelayed(alert_after) ? "true" : "false");
   if (v.stream) {
     out += ",\"stream\":{\"name\":" + json_quote(v.stream_name) +
            format(",\"messages\":%llu,\"bytes\":%llu,\"max_bytes\":%lld}", static_cast<unsigned long long>(v.stream->messages),

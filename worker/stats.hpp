@@ -3,6 +3,7 @@
 // letters, parked), the outbox backlog, the relay, the stream's fill. Read from the same
 // sources as the metrics, so the two agree. Internal to the worker library.
 
+#include <chrono>
 #include <cstdint>
 #include <optional>
 #include <string>
@@ -34,8 +35,9 @@ struct stats_view {
 /// Reads the servers once. Throws what the queue and libpqxx throw.
 [[nodiscard]] stats_view read_stats(const event_bus& bus, pqxx::connection_base& db);
 /// For a terminal: aligned columns, warnings spelled out.
-[[nodiscard]] std::string stats_text(const stats_view& v);
+/// `alert_after`: outbox rows older than this with no relay are called out (in red on a terminal).
+[[nodiscard]] std::string stats_text(const stats_view& v, std::chrono::milliseconds alert_after, bool colour);
 /// For scripts: one JSON object.
-[[nodiscard]] std::string stats_json(const stats_view& v);
+[[nodiscard]] std::string stats_json(const stats_view& v, std::chrono::milliseconds alert_after);
 
 }  // namespace omnibus::detail

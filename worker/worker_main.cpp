@@ -1,12 +1,14 @@
 #include "omnibus/worker_main.hpp"
 
+#include <algorithm>
+#include <chrono>
 #include <condition_variable>
 #include <csignal>
-#include <mutex>
 #include <cstdio>
 #include <ctime>
 #include <exception>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <stdexcept>
 #include <stop_token>
@@ -20,6 +22,9 @@
 #include <spdlog/sinks/stdout_sinks.h>
 #include <spdlog/spdlog.h>
 
+#include <unistd.h>
+
+#include "omnibus/bus_state.hpp"
 #include "omnibus/dead_letters.hpp"
 #include "omnibus/jetstream.hpp"
 #include "omnibus/migrations.hpp"
@@ -183,6 +188,7 @@ struct worker_program::impl {
   std::size_t limit = 100;
   bool retry_all = false, retry_confirmed = false, dry_run = false, purge_confirmed = false, prune_confirmed = false;
   bool stats_json = false;
+  long outbox_alert_s = 60;
   double stats_every_s = 0;
   CLI::App *stats_cmd,
       *run_cmd, *dl_list, *dl_show, *dl_retry, *dl_discard, *parked_list, *parked_retry, *parked_skip,
@@ -227,6 +233,9 @@ struct worker_program::impl {
 
     run_cmd = cli.add_subcommand("run", "Run every async listener until SIGINT or SIGTERM (and a relay)");
     run_cmd->add_flag("!--no-relay", c.relay, "do not run an outbox relay in this process");
+    cli.add_option("--outbox-alert-after", outbox_alert_s,
+                   "seconds outbox rows may wait with no relay before readiness fails and run warns")
+        ->envname("OMNIBUS_OUTBOX_ALERT_AFTER")->capture_default_str();
     run_cmd->add_option("--http", c.http, "serve /metrics, /healthz and /readyz on host:port, e.g. 127.0.0.1:9464")
         ->envname("OMNIBUS_HTTP");
 
@@ -296,6 +305,8 @@ struct worker_program::impl {
     }
     (void)make_logger(c, name);  // an unknown level or format is a configuration error, whatever the command
     if (stats_every_s < 0) throw config_error("stats --watch: seconds must be positive");
+    if (outbox_alert_s <= 0) throw config_error("--outbox-alert-after must be positive");
+    c.outbox_alert_after = std::chrono::seconds(outbox_alert_s);
     if (!c.http.empty()) {
       try {
         detail::check_http_address(c.http);
@@ -329,7 +340,9 @@ struct worker_program::impl {
     std::optional<detail::http_server> http;
     if (!c.http.empty()) {
       metrics = std::make_shared<detail::worker_metrics>(
-          detail::metrics_sources{&bus, &nats, c.database_url, &w.stats(), r ? &r->stats() : nullptr}, log);
+          detail::metrics_sources{&bus, &nats, c.database_url, &w.stats(), r ? &r->stats() : nullptr,
+                                  c.outbox_alert_after},
+          log);
       bus.add_observer(metrics);
       http.emplace(c.http, [&m = *metrics](const std::string& path) { return route(m, path); }, log);
       log->info("http: serving /metrics, /healthz and /readyz on port {}", http->port());
@@ -339,6 +352,7 @@ struct worker_program::impl {
       migrate(db, c.bus.schema);
     }
     if (r) r->start();  // active or standby: any worker can be the relay
+    std::jthread outbox_watch([&](std::stop_token st) { watch_outbox(st, *log); });
     try {
       w.run(signals.token());
     } catch (const worker_stuck& e) {
@@ -355,6 +369,27 @@ struct worker_program::impl {
     return 0;
   }
 
+  // Warns (every minute at most) while outbox rows wait with no process relaying them: the
+  // events were written, and without a relay they never reach the stream.
+  void watch_outbox(std::stop_token stop, spdlog::logger& log) {
+    const worker_config& c = config;
+    const auto every = std::min<std::chrono::milliseconds>(std::chrono::minutes(1), c.outbox_alert_after);
+    std::optional<pqxx::connection> db;
+    while (wait_for(stop, every)) {
+      try {
+        if (!db) db.emplace(c.database_url);
+        const bus_state st = read_bus_state(*db, c.bus.schema);
+        if (st.unrelayed(c.outbox_alert_after)) {
+          log.warn("outbox: {} row(s) have waited {} s and no process holds the relay lock of schema {}: the events "
+                   "were written and nothing sends them. Run a worker with its relay (run without --no-relay)",
+                   st.outbox_rows, st.outbox_oldest_age->count() / 1000, c.bus.schema);
+        }
+      } catch (const std::exception&) {
+        db.reset();  // the worker's own paths report an unreachable database
+      }
+    }
+  }
+
   int stats(const setup_function& setup) {
     const worker_config& c = config;
     nats_connection nats{c.nats};
@@ -365,7 +400,10 @@ struct worker_program::impl {
     pqxx::connection db{c.database_url};
     if (stats_every_s <= 0) {
       const auto v = detail::read_stats(bus, db);
-      std::fputs((stats_json ? detail::stats_json(v) : detail::stats_text(v)).c_str(), stdout);
+      std::fputs((stats_json ? detail::stats_json(v, c.outbox_alert_after)
+                             : detail::stats_text(v, c.outbox_alert_after, ::isatty(1) != 0))
+                     .c_str(),
+                 stdout);
       return 0;
     }
     signal_stop signals;
@@ -373,9 +411,10 @@ struct worker_program::impl {
     do {
       const auto v = detail::read_stats(bus, db);
       if (stats_json) {
-        std::fputs(detail::stats_json(v).c_str(), stdout);
+        std::fputs(detail::stats_json(v, c.outbox_alert_after).c_str(), stdout);
       } else {
-        std::printf("\033[H\033[2J%s  (every %.1f s; Ctrl-C stops)\n", detail::stats_text(v).c_str(), stats_every_s);
+        std::printf("\033[H\033[2J%s  (every %.1f s; Ctrl-C stops)\n",
+                    detail::stats_text(v, c.outbox_alert_after, ::isatty(1) != 0).c_str(), stats_every_s);
       }
       std::fflush(stdout);
     } while (wait_for(signals.token(), every));

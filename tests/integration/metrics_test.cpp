@@ -292,3 +292,31 @@ TEST_CASE_METHOD(metrics_fixture, "/readyz goes 503 while PostgreSQL is down and
   w.signal(SIGTERM);
   CHECK(w.wait(30s) == 0);
 }
+
+TEST_CASE_METHOD(metrics_fixture, "outbox rows that no relay sends fail /readyz, and stats, metrics and logs say so",
+                 "[integration][metrics]") {
+  auto w = cli({"--outbox-alert-after", "1", "run", "--no-relay", "--http", "127.0.0.1:0"});
+  const int port = http_port(w);
+  REQUIRE(eventually([&] { return http_get(port, "/readyz").status == 200; }, 30s));
+  place_orders(2);  // into the outbox; nothing relays this schema
+  CHECK(eventually([&] {
+    const auto r = http_get(port, "/readyz");
+    return r.status == 503 && r.body.find("no process holds the relay lock") != std::string::npos;
+  }, 30s));
+  CHECK(value_of(http_get(port, "/metrics").body, "omnibus_outbox_unrelayed") == 1);
+  auto stats = cli({"--outbox-alert-after", "1", "stats", "--json"});
+  REQUIRE(stats.wait(30s) == 0);
+  CHECK_THAT(stats.output(), Catch::Contains("\"outbox_unrelayed\":true") && Catch::Contains("\"rows\":2"));
+  auto screen = cli({"--outbox-alert-after", "1", "stats"});
+  REQUIRE(screen.wait(30s) == 0);
+  CHECK_THAT(screen.output(), Catch::Contains("ALERT") && Catch::Contains("no relay"));
+  CHECK(eventually([&] { return w.output().find("outbox: 2 row(s) have waited") != std::string::npos; }, 30s));
+
+  // A worker with its relay sends them: ready again.
+  auto relaying = cli({"run"});
+  CHECK(eventually([&] { return http_get(port, "/readyz").status == 200; }, 60s));
+  relaying.signal(SIGTERM);
+  CHECK(relaying.wait(30s) == 0);
+  w.signal(SIGTERM);
+  CHECK(w.wait(30s) == 0);
+}

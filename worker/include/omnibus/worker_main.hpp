@@ -13,6 +13,7 @@
 // Exit codes: 0 done (a graceful shutdown included), 1 a runtime failure, 2 bad configuration,
 // 3 a stuck worker (every slot of a listener past its deadline: let the supervisor restart it).
 
+#include <chrono>
 #include <functional>
 #include <memory>
 #include <string>
@@ -46,6 +47,9 @@ struct OMNIBUS_API worker_config {
   /// `run` serves /metrics, /healthz and /readyz on this host:port (--http, OMNIBUS_HTTP);
   /// empty: no HTTP endpoint. Give a loopback address unless something else must scrape it.
   std::string http;
+  /// Outbox rows older than this with no relay running fail /readyz, show in `stats` and the
+  /// metrics, and make `run` warn every minute (--outbox-alert-after, in seconds).
+  std::chrono::seconds outbox_alert_after{60};
 };
 
 /// A bad setting: worker_main prints it and exits 2. Throw it from a validator or a setup.

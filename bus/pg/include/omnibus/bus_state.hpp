@@ -25,6 +25,12 @@ struct OMNIBUS_API bus_state {
   /// Dead letters per listener (listeners with none are absent), by listener name.
   std::vector<std::pair<std::string, std::uint64_t>> dead_letters;
   std::vector<std::string> parked;        ///< the listeners parked at an event, by name
+
+  /// Whether outbox rows have waited longer than `after` while no process holds the relay
+  /// lock: events are written and nothing sends them (a worker with a relay must run).
+  [[nodiscard]] bool unrelayed(std::chrono::milliseconds after) const noexcept {
+    return !relay_active && outbox_oldest_age && *outbox_oldest_age > after;
+  }
 };
 
 /// Reads `schema`'s state in one read-only transaction. A schema that was never migrated reads
