@@ -17,6 +17,7 @@ void bench_codec();
 void bench_publish();
 void bench_outbox();
 void bench_drain();
+void bench_metrics();
 void bench_latency(bool through_outbox);
 int memory_child();
 }  // namespace bench
@@ -32,7 +33,7 @@ void operator delete(void* p, std::size_t) noexcept { std::free(p); }
 
 int main(int argc, char** argv) {
   if (argc < 2) {
-    std::fprintf(stderr, "usage: omnibus_bench sync|codec|publish|outbox|worker|latency|memory\n");
+    std::fprintf(stderr, "usage: omnibus_bench sync|codec|publish|outbox|worker|metrics|latency|memory\n");
     return 2;
   }
   const std::string group = argv[1];
@@ -43,6 +44,7 @@ int main(int argc, char** argv) {
     else if (group == "publish") bench::bench_publish();
     else if (group == "outbox") bench::bench_outbox();
     else if (group == "worker") bench::bench_drain();
+    else if (group == "metrics") bench::bench_metrics();
     else if (group == "latency") {
       bench::bench_latency(false);
       bench::bench_latency(true);

@@ -15,6 +15,8 @@
 
 #include "bench_support.hpp"
 #include "bench_world.hpp"
+#include "metrics.hpp"
+#include "omnibus/bus_state.hpp"
 #include "omnibus/relay.hpp"
 #include "omnibus/worker.hpp"
 
@@ -97,6 +99,62 @@ void bench_drain() {
   jsCtx_Destroy(js);
   natsConnection_Destroy(nc);
   line("worker_drain_noop_handler", ours, "msg/s", base, ours / base, ">=", 0.7);
+}
+
+// The worker's Prometheus metrics on the hot path: the same drain with and without them,
+// interleaved; and what one scrape of 50 listeners costs against the server round trips it
+// cannot avoid (50 consumer infos, the stream's state, one read of the tables).
+void bench_metrics() {
+  constexpr long n = 50000;
+  auto drain = [&](bool with_metrics) {
+    world w{with_metrics ? "mon" : "moff"};
+    std::atomic<long> handled{0};
+    omnibus::listener_options lo;
+    lo.concurrency = 256;
+    w.bus->add_async_listener<payload>("noop", [&](omnibus::context&, const payload&) { handled.fetch_add(1); }, lo);
+    omnibus::worker worker{*w.bus, worker_opts(), w.log};
+    if (with_metrics) {
+      w.bus->add_observer(std::make_shared<omnibus::detail::worker_metrics>(
+          omnibus::detail::metrics_sources{w.bus.get(), &w.conn, env("OMNIBUS_DATABASE_URL"), &worker.stats(), nullptr},
+          w.log));
+    }
+    w.bus->provision();
+    publish_events(w, n);
+    const auto t = clock::now();
+    std::jthread run([&](std::stop_token st) { worker.run(st); });
+    await([&] { return handled.load() >= n; }, "the worker to drain");
+    const double rate = n / seconds_since(t);
+    run.request_stop();
+    return rate;
+  };
+  std::vector<double> off, on;
+  for (int round = 0; round < 3; ++round) {
+    off.push_back(drain(false));
+    on.push_back(drain(true));
+  }
+  line("worker_drain_with_metrics", median(on), "msg/s", median(off), median(on) / median(off), ">=", 0.95);
+
+  world w{"scrape"};
+  for (int i = 0; i < 50; ++i) {
+    w.bus->add_async_listener<payload>("listener" + std::to_string(i), [](omnibus::context&, const payload&) {});
+  }
+  w.bus->provision();
+  omnibus::detail::worker_metrics metrics{
+      {w.bus.get(), &w.conn, env("OMNIBUS_DATABASE_URL"), nullptr, nullptr}, w.log, std::chrono::milliseconds(0)};
+  std::vector<double> scrape_ms, base_ms;
+  for (int round = 0; round < 7; ++round) {
+    auto t = clock::now();
+    if (metrics.scrape().find("omnibus_consumer_pending{listener=\"listener49\"}") == std::string::npos) {
+      throw std::runtime_error("a scrape without listener49");
+    }
+    scrape_ms.push_back(seconds_since(t) * 1000);
+    t = clock::now();
+    (void)w.js.state(w.opts.stream);
+    for (const auto& l : w.bus->async_listeners()) (void)w.js.info(w.opts.stream, l.consumer_name);
+    (void)omnibus::read_bus_state(w.db, w.opts.schema);
+    base_ms.push_back(seconds_since(t) * 1000);
+  }
+  line("scrape_50_listeners", median(scrape_ms), "ms", median(base_ms), median(scrape_ms) / median(base_ms), "<=", 50);
 }
 
 void bench_latency(bool through_outbox) {

@@ -6,7 +6,9 @@
 #include <chrono>
 #include <csignal>
 #include <cstdio>
+#include <cctype>
 #include <fstream>
+#include <regex>
 #include <sstream>
 #include <string>
 #include <thread>
@@ -110,6 +112,35 @@ double value_of(const std::string& exposition, const std::string& series) {
   return std::atof(text.c_str() + pos + 1 + series.size() + 1);
 }
 
+// The PromQL of every panel of contrib/grafana/omnibus.json.
+std::vector<std::string> dashboard_queries() {
+  const char* root = std::getenv("OMNIBUS_SOURCE_ROOT");
+  REQUIRE(root != nullptr);
+  std::ifstream in(std::string(root) + "/contrib/grafana/omnibus.json");
+  REQUIRE(in);
+  std::vector<std::string> out;
+  const std::regex expr("\"expr\": \"([^\"]+)\"");
+  for (std::string line; std::getline(in, line);) {
+    std::smatch m;
+    if (std::regex_search(line, m, expr)) out.push_back(m[1]);
+  }
+  return out;
+}
+
+std::string url_encode(const std::string& s) {
+  std::string out;
+  for (unsigned char c : s) {
+    if (std::isalnum(c) || c == '_' || c == '.' || c == '-') {
+      out += static_cast<char>(c);
+    } else {
+      char buf[4];
+      std::snprintf(buf, sizeof buf, "%%%02X", c);
+      out += buf;
+    }
+  }
+  return out;
+}
+
 bool parses_as_json(const std::string& path) {
   const std::string cmd = "/usr/bin/python3 -c 'import json,sys\nfor l in open(sys.argv[1]):\n  json.loads(l)' " + path;
   return std::system(cmd.c_str()) == 0;
@@ -146,6 +177,25 @@ TEST_CASE_METHOD(metrics_fixture, "a worker's /metrics, /readyz and stats say wh
   CHECK(value_of(text, "omnibus_relayed_total") == 5);
   CHECK(value_of(text, "omnibus_worker_ready") == 1);
   CHECK(value_of(text, "omnibus_stream_messages") >= 5);
+
+  // Every metric the Grafana dashboard queries exists in a real scrape.
+  const auto queries = dashboard_queries();
+  CHECK(queries.size() >= 15);
+  const std::regex metric_name("omnibus_[a-z_]+");
+  for (const auto& q : queries) {
+    for (std::sregex_iterator it(q.begin(), q.end(), metric_name), end; it != end; ++it) {
+      std::string name = it->str();
+      for (const char* suffix : {"_bucket", "_count", "_sum"}) {
+        const std::string sfx = suffix;
+        if (name.size() > sfx.size() && name.compare(name.size() - sfx.size(), sfx.size(), sfx) == 0 &&
+            text.find("# TYPE " + name.substr(0, name.size() - sfx.size()) + " histogram") != std::string::npos) {
+          name.resize(name.size() - sfx.size());
+        }
+      }
+      INFO("dashboard query: " << q);
+      CHECK(text.find("# TYPE " + name + " ") != std::string::npos);
+    }
+  }
 
   // promtool, Prometheus's own linter, finds nothing wrong with the exposition.
   const std::string scraped = work + "/metrics.txt";
@@ -204,6 +254,11 @@ TEST_CASE_METHOD(metrics_fixture, "a real Prometheus scrapes the worker", "[inte
     return query("omnibus_dead_letters%7Blistener%3D%22loyalty%22%7D").find("\"4\"]") != std::string::npos;
   }, 60s));
   CHECK(eventually([&] { return query("up%7Bjob%3D%22omnibus%22%7D").find("\"1\"]") != std::string::npos; }, 30s));
+  // Every panel of the Grafana dashboard is valid PromQL that this Prometheus answers.
+  for (const auto& q : dashboard_queries()) {
+    INFO("dashboard query: " << q);
+    CHECK_THAT(query(url_encode(q)), Catch::Contains("\"status\":\"success\""));
+  }
   w.signal(SIGTERM);
   CHECK(w.wait(30s) == 0);
 }

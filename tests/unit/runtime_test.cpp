@@ -356,7 +356,11 @@ TEST_CASE_METHOD(runtime, "observers see every publish and every attempt's outco
     ++calls;
     if (e.parcel == 1 && calls == 1) throw std::runtime_error("once");
     if (e.parcel == 2) throw omnibus::permanent_error("never");
-  }, quick(3));
+  }, [] {
+    auto o = quick(3);
+    o.concurrency = 1;  // one slot: a retry starts only after the previous attempt has ended
+    return o;
+  }());
   start();
   ctx.meta().traceparent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
   bus.publish(ctx, parcel_sent{1});

@@ -62,7 +62,9 @@ class OMNIBUS_API observer {
   /// The worker is about to handle a delivery (handler slot's thread).
   virtual void on_handle_start(const handle_info& info);
   /// The worker settled that delivery: once per on_handle_start, with the outcome, how long it
-  /// took from on_handle_start, and the failure's text for retry, dead_letter and parked.
+  /// took from on_handle_start, and the failure's text for retry, dead_letter and parked. It
+  /// comes after the settlement, so with several handler slots the next attempt's
+  /// on_handle_start may come first.
   virtual void on_handle_end(const handle_info& info, handle_outcome outcome, std::chrono::nanoseconds took,
                              std::string_view error);
 };
