@@ -113,6 +113,14 @@ struct worker_metrics::impl {
       series.parked = &parked_family->Add({{"listener", l.name}});
       series.consumer = l.consumer_name;
       listeners.emplace(l.name, std::move(series));
+      // The events the bus knows get their publish series at zero, so that every family is in
+      // the exposition from the first scrape (others are added at their first publish).
+      if (!published.contains(l.event_name)) {
+        published.emplace(l.event_name, std::array<prometheus::Counter*, 2>{
+                                            &published_family->Add({{"event", l.event_name}, {"path", "direct"}}),
+                                            &published_family->Add({{"event", l.event_name}, {"path", "outbox"}})});
+        publish_errors.emplace(l.event_name, &publish_errors_family->Add({{"event", l.event_name}}));
+      }
     }
   }
 
