@@ -52,6 +52,7 @@ struct worker_metrics::impl {
     prometheus::Gauge* redelivered = nullptr;
     prometheus::Gauge* dead_letters = nullptr;
     prometheus::Gauge* parked = nullptr;
+    prometheus::Gauge* paused = nullptr;
     std::string consumer;
   };
 
@@ -74,6 +75,8 @@ struct worker_metrics::impl {
                                .Help("Dead letters waiting for an operator, by listener").Register(reg);
     parked_family = &prometheus::BuildGauge().Name("omnibus_parked")
                          .Help("1 when the ordered listener is parked at an event").Register(reg);
+    paused_family = &prometheus::BuildGauge().Name("omnibus_listener_paused")
+                         .Help("1 while an operator has paused the listener").Register(reg);
     published_family = &prometheus::BuildCounter().Name("omnibus_published_total")
                             .Help("Events this process published, by event and path (direct, outbox)").Register(reg);
     publish_errors_family = &prometheus::BuildCounter().Name("omnibus_publish_errors_total")
@@ -111,6 +114,7 @@ struct worker_metrics::impl {
       series.redelivered = &redelivered_family->Add({{"listener", l.name}});
       series.dead_letters = &dead_letters_family->Add({{"listener", l.name}});
       series.parked = &parked_family->Add({{"listener", l.name}});
+      series.paused = &paused_family->Add({{"listener", l.name}});
       series.consumer = l.consumer_name;
       listeners.emplace(l.name, std::move(series));
       // The events the bus knows get their publish series at zero, so that every family is in
@@ -136,6 +140,7 @@ struct worker_metrics::impl {
   prometheus::Family<prometheus::Gauge>* redelivered_family;
   prometheus::Family<prometheus::Gauge>* dead_letters_family;
   prometheus::Family<prometheus::Gauge>* parked_family;
+  prometheus::Family<prometheus::Gauge>* paused_family;
   prometheus::Family<prometheus::Counter>* published_family;
   prometheus::Family<prometheus::Counter>* publish_errors_family;
   prometheus::Gauge *stream_messages, *stream_bytes, *stream_max_bytes, *stream_fill;
@@ -219,6 +224,10 @@ struct worker_metrics::impl {
       for (auto& [name, s] : listeners) {
         s.dead_letters->Set(0);
         s.parked->Set(0);
+        s.paused->Set(0);
+      }
+      for (const auto& listener : st.paused) {
+        if (auto* s = find(listener)) s->paused->Set(1);
       }
       for (const auto& [listener, n] : st.dead_letters) {
         if (auto* s = find(listener)) s->dead_letters->Set(static_cast<double>(n));

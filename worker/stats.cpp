@@ -27,6 +27,7 @@ stats_view read_stats(const event_bus& bus, pqxx::connection_base& db) {
       if (name == l.name) s.dead_letters = n;
     }
     for (const auto& name : v.db.parked) s.parked = s.parked || name == l.name;
+    for (const auto& name : v.db.paused) s.paused = s.paused || name == l.name;
     v.listeners.push_back(std::move(s));
   }
   return v;
@@ -48,12 +49,12 @@ std::string age(const std::optional<std::chrono::milliseconds>& a) {
 }  // namespace
 
 std::string stats_text(const stats_view& v, std::chrono::milliseconds alert_after, bool colour) {
-  std::string out = format("%-24s %10s %12s %12s %13s %7s\n", "listener", "pending", "ack pending", "redelivered",
-                           "dead letters", "parked");
+  std::string out = format("%-24s %10s %12s %12s %13s %7s %7s\n", "listener", "pending", "ack pending", "redelivered",
+                           "dead letters", "parked", "paused");
   for (const auto& l : v.listeners) {
-    out += format("%-24s %10llu %12llu %12llu %13llu %7s%s\n", l.name.c_str(), static_cast<unsigned long long>(l.pending),
+    out += format("%-24s %10llu %12llu %12llu %13llu %7s %7s%s\n", l.name.c_str(), static_cast<unsigned long long>(l.pending),
                   static_cast<unsigned long long>(l.ack_pending), static_cast<unsigned long long>(l.redelivered),
-                  static_cast<unsigned long long>(l.dead_letters), l.parked ? "YES" : "no",
+                  static_cast<unsigned long long>(l.dead_letters), l.parked ? "YES" : "no", l.paused ? "YES" : "no",
                   l.consumer_found ? "" : "  (no consumer: run the worker once to provision it)");
   }
   out += format("\noutbox     %llu row(s) waiting, oldest %s\n", static_cast<unsigned long long>(v.db.outbox_rows),
@@ -91,7 +92,7 @@ std::string stats_json(const stats_view& v, std::chrono::milliseconds alert_afte
            format(",\"pending\":%llu,\"ack_pending\":%llu,\"redelivered\":%llu,\"dead_letters\":%llu",
                   static_cast<unsigned long long>(l.pending), static_cast<unsigned long long>(l.ack_pending),
                   static_cast<unsigned long long>(l.redelivered), static_cast<unsigned long long>(l.dead_letters)) +
-           ",\"parked\":" + (l.parked ? "true" : "false") + "}";
+           ",\"parked\":" + (l.parked ? "true" : "false") + ",\"paused\":" + (l.paused ? "true" : "false") + "}";
   }
   out += "],\"outbox\":" + format("{\"rows\":%llu,\"oldest_age_seconds\":", static_cast<unsigned long long>(v.db.outbox_rows));
   out += v.db.outbox_oldest_age ? format("%.3f", static_cast<double>(v.db.outbox_oldest_age->count()) / 1000.0) : "null";

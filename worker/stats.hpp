@@ -22,6 +22,7 @@ struct listener_stats {
   std::uint64_t redelivered = 0;
   std::uint64_t dead_letters = 0;
   bool parked = false;
+  bool paused = false;
   bool consumer_found = false;  ///< false: the consumer does not exist (never provisioned?)
 };
 

@@ -27,6 +27,7 @@
 #include "omnibus/bus_state.hpp"
 #include "omnibus/dead_letters.hpp"
 #include "omnibus/jetstream.hpp"
+#include "omnibus/listener_control.hpp"
 #include "omnibus/migrations.hpp"
 #include "omnibus/nats_error.hpp"
 #include "omnibus/operations.hpp"
@@ -188,6 +189,8 @@ struct worker_program::impl {
   std::size_t limit = 100;
   bool retry_all = false, retry_confirmed = false, dry_run = false, purge_confirmed = false, prune_confirmed = false;
   bool stats_json = false;
+  std::string pause_reason = "paused by an operator";
+  CLI::App *listeners_cmd, *listeners_list, *listeners_pause, *listeners_resume;
   long outbox_alert_s = 60;
   double stats_every_s = 0;
   CLI::App *stats_cmd,
@@ -260,6 +263,15 @@ struct worker_program::impl {
     retry_id->excludes(retry_all_flag);
     dl_discard = dl_cmd->add_subcommand("discard", "Delete one dead letter");
     dl_discard->add_option("id", id, "dead letter id")->required();
+
+    listeners_cmd = cli.add_subcommand("listeners", "Pause and resume listeners across every worker");
+    listeners_cmd->require_subcommand(1);
+    listeners_list = listeners_cmd->add_subcommand("list", "Every listener, running or paused (and why)");
+    listeners_pause = listeners_cmd->add_subcommand("pause", "Stop every worker fetching for a listener; its events wait");
+    listeners_pause->add_option("listener", listener, "listener name")->required();
+    listeners_pause->add_option("--reason", pause_reason, "why, for the other operators")->capture_default_str();
+    listeners_resume = listeners_cmd->add_subcommand("resume", "Let every worker fetch for the listener again");
+    listeners_resume->add_option("listener", listener, "listener name")->required();
 
     auto* parked_cmd = cli.add_subcommand("parked", "Ordered listeners parked at an event");
     parked_cmd->require_subcommand(1);
@@ -421,6 +433,52 @@ struct worker_program::impl {
     return 0;
   }
 
+  int listeners(const setup_function& setup) {
+    const worker_config& c = config;
+    event_bus local{c.bus};  // the listeners' names, without a queue
+    app a{local, c, "listeners"};
+    setup(a);
+    pqxx::connection db{c.database_url};
+    const auto paused = list_paused_listeners(db, c.bus.schema);
+    auto registered = [&](const std::string& name) {
+      for (const auto& l : local.async_listeners()) {
+        if (l.name == name) return true;
+      }
+      return false;
+    };
+    if (listeners_list->parsed()) {
+      for (const auto& l : local.async_listeners()) {
+        const paused_listener* p = nullptr;
+        for (const auto& x : paused) p = x.listener == l.name ? &x : p;
+        if (p == nullptr) {
+          std::printf("%-24s running\n", l.name.c_str());
+        } else {
+          std::printf("%-24s PAUSED since %s UTC: %s\n", l.name.c_str(), when(p->since).c_str(), shown(p->reason).c_str());
+        }
+      }
+      for (const auto& p : paused) {
+        if (!registered(p.listener)) {
+          std::printf("%-24s paused, but no listener of this build has that name (renamed?)\n", shown(p.listener).c_str());
+        }
+      }
+      return 0;
+    }
+    if (!registered(listener)) {
+      std::string names;
+      for (const auto& l : local.async_listeners()) names += (names.empty() ? "" : ", ") + l.name;
+      throw config_error("no listener named '" + shown(listener) + "' in this build; its listeners: " + names);
+    }
+    if (listeners_pause->parsed()) {
+      const bool fresh = pause_listener(db, c.bus.schema, listener, pause_reason);
+      std::printf("%s %s: every worker stops fetching it within a second or two; its events wait in the stream\n",
+                  fresh ? "paused" : "already paused (reason updated):", listener.c_str());
+      return 0;
+    }
+    if (!resume_listener(db, c.bus.schema, listener)) throw error("listener " + listener + " is not paused");
+    std::printf("resumed %s: every worker fetches it again within a second or two\n", listener.c_str());
+    return 0;
+  }
+
   int stream(bool info) {
     const worker_config& c = config;
     if (!info && !purge_confirmed) {
@@ -550,6 +608,7 @@ struct worker_program::impl {
     finish(needs_database && !user);
     if (run_cmd->parsed()) return run(setup);
     if (stats_cmd->parsed()) return stats(setup);
+    if (listeners_cmd->parsed()) return listeners(setup);
     if (stream_info->parsed() || stream_purge->parsed()) return stream(stream_info->parsed());
     if (consumers_list->parsed() || consumers_prune->parsed()) return consumers(setup);
     for (const auto& u : commands) {

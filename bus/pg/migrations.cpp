@@ -79,6 +79,12 @@ constexpr std::array migrations{
               "ALTER TABLE {s}.bus_dead_letters ALTER COLUMN headers TYPE bytea USING convert_to(headers, 'UTF8');\n"
               "-- The header block as stored in the stream, for a message whose header block did not parse.\n"
               "ALTER TABLE {s}.bus_dead_letters ADD COLUMN raw_headers bytea;\n"},
+    migration{6, "listeners paused by an operator",
+              "CREATE TABLE {s}.bus_paused (  -- a paused listener fetches nothing; its events wait in the stream\n"
+              "  listener text PRIMARY KEY,\n"
+              "  reason text NOT NULL,\n"
+              "  paused_at timestamptz NOT NULL DEFAULT now()\n"
+              ");\n"},
 };
 
 const char* version_table_sql =

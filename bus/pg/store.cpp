@@ -6,6 +6,7 @@
 #include <pqxx/pqxx>
 
 #include "core/schema.hpp"
+#include "omnibus/listener_control.hpp"
 #include "omnibus/migrations.hpp"
 #include "pg/connection_pool.hpp"
 
@@ -130,6 +131,13 @@ class pg_store final : public store {
   void unpark(std::string_view listener) override {
     auto lease = pool_.acquire(opts_.db_wait);
     omnibus::unpark(*lease, opts_.schema, listener);
+  }
+
+  std::vector<std::string> paused_listeners() override {
+    auto lease = pool_.acquire(opts_.db_wait);
+    std::vector<std::string> out;
+    for (auto& p : list_paused_listeners(*lease, opts_.schema)) out.push_back(std::move(p.listener));
+    return out;
   }
 
   std::size_t prune_inbox(std::chrono::seconds older_than) override {

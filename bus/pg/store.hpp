@@ -11,6 +11,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "omnibus/context.hpp"
 #include "omnibus/dead_letters.hpp"
@@ -74,6 +75,8 @@ class store {
   [[nodiscard]] virtual std::optional<parked_event> find_parked(std::string_view listener) = 0;
   /// Removes the listener's parked row.
   virtual void unpark(std::string_view listener) = 0;
+  /// The listeners an operator paused, by name.
+  [[nodiscard]] virtual std::vector<std::string> paused_listeners() = 0;
   /// Deletes inbox rows older than `older_than`; returns how many.
   virtual std::size_t prune_inbox(std::chrono::seconds older_than) = 0;
 };

@@ -70,6 +70,7 @@ struct listener_state {
   std::unique_ptr<consumer> cons;
   std::mutex mutex;
   std::condition_variable_any slot_freed;
+  std::atomic<bool> paused{false};  // by an operator (watch_controls): fetch nothing
   int in_flight = 0;  // slots taken, stuck ones included
   int stuck = 0;      // past the deadline, handler still running
   int refill_at = 0;  // the fetcher fetches again once in_flight is at or below this
@@ -181,9 +182,45 @@ struct worker::impl {
     return true;
   }
 
+  // Which listeners an operator paused: read from the store, handed to the fetchers, and each
+  // change logged once. A failed read keeps the last known state.
+  void refresh_controls() {
+    const std::vector<std::string> paused = db->paused_listeners();
+    std::uint64_t n = 0;
+    for (auto& l : listeners) {
+      const bool now = std::find(paused.begin(), paused.end(), l->def->name) != paused.end();
+      if (now != l->paused.exchange(now)) {
+        if (now) {
+          log->warn("listener {}: paused by an operator; it fetches nothing and its events wait in the stream",
+                    l->def->name);
+        } else {
+          log->info("listener {}: resumed by an operator", l->def->name);
+        }
+      }
+      n += now ? 1 : 0;
+    }
+    stats.paused_now = n;
+  }
+  void watch_controls(std::stop_token stop) {
+    bool warned = false;
+    while (detail::wait_for(stop, opts.control_poll)) {
+      try {
+        refresh_controls();
+        warned = false;
+      } catch (const std::exception& e) {
+        if (!warned) log->warn("worker: cannot read which listeners are paused (keeping the last known): {}", e.what());
+        warned = true;
+      }
+    }
+  }
+
   void fetch_loop(listener_state& l, std::stop_token stop) {
     const int slots = l.def->options.concurrency;
     while (!stop.stop_requested()) {
+      if (l.paused.load(std::memory_order_relaxed)) {  // events wait in the stream
+        if (!detail::wait_for(stop, opts.tick)) break;
+        continue;
+      }
       int free = 0;
       {
         // Never more messages than free slots (they would wait out their AckWait).
@@ -734,6 +771,7 @@ void validate(const event_bus& bus, const worker_options& o) {
   positive(o.parked_poll, "parked_poll");
   positive(o.fetch_retry, "fetch_retry");
   positive(o.flush_timeout, "flush_timeout");
+  positive(o.control_poll, "control_poll");
   positive(o.stream_check_every, "stream_check_every");
   if (o.shutdown_grace.count() < 0) throw std::invalid_argument("worker_options::shutdown_grace must not be negative");
   if (any_inbox(bus) && o.inbox_retention <= bus.options().stream.max_age) {
@@ -766,6 +804,7 @@ void worker::run(std::stop_token stop) {
   // Opened before any thread starts: a failure here leaves nothing running.
   std::unique_ptr<consumer> reports =
       w.listeners.empty() ? nullptr : w.bus.target()->open_abandoned(w.bus.options().stream, w.bus.options().group);
+  w.refresh_controls();  // a paused listener does not fetch even once at start
   w.threads = std::make_unique<boost::asio::thread_pool>(std::max<std::size_t>(slots, 1));
   w.log->info("worker: {} listener(s), {} handler slot(s)", w.listeners.size(), slots);
 
@@ -777,6 +816,7 @@ void worker::run(std::stop_token stop) {
 
   w.stats.ready = true;
   std::jthread stream_watch([&w](std::stop_token st) { w.watch_stream(st); });
+  std::jthread control_watch([&w](std::stop_token st) { w.watch_controls(st); });
   std::jthread report_reader;
   if (reports) report_reader = std::jthread([&w, &reports](std::stop_token st) { w.abandoned_loop(*reports, st); });
 
@@ -790,6 +830,7 @@ void worker::run(std::stop_token stop) {
   // Graceful shutdown (decision 14).
   w.stats.ready = false;
   stream_watch.request_stop();
+  control_watch.request_stop();
   if (report_reader.joinable()) {
     report_reader.request_stop();
     report_reader.join();

@@ -3,6 +3,7 @@
 // clear error; and the demo runs end to end.
 
 #include <chrono>
+#include <csignal>
 #include <string>
 #include <vector>
 
@@ -258,4 +259,59 @@ TEST_CASE("the demo runs end to end and its summary checks out against the datab
   REQUIRE(rc == 0);
   CHECK_THAT(demo.output(), Catch::Contains("every count checks out against the database"));
   CHECK_THAT(demo.output(), Catch::Contains("orders rolled back") && Catch::Contains("dead-lettered"));
+}
+
+TEST_CASE_METHOD(shop_fixture, "listeners pause stops every worker fetching for one listener; resume drains it",
+                 "[integration][cli]") {
+  auto pause = cli({"listeners", "pause", "confirmation_email", "--reason", "mail provider down"});
+  REQUIRE(pause.wait(20s) == 0);
+  CHECK_THAT(pause.output(), Catch::Contains("paused confirmation_email"));
+  auto list = cli({"listeners", "list"});
+  REQUIRE(list.wait(20s) == 0);
+  CHECK_THAT(list.output(), Catch::Contains("PAUSED") && Catch::Contains("mail provider down") &&
+                                Catch::Contains("loyalty") && Catch::Contains("running"));
+
+  auto w1 = cli({"--flaky-rate", "0", "run"});
+  auto w2 = cli({"--flaky-rate", "0", "run", "--no-relay"});
+  REQUIRE(test_env::eventually([&] { return js.consumers(opts.stream).size() >= 4; }, 30s));
+  {
+    auto same = opts;  // the stream as the workers made it from their defaults
+    const omnibus::stream_config defaults;
+    same.stream.memory_storage = defaults.memory_storage;
+    same.stream.max_age = defaults.max_age;
+    same.stream.max_bytes = defaults.max_bytes;
+    omnibus::event_bus b{js, same};
+    auto shop = services::make_shop(b, shop_opts);
+    b.provision();
+    pqxx::work tx{db};
+    omnibus::context ctx{tx};
+    shop->inventory.restock(ctx, "mug", 10);
+    for (int i = 0; i < 3; ++i) shop->orders.place(ctx, "ada@example.com", "mug", 1, 1200);
+    tx.commit();
+  }
+  const std::string emails = "SELECT count(*) FROM \"" + shop_opts.schema + "\".emails WHERE kind = 'confirmation'";
+  const std::string loyalty = "SELECT count(*) FROM \"" + shop_opts.schema + "\".loyalty";
+  // Loyalty handled the same three orders: a confirmation_email that fetched would have too.
+  REQUIRE(test_env::eventually([&] { return count(loyalty) == 3; }, 30s));
+  CHECK(count(emails) == 0);
+  auto stats = cli({"stats", "--json"});
+  REQUIRE(stats.wait(20s) == 0);
+  CHECK_THAT(stats.output(), Catch::Contains("{\"name\":\"confirmation_email\"") && Catch::Contains("\"paused\":true"));
+
+  auto resume = cli({"listeners", "resume", "confirmation_email"});
+  REQUIRE(resume.wait(20s) == 0);
+  CHECK(test_env::eventually([&] { return count(emails) == 3; }, 30s));
+  CHECK_THAT(w1.output() + w2.output(), Catch::Contains("listener confirmation_email: paused by an operator") &&
+                                            Catch::Contains("listener confirmation_email: resumed"));
+
+  auto unknown = cli({"listeners", "pause", "no_such_listener"});
+  CHECK(unknown.wait(20s) == 2);
+  CHECK_THAT(unknown.output(), Catch::Contains("no listener named 'no_such_listener'"));
+  auto not_paused = cli({"listeners", "resume", "loyalty"});
+  CHECK(not_paused.wait(20s) == 1);
+  CHECK_THAT(not_paused.output(), Catch::Contains("not paused"));
+  w1.signal(SIGTERM);
+  w2.signal(SIGTERM);
+  CHECK(w1.wait(30s) == 0);
+  CHECK(w2.wait(30s) == 0);
 }

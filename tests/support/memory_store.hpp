@@ -25,6 +25,7 @@ struct store_state {
   std::vector<omnibus::dead_letter> letters;
   std::map<std::string, omnibus::parked_event> parked;
   std::set<std::pair<std::string, std::string>> inbox;  // committed (listener, event id)
+  std::set<std::string> paused;                         // listeners an operator paused
   bool unavailable = false;      // every call throws, as when PostgreSQL is down
   bool refuse_letters = false;   // write_dead_letter throws row_refused
   bool commit_in_doubt = false;  // inbox commits throw commit_in_doubt (and do commit)
@@ -83,6 +84,9 @@ class memory_store final : public omnibus::detail::store {
     });
   }
   void unpark(std::string_view listener) override { with([&] { s_->parked.erase(std::string(listener)); }); }
+  std::vector<std::string> paused_listeners() override {
+    return with([&] { return std::vector<std::string>(s_->paused.begin(), s_->paused.end()); });
+  }
   std::size_t prune_inbox(std::chrono::seconds) override { return with([] { return std::size_t{0}; }); }
 
  private:

@@ -66,6 +66,7 @@ struct runtime {
     o.tick = 5ms;
     o.parked_poll = 5ms;
     o.fetch_retry = 5ms;
+    o.control_poll = 10ms;
     o.shutdown_grace = 2s;
     return o;
   }
@@ -381,4 +382,21 @@ TEST_CASE_METHOD(runtime, "observers see every publish and every attempt's outco
                        "end tracker 1 dead_letter never",
                    });
   CHECK_THROWS_AS(bus.add_observer(std::make_shared<recording_observer>()), std::logic_error);  // frozen
+}
+
+TEST_CASE_METHOD(runtime, "a paused listener fetches nothing, the others go on, and a resume drains it", "[runtime][pause]") {
+  std::atomic<int> tracked{0}, bystanders{0};
+  bus.add_async_listener<parcel_sent>("tracker", [&](omnibus::context&, const parcel_sent&) { ++tracked; }, quick(3));
+  bus.add_async_listener<parcel_sent>("bystander", [&](omnibus::context&, const parcel_sent&) { ++bystanders; }, quick(3));
+  store->paused.insert("tracker");  // paused before the worker starts: it never fetches
+  start();
+  REQUIRE(eventually([&] { return stats().paused_now == 1; }, 5s));
+  for (int i = 0; i < 3; ++i) bus.publish(ctx, parcel_sent{i});
+  // The bystander handled the same three events: had the tracker been fetching, it would have too.
+  REQUIRE(eventually([&] { return bystanders == 3; }, 5s));
+  CHECK(tracked == 0);
+  CHECK(q.info(bus.options().stream, "rt_tracker")->pending == 3);  // they wait in the stream
+
+  store->locked([&] { return store->paused.erase("tracker"); });
+  CHECK(eventually([&] { return tracked == 3 && stats().paused_now == 0; }, 5s));
 }

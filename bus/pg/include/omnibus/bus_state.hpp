@@ -25,6 +25,7 @@ struct OMNIBUS_API bus_state {
   /// Dead letters per listener (listeners with none are absent), by listener name.
   std::vector<std::pair<std::string, std::uint64_t>> dead_letters;
   std::vector<std::string> parked;        ///< the listeners parked at an event, by name
+  std::vector<std::string> paused;        ///< the listeners an operator paused, by name
 
   /// Whether outbox rows have waited longer than `after` while no process holds the relay
   /// lock: events are written and nothing sends them (a worker with a relay must run).

@@ -42,6 +42,8 @@ struct OMNIBUS_API worker_options {
   std::chrono::milliseconds db_wait{5000};                    ///< for a pooled connection
   std::chrono::milliseconds fetch_retry{1000};                ///< after a failed fetch, before the next
   std::chrono::milliseconds flush_timeout{5000};              ///< for the last acks to reach the server at shutdown
+  /// How often the worker reads which listeners an operator paused (listener_control.hpp).
+  std::chrono::milliseconds control_poll{1000};
   /// How often a parked listener's held event checks for an operator's word.
   std::chrono::milliseconds parked_poll{1000};
   /// An inbox transaction's lock_timeout: a hung handler's uncommitted inbox row cannot block
@@ -76,6 +78,8 @@ struct OMNIBUS_API worker_stats {
   /// True while run() drains: migrated, provisioned, every consumer open. False before and
   /// once shutdown begins (a readiness probe reads it).
   std::atomic<bool> ready{false};
+  /// Listeners an operator has paused, as this worker last read them.
+  std::atomic<std::uint64_t> paused_now{0};
 };
 
 /// Thrown by run() when every handler slot of a listener is stuck past its deadline. The

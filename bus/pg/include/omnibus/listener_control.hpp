@@ -1,0 +1,33 @@
+#pragma once
+// Pausing a listener across every worker: a row in <schema>.bus_paused, which each worker
+// reads every worker_options::control_poll. A paused listener fetches nothing; its events wait
+// in the stream (for as long as the stream keeps them) and are handled after the resume.
+
+#include <chrono>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "omnibus/export.hpp"
+#include "omnibus/fwd.hpp"
+
+namespace omnibus {
+
+/// A listener an operator paused.
+struct OMNIBUS_API paused_listener {
+  std::string listener;                            ///< the async listener's name
+  std::string reason;                              ///< what the operator said
+  std::chrono::system_clock::time_point since{};   ///< when it was paused
+};
+
+/// Pauses `listener` in every worker of the schema (within their control poll). False when it
+/// was paused already (the reason is then updated).
+OMNIBUS_API bool pause_listener(pqxx::connection_base& conn, std::string_view schema, std::string_view listener,
+                                std::string_view reason);
+/// Resumes it. False when it was not paused.
+OMNIBUS_API bool resume_listener(pqxx::connection_base& conn, std::string_view schema, std::string_view listener);
+/// Every paused listener, by name.
+[[nodiscard]] OMNIBUS_API std::vector<paused_listener> list_paused_listeners(pqxx::connection_base& conn,
+                                                                           std::string_view schema);
+
+}  // namespace omnibus

@@ -1,0 +1,44 @@
+#include "omnibus/listener_control.hpp"
+
+#include <pqxx/pqxx>
+
+#include "core/schema.hpp"
+
+namespace omnibus {
+
+bool pause_listener(pqxx::connection_base& conn, std::string_view schema, std::string_view listener,
+                    std::string_view reason) {
+  check_schema_name(schema);
+  pqxx::work tx{conn};
+  // xmax = 0 only for a row this statement inserted: it tells a new pause from an update.
+  const bool fresh = tx.exec_params1("INSERT INTO " + detail::table_name(schema, "bus_paused") +
+                                         " (listener, reason) VALUES ($1, $2) ON CONFLICT (listener) DO UPDATE SET "
+                                         "reason = EXCLUDED.reason RETURNING xmax = 0",
+                                     std::string(listener), std::string(reason))[0]
+                         .as<bool>();
+  tx.commit();
+  return fresh;
+}
+
+bool resume_listener(pqxx::connection_base& conn, std::string_view schema, std::string_view listener) {
+  check_schema_name(schema);
+  pqxx::work tx{conn};
+  const auto r = tx.exec_params("DELETE FROM " + detail::table_name(schema, "bus_paused") + " WHERE listener = $1",
+                                std::string(listener));
+  tx.commit();
+  return r.affected_rows() > 0;
+}
+
+std::vector<paused_listener> list_paused_listeners(pqxx::connection_base& conn, std::string_view schema) {
+  check_schema_name(schema);
+  pqxx::read_transaction tx{conn};
+  std::vector<paused_listener> out;
+  for (const auto& row : tx.exec("SELECT listener, reason, (extract(epoch FROM paused_at) * 1000000)::bigint FROM " +
+                                 detail::table_name(schema, "bus_paused") + " ORDER BY listener")) {
+    out.push_back({row[0].as<std::string>(), row[1].as<std::string>(),
+                   std::chrono::system_clock::time_point{std::chrono::microseconds{row[2].as<std::int64_t>()}}});
+  }
+  return out;
+}
+
+}  // namespace omnibus
