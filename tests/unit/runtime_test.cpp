@@ -5,6 +5,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <condition_variable>
 #include <memory>
 #include <mutex>
 #include <stdexcept>
@@ -284,7 +285,11 @@ TEST_CASE_METHOD(runtime, "a handler past its deadline is stopped and its event 
   o.deadline = 50ms;
   bus.add_async_listener<parcel_sent>("slow", [&](omnibus::context& c, const parcel_sent&) {
     if (++calls == 1) {
-      while (!c.stop_token().stop_requested()) std::this_thread::sleep_for(1ms);  // a cooperative long handler
+      // A cooperative long handler: it works until the worker requests stop at the deadline.
+      std::mutex m;
+      std::condition_variable_any stopped;
+      std::unique_lock lock(m);
+      stopped.wait(lock, c.stop_token(), [] { return false; });
       throw std::runtime_error("stopped");
     }
   }, o);
