@@ -1,6 +1,7 @@
 #include "omnibus/event_bus.hpp"
 
 #include <algorithm>
+#include <cmath>
 #include <stdexcept>
 
 #include "core/outbox.hpp"
@@ -62,6 +63,22 @@ bool valid_consumer_name(std::string_view n) {
   }
   return true;
 }
+
+// The flow-control options of listener `l`, checked when it is added.
+void check_flow_options(const async_listener& l) {
+  const auto refuse = [&](const std::string& what) { throw std::logic_error("bus: listener " + l.name + ": " + what); };
+  const listener_options& o = l.options;
+  if (o.max_in_flight < 0) refuse("max_in_flight must not be negative (0: no cap)");
+  if (o.breaker.enabled) {
+    if (o.breaker.failures < 1) refuse("breaker.failures must be at least 1");
+    if (o.breaker.window.count() <= 0) refuse("breaker.window must be positive");
+    if (o.breaker.cool_down.count() <= 0) refuse("breaker.cool_down must be positive");
+  }
+  if (!std::isfinite(o.rate.per_second) || o.rate.per_second < 0) {
+    refuse("rate.per_second must be a finite number, at least 0 (0: no limit)");
+  }
+  if (o.rate.burst < 0) refuse("rate.burst must not be negative (0: a tenth of a second's worth)");
+}
 }  // namespace
 
 void event_bus::add_async(std::size_t slot, async_listener l) {
@@ -77,6 +94,7 @@ void event_bus::add_async(std::size_t slot, async_listener l) {
     throw std::logic_error("bus: listener " + l.name + "'s max_attempts (" + std::to_string(l.options.retry.max_attempts) +
                            ") must be below bus_options::max_deliveries (" + std::to_string(options_.max_deliveries) + ")");
   }
+  check_flow_options(l);
   if (l.name == "_abandoned") throw std::logic_error("bus: the listener name _abandoned is the worker's own");
   l.consumer_name = options_.group + "_" + l.name;
   if (l.options.ordered) l.options.concurrency = 1;  // one in flight, across all workers
@@ -100,7 +118,9 @@ std::vector<consumer_config> event_bus::consumer_configs() const {
     c.group = options_.group;
     c.filter_subject = subject_for(options_.stream.subject_prefix, l.event_name);
     c.ack_wait = l.options.ack_wait;
-    c.max_ack_pending = l.options.ordered ? 1 : std::max<std::int64_t>(1000, l.options.concurrency);
+    c.max_ack_pending = l.options.ordered           ? 1
+                        : l.options.max_in_flight > 0 ? l.options.max_in_flight
+                                                      : std::max<std::int64_t>(1000, l.options.concurrency);
     c.start_time = l.options.replay_from;
     c.max_deliver = options_.max_deliveries;
     out.push_back(std::move(c));

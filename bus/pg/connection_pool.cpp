@@ -3,6 +3,7 @@
 #include <pqxx/pqxx>
 
 #include "omnibus/error.hpp"
+#include "pg/store.hpp"
 
 namespace omnibus {
 
@@ -52,7 +53,7 @@ connection_pool::lease connection_pool::acquire(std::chrono::milliseconds timeou
     } catch (const std::exception&) {
       give_back(nullptr, true);
       // libpq's message can repeat the connection string; ours does not.
-      throw error("cannot connect to PostgreSQL (check the database URL; is the server up?)");
+      throw detail::store_unavailable("cannot connect to PostgreSQL (check the database URL; is the server up?)");
     }
   }
   return lease(*this, std::move(conn));

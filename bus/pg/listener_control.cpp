@@ -6,6 +6,12 @@
 
 namespace omnibus {
 
+namespace {
+std::chrono::system_clock::time_point from_micros(std::int64_t us) {
+  return std::chrono::system_clock::time_point{std::chrono::microseconds{us}};
+}
+}  // namespace
+
 bool pause_listener(pqxx::connection_base& conn, std::string_view schema, std::string_view listener,
                     std::string_view reason) {
   check_schema_name(schema);
@@ -35,8 +41,24 @@ std::vector<paused_listener> list_paused_listeners(pqxx::connection_base& conn, 
   std::vector<paused_listener> out;
   for (const auto& row : tx.exec("SELECT listener, reason, (extract(epoch FROM paused_at) * 1000000)::bigint FROM " +
                                  detail::table_name(schema, "bus_paused") + " ORDER BY listener")) {
-    out.push_back({row[0].as<std::string>(), row[1].as<std::string>(),
-                   std::chrono::system_clock::time_point{std::chrono::microseconds{row[2].as<std::int64_t>()}}});
+    out.push_back({row[0].as<std::string>(), row[1].as<std::string>(), from_micros(row[2].as<std::int64_t>())});
+  }
+  return out;
+}
+
+std::vector<listener_report> list_listener_reports(pqxx::connection_base& conn, std::string_view schema,
+                                                   std::chrono::seconds fresh_within) {
+  check_schema_name(schema);
+  pqxx::read_transaction tx{conn};
+  std::vector<listener_report> out;
+  for (const auto& row : tx.exec_params(
+           "SELECT listener, worker, state, reason, (extract(epoch FROM since) * 1000000)::bigint, "
+           "(extract(epoch FROM reported_at) * 1000000)::bigint FROM " +
+               detail::table_name(schema, "bus_listener_states") +
+               " WHERE reported_at > now() - make_interval(secs => $1) ORDER BY listener, worker",
+           static_cast<double>(fresh_within.count()))) {
+    out.push_back({row[0].as<std::string>(), row[1].as<std::string>(), row[2].as<std::string>(),
+                   row[3].as<std::string>(), from_micros(row[4].as<std::int64_t>()), from_micros(row[5].as<std::int64_t>())});
   }
   return out;
 }

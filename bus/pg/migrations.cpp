@@ -85,6 +85,22 @@ constexpr std::array migrations{
               "  reason text NOT NULL,\n"
               "  paused_at timestamptz NOT NULL DEFAULT now()\n"
               ");\n"},
+    migration{7, "flow control: shared rate limits, and what each worker reports of its listeners",
+              "CREATE TABLE {s}.bus_rate_limits (  -- a token bucket per rate-limited listener, shared by its workers\n"
+              "  listener text PRIMARY KEY,\n"
+              "  tokens double precision NOT NULL,\n"
+              "  refreshed_at timestamptz NOT NULL,\n"
+              "  last_taken int NOT NULL DEFAULT 0  -- what the last draw took, for its RETURNING\n"
+              ");\n"
+              "CREATE TABLE {s}.bus_listener_states (  -- rewritten by each running worker every control poll\n"
+              "  listener text NOT NULL,\n"
+              "  worker text NOT NULL,  -- host:pid\n"
+              "  state text NOT NULL,\n"
+              "  reason text NOT NULL DEFAULT '',\n"
+              "  since timestamptz NOT NULL,\n"
+              "  reported_at timestamptz NOT NULL DEFAULT now(),\n"
+              "  PRIMARY KEY (listener, worker)\n"
+              ");\n"},
 };
 
 const char* version_table_sql =

@@ -13,6 +13,17 @@
 namespace omnibus::detail {
 
 row_refused::~row_refused() = default;
+store_unavailable::~store_unavailable() = default;
+
+bool is_unavailable(const std::exception& e) noexcept {
+  if (dynamic_cast<const store_unavailable*>(&e) != nullptr) return true;
+  if (dynamic_cast<const pqxx::broken_connection*>(&e) != nullptr) return true;
+  if (const auto* sql = dynamic_cast<const pqxx::sql_error*>(&e)) {
+    const std::string& state = sql->sqlstate();
+    return state.rfind("08", 0) == 0 || state.rfind("57P", 0) == 0;  // connection exception; shutting down
+  }
+  return false;
+}
 commit_in_doubt::~commit_in_doubt() = default;
 
 bool claim_inbox(pqxx::transaction_base& tx, std::string_view schema, std::string_view listener,
@@ -133,11 +144,49 @@ class pg_store final : public store {
     omnibus::unpark(*lease, opts_.schema, listener);
   }
 
-  std::vector<std::string> paused_listeners() override {
+  std::vector<paused_listener> paused_listeners() override {
     auto lease = pool_.acquire(opts_.db_wait);
-    std::vector<std::string> out;
-    for (auto& p : list_paused_listeners(*lease, opts_.schema)) out.push_back(std::move(p.listener));
-    return out;
+    return list_paused_listeners(*lease, opts_.schema);
+  }
+
+  int take_tokens(std::string_view listener, double per_second, int burst, int want) override {
+    auto lease = pool_.acquire(opts_.db_wait);
+    pqxx::nontransaction tx{*lease};
+    // One statement, under the row's lock: refill by the time since the last draw (the
+    // database's clock, the same for every worker), cap at burst, take what is whole.
+    const std::string refilled = "least($3::float8, r.tokens + $2::float8 * "
+                                 "extract(epoch FROM clock_timestamp() - r.refreshed_at)::float8)";
+    const std::string took = "least(floor(" + refilled + ")::int, $4::int)";
+    return tx
+        .exec_params1("INSERT INTO " + table_name(opts_.schema, "bus_rate_limits") +
+                          " AS r (listener, tokens, refreshed_at, last_taken) VALUES ($1, $3::float8 - least($3::int, "
+                          "$4::int), clock_timestamp(), least($3::int, $4::int)) ON CONFLICT (listener) DO UPDATE SET "
+                          "tokens = " + refilled + " - " + took + ", refreshed_at = clock_timestamp(), last_taken = " +
+                          took + " RETURNING last_taken",
+                      std::string(listener), per_second, burst, want)[0]
+        .as<int>();
+  }
+
+  void report_states(std::string_view worker, const std::vector<listener_report>& reports) override {
+    auto lease = pool_.acquire(opts_.db_wait);
+    pqxx::work tx{*lease};
+    const std::string t = table_name(opts_.schema, "bus_listener_states");
+    for (const listener_report& r : reports) {
+      tx.exec_params0("INSERT INTO " + t + " (listener, worker, state, reason, since, reported_at) VALUES ($1, $2, $3, "
+                      "$4, to_timestamp($5::float8 / 1000000), now()) ON CONFLICT (listener, worker) DO UPDATE SET "
+                      "state = EXCLUDED.state, reason = EXCLUDED.reason, since = EXCLUDED.since, reported_at = now()",
+                      r.listener, std::string(worker), r.state, r.reason,
+                      static_cast<double>(std::chrono::duration_cast<std::chrono::microseconds>(
+                                              r.since.time_since_epoch()).count()));
+    }
+    tx.commit();
+  }
+
+  void forget_states(std::string_view worker) override {
+    auto lease = pool_.acquire(opts_.db_wait);
+    pqxx::nontransaction tx{*lease};
+    tx.exec_params0("DELETE FROM " + table_name(opts_.schema, "bus_listener_states") + " WHERE worker = $1",
+                    std::string(worker));
   }
 
   std::size_t prune_inbox(std::chrono::seconds older_than) override {

@@ -18,6 +18,7 @@
 #include "omnibus/error.hpp"
 #include "omnibus/export.hpp"
 #include "omnibus/fwd.hpp"
+#include "omnibus/listener_control.hpp"
 
 namespace omnibus::detail {
 
@@ -35,6 +36,19 @@ class OMNIBUS_API commit_in_doubt : public error {
   using error::error;
   ~commit_in_doubt() override;
 };
+
+/// The store cannot reach its database (PostgreSQL refuses or drops connections): an outage,
+/// not a fault of the row or of the handler.
+class OMNIBUS_API store_unavailable : public error {
+ public:
+  using error::error;
+  ~store_unavailable() override;
+};
+
+/// Whether `e` says the database cannot be reached: store_unavailable, a broken connection,
+/// or a server going down (SQLSTATE classes 08 and 57P). The worker then holds the event and
+/// tries again without spending an attempt.
+[[nodiscard]] bool is_unavailable(const std::exception& e) noexcept;
 
 /// One handler call's side of the store: the connection a handler's context leases, and the
 /// inbox transaction of an inbox listener. Used by one thread; ends (rolling back what was not
@@ -75,8 +89,15 @@ class store {
   [[nodiscard]] virtual std::optional<parked_event> find_parked(std::string_view listener) = 0;
   /// Removes the listener's parked row.
   virtual void unpark(std::string_view listener) = 0;
-  /// The listeners an operator paused, by name.
-  [[nodiscard]] virtual std::vector<std::string> paused_listeners() = 0;
+  /// The listeners an operator paused.
+  [[nodiscard]] virtual std::vector<paused_listener> paused_listeners() = 0;
+  /// Draws up to `want` tokens from `listener`'s shared bucket (refilled at per_second, at
+  /// most `burst`, created full); returns how many it got.
+  virtual int take_tokens(std::string_view listener, double per_second, int burst, int want) = 0;
+  /// Replaces what worker `worker` reports of its listeners (listener, state, reason, since).
+  virtual void report_states(std::string_view worker, const std::vector<listener_report>& reports) = 0;
+  /// Deletes worker `worker`'s reports: it stops.
+  virtual void forget_states(std::string_view worker) = 0;
   /// Deletes inbox rows older than `older_than`; returns how many.
   virtual std::size_t prune_inbox(std::chrono::seconds older_than) = 0;
 };

@@ -10,6 +10,7 @@
 #include <optional>
 #include <random>
 #include <thread>
+#include <unistd.h>
 #include <utility>
 #include <vector>
 
@@ -23,6 +24,7 @@
 #include "core/context_access.hpp"
 #include "core/failpoint.hpp"
 #include "pg/store.hpp"
+#include "runtime/flow.hpp"
 #include "runtime/settle.hpp"
 #include "core/stop_wait.hpp"
 
@@ -60,6 +62,9 @@ struct job {
   clock::time_point last_progress;
   std::stop_source stop;
   job_list::iterator self;  // its place in the listener's list, for O(1) removal
+  clock::time_point called;  // when the handler was last called (outages tell late echoes by it)
+  bool trial = false;        // the circuit breaker's half-open trial
+  std::atomic<bool> judged{false};  // its outcome was told to the breaker
   // What observers are told (run_job's thread only): the last settlement this thread made.
   handle_outcome outcome = handle_outcome::returned;
   std::string error;
@@ -70,7 +75,9 @@ struct listener_state {
   std::unique_ptr<consumer> cons;
   std::mutex mutex;
   std::condition_variable_any slot_freed;
-  std::atomic<bool> paused{false};  // by an operator (watch_controls): fetch nothing
+  std::unique_ptr<detail::flow_gate> gate;  // pause, outage, breaker: whether to fetch
+  int tokens = 0;  // the fetcher's: rate-limit tokens drawn and not yet spent
+  std::chrono::milliseconds token_wait{0};  // the fetcher's: after a draw that got none
   int in_flight = 0;  // slots taken, stuck ones included
   int stuck = 0;      // past the deadline, handler still running
   int refill_at = 0;  // the fetcher fetches again once in_flight is at or below this
@@ -130,7 +137,16 @@ struct worker::impl {
   std::unique_ptr<detail::store> db;  // given, or made from database_url by run()
   std::unique_ptr<boost::asio::thread_pool> threads;
   std::atomic<bool> shutting_down{false};
+  std::atomic<bool> gates_ready{false};  // listeners (and their gates) are built: never changed after
   clock::time_point next_prune{};
+  const std::string worker_id = this_worker();
+
+  // host:pid, as this worker reports its listeners' states.
+  static std::string this_worker() {
+    char host[256] = {};
+    if (gethostname(host, sizeof host - 1) != 0) host[0] = '\0';
+    return std::string(host[0] != '\0' ? host : "localhost") + ":" + std::to_string(getpid());
+  }
 
   // Deletes inbox rows older than the retention, by the database's clock, now and then.
   void prune_inbox() {
@@ -182,24 +198,23 @@ struct worker::impl {
     return true;
   }
 
-  // Which listeners an operator paused: read from the store, handed to the fetchers, and each
-  // change logged once. A failed read keeps the last known state.
+  // Which listeners an operator paused: read from the store and handed to the gates (which log
+  // each change once); then this worker's report of its listeners' states. A failed read keeps
+  // the last known state.
   void refresh_controls() {
-    const std::vector<std::string> paused = db->paused_listeners();
+    const std::vector<paused_listener> paused = db->paused_listeners();
     std::uint64_t n = 0;
+    std::vector<listener_report> reports;
     for (auto& l : listeners) {
-      const bool now = std::find(paused.begin(), paused.end(), l->def->name) != paused.end();
-      if (now != l->paused.exchange(now)) {
-        if (now) {
-          log->warn("listener {}: paused by an operator; it fetches nothing and its events wait in the stream",
-                    l->def->name);
-        } else {
-          log->info("listener {}: resumed by an operator", l->def->name);
-        }
-      }
-      n += now ? 1 : 0;
+      const paused_listener* p = nullptr;
+      for (const auto& x : paused) p = x.listener == l->def->name ? &x : p;
+      l->gate->set_paused(p != nullptr, p != nullptr ? p->reason : std::string());
+      n += p != nullptr ? 1 : 0;
+      const detail::flow_report r = l->gate->report();
+      reports.push_back({l->def->name, worker_id, detail::to_string(r.state), r.reason, r.since, {}});
     }
     stats.paused_now = n;
+    db->report_states(worker_id, reports);
   }
   void watch_controls(std::stop_token stop) {
     bool warned = false;
@@ -216,11 +231,10 @@ struct worker::impl {
 
   void fetch_loop(listener_state& l, std::stop_token stop) {
     const int slots = l.def->options.concurrency;
+    const bool limited = l.def->options.rate.per_second > 0;
+    bool failing = false;  // fetches fail (NATS unreachable?) since failing_since
+    clock::time_point failing_since{};
     while (!stop.stop_requested()) {
-      if (l.paused.load(std::memory_order_relaxed)) {  // events wait in the stream
-        if (!detail::wait_for(stop, opts.tick)) break;
-        continue;
-      }
       int free = 0;
       {
         // Never more messages than free slots (they would wait out their AckWait).
@@ -228,14 +242,35 @@ struct worker::impl {
         if (!l.slot_freed.wait(lock, stop, [&] { return l.may_fetch(); })) break;
         free = slots - l.in_flight;
       }
+      const detail::flow_gate::allowance may = l.gate->may_take(free, clock::now());
+      int take = may.take;
+      if (take > 0 && limited) take = draw_tokens(l, take);
+      if (take == 0) {
+        if (may.trial) l.gate->trial_unused();
+        if (!detail::wait_for(stop, may.take == 0 ? std::min(may.wait, opts.tick) : l.token_wait)) break;
+        continue;
+      }
       std::vector<std::unique_ptr<delivery>> batch;
       try {
-        batch = l.cons->fetch(static_cast<std::size_t>(free), opts.fetch_wait);
+        batch = l.cons->fetch(static_cast<std::size_t>(take), opts.fetch_wait);
       } catch (const std::exception& e) {
-        log->warn("listener {}: fetch failed: {}; retrying in {} ms", l.def->name, e.what(), opts.fetch_retry.count());
+        if (may.trial) l.gate->trial_unused();
+        if (!failing) {
+          log->warn("listener {}: fetch failed: {}; retrying every {} ms (logged again once it works)", l.def->name,
+                    e.what(), opts.fetch_retry.count());
+          failing = true;
+          failing_since = clock::now();
+        }
         if (!detail::wait_for(stop, opts.fetch_retry)) break;
         continue;
       }
+      if (failing) {
+        log->info("listener {}: fetching again after {} s of failed fetches", l.def->name,
+                  std::chrono::duration_cast<std::chrono::seconds>(clock::now() - failing_since).count());
+        failing = false;
+      }
+      if (limited) l.tokens -= static_cast<int>(batch.size());
+      if (may.trial && batch.empty()) l.gate->trial_unused();
       for (auto& d : batch) {
         if (stop.stop_requested() || shutting_down) {
           // Fetched but not started: give it back at once for another worker.
@@ -248,6 +283,7 @@ struct worker::impl {
         auto j = std::make_shared<job>();
         j->l = &l;
         j->d = std::move(d);
+        j->trial = may.trial;
         j->deadline = clock::now() + l.def->options.deadline;
         j->last_progress = clock::now();
         {
@@ -263,6 +299,30 @@ struct worker::impl {
     }
   }
 
+  // Up to `take` of the tokens the listener's shared rate limit grants, drawn from the store
+  // when the fetcher holds too few (at most a bucket's worth at once). 0: wait token_wait.
+  int draw_tokens(listener_state& l, int take) {
+    const rate_limit& r = l.def->options.rate;
+    const int burst = r.burst > 0 ? r.burst : std::max(1, static_cast<int>(std::ceil(r.per_second / 10)));
+    if (l.tokens < take) {
+      const int want = std::min(take - l.tokens, burst);
+      try {
+        l.tokens += db->take_tokens(l.def->name, r.per_second, burst, want);
+      } catch (const std::exception& e) {  // no tokens without the store: the limit holds
+        log->warn("listener {}: cannot draw from its rate limit: {}; retrying in {} ms", l.def->name, e.what(),
+                  opts.fetch_retry.count());
+        l.token_wait = opts.fetch_retry;
+        return 0;
+      }
+      // Asking again before `want` tokens can have come is a wasted round trip.
+      const auto refill = std::chrono::milliseconds(static_cast<std::int64_t>(1000.0 * want / r.per_second));
+      l.token_wait = std::clamp(refill, std::chrono::milliseconds(5), std::chrono::milliseconds(1000));
+    }
+    const int n = std::min(take, l.tokens);
+    l.gate->set_rate_limited(n == 0);
+    return n;
+  }
+
   void finish(const std::shared_ptr<job>& j) {
     listener_state& l = *j->l;
     bool wake = false;
@@ -273,6 +333,9 @@ struct worker::impl {
       l.jobs.erase(j->self);
       wake = l.may_fetch();
     }
+    // A trial that ended without a verdict (dead-lettered on arrival, returned at shutdown):
+    // the breaker lets another one through.
+    if (j->trial && !j->judged) l.gate->trial_unused();
     if (wake) l.slot_freed.notify_one();
   }
 
@@ -311,6 +374,12 @@ struct worker::impl {
     }
   }
 
+  struct handler_result {
+    enum class kind { handled, duplicate, failed, unavailable, in_doubt, settled };
+    kind what = kind::handled;
+    std::string error;  // failed, unavailable, in_doubt
+  };
+
   // Admit the message, hold it while its ordered listener is parked, call the handler, then
   // settle by the outcome.
   void process(job& j) {
@@ -322,8 +391,53 @@ struct worker::impl {
     if (!env) return;
     bool operator_retry = false;
     if (!hold_while_parked(j, *env, operator_retry)) return;
-    const handler_result result = call_handler(j, *env);
+    handler_result result = call_handler(j, *env);
+    for (int round = 0; result.what == handler_result::kind::unavailable; ++round) {
+      if (!hold_through_outage(j, *env, result.error, round)) return;
+      result = call_handler(j, *env);
+    }
+    j.l->gate->leave_outage(j.called);
     conclude(j, *env, result, operator_retry);
+    judge(j, result);
+  }
+
+  // A dependency is down (PostgreSQL unreachable, or the handler threw transient_error): the
+  // listener stops fetching, and this event is held (in progress, no deadline, no attempt
+  // spent) for a backoff before its next call. False when it was returned at shutdown.
+  bool hold_through_outage(job& j, const envelope& env, const std::string& error, int round) {
+    j.l->gate->enter_outage(error, j.called);
+    stats.outage_retries.fetch_add(1, std::memory_order_relaxed);
+    set_deadline(j, clock::time_point::max());
+    const double nominal = static_cast<double>(opts.outage_retry.count()) * std::pow(2.0, std::min(round, 20));
+    const auto delay = std::chrono::milliseconds(std::llround(
+        std::min(nominal, static_cast<double>(opts.outage_retry_max.count())) * (0.8 + 0.4 * unit_random())));
+    log->debug("listener {}: {} {} waits {} ms for a dependency ({}); no attempt spent", j.l->def->name, env.name,
+               env.id.to_string(), delay.count(), error);
+    if (!sleep_unless_shutdown(delay)) {
+      settle(j, "returning a held", [](delivery& x) { x.nak(std::chrono::milliseconds(0)); });
+      return false;
+    }
+    set_deadline(j, clock::now() + j.l->def->options.deadline);
+    return true;
+  }
+
+  // Sleeps for `d` in ticks; false as soon as the worker shuts down.
+  bool sleep_unless_shutdown(clock::duration d) {
+    for (const auto until = clock::now() + d; clock::now() < until;) {
+      if (shutting_down) return false;
+      std::this_thread::sleep_for(std::min<clock::duration>(opts.tick, until - clock::now()));
+    }
+    return !shutting_down;
+  }
+
+  // Tells the circuit breaker how the call went: a throw or a passed deadline is a failure, a
+  // return a success. Other ends (a bad body, permanent_error, a duplicate) say nothing of the
+  // dependency, and a trial that ends so lets another through (finish()).
+  void judge(job& j, const handler_result& result) {
+    using kind = handler_result::kind;
+    if (result.what != kind::handled && result.what != kind::failed) return;
+    if (j.judged.exchange(true)) return;  // timed out: the monitor judged it
+    j.l->gate->on_result(result.what == kind::failed, j.trial, result.error, clock::now());
   }
 
   // The envelope to hand the handler, or nullopt when the message cannot reach it (it was
@@ -351,18 +465,14 @@ struct worker::impl {
     return true;
   }
 
-  struct handler_result {
-    enum class kind { handled, duplicate, failed, in_doubt, settled };
-    kind what = kind::handled;
-    std::string error;  // failed, in_doubt
-  };
-
   // Runs the handler with its context (and, for an inbox listener, inside the inbox
   // transaction, committed with the handler's writes). Errors that settle at once (decode
-  // failures, permanent_error) are settled here.
+  // failures, permanent_error) are settled here; an unreachable database or a transient_error
+  // is `unavailable`: an outage, not the handler's failure.
   handler_result call_handler(job& j, const envelope& env) {
     using kind = handler_result::kind;
     const async_listener& def = *j.l->def;
+    j.called = clock::now();
     context ctx;
     ctx.meta() = env.meta;
     using access = detail::context_access;
@@ -392,8 +502,10 @@ struct worker::impl {
       return {kind::settled, {}};
     } catch (const detail::commit_in_doubt& e) {
       return {kind::in_doubt, e.what()};
+    } catch (const transient_error& e) {
+      return {kind::unavailable, e.what()};
     } catch (const std::exception& e) {
-      return {kind::failed, e.what()};
+      return {detail::is_unavailable(e) ? kind::unavailable : kind::failed, e.what()};
     } catch (...) {
       return {kind::failed, "a handler threw something that is not a std::exception"};
     }
@@ -421,6 +533,7 @@ struct worker::impl {
     const std::uint64_t attempt = j.d->delivery_count();
     switch (result.what) {
       case kind::settled:
+      case kind::unavailable:  // held by process() until it is not
         return;
       case kind::in_doubt:
         // Committed or not, nobody knows: never ack. The redelivery asks the inbox.
@@ -539,12 +652,9 @@ struct worker::impl {
         set_deadline(j, clock::time_point::max());
         held = true;
       }
-      for (const auto until = clock::now() + opts.parked_poll; clock::now() < until;) {
-        if (shutting_down) {
-          settle(j, "returning a parked", [](delivery& x) { x.nak(std::chrono::milliseconds(0)); });
-          return parked_outcome::settled;
-        }
-        std::this_thread::sleep_for(std::min<clock::duration>(opts.tick, until - clock::now()));
+      if (!sleep_unless_shutdown(opts.parked_poll)) {
+        settle(j, "returning a parked", [](delivery& x) { x.nak(std::chrono::milliseconds(0)); });
+        return parked_outcome::settled;
       }
     }
   }
@@ -681,6 +791,7 @@ struct worker::impl {
           ++l.stuck;
           l.slot_freed.notify_one();  // fewer usable slots: the fetcher may refill sooner
           stats.timed_out.fetch_add(1, std::memory_order_relaxed);
+          if (!j.judged.exchange(true)) l.gate->on_result(true, j.trial, "passed its deadline", now);
           const auto attempt = j.d->delivery_count();
           const auto delay = retry_delay(l.def->options.retry, attempt, unit_random());
           if (settle(j, "naking a timed-out", [&](delivery& x) { x.nak(delay); })) {
@@ -745,6 +856,16 @@ worker::~worker() {
 
 const worker_stats& worker::stats() const noexcept { return impl_->stats; }
 
+std::vector<listener_report> worker::listener_states() const {
+  std::vector<listener_report> out;
+  if (!impl_->gates_ready.load(std::memory_order_acquire)) return out;
+  for (const auto& l : impl_->listeners) {
+    const detail::flow_report r = l->gate->report();
+    out.push_back({l->def->name, impl_->worker_id, detail::to_string(r.state), r.reason, r.since, {}});
+  }
+  return out;
+}
+
 namespace {
 
 std::size_t handler_slots(const event_bus& bus) {
@@ -772,6 +893,10 @@ void validate(const event_bus& bus, const worker_options& o) {
   positive(o.fetch_retry, "fetch_retry");
   positive(o.flush_timeout, "flush_timeout");
   positive(o.control_poll, "control_poll");
+  positive(o.outage_retry, "outage_retry");
+  if (o.outage_retry_max < o.outage_retry) {
+    throw std::invalid_argument("worker_options::outage_retry_max must be at least outage_retry");
+  }
   positive(o.stream_check_every, "stream_check_every");
   if (o.shutdown_grace.count() < 0) throw std::invalid_argument("worker_options::shutdown_grace must not be negative");
   if (any_inbox(bus) && o.inbox_retention <= bus.options().stream.max_age) {
@@ -798,12 +923,14 @@ void worker::run(std::stop_token stop) {
     auto st = std::make_unique<listener_state>();
     st->def = &l;
     st->refill_at = l.options.concurrency / 2;
+    st->gate = std::make_unique<detail::flow_gate>(l.name, l.options, w.log);
     st->cons = w.bus.target()->open_consumer(w.bus.options().stream, l.consumer_name);
     w.listeners.push_back(std::move(st));
   }
   // Opened before any thread starts: a failure here leaves nothing running.
   std::unique_ptr<consumer> reports =
       w.listeners.empty() ? nullptr : w.bus.target()->open_abandoned(w.bus.options().stream, w.bus.options().group);
+  w.gates_ready.store(true, std::memory_order_release);
   w.refresh_controls();  // a paused listener does not fetch even once at start
   w.threads = std::make_unique<boost::asio::thread_pool>(std::max<std::size_t>(slots, 1));
   w.log->info("worker: {} listener(s), {} handler slot(s)", w.listeners.size(), slots);
@@ -831,6 +958,12 @@ void worker::run(std::stop_token stop) {
   w.stats.ready = false;
   stream_watch.request_stop();
   control_watch.request_stop();
+  control_watch.join();  // its last report must not follow the deletion below
+  try {
+    w.db->forget_states(w.worker_id);
+  } catch (const std::exception& e) {  // they age out of `listeners list` anyway
+    w.log->warn("worker: could not delete its listener reports: {}", e.what());
+  }
   if (report_reader.joinable()) {
     report_reader.request_stop();
     report_reader.join();

@@ -26,6 +26,9 @@ struct store_state {
   std::map<std::string, omnibus::parked_event> parked;
   std::set<std::pair<std::string, std::string>> inbox;  // committed (listener, event id)
   std::set<std::string> paused;                         // listeners an operator paused
+  std::map<std::string, int> tokens;                    // rate-limit tokens left per listener
+  std::map<std::string, int> drawn;                     // rate-limit tokens drawn per listener
+  std::vector<omnibus::listener_report> reports;        // what the worker last reported
   bool unavailable = false;      // every call throws, as when PostgreSQL is down
   bool refuse_letters = false;   // write_dead_letter throws row_refused
   bool commit_in_doubt = false;  // inbox commits throw commit_in_doubt (and do commit)
@@ -45,7 +48,7 @@ class memory_store final : public omnibus::detail::store {
   template <class F>
   auto with(F&& f) {
     std::lock_guard lock(s_->mutex);
-    if (s_->unavailable) throw omnibus::error("memory_store: unavailable");
+    if (s_->unavailable) throw omnibus::detail::store_unavailable("memory_store: unavailable");
     return f();
   }
 
@@ -84,8 +87,28 @@ class memory_store final : public omnibus::detail::store {
     });
   }
   void unpark(std::string_view listener) override { with([&] { s_->parked.erase(std::string(listener)); }); }
-  std::vector<std::string> paused_listeners() override {
-    return with([&] { return std::vector<std::string>(s_->paused.begin(), s_->paused.end()); });
+  std::vector<omnibus::paused_listener> paused_listeners() override {
+    return with([&] {
+      std::vector<omnibus::paused_listener> out;
+      for (const auto& name : s_->paused) out.push_back({name, "paused by a test", {}});
+      return out;
+    });
+  }
+  // A bucket the test fills by hand (tokens[listener]); one that was never filled is unlimited.
+  int take_tokens(std::string_view listener, double, int, int want) override {
+    return with([&] {
+      auto it = s_->tokens.find(std::string(listener));
+      const int got = it == s_->tokens.end() ? want : std::min(want, it->second);
+      if (it != s_->tokens.end()) it->second -= got;
+      s_->drawn[std::string(listener)] += got;
+      return got;
+    });
+  }
+  void report_states(std::string_view, const std::vector<omnibus::listener_report>& reports) override {
+    with([&] { s_->reports = reports; });
+  }
+  void forget_states(std::string_view) override {
+    with([&] { s_->reports.clear(); });
   }
   std::size_t prune_inbox(std::chrono::seconds) override { return with([] { return std::size_t{0}; }); }
 
@@ -96,7 +119,7 @@ class memory_store final : public omnibus::detail::store {
     omnibus::connection_source* connections() noexcept override { return nullptr; }
     bool claim(std::string_view listener, std::string_view event_id, std::chrono::milliseconds) override {
       std::lock_guard lock(s_->mutex);
-      if (s_->unavailable) throw omnibus::error("memory_store: unavailable");
+      if (s_->unavailable) throw omnibus::detail::store_unavailable("memory_store: unavailable");
       claimed_ = {std::string(listener), std::string(event_id)};
       return !s_->inbox.contains(*claimed_);
     }

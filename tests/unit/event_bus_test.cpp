@@ -1,4 +1,5 @@
 #include <atomic>
+#include <limits>
 #include <stdexcept>
 #include <string>
 #include <thread>
@@ -8,6 +9,7 @@
 
 #include "omnibus/event.hpp"
 #include "omnibus/event_bus.hpp"
+#include "omnibus/memory_queue.hpp"
 
 namespace {
 
@@ -120,4 +122,38 @@ TEST_CASE("a publisher's context carries metadata, and no deadline or stop", "[b
   CHECK_FALSE(ctx.stop_token().stop_possible());  // only the worker's handler calls can be stopped
   CHECK(ctx.attempt() == 0);
   CHECK(ctx.event_id().is_nil());
+}
+
+TEST_CASE("max_in_flight caps a listener's consumer across workers; bad flow options are refused", "[bus][flow]") {
+  omnibus::memory_queue q;
+  omnibus::event_bus b{q};
+  omnibus::listener_options capped;
+  capped.max_in_flight = 7;
+  b.add_async_listener<shipped>("capped", [](omnibus::context&, const shipped&) {}, capped);
+  b.add_async_listener<shipped>("free", [](omnibus::context&, const shipped&) {});
+  const auto configs = b.consumer_configs();
+  REQUIRE(configs.size() == 2);
+  CHECK(configs[0].max_ack_pending == 7);
+  CHECK(configs[1].max_ack_pending == 1000);
+
+  const auto refused = [&](omnibus::listener_options o, const char* what) {
+    CHECK_THROWS_WITH(b.add_async_listener<shipped>("bad", [](omnibus::context&, const shipped&) {}, o),
+                      Catch::Contains(what));
+  };
+  omnibus::listener_options o;
+  o.max_in_flight = -1;
+  refused(o, "max_in_flight must not be negative");
+  o = {};
+  o.breaker.enabled = true;
+  o.breaker.failures = 0;
+  refused(o, "breaker.failures must be at least 1");
+  o = {};
+  o.rate.per_second = -5;
+  refused(o, "rate.per_second must be a finite number");
+  o = {};
+  o.rate.per_second = std::numeric_limits<double>::infinity();
+  refused(o, "rate.per_second must be a finite number");
+  o = {};
+  o.rate.burst = -1;
+  refused(o, "rate.burst must not be negative");
 }

@@ -405,3 +405,124 @@ TEST_CASE_METHOD(runtime, "a paused listener fetches nothing, the others go on, 
   store->locked([&] { return store->paused.erase("tracker"); });
   CHECK(eventually([&] { return tracked == 3 && stats().paused_now == 0; }, 5s));
 }
+
+namespace {
+// The listener's flow state in the running worker, as `listeners list` shows it.
+std::string state_of(const omnibus::worker& w, const std::string& listener) {
+  for (const auto& r : w.listener_states()) {
+    if (r.listener == listener) return r.state;
+  }
+  return "";
+}
+}  // namespace
+
+TEST_CASE_METHOD(runtime, "an outage longer than the retry budget spends no attempts and loses nothing",
+                 "[runtime][flow]") {
+  std::vector<std::uint64_t> attempts;
+  std::mutex m;
+  auto o = quick(3);  // the whole retry budget: 3 attempts, milliseconds apart
+  o.inbox = true;     // the inbox transaction needs the store: it fails while the store is down
+  bus.add_async_listener<parcel_sent>("tracker", [&](omnibus::context& c, const parcel_sent&) {
+    std::lock_guard lock(m);
+    attempts.push_back(c.attempt());
+  }, o);
+  auto wo = fast();
+  wo.outage_retry = 2ms;
+  wo.outage_retry_max = 10ms;
+  start(wo);
+  REQUIRE(eventually([&] { return store->locked([&] { return store->migrations == 1; }); }, 5s));
+  store->locked([&] { return store->unavailable = true; });
+  for (int i = 0; i < 5; ++i) bus.publish(ctx, parcel_sent{i});
+  // Ten times the retry budget's calls: with attempts spent, every event would be a dead letter.
+  REQUIRE(eventually([&] { return stats().outage_retries >= 30; }, 10s));
+  CHECK(state_of(*w, "tracker") == "outage");
+  CHECK(stats().failed == 0);
+  CHECK(stats().dead_lettered == 0);
+  store->locked([&] { return store->unavailable = false; });
+  REQUIRE(eventually([&] { return stats().handled == 5; }, 10s));
+  CHECK(eventually([&] { return state_of(*w, "tracker") == "running"; }, 5s));
+  CHECK(store->letter_count() == 0);
+  std::lock_guard lock(m);
+  CHECK(attempts == std::vector<std::uint64_t>(5, 1));  // each ran once, on its first delivery
+}
+
+TEST_CASE_METHOD(runtime, "a handler's transient_error holds the event without spending attempts", "[runtime][flow]") {
+  std::atomic<int> calls{0};
+  std::atomic<std::uint64_t> last_attempt{0};
+  bus.add_async_listener<parcel_sent>("tracker", [&](omnibus::context& c, const parcel_sent&) {
+    last_attempt = c.attempt();
+    if (++calls <= 6) throw omnibus::transient_error("partner API down");
+  }, quick(2));
+  auto wo = fast();
+  wo.outage_retry = 1ms;
+  wo.outage_retry_max = 2ms;
+  start(wo);
+  bus.publish(ctx, parcel_sent{1});
+  REQUIRE(eventually([&] { return stats().handled == 1; }, 5s));
+  CHECK(calls == 7);
+  CHECK(last_attempt == 1);
+  CHECK(stats().outage_retries == 6);
+  CHECK(stats().dead_lettered == 0);
+  CHECK(store->locked([&] { return store->failures.empty(); }));
+}
+
+TEST_CASE_METHOD(runtime, "a circuit breaker opens after F failures, tries one event after its cool-down, and closes",
+                 "[runtime][flow]") {
+  std::atomic<bool> healthy{false};
+  std::atomic<int> calls{0};
+  auto o = quick(50);
+  o.concurrency = 1;
+  o.retry.initial = 1ms;
+  o.retry.max = 1ms;
+  o.breaker.enabled = true;
+  o.breaker.failures = 3;
+  o.breaker.window = 10s;
+  o.breaker.cool_down = 300ms;
+  bus.add_async_listener<parcel_sent>("partner", [&](omnibus::context&, const parcel_sent&) {
+    ++calls;
+    if (!healthy) throw std::runtime_error("partner says 503");
+  }, o);
+  start();
+  for (int i = 0; i < 3; ++i) bus.publish(ctx, parcel_sent{i});
+  REQUIRE(eventually([&] { return state_of(*w, "partner") == "breaker_open"; }, 5s));
+  const auto opened = std::chrono::steady_clock::now();
+  CHECK(calls == 3);  // the third failure opened it: no call since
+  // The half-open trial comes after the cool-down, alone, fails, and opens the breaker again.
+  REQUIRE(eventually([&] { return calls == 4; }, 5s));
+  CHECK(std::chrono::steady_clock::now() - opened >= 290ms);
+  REQUIRE(eventually([&] { return state_of(*w, "partner") == "breaker_open"; }, 5s));
+  CHECK(calls == 4);
+  healthy = true;
+  // The next trial succeeds and closes it; the rest drains.
+  REQUIRE(eventually([&] { return stats().handled == 3; }, 5s));
+  CHECK(state_of(*w, "partner") == "running");
+  CHECK(stats().dead_lettered == 0);
+}
+
+TEST_CASE_METHOD(runtime, "a rate-limited listener fetches one event per token it draws", "[runtime][flow]") {
+  std::atomic<int> handled{0};
+  auto o = quick(3);
+  o.rate.per_second = 100;
+  bus.add_async_listener<parcel_sent>("partner", [&](omnibus::context&, const parcel_sent&) { ++handled; }, o);
+  store->tokens["partner"] = 2;  // what the shared bucket grants (the memory store's is filled by hand)
+  start();
+  for (int i = 0; i < 5; ++i) bus.publish(ctx, parcel_sent{i});
+  REQUIRE(eventually([&] { return handled == 2 && state_of(*w, "partner") == "rate_limited"; }, 5s));
+  CHECK(q.info(bus.options().stream, "rt_partner")->pending == 3);  // the rest wait in the stream
+  store->locked([&] { return store->tokens["partner"] = 3; });
+  REQUIRE(eventually([&] { return handled == 5; }, 5s));
+  CHECK(store->locked([&] { return store->drawn["partner"]; }) == 5);
+}
+
+TEST_CASE_METHOD(runtime, "each listener's state reaches the store, and leaves it when the worker stops",
+                 "[runtime][flow]") {
+  bus.add_async_listener<parcel_sent>("tracker", [&](omnibus::context&, const parcel_sent&) {}, quick(3));
+  store->paused.insert("tracker");
+  start();
+  REQUIRE(eventually([&] {
+    return store->locked([&] { return store->reports.size() == 1 && store->reports[0].state == "paused"; });
+  }, 5s));
+  CHECK(store->locked([&] { return store->reports[0].reason; }) == "paused by a test");
+  stop();
+  CHECK(store->locked([&] { return store->reports.empty(); }));
+}

@@ -73,6 +73,25 @@ struct OMNIBUS_API retry_policy {
   double jitter = 0.2;  ///< 0.2: each delay is drawn from [0.8, 1.2] times its nominal value
 };
 
+/// A circuit breaker (README "Flow control"), judged by each worker on its own calls: after
+/// `failures` handler failures (a throw or a passed deadline) within `window`, the worker
+/// fetches nothing for the listener for `cool_down`, then lets one trial event through; the
+/// trial's success closes the breaker, its failure opens it again. Off unless enabled.
+struct OMNIBUS_API breaker_policy {
+  bool enabled = false;  ///< opt-in
+  int failures = 5;                                                ///< within window, to open
+  std::chrono::milliseconds window = std::chrono::seconds(60);     ///< how far back failures count
+  std::chrono::milliseconds cool_down = std::chrono::seconds(30);  ///< open this long before a trial
+};
+
+/// A rate limit shared by every worker of the schema (README "Flow control"): a token bucket
+/// in PostgreSQL that refills at per_second and holds at most burst tokens; a worker draws a
+/// few at a time and fetches one event per token. Off while per_second is 0.
+struct OMNIBUS_API rate_limit {
+  double per_second = 0;  ///< events per second across all workers; 0: no limit
+  int burst = 0;          ///< the bucket's size; 0: a tenth of a second's worth, at least 1
+};
+
 /// How one async listener runs in the worker.
 struct OMNIBUS_API listener_options {
   int concurrency = 4;  ///< handler slots: messages of this listener in flight in one worker
@@ -93,6 +112,11 @@ struct OMNIBUS_API listener_options {
   bool inbox = false;
   /// A new consumer starts now; set this to replay from a time within the stream's MaxAge.
   std::optional<std::chrono::system_clock::time_point> replay_from;
+  /// The most events of this listener in flight across all workers at once (the consumer's
+  /// MaxAckPending); 0: no cap beyond the workers' slots (1000). Ordered listeners have 1.
+  int max_in_flight = 0;
+  breaker_policy breaker;  ///< off by default
+  rate_limit rate;         ///< off by default
 };
 
 /// An async listener as the worker runs it: type-erased, decoding inside.
@@ -119,6 +143,15 @@ struct OMNIBUS_API batch_report {
 
 /// Thrown by a handler to skip the remaining attempts: the event is dead-lettered at once.
 class OMNIBUS_API permanent_error : public error {
+ public:
+  using error::error;
+};
+
+/// Thrown by a handler when a dependency it needs is down (a partner API, a cache), not when
+/// the event is bad: the attempt does not count. The worker treats it as an outage, as when
+/// it cannot reach PostgreSQL: the listener stops fetching, and the event is tried again with
+/// backoff (without spending attempts) until a call gets past it; then the listener resumes.
+class OMNIBUS_API transient_error : public error {
  public:
   using error::error;
 };

@@ -30,4 +30,22 @@ OMNIBUS_API bool resume_listener(pqxx::connection_base& conn, std::string_view s
 [[nodiscard]] OMNIBUS_API std::vector<paused_listener> list_paused_listeners(pqxx::connection_base& conn,
                                                                            std::string_view schema);
 
+/// What one running worker reports of one listener (each worker rewrites its rows every
+/// worker_options::control_poll, and deletes them when it stops).
+struct OMNIBUS_API listener_report {
+  std::string listener;  ///< the async listener's name
+  std::string worker;    ///< host:pid
+  /// running, paused, outage, breaker_open, breaker_half_open or rate_limited
+  std::string state;
+  std::string reason;                                   ///< empty while running
+  std::chrono::system_clock::time_point since{};        ///< in this state since
+  std::chrono::system_clock::time_point reported_at{};  ///< by the database's clock
+};
+
+/// The reports of workers heard from within `fresh_within` (older ones are a killed worker's
+/// leftovers), by listener then worker.
+[[nodiscard]] OMNIBUS_API std::vector<listener_report> list_listener_reports(pqxx::connection_base& conn,
+                                                                           std::string_view schema,
+                                                                           std::chrono::seconds fresh_within);
+
 }  // namespace omnibus

@@ -12,12 +12,14 @@
 #include <memory>
 #include <stop_token>
 #include <string>
+#include <vector>
 
 #include <spdlog/fwd.h>
 
 #include "omnibus/error.hpp"
 #include "omnibus/event_bus.hpp"
 #include "omnibus/export.hpp"
+#include "omnibus/listener_control.hpp"
 
 namespace omnibus {
 
@@ -44,6 +46,11 @@ struct OMNIBUS_API worker_options {
   std::chrono::milliseconds flush_timeout{5000};              ///< for the last acks to reach the server at shutdown
   /// How often the worker reads which listeners an operator paused (listener_control.hpp).
   std::chrono::milliseconds control_poll{1000};
+  /// An outage (PostgreSQL unreachable, or a handler's transient_error) holds the event and
+  /// calls its handler again after this, doubling up to outage_retry_max (+-20%), without
+  /// spending attempts.
+  std::chrono::milliseconds outage_retry{1000};
+  std::chrono::milliseconds outage_retry_max{30000};  ///< the longest wait between an outage's calls
   /// How often a parked listener's held event checks for an operator's word.
   std::chrono::milliseconds parked_poll{1000};
   /// An inbox transaction's lock_timeout: a hung handler's uncommitted inbox row cannot block
@@ -80,6 +87,9 @@ struct OMNIBUS_API worker_stats {
   std::atomic<bool> ready{false};
   /// Listeners an operator has paused, as this worker last read them.
   std::atomic<std::uint64_t> paused_now{0};
+  /// Handler calls that met an outage (an unreachable database, transient_error) and were
+  /// held for another call without spending an attempt.
+  std::atomic<std::uint64_t> outage_retries{0};
 };
 
 /// Thrown by run() when every handler slot of a listener is stuck past its deadline. The
@@ -114,6 +124,10 @@ class OMNIBUS_API worker {
 
   /// The worker's counters, live; valid as long as the worker.
   [[nodiscard]] const worker_stats& stats() const noexcept;
+
+  /// Each listener's flow state in this worker (running, paused, outage, breaker_open,
+  /// breaker_half_open, rate_limited) and why, as `listeners list` shows it. Empty before run().
+  [[nodiscard]] std::vector<listener_report> listener_states() const;
 
  private:
   struct impl;
