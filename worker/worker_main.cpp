@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <chrono>
 #include <condition_variable>
+#include <cctype>
 #include <csignal>
 #include <cstdio>
 #include <ctime>
@@ -120,6 +121,33 @@ bool wait_for(const std::stop_token& stop, std::chrono::milliseconds d) {
 // Dead letters hold what producers sent: every such string goes through omnibus::for_terminal, so
 // that escape sequences in a subject, header or error never reach the operator's terminal.
 std::string shown(std::string_view s) { return omnibus::for_terminal(s); }
+
+// What the running workers report of one listener: "running in 2 worker(s)", or its states
+// that are not running, each with how many workers are in it and the first one's reason.
+std::string flow_summary(const std::string& listener, const std::vector<listener_report>& reports) {
+  std::size_t workers = 0;
+  std::vector<std::pair<std::string, std::vector<const listener_report*>>> states;
+  for (const auto& r : reports) {
+    if (r.listener != listener) continue;
+    ++workers;
+    if (r.state == "running") continue;
+    auto it = std::find_if(states.begin(), states.end(), [&](const auto& s) { return s.first == r.state; });
+    if (it == states.end()) it = states.insert(states.end(), {r.state, {}});
+    it->second.push_back(&r);
+  }
+  if (workers == 0) return "no running worker reports it";
+  if (states.empty()) return "running in " + std::to_string(workers) + " worker(s)";
+  std::string out;
+  for (const auto& [state, in] : states) {
+    if (!out.empty()) out += "; ";
+    std::string upper = state;
+    std::transform(upper.begin(), upper.end(), upper.begin(), [](unsigned char ch) { return std::toupper(ch); });
+    out += upper + " in " + std::to_string(in.size()) + " of " + std::to_string(workers) + " worker(s) since " +
+           when(in.front()->since) + " UTC";
+    if (!in.front()->reason.empty()) out += ": " + shown(in.front()->reason);
+  }
+  return out;
+}
 
 void print_letters(const std::vector<omnibus::dead_letter>& letters) {
   std::printf("%-6s %-20s %-18s %-8s %-17s %-19s %s\n", "id", "listener", "event", "attempts", "reason", "last failed (UTC)", "error");
@@ -447,14 +475,17 @@ struct worker_program::impl {
       return false;
     };
     if (listeners_list->parsed()) {
+      // Workers not heard from for this long are gone (killed): their rows are leftovers.
+      const auto reports = list_listener_reports(db, c.bus.schema, std::chrono::seconds(15));
       for (const auto& l : local.async_listeners()) {
         const paused_listener* p = nullptr;
         for (const auto& x : paused) p = x.listener == l.name ? &x : p;
-        if (p == nullptr) {
-          std::printf("%-24s running\n", l.name.c_str());
-        } else {
-          std::printf("%-24s PAUSED since %s UTC: %s\n", l.name.c_str(), when(p->since).c_str(), shown(p->reason).c_str());
+        if (p != nullptr) {
+          std::printf("%-24s PAUSED by hand since %s UTC: %s\n", l.name.c_str(), when(p->since).c_str(),
+                      shown(p->reason).c_str());
+          continue;
         }
+        std::printf("%-24s %s\n", l.name.c_str(), flow_summary(l.name, reports).c_str());
       }
       for (const auto& p : paused) {
         if (!registered(p.listener)) {

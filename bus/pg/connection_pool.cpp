@@ -63,7 +63,13 @@ void connection_pool::give_back(std::unique_ptr<slot> conn, bool discard) noexce
   {
     std::lock_guard lock(mutex_);
     --leased_;
-    if (conn && !discard && conn->conn.is_open()) idle_.push_back(std::move(conn));
+    if (conn && !discard && conn->conn.is_open()) {
+      idle_.push_back(std::move(conn));
+    } else if (conn && !conn->conn.is_open()) {
+      // A connection broke: the server restarted or the network failed, and the idle ones
+      // most likely broke with it, unnoticed until their next use. Open fresh ones instead.
+      idle_.clear();
+    }
   }
   freed_.notify_one();
 }

@@ -51,10 +51,11 @@ std::vector<listener_report> list_listener_reports(pqxx::connection_base& conn, 
   check_schema_name(schema);
   pqxx::read_transaction tx{conn};
   std::vector<listener_report> out;
+  const std::string table = detail::table_name(schema, "bus_listener_states");
+  if (tx.exec_params1("SELECT to_regclass($1) IS NULL", table)[0].as<bool>()) return out;  // not migrated yet
   for (const auto& row : tx.exec_params(
            "SELECT listener, worker, state, reason, (extract(epoch FROM since) * 1000000)::bigint, "
-           "(extract(epoch FROM reported_at) * 1000000)::bigint FROM " +
-               detail::table_name(schema, "bus_listener_states") +
+           "(extract(epoch FROM reported_at) * 1000000)::bigint FROM " + table +
                " WHERE reported_at > now() - make_interval(secs => $1) ORDER BY listener, worker",
            static_cast<double>(fresh_within.count()))) {
     out.push_back({row[0].as<std::string>(), row[1].as<std::string>(), row[2].as<std::string>(),

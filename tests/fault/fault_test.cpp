@@ -435,6 +435,62 @@ TEST_CASE("PostgreSQL restart: relay, worker and inbox reconnect", "[fault][post
   stop_all(workers);
 }
 
+namespace {
+long occurrences(const std::string& text, const std::string& needle) {
+  long n = 0;
+  for (auto at = text.find(needle); at != std::string::npos; at = text.find(needle, at + 1)) ++n;
+  return n;
+}
+}  // namespace
+
+TEST_CASE("PostgreSQL down for many times the retry budget: nothing dead-lettered, every event handled, one pause "
+          "and one resume per listener",
+          "[fault][postgres_outage]") {
+  const unsigned seed = chaos_seed();
+  INFO(replay(seed));
+  test_env::private_postgres pg;
+  chaos_fixture f{test_env::servers{test_env::nats_url(), pg.url()}};
+  f.provision_listeners(true, 5s);
+  const long events = pick(2000L, 20000L);
+  f.commit_direct(0, events);
+  // A retry budget of 3 attempts 20 ms apart: without outage handling, a second without the
+  // database dead-letters every event in flight.
+  const std::vector<std::string> env{"OMNIBUS_TEST_BYSTANDER=1", "OMNIBUS_TEST_MAX_ATTEMPTS=3",
+                                     "OMNIBUS_TEST_OUTAGE_RETRY_MS=50", "OMNIBUS_TEST_OUTAGE_RETRY_MAX_MS=200",
+                                     "OMNIBUS_TEST_DELAY_MS=1", "OMNIBUS_TEST_DEBUG_LOG=1"};
+  std::vector<std::unique_ptr<test_env::child_process>> workers;
+  workers.push_back(f.worker("w0", env));
+  workers.push_back(f.worker("w1", env));
+  std::mt19937 random{seed};
+  const long at = strike_points(random, 1, events / 10, events / 2).front();
+  REQUIRE(test_env::eventually([&] { return f.distinct_handled() >= at; }, 120s));
+  pg.down();
+  // The outage lasts until each worker has held its events through many times the retry
+  // budget (each held call logs "waits ... for a dependency" at debug level).
+  const long held_calls = pick(150L, 1500L);
+  REQUIRE(test_env::eventually([&] {
+    for (auto& w : workers) {
+      if (occurrences(w->output(), "for a dependency") < held_calls) return false;
+    }
+    return true;
+  }, 120s));
+  pg.up();
+  const tally t = f.settle_and_report("postgres_outage", seed, true, 180s);
+  check_line(t);
+  for (auto& w : workers) CHECK(w->wait(0ms) == -1);
+  stop_all(workers);
+  for (auto& w : workers) {
+    const std::string out = w->output();
+    for (const char* listener : {"recorder", "bystander"}) {
+      INFO("listener " << listener);
+      const long paused = occurrences(out, std::string("listener ") + listener + ": paused by an outage");
+      CHECK(paused <= 1);
+      CHECK(occurrences(out, std::string("listener ") + listener + ": resumed after an outage") == paused);
+    }
+    CHECK(occurrences(out, "dead-lettered") == 0);
+  }
+}
+
 // A message as raw bytes: what a hostile or broken producer can put on the stream.
 struct crafted {
   std::string subject;

@@ -294,6 +294,11 @@ TEST_CASE_METHOD(shop_fixture, "listeners pause stops every worker fetching for 
   // Loyalty handled the same three orders: a confirmation_email that fetched would have too.
   REQUIRE(test_env::eventually([&] { return count(loyalty) == 3; }, 30s));
   CHECK(count(emails) == 0);
+  // Both workers report their listeners: the others run in both, the paused one is paused.
+  REQUIRE(test_env::eventually([&] {
+    auto running = cli({"listeners", "list"});
+    return running.wait(20s) == 0 && running.output().find("running in 2 worker(s)") != std::string::npos;
+  }, 30s));
   auto stats = cli({"stats", "--json"});
   REQUIRE(stats.wait(20s) == 0);
   CHECK_THAT(stats.output(), Catch::Contains("{\"name\":\"confirmation_email\"") && Catch::Contains("\"paused\":true"));

@@ -87,6 +87,10 @@ class private_postgres {
   void restart() { REQUIRE(run("restart") == 0); }
   /// Down: every session is cut, and nothing answers on the port.
   void stop() { REQUIRE(run("stop") == 0); }
+  /// Down for a while: every session is cut, nothing answers, the data stays for up().
+  void down() { REQUIRE(run("down") == 0); }
+  /// Up again on the data down() kept.
+  void up() { REQUIRE(run("up") == 0); }
   /// Up again, as a new cluster (scripts/postgres keeps no data across a stop).
   void start() { REQUIRE(run("start") == 0); }
   [[nodiscard]] std::string url() const { return "postgresql://postgres@127.0.0.1:" + std::to_string(port_) + "/postgres"; }

@@ -63,7 +63,8 @@ struct worker_fixture {
     omnibus::migrate(db, opts.schema);
     pqxx::work tx{db};
     tx.exec0("CREATE TABLE \"" + opts.schema +
-             "\".handled (seq bigint GENERATED ALWAYS AS IDENTITY, n bigint NOT NULL, worker text NOT NULL)");
+             "\".handled (seq bigint GENERATED ALWAYS AS IDENTITY, n bigint NOT NULL, worker text NOT NULL, "
+             "at timestamptz NOT NULL DEFAULT clock_timestamp())");
     tx.commit();
   }
   ~worker_fixture() {

@@ -92,6 +92,7 @@ int main(int argc, char** argv) {
   opts.max_body_bytes = static_cast<std::size_t>(env_long("OMNIBUS_TEST_MAX_BODY", static_cast<long>(opts.max_body_bytes)));
 
   auto log = std::make_shared<spdlog::logger>("worker_tool", std::make_shared<spdlog::sinks::stderr_sink_mt>());
+  if (env_long("OMNIBUS_TEST_DEBUG_LOG", 0) == 1) log->set_level(spdlog::level::debug);
   omnibus::nats_connection conn{{.url = nats_url}};
   omnibus::jetstream js{conn};
   omnibus::event_bus b{js, opts};
@@ -102,6 +103,8 @@ int main(int argc, char** argv) {
   lo.ordered = env_long("OMNIBUS_TEST_ORDERED", 0) == 1;
   lo.inbox = env_long("OMNIBUS_TEST_INBOX", 0) == 1;
   lo.retry.initial = std::chrono::milliseconds(20);
+  lo.retry.max_attempts = static_cast<int>(env_long("OMNIBUS_TEST_MAX_ATTEMPTS", lo.retry.max_attempts));
+  lo.rate.per_second = static_cast<double>(env_long("OMNIBUS_TEST_RATE", 0));
   b.add_async_listener<tool_event>("recorder", [&](omnibus::context& ctx, const tool_event& e) {
     if (stuck || (ctx.attempt() == 1 && hang_n.contains(e.n))) {
       std::promise<void> never;
@@ -139,6 +142,8 @@ int main(int argc, char** argv) {
   }
   omnibus::worker_options wo;
   wo.database_url = db_url;
+  wo.outage_retry = std::chrono::milliseconds(env_long("OMNIBUS_TEST_OUTAGE_RETRY_MS", 1000));
+  wo.outage_retry_max = std::max(wo.outage_retry, std::chrono::milliseconds(env_long("OMNIBUS_TEST_OUTAGE_RETRY_MAX_MS", 30000)));
   wo.stream_check_every = std::chrono::milliseconds(env_long("OMNIBUS_TEST_STREAM_CHECK_MS", 30000));
   omnibus::worker w{b, wo, log};
   std::jthread signals([&](std::stop_token) {

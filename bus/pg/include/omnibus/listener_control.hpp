@@ -43,7 +43,7 @@ struct OMNIBUS_API listener_report {
 };
 
 /// The reports of workers heard from within `fresh_within` (older ones are a killed worker's
-/// leftovers), by listener then worker.
+/// leftovers), by listener then worker; none before the schema's migration 7.
 [[nodiscard]] OMNIBUS_API std::vector<listener_report> list_listener_reports(pqxx::connection_base& conn,
                                                                            std::string_view schema,
                                                                            std::chrono::seconds fresh_within);
