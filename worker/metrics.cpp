@@ -30,6 +30,10 @@ constexpr std::array outcomes{handle_outcome::handled,  handle_outcome::retry,  
                               handle_outcome::parked,   handle_outcome::skipped,   handle_outcome::deferred,
                               handle_outcome::timed_out, handle_outcome::returned};
 
+// The flow states a listener is in (worker::listener_states), as runtime/flow.hpp names them.
+constexpr std::array<std::string_view, 6> flow_state_names{"running",      "paused",           "outage",
+                                                           "breaker_open", "breaker_half_open", "rate_limited"};
+
 // Handler durations, in seconds: from a millisecond to a minute (the default deadline).
 const prometheus::Histogram::BucketBoundaries duration_buckets{0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
                                                                0.25,  0.5,    1,     2.5,  5,     10,   30, 60};
@@ -53,6 +57,7 @@ struct worker_metrics::impl {
     prometheus::Gauge* dead_letters = nullptr;
     prometheus::Gauge* parked = nullptr;
     prometheus::Gauge* paused = nullptr;
+    std::array<prometheus::Gauge*, flow_state_names.size()> flow{};
     std::string consumer;
   };
 
@@ -77,6 +82,12 @@ struct worker_metrics::impl {
                          .Help("1 when the ordered listener is parked at an event").Register(reg);
     paused_family = &prometheus::BuildGauge().Name("omnibus_listener_paused")
                          .Help("1 while an operator has paused the listener").Register(reg);
+    flow_family = &prometheus::BuildGauge().Name("omnibus_listener_flow_state")
+                       .Help("1 for the state the listener is in in this worker (running, paused, outage, "
+                             "breaker_open, breaker_half_open, rate_limited), 0 for the others").Register(reg);
+    outage_held = &prometheus::BuildCounter().Name("omnibus_outage_held_calls_total")
+                       .Help("Handler calls that met an outage (database unreachable, transient_error) and were "
+                             "held for another call without spending an attempt").Register(reg).Add({});
     published_family = &prometheus::BuildCounter().Name("omnibus_published_total")
                             .Help("Events this process published, by event and path (direct, outbox)").Register(reg);
     publish_errors_family = &prometheus::BuildCounter().Name("omnibus_publish_errors_total")
@@ -115,6 +126,9 @@ struct worker_metrics::impl {
       series.dead_letters = &dead_letters_family->Add({{"listener", l.name}});
       series.parked = &parked_family->Add({{"listener", l.name}});
       series.paused = &paused_family->Add({{"listener", l.name}});
+      for (std::size_t i = 0; i < flow_state_names.size(); ++i) {
+        series.flow[i] = &flow_family->Add({{"listener", l.name}, {"state", std::string(flow_state_names[i])}});
+      }
       series.consumer = l.consumer_name;
       listeners.emplace(l.name, std::move(series));
       // The events the bus knows get their publish series at zero, so that every family is in
@@ -141,6 +155,9 @@ struct worker_metrics::impl {
   prometheus::Family<prometheus::Gauge>* dead_letters_family;
   prometheus::Family<prometheus::Gauge>* parked_family;
   prometheus::Family<prometheus::Gauge>* paused_family;
+  prometheus::Family<prometheus::Gauge>* flow_family;
+  prometheus::Counter* outage_held;
+  double outage_held_seen = 0;
   prometheus::Family<prometheus::Counter>* published_family;
   prometheus::Family<prometheus::Counter>* publish_errors_family;
   prometheus::Gauge *stream_messages, *stream_bytes, *stream_max_bytes, *stream_fill;
@@ -169,8 +186,24 @@ struct worker_metrics::impl {
     return it == listeners.end() ? nullptr : &it->second;
   }
 
+  // This process's own values: read at every scrape, they cost nothing.
+  void refresh_local() {
+    if (src.worker != nullptr) {
+      const auto total = static_cast<double>(src.worker->outage_retries.load(std::memory_order_relaxed));
+      if (total > outage_held_seen) outage_held->Increment(total - outage_held_seen);
+      outage_held_seen = total;
+    }
+    if (src.flow == nullptr) return;
+    for (const listener_report& r : src.flow->listener_states()) {
+      auto* s = find(r.listener);
+      if (s == nullptr) continue;
+      for (std::size_t i = 0; i < flow_state_names.size(); ++i) s->flow[i]->Set(flow_state_names[i] == r.state ? 1 : 0);
+    }
+  }
+
   // Re-reads what the servers hold, unless that was done less than `cache` ago.
   void refresh() {
+    refresh_local();
     const auto now = std::chrono::steady_clock::now();
     if (refreshed != std::chrono::steady_clock::time_point{} && now - refreshed < cache) return;
     refreshed = now;

@@ -17,6 +17,7 @@
 namespace omnibus {
 class nats_connection;
 struct relay_stats;
+class worker;
 struct worker_stats;
 }  // namespace omnibus
 
@@ -28,6 +29,7 @@ struct metrics_sources {
   const nats_connection* nats = nullptr;     ///< connected or not (readiness)
   std::string database_url;                  ///< the outbox, dead letters, parking, migrations
   const worker_stats* worker = nullptr;      ///< set while a worker runs
+  const class worker* flow = nullptr;        ///< its listeners' flow states; set while a worker runs
   const relay_stats* relay = nullptr;        ///< set when this process runs a relay
   /// Outbox rows older than this with no relay lock held: not ready (bus_state::unrelayed).
   std::chrono::milliseconds outbox_alert_after = std::chrono::minutes(1);

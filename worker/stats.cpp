@@ -1,5 +1,6 @@
 #include "stats.hpp"
 
+#include <algorithm>
 #include <cstdio>
 
 #include "json_log.hpp"
@@ -13,6 +14,7 @@ stats_view read_stats(const event_bus& bus, pqxx::connection_base& db) {
   const stream_config& stream = bus.options().stream;
   v.stream_name = stream.name;
   v.stream = q.state(stream);
+  const auto reports = list_listener_reports(db, bus.options().schema, std::chrono::seconds(15));
   for (const async_listener& l : bus.async_listeners()) {
     listener_stats s;
     s.name = l.name;
@@ -28,6 +30,13 @@ stats_view read_stats(const event_bus& bus, pqxx::connection_base& db) {
     }
     for (const auto& name : v.db.parked) s.parked = s.parked || name == l.name;
     for (const auto& name : v.db.paused) s.paused = s.paused || name == l.name;
+    for (const auto& r : reports) {
+      if (r.listener != l.name) continue;
+      ++s.workers;
+      if (r.state != "running" && r.state != "paused" && std::find(s.flow.begin(), s.flow.end(), r.state) == s.flow.end()) {
+        s.flow.push_back(r.state);
+      }
+    }
     v.listeners.push_back(std::move(s));
   }
   return v;
@@ -49,12 +58,15 @@ std::string age(const std::optional<std::chrono::milliseconds>& a) {
 }  // namespace
 
 std::string stats_text(const stats_view& v, std::chrono::milliseconds alert_after, bool colour) {
-  std::string out = format("%-24s %10s %12s %12s %13s %7s %7s\n", "listener", "pending", "ack pending", "redelivered",
-                           "dead letters", "parked", "paused");
+  std::string out = format("%-24s %10s %12s %12s %13s %7s %7s %8s  %s\n", "listener", "pending", "ack pending",
+                           "redelivered", "dead letters", "parked", "paused", "workers", "flow");
   for (const auto& l : v.listeners) {
-    out += format("%-24s %10llu %12llu %12llu %13llu %7s %7s%s\n", l.name.c_str(), static_cast<unsigned long long>(l.pending),
-                  static_cast<unsigned long long>(l.ack_pending), static_cast<unsigned long long>(l.redelivered),
-                  static_cast<unsigned long long>(l.dead_letters), l.parked ? "YES" : "no", l.paused ? "YES" : "no",
+    std::string flow;
+    for (const auto& f : l.flow) flow += (flow.empty() ? "" : ",") + f;
+    out += format("%-24s %10llu %12llu %12llu %13llu %7s %7s %8zu  %s%s\n", l.name.c_str(),
+                  static_cast<unsigned long long>(l.pending), static_cast<unsigned long long>(l.ack_pending),
+                  static_cast<unsigned long long>(l.redelivered), static_cast<unsigned long long>(l.dead_letters),
+                  l.parked ? "YES" : "no", l.paused ? "YES" : "no", l.workers, flow.empty() ? "-" : flow.c_str(),
                   l.consumer_found ? "" : "  (no consumer: run the worker once to provision it)");
   }
   out += format("\noutbox     %llu row(s) waiting, oldest %s\n", static_cast<unsigned long long>(v.db.outbox_rows),
@@ -92,7 +104,10 @@ std::string stats_json(const stats_view& v, std::chrono::milliseconds alert_afte
            format(",\"pending\":%llu,\"ack_pending\":%llu,\"redelivered\":%llu,\"dead_letters\":%llu",
                   static_cast<unsigned long long>(l.pending), static_cast<unsigned long long>(l.ack_pending),
                   static_cast<unsigned long long>(l.redelivered), static_cast<unsigned long long>(l.dead_letters)) +
-           ",\"parked\":" + (l.parked ? "true" : "false") + ",\"paused\":" + (l.paused ? "true" : "false") + "}";
+           ",\"parked\":" + (l.parked ? "true" : "false") + ",\"paused\":" + (l.paused ? "true" : "false") +
+           format(",\"workers\":%zu,\"flow\":[", l.workers);
+    for (std::size_t i = 0; i < l.flow.size(); ++i) out += (i > 0 ? "," : "") + json_quote(l.flow[i]);
+    out += "]}";
   }
   out += "],\"outbox\":" + format("{\"rows\":%llu,\"oldest_age_seconds\":", static_cast<unsigned long long>(v.db.outbox_rows));
   out += v.db.outbox_oldest_age ? format("%.3f", static_cast<double>(v.db.outbox_oldest_age->count()) / 1000.0) : "null";

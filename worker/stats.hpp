@@ -11,6 +11,7 @@
 
 #include "omnibus/bus_state.hpp"
 #include "omnibus/event_bus.hpp"
+#include "omnibus/listener_control.hpp"
 
 namespace omnibus::detail {
 
@@ -24,6 +25,9 @@ struct listener_stats {
   bool parked = false;
   bool paused = false;
   bool consumer_found = false;  ///< false: the consumer does not exist (never provisioned?)
+  std::size_t workers = 0;      ///< running workers reporting the listener
+  /// The states other than running that workers report (outage, breaker_open, ...), each once.
+  std::vector<std::string> flow;
 };
 
 struct stats_view {

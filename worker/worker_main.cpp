@@ -380,7 +380,7 @@ struct worker_program::impl {
     std::optional<detail::http_server> http;
     if (!c.http.empty()) {
       metrics = std::make_shared<detail::worker_metrics>(
-          detail::metrics_sources{&bus, &nats, c.database_url, &w.stats(), r ? &r->stats() : nullptr,
+          detail::metrics_sources{&bus, &nats, c.database_url, &w.stats(), &w, r ? &r->stats() : nullptr,
                                   c.outbox_alert_after},
           log);
       bus.add_observer(metrics);

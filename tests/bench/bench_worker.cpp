@@ -115,7 +115,7 @@ void bench_metrics() {
     omnibus::worker worker{*w.bus, worker_opts(), w.log};
     if (with_metrics) {
       w.bus->add_observer(std::make_shared<omnibus::detail::worker_metrics>(
-          omnibus::detail::metrics_sources{w.bus.get(), &w.conn, env("OMNIBUS_DATABASE_URL"), &worker.stats(), nullptr},
+          omnibus::detail::metrics_sources{w.bus.get(), &w.conn, env("OMNIBUS_DATABASE_URL"), &worker.stats(), &worker, nullptr},
           w.log));
     }
     w.bus->provision();
