@@ -299,13 +299,14 @@ struct worker::impl {
     }
   }
 
-  // Up to `take` of the tokens the listener's shared rate limit grants, drawn from the store
-  // when the fetcher holds too few (at most a bucket's worth at once). 0: wait token_wait.
+  // Up to `take` of the tokens the listener's shared rate limit grants. When the fetcher holds
+  // too few it draws from the store enough to hold a bucket's worth (one round trip per
+  // bucket, not per fetch; held tokens still came out of the shared bucket). 0: wait token_wait.
   int draw_tokens(listener_state& l, int take) {
     const rate_limit& r = l.def->options.rate;
     const int burst = r.burst > 0 ? r.burst : std::max(1, static_cast<int>(std::ceil(r.per_second / 10)));
     if (l.tokens < take) {
-      const int want = std::min(take - l.tokens, burst);
+      const int want = std::max(burst - l.tokens, 1);
       try {
         l.tokens += db->take_tokens(l.def->name, r.per_second, burst, want);
       } catch (const std::exception& e) {  // no tokens without the store: the limit holds

@@ -18,6 +18,7 @@ void bench_publish();
 void bench_outbox();
 void bench_drain();
 void bench_metrics();
+void bench_flow();
 void bench_latency(bool through_outbox);
 int memory_child();
 }  // namespace bench
@@ -33,7 +34,7 @@ void operator delete(void* p, std::size_t) noexcept { std::free(p); }
 
 int main(int argc, char** argv) {
   if (argc < 2) {
-    std::fprintf(stderr, "usage: omnibus_bench sync|codec|publish|outbox|worker|metrics|latency|memory\n");
+    std::fprintf(stderr, "usage: omnibus_bench sync|codec|publish|outbox|worker|metrics|flow|latency|memory\n");
     return 2;
   }
   const std::string group = argv[1];
@@ -45,6 +46,7 @@ int main(int argc, char** argv) {
     else if (group == "outbox") bench::bench_outbox();
     else if (group == "worker") bench::bench_drain();
     else if (group == "metrics") bench::bench_metrics();
+    else if (group == "flow") bench::bench_flow();
     else if (group == "latency") {
       bench::bench_latency(false);
       bench::bench_latency(true);

@@ -157,6 +157,38 @@ void bench_metrics() {
   line("scrape_50_listeners", median(scrape_ms), "ms", median(base_ms), median(scrape_ms) / median(base_ms), "<=", 50);
 }
 
+// Flow control configured but not limiting (a breaker that never trips, a rate limit far above
+// the drain rate): the same drain with and without it, interleaved.
+void bench_flow() {
+  constexpr long n = 50000;
+  auto drain = [&](bool with_flow) {
+    world w{with_flow ? "flowon" : "flowoff"};
+    std::atomic<long> handled{0};
+    omnibus::listener_options lo;
+    lo.concurrency = 256;
+    if (with_flow) {
+      lo.breaker.enabled = true;
+      lo.rate.per_second = 1e7;
+    }
+    w.bus->add_async_listener<payload>("noop", [&](omnibus::context&, const payload&) { handled.fetch_add(1); }, lo);
+    omnibus::worker worker{*w.bus, worker_opts(), w.log};
+    w.bus->provision();
+    publish_events(w, n);
+    const auto t = clock::now();
+    std::jthread run([&](std::stop_token st) { worker.run(st); });
+    await([&] { return handled.load() >= n; }, "the worker to drain");
+    const double rate = n / seconds_since(t);
+    run.request_stop();
+    return rate;
+  };
+  std::vector<double> off, on;
+  for (int round = 0; round < 3; ++round) {
+    off.push_back(drain(false));
+    on.push_back(drain(true));
+  }
+  line("worker_drain_with_flow_control", median(on), "msg/s", median(off), median(on) / median(off), ">=", 0.95);
+}
+
 void bench_latency(bool through_outbox) {
   world w{through_outbox ? "latout" : "latdir"};
   std::mutex m;

@@ -12,20 +12,31 @@ set -euo pipefail
 src=$(cd "$1" && pwd)
 : "${OMNIBUS_NATS_URL:?start the servers first: eval \"\$(scripts/servers start)\"}"
 : "${OMNIBUS_DATABASE_URL:?start the servers first}"
+# A stream and schema of this run's own, so no other test's (or earlier run's) events show up.
+tag="install_$$_$RANDOM"
+export OMNIBUS_STREAM="$tag" OMNIBUS_SUBJECT_PREFIX="$tag" OMNIBUS_SCHEMA="$tag"
 work=$(mktemp -d /tmp/omnibus-install-XXXXXX)
 worker_pid=
 debs_installed=
+# Deletes a stream through the JetStream API over the plain NATS protocol (the installed
+# package has no stream command, and a file-stored stream would outlive this run).
+delete_stream() {
+  local hostport=${OMNIBUS_NATS_URL#nats://}
+  hostport=${hostport%%,*}
+  exec 3<>"/dev/tcp/${hostport%:*}/${hostport##*:}" || return 0
+  printf 'CONNECT {"verbose":false}\r\nSUB _INBOX.cleanup 1\r\nPUB $JS.API.STREAM.DELETE.%s _INBOX.cleanup 0\r\n\r\n' "$1" >&3
+  timeout 5 grep -m1 -q 'MSG _INBOX.cleanup' <&3 || true
+  exec 3>&-
+}
 cleanup() {
   if [ -n "$worker_pid" ]; then kill "$worker_pid" 2>/dev/null || true; fi
+  (delete_stream "$tag"; delete_stream "${tag}_ABANDONED") 2>/dev/null || true
+  psql -q "$OMNIBUS_DATABASE_URL" -c "DROP SCHEMA IF EXISTS \"$tag\" CASCADE" >/dev/null 2>&1 || true
   if [ -n "$debs_installed" ]; then apt-get remove -y -qq libomnibus-dev libomnibus0.2 >/dev/null 2>&1 || true; fi
   rm -rf "$work"
 }
 trap cleanup EXIT
 say() { echo "install: $*"; }
-
-# A stream and schema of this run's own, so no other test's (or earlier run's) events show up.
-tag="install_$$_$RANDOM"
-export OMNIBUS_STREAM="$tag" OMNIBUS_SUBJECT_PREFIX="$tag" OMNIBUS_SCHEMA="$tag"
 
 start=$(date +%s)
 meson setup "$work/omnibus-build" "$src" --prefix "$work/prefix" --buildtype=release \

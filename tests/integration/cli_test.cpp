@@ -255,6 +255,15 @@ TEST_CASE("the demo runs end to end and its summary checks out against the datab
   auto demo = test_env::child_process({test_env::tool_path("OMNIBUS_DEMO_BIN"), "--orders", "150", "--schema", "omnibus_" + suffix,
                                        "--shop-schema", "shop_" + suffix, "--stream", "DEMO_" + suffix});
   const int rc = demo.wait(150s);
+  {  // the demo's stream is on file: delete it and its schemas, whatever the outcome
+    omnibus::nats_connection conn{{.url = test_env::nats_url()}};
+    omnibus::jetstream js{conn};
+    omnibus::stream_config stream;
+    stream.name = "DEMO_" + suffix;
+    (void)js.delete_stream(stream);
+    pqxx::connection db{test_env::database_url()};
+    test_env::drop_schemas(db, {"omnibus_" + suffix, "shop_" + suffix});
+  }
   INFO(demo.output());
   REQUIRE(rc == 0);
   CHECK_THAT(demo.output(), Catch::Contains("every count checks out against the database"));
