@@ -2,7 +2,8 @@
 // the workers report of their listeners. (Outages are in the fault suite, the breaker and the
 // outage's rules in tests/unit/runtime_test.cpp.)
 //
-// OMNIBUS_FLOW_VARIANT=long measures the rate over 30 s instead of 6 (scripts/fault long sets it).
+// OMNIBUS_FLOW_VARIANT=long measures the rate over 30 s instead of 6:
+//   OMNIBUS_FLOW_VARIANT=long meson test -C build flow --verbose
 
 #include <chrono>
 #include <csignal>
