@@ -108,6 +108,9 @@ struct worker_metrics::impl {
     worker_ready = &gauge("omnibus_worker_ready", "1 while the worker drains its listeners");
     relayed = &prometheus::BuildCounter().Name("omnibus_relayed_total")
                    .Help("Outbox rows this process's relay sent to the stream").Register(reg).Add({});
+    relay_batches = &prometheus::BuildCounter().Name("omnibus_relay_batches_total")
+                         .Help("Publish batches this process's relay landed (relayed / batches: their mean size)")
+                         .Register(reg).Add({});
     auto& errors = prometheus::BuildCounter().Name("omnibus_scrape_errors_total")
                        .Help("Server-side values a scrape could not read, by source").Register(reg);
     nats_errors = &errors.Add({{"source", "nats"}});
@@ -163,6 +166,8 @@ struct worker_metrics::impl {
   prometheus::Gauge *stream_messages, *stream_bytes, *stream_max_bytes, *stream_fill;
   prometheus::Gauge *outbox_rows, *outbox_age, *relay_lock, *unrelayed, *relay_active, *worker_ready;
   prometheus::Counter* relayed;
+  prometheus::Counter* relay_batches;
+  double batches_seen = 0;
   prometheus::Counter *nats_errors, *postgres_errors;
   std::unordered_map<std::string, listener_series, name_hash, std::equal_to<>> listeners;  // fixed after construction
 
@@ -213,6 +218,9 @@ struct worker_metrics::impl {
       const auto total = static_cast<double>(src.relay->relayed.load(std::memory_order_relaxed));
       if (total > relayed_seen) relayed->Increment(total - relayed_seen);
       relayed_seen = total;
+      const auto batches = static_cast<double>(src.relay->batches.load(std::memory_order_relaxed));
+      if (batches > batches_seen) relay_batches->Increment(batches - batches_seen);
+      batches_seen = batches;
       relay_active->Set(src.relay->active.load() ? 1 : 0);
     }
     worker_ready->Set(src.worker != nullptr && src.worker->ready.load() ? 1 : 0);

@@ -372,6 +372,10 @@ struct worker_program::impl {
       ro.database_url = c.database_url;
       ro.schema = c.bus.schema;
       r.emplace(js, ro, log);
+    } else {
+      log->info("run: no relay in this process (--no-relay): another process must run one for schema {}, or outbox "
+                "rows are never sent",
+                c.bus.schema);
     }
     worker_options wo;
     wo.database_url = c.database_url;

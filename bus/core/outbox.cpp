@@ -1,10 +1,12 @@
 #include "core/outbox.hpp"
 #include "core/schema.hpp"
 
+#include <atomic>
 #include <tuple>
 #include <vector>
 
 #include <pqxx/pqxx>
+#include <spdlog/spdlog.h>
 
 #include "omnibus/envelope.hpp"
 #include "omnibus/error.hpp"
@@ -60,9 +62,28 @@ void split_headers(std::string_view text, message& out) {
   }
 }
 
+namespace {
+std::atomic<int> relays_running{0};
+std::atomic<bool> warned_without_relay{false};
+
+// Durability that cannot be silently misconfigured: outbox rows that no relay sends are events
+// that never leave. Said once per process, through spdlog's default logger.
+void warn_if_no_relay(std::string_view schema) {
+  if (relays_running.load(std::memory_order_relaxed) > 0 || warned_without_relay.load(std::memory_order_relaxed)) return;
+  if (warned_without_relay.exchange(true)) return;
+  spdlog::warn("omnibus: this process writes events to the outbox of schema {} and runs no relay: another process "
+               "(a worker with its relay, or an omnibus::relay) must run one, or the events never leave the outbox",
+               schema);
+}
+}  // namespace
+
+void relay_created() noexcept { relays_running.fetch_add(1, std::memory_order_relaxed); }
+void relay_destroyed() noexcept { relays_running.fetch_sub(1, std::memory_order_relaxed); }
+
 }  // namespace detail
 
 void outbox_insert(pqxx::transaction_base& tx, std::string_view schema, const message& msg) {
+  detail::warn_if_no_relay(schema);
   // The INSERT and the NOTIFY in one statement: one round trip.
   tx.exec_params("WITH row AS (INSERT INTO " + table(schema) +
                      " (event_id, subject, headers, body) VALUES ($1::uuid, $2, $3, $4) RETURNING 1) "
@@ -73,6 +94,7 @@ void outbox_insert(pqxx::transaction_base& tx, std::string_view schema, const me
 
 void outbox_insert_batch(pqxx::transaction_base& tx, std::string_view schema, std::span<const message> msgs) {
   if (msgs.empty()) return;
+  detail::warn_if_no_relay(schema);
   {
     pqxx::stream_to copy{tx, table(schema), std::vector<std::string>{"event_id", "subject", "headers", "body"}};
     for (const message& m : msgs) {

@@ -26,6 +26,10 @@ namespace detail {
 [[nodiscard]] std::string join_headers(const message& msg);
 /// The inverse of join_headers. Throws omnibus::error for a line without ": ".
 void split_headers(std::string_view text, message& out);
-}  // namespace detail
+
+/// A relay object exists in this process (constructed / destroyed). The first outbox write of a
+/// process with none logs, once, that another process must run one.
+void relay_created() noexcept;
+void relay_destroyed() noexcept;}  // namespace detail
 
 }  // namespace omnibus

@@ -57,9 +57,13 @@ relay::relay(queue& q, relay_options options, std::shared_ptr<spdlog::logger> lo
   check_schema_name(options_.schema);
   if (!log_) throw std::invalid_argument("omnibus::relay needs a logger");
   if (options_.batch_size == 0) throw std::invalid_argument("omnibus::relay needs a batch_size of at least 1");
+  detail::relay_created();  // last: a constructor that throws has no destructor to undo it
 }
 
-relay::~relay() { stop(); }
+relay::~relay() {
+  stop();
+  detail::relay_destroyed();
+}
 
 void relay::start() {
   thread_ = std::jthread([this](std::stop_token st) { run(st); });
@@ -122,6 +126,7 @@ std::size_t relay::sweep(session& s) {
         tx.exec_params0(s.delete_sql, array);
       }
       stats_.relayed.fetch_add(prefix, std::memory_order_relaxed);
+      stats_.batches.fetch_add(1, std::memory_order_relaxed);
       sent += prefix;
     }
     if (prefix < results.size()) {

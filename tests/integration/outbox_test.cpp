@@ -166,6 +166,8 @@ TEST_CASE_METHOD(outbox_fixture, "a publisher that commits and dies before relay
   auto child = tool({"publish", opts.schema, opts.stream.name, "100"}, {"OMNIBUS_FAILPOINT=relay_before_publish"});
   REQUIRE(child.wait(30s) == 86);
   CHECK_THAT(child.output(), Catch::Contains("committed=100"));
+  // It wrote outbox rows before it made its relay: it was told, once, that somebody must relay.
+  CHECK_THAT(child.output(), Catch::Contains("runs no relay: another process"));
   CHECK(outbox_rows() == 100);
   CHECK(last_seq() == 0);
 

@@ -37,6 +37,7 @@ struct OMNIBUS_API relay_options {
 /// Counters, readable from any thread.
 struct OMNIBUS_API relay_stats {
   std::atomic<std::uint64_t> relayed{0};     ///< rows published and deleted
+  std::atomic<std::uint64_t> batches{0};     ///< publish batches that landed (relayed / batches: their mean size)
   std::atomic<std::uint64_t> duplicates{0};  ///< PubAcks marked duplicate (a re-send after a crash)
   std::atomic<std::uint64_t> failures{0};    ///< batches that did not fully land
   std::atomic<bool> active{false};           ///< holds the schema's relay lock now
