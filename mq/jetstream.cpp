@@ -180,6 +180,29 @@ std::optional<detail::stored_message> read_stored(natsConnection* conn, const st
   }
 }
 
+// When the stream stored its first message on `subject` after sequence `after`; nullopt when
+// there is none or the server does not say (never throws: it is for operators' screens).
+std::optional<system_clock::time_point> first_stored_after(natsConnection* conn, const std::string& stream,
+                                                           std::uint64_t after, const std::string& subject) {
+  const std::string api = "$JS.API.STREAM.MSG.GET." + stream;
+  const std::string request = "{\"seq\":" + std::to_string(after + 1) + ",\"next_by_subj\":\"" + subject + "\"}";
+  natsMsg* raw = nullptr;
+  if (natsConnection_Request(&raw, conn, api.c_str(), request.data(), static_cast<int>(request.size()), 2000) != NATS_OK) {
+    return std::nullopt;
+  }
+  detail::msg_ptr reply{raw};
+  const char* data = natsMsg_GetData(reply.get());
+  try {
+    const auto m = detail::parse_msg_get_response(
+        std::string_view(data != nullptr ? data : "", static_cast<std::size_t>(natsMsg_GetDataLength(reply.get()))));
+    if (!m) return std::nullopt;
+    const auto ns = detail::parse_rfc3339_ns(m->time);
+    return ns ? time_of(*ns) : std::nullopt;
+  } catch (const std::exception&) {
+    return std::nullopt;
+  }
+}
+
 // A delivery that may carry a header block that did not parse, with its exact bytes.
 class readable_delivery : public omnibus::delivery {
  public:
@@ -751,7 +774,14 @@ std::optional<omnibus::consumer_info> jetstream::info(const omnibus::stream_conf
   consumer_info_ptr ci{raw};
   if (s == NATS_NOT_FOUND || code == JSConsumerNotFoundErr) return std::nullopt;
   check(s, "reading consumer " + name, code);
-  return to_info(*ci);
+  omnibus::consumer_info info = to_info(*ci);
+  if (info.pending + info.ack_pending > 0 && !info.filter_subject.empty()) {
+    // Everything up to the ack floor is acked: the oldest unacked event is the first one of the
+    // consumer's subject after it.
+    info.oldest_unacked = first_stored_after(conn_.native().conn.get(), stream.name, ci->AckFloor.Stream,
+                                             info.filter_subject);
+  }
+  return info;
 }
 
 std::vector<omnibus::consumer_info> jetstream::consumers(const omnibus::stream_config& stream) {

@@ -2,6 +2,7 @@
 
 #include <array>
 #include <charconv>
+#include <chrono>
 #include <functional>
 
 namespace omnibus::detail {
@@ -293,6 +294,43 @@ std::optional<std::string> base64_decode(std::string_view text) {
   return out;
 }
 
+std::optional<std::int64_t> parse_rfc3339_ns(std::string_view t) {
+  // YYYY-MM-DDTHH:MM:SS[.fraction]Z
+  auto digits = [&](std::size_t at, std::size_t n) -> std::optional<int> {
+    if (at + n > t.size()) return std::nullopt;
+    int v = 0;
+    for (std::size_t i = at; i < at + n; ++i) {
+      if (t[i] < '0' || t[i] > '9') return std::nullopt;
+      v = v * 10 + (t[i] - '0');
+    }
+    return v;
+  };
+  const auto year = digits(0, 4), month = digits(5, 2), day = digits(8, 2);
+  const auto hour = digits(11, 2), minute = digits(14, 2), second = digits(17, 2);
+  if (!year || !month || !day || !hour || !minute || !second || t.size() < 20 || t[4] != '-' || t[7] != '-' ||
+      t[10] != 'T' || t[13] != ':' || t[16] != ':') {
+    return std::nullopt;
+  }
+  std::size_t at = 19;
+  std::int64_t fraction = 0;
+  if (t[at] == '.') {
+    int n = 0;
+    for (++at; at < t.size() && t[at] >= '0' && t[at] <= '9'; ++at, ++n) {
+      if (n < 9) fraction = fraction * 10 + (t[at] - '0');
+    }
+    if (n == 0) return std::nullopt;
+    for (; n < 9; ++n) fraction *= 10;
+  }
+  if (at + 1 != t.size() || t[at] != 'Z') return std::nullopt;
+  const std::chrono::year_month_day ymd{std::chrono::year{*year}, std::chrono::month{static_cast<unsigned>(*month)},
+                                        std::chrono::day{static_cast<unsigned>(*day)}};
+  if (!ymd.ok() || *hour > 23 || *minute > 59 || *second > 60) return std::nullopt;
+  const auto days = std::chrono::sys_days{ymd}.time_since_epoch();
+  const std::int64_t secs = std::chrono::duration_cast<std::chrono::seconds>(days).count() + *hour * 3600 +
+                            *minute * 60 + *second;
+  return secs * 1000000000 + fraction;
+}
+
 std::optional<stored_message> parse_msg_get_response(std::string_view json) {
   json_reader r{json};
   stored_message m;
@@ -318,6 +356,8 @@ std::optional<stored_message> parse_msg_get_response(std::string_view json) {
           m.body = decoded(r.string(), "data");
         } else if (field == "seq") {
           m.sequence = r.unsigned_number();
+        } else if (field == "time") {
+          m.time = r.string();
         } else {
           r.skip();
         }

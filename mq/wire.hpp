@@ -59,7 +59,13 @@ struct stored_message {
   std::string header_block;  ///< byte-exact; empty when the message had no headers
   std::string body;          ///< byte-exact
   std::uint64_t sequence = 0;
+  /// When the stream stored it, as RFC 3339 UTC ("2026-11-29T13:51:12.123456789Z"); "" if absent.
+  std::string time;
 };
+
+/// Nanoseconds since the epoch of an RFC 3339 UTC time as nats-server writes it (fraction of
+/// up to 9 digits, "Z"); nullopt for anything else.
+[[nodiscard]] std::optional<std::int64_t> parse_rfc3339_ns(std::string_view text);
 
 /// Parses a $JS.API.STREAM.MSG.GET response. nullopt when the server answered with an error
 /// (no such message: deleted, or aged out); throws std::runtime_error for a reply that is not

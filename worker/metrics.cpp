@@ -1,5 +1,6 @@
 #include "metrics.hpp"
 
+#include <algorithm>
 #include <array>
 #include <mutex>
 #include <optional>
@@ -54,6 +55,7 @@ struct worker_metrics::impl {
     prometheus::Gauge* pending = nullptr;
     prometheus::Gauge* ack_pending = nullptr;
     prometheus::Gauge* redelivered = nullptr;
+    prometheus::Gauge* oldest_age = nullptr;
     prometheus::Gauge* dead_letters = nullptr;
     prometheus::Gauge* parked = nullptr;
     prometheus::Gauge* paused = nullptr;
@@ -76,6 +78,9 @@ struct worker_metrics::impl {
                               .Help("Events delivered to the listener and not yet settled").Register(reg);
     redelivered_family = &prometheus::BuildGauge().Name("omnibus_consumer_redelivered")
                               .Help("Events delivered more than once and not yet settled").Register(reg);
+    oldest_age_family = &prometheus::BuildGauge().Name("omnibus_consumer_oldest_unacked_age_seconds")
+                             .Help("How long ago the stream stored the oldest event the listener has not acked "
+                                   "(0: none waits)").Register(reg);
     dead_letters_family = &prometheus::BuildGauge().Name("omnibus_dead_letters")
                                .Help("Dead letters waiting for an operator, by listener").Register(reg);
     parked_family = &prometheus::BuildGauge().Name("omnibus_parked")
@@ -126,6 +131,7 @@ struct worker_metrics::impl {
       series.pending = &pending_family->Add({{"listener", l.name}});
       series.ack_pending = &ack_pending_family->Add({{"listener", l.name}});
       series.redelivered = &redelivered_family->Add({{"listener", l.name}});
+      series.oldest_age = &oldest_age_family->Add({{"listener", l.name}});
       series.dead_letters = &dead_letters_family->Add({{"listener", l.name}});
       series.parked = &parked_family->Add({{"listener", l.name}});
       series.paused = &paused_family->Add({{"listener", l.name}});
@@ -155,6 +161,7 @@ struct worker_metrics::impl {
   prometheus::Family<prometheus::Gauge>* pending_family;
   prometheus::Family<prometheus::Gauge>* ack_pending_family;
   prometheus::Family<prometheus::Gauge>* redelivered_family;
+  prometheus::Family<prometheus::Gauge>* oldest_age_family;
   prometheus::Family<prometheus::Gauge>* dead_letters_family;
   prometheus::Family<prometheus::Gauge>* parked_family;
   prometheus::Family<prometheus::Gauge>* paused_family;
@@ -241,6 +248,10 @@ struct worker_metrics::impl {
           s.pending->Set(static_cast<double>(info->pending));
           s.ack_pending->Set(static_cast<double>(info->ack_pending));
           s.redelivered->Set(static_cast<double>(info->redelivered));
+          s.oldest_age->Set(info->oldest_unacked ? std::max(0.0, std::chrono::duration<double>(
+                                                                     std::chrono::system_clock::now() - *info->oldest_unacked)
+                                                                     .count())
+                                                 : 0.0);
         }
       }
     } catch (const std::exception& e) {

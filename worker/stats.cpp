@@ -24,6 +24,10 @@ stats_view read_stats(const event_bus& bus, pqxx::connection_base& db) {
       s.pending = info->pending;
       s.ack_pending = info->ack_pending;
       s.redelivered = info->redelivered;
+      if (info->oldest_unacked) {
+        s.oldest_unacked_age = std::max(std::chrono::milliseconds(0), std::chrono::duration_cast<std::chrono::milliseconds>(
+                                                                          std::chrono::system_clock::now() - *info->oldest_unacked));
+      }
     }
     for (const auto& [name, n] : v.db.dead_letters) {
       if (name == l.name) s.dead_letters = n;
@@ -58,14 +62,15 @@ std::string age(const std::optional<std::chrono::milliseconds>& a) {
 }  // namespace
 
 std::string stats_text(const stats_view& v, std::chrono::milliseconds alert_after, bool colour) {
-  std::string out = format("%-24s %10s %12s %12s %13s %7s %7s %8s  %s\n", "listener", "pending", "ack pending",
-                           "redelivered", "dead letters", "parked", "paused", "workers", "flow");
+  std::string out = format("%-24s %10s %12s %12s %10s %13s %7s %7s %8s  %s\n", "listener", "pending", "ack pending",
+                           "redelivered", "oldest", "dead letters", "parked", "paused", "workers", "flow");
   for (const auto& l : v.listeners) {
     std::string flow;
     for (const auto& f : l.flow) flow += (flow.empty() ? "" : ",") + f;
-    out += format("%-24s %10llu %12llu %12llu %13llu %7s %7s %8zu  %s%s\n", l.name.c_str(),
+    out += format("%-24s %10llu %12llu %12llu %10s %13llu %7s %7s %8zu  %s%s\n", l.name.c_str(),
                   static_cast<unsigned long long>(l.pending), static_cast<unsigned long long>(l.ack_pending),
-                  static_cast<unsigned long long>(l.redelivered), static_cast<unsigned long long>(l.dead_letters),
+                  static_cast<unsigned long long>(l.redelivered), age(l.oldest_unacked_age).c_str(),
+                  static_cast<unsigned long long>(l.dead_letters),
                   l.parked ? "YES" : "no", l.paused ? "YES" : "no", l.workers, flow.empty() ? "-" : flow.c_str(),
                   l.consumer_found ? "" : "  (no consumer: run the worker once to provision it)");
   }
@@ -104,6 +109,8 @@ std::string stats_json(const stats_view& v, std::chrono::milliseconds alert_afte
            format(",\"pending\":%llu,\"ack_pending\":%llu,\"redelivered\":%llu,\"dead_letters\":%llu",
                   static_cast<unsigned long long>(l.pending), static_cast<unsigned long long>(l.ack_pending),
                   static_cast<unsigned long long>(l.redelivered), static_cast<unsigned long long>(l.dead_letters)) +
+           ",\"oldest_unacked_age_seconds\":" +
+           (l.oldest_unacked_age ? format("%.3f", static_cast<double>(l.oldest_unacked_age->count()) / 1000.0) : "null") +
            ",\"parked\":" + (l.parked ? "true" : "false") + ",\"paused\":" + (l.paused ? "true" : "false") +
            format(",\"workers\":%zu,\"flow\":[", l.workers);
     for (std::size_t i = 0; i < l.flow.size(); ++i) out += (i > 0 ? "," : "") + json_quote(l.flow[i]);

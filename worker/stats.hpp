@@ -21,6 +21,8 @@ struct listener_stats {
   std::uint64_t pending = 0;
   std::uint64_t ack_pending = 0;
   std::uint64_t redelivered = 0;
+  /// How long the oldest event it has not acked has been in the stream; nullopt: none waits.
+  std::optional<std::chrono::milliseconds> oldest_unacked_age;
   std::uint64_t dead_letters = 0;
   bool parked = false;
   bool paused = false;

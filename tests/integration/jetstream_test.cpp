@@ -55,7 +55,14 @@ TEST_CASE_METHOD(js_fixture, "a published event comes back with every header and
   ctx.meta().correlation_id = "corr-1";
   ctx.meta().traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
   ctx.meta().values = {{"tenant", "acme"}};
+  const auto before = std::chrono::system_clock::now();
   auto id = b.publish(ctx, item_added{7, "seven"});
+  // Waiting, not yet delivered: the consumer says since when (the stream's clock, this host's).
+  const auto waiting = js.info(opts.stream, "g_cart");
+  REQUIRE(waiting);
+  REQUIRE(waiting->oldest_unacked.has_value());
+  CHECK(*waiting->oldest_unacked >= before - 1s);
+  CHECK(*waiting->oldest_unacked <= std::chrono::system_clock::now() + 1s);
 
   auto c = js.open_consumer(opts.stream, "g_cart");
   auto got = c->fetch(1, 5s);
@@ -87,6 +94,7 @@ TEST_CASE_METHOD(js_fixture, "a published event comes back with every header and
   CHECK(info->pending == 0);
   CHECK(info->ack_pending == 0);
   CHECK(info->last_delivered.has_value());
+  CHECK_FALSE(info->oldest_unacked.has_value());  // nothing waits
 }
 
 TEST_CASE_METHOD(js_fixture, "the same event id published twice lands once", "[integration][nats][mq]") {

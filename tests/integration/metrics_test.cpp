@@ -254,6 +254,25 @@ TEST_CASE_METHOD(metrics_fixture, "a real Prometheus scrapes the worker", "[inte
     return query("omnibus_dead_letters%7Blistener%3D%22loyalty%22%7D").find("\"4\"]") != std::string::npos;
   }, 60s));
   CHECK(eventually([&] { return query("up%7Bjob%3D%22omnibus%22%7D").find("\"1\"]") != std::string::npos; }, 30s));
+  // A listener that stops taking events: the age of its oldest waiting event grows.
+  auto pause = cli({"listeners", "pause", "confirmation_email"});
+  REQUIRE(pause.wait(20s) == 0);
+  REQUIRE(eventually([&] {  // the worker obeys within its control poll
+    return query("omnibus_listener_flow_state%7Blistener%3D%22confirmation_email%22,state%3D%22paused%22%7D")
+               .find("\"1\"]") != std::string::npos;
+  }, 30s));
+  place_orders(2);
+  const auto oldest = [&] {
+    const std::string body = query("omnibus_consumer_oldest_unacked_age_seconds%7Blistener%3D%22confirmation_email%22%7D");
+    std::smatch m;
+    static const std::regex value(R"re("value":\[[^,]+,"([0-9.e+-]+)"\])re");
+    return std::regex_search(body, m, value) ? std::stod(m[1].str()) : -1.0;
+  };
+  double first = 0;
+  const bool grows = eventually([&] { return (first = oldest()) > 0; }, 30s);
+  INFO(query("omnibus_consumer_oldest_unacked_age_seconds") << "\n" << query("omnibus_consumer_pending"));
+  REQUIRE(grows);
+  CHECK(eventually([&] { return oldest() > first + 1; }, 30s));
   // Every panel of the Grafana dashboard is valid PromQL that this Prometheus answers.
   for (const auto& q : dashboard_queries()) {
     INFO("dashboard query: " << q);

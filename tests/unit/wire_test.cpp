@@ -92,3 +92,17 @@ TEST_CASE("max-deliveries advisories name the consumer and the stream sequence",
   CHECK_FALSE(parse_max_deliveries_advisory(R"({"type":"io.nats.jetstream.advisory.v1.nak","stream":"S","consumer":"c","stream_seq":1})"));
   CHECK_FALSE(parse_max_deliveries_advisory("{"));
 }
+
+TEST_CASE("nats-server's RFC 3339 times parse to nanoseconds; anything else is refused", "[wire]") {
+  using omnibus::detail::parse_rfc3339_ns;
+  CHECK(parse_rfc3339_ns("1970-01-01T00:00:00Z") == 0);
+  CHECK(parse_rfc3339_ns("2026-11-29T13:51:12.123456789Z") == 1795960272123456789LL);
+  CHECK(parse_rfc3339_ns("2026-11-29T13:51:12.5Z") == 1795960272500000000LL);
+  CHECK(parse_rfc3339_ns("2026-11-29T13:51:12.1234567891Z") == 1795960272123456789LL);  // beyond ns: dropped
+  CHECK_FALSE(parse_rfc3339_ns(""));
+  CHECK_FALSE(parse_rfc3339_ns("2026-11-29T13:51:12"));          // no zone
+  CHECK_FALSE(parse_rfc3339_ns("2026-11-29T13:51:12+01:00"));    // nats-server writes UTC
+  CHECK_FALSE(parse_rfc3339_ns("2026-02-30T13:51:12Z"));         // no such day
+  CHECK_FALSE(parse_rfc3339_ns("2026-11-29T13:51:12.Z"));
+  CHECK_FALSE(parse_rfc3339_ns("2026-11-29 13:51:12Z"));
+}

@@ -136,6 +136,9 @@ struct OMNIBUS_API consumer_info {
   std::uint64_t redelivered = 0;  ///< delivered more than once and not yet acked
   /// When the server last delivered a message to it; nullopt: never, or not known (memory_queue).
   std::optional<std::chrono::system_clock::time_point> last_delivered;
+  /// When the stream stored the oldest event this consumer has not acked (delivered or still
+  /// waiting); nullopt: none waits, or not known (memory_queue, a consumer list).
+  std::optional<std::chrono::system_clock::time_point> oldest_unacked;
 };
 
 /// How full the stream is.
