@@ -17,6 +17,8 @@ struct context_access {
   static void set_attempt(context& c, std::uint64_t n) noexcept { c.attempt_ = n; }
   static void set_deadline(context& c, context::clock::time_point d) noexcept { c.deadline_ = d; }
   static void set_stop_token(context& c, std::stop_token t) noexcept { c.stop_ = std::move(t); }
+  static void set_phases(context& c, phase_log* log) noexcept { c.phases_ = log; }
+  [[nodiscard]] static phase_log* phases(const context& c) noexcept { return c.phases_; }
 };
 
 }  // namespace omnibus::detail

@@ -2,8 +2,13 @@
 
 #include <algorithm>
 #include <cmath>
+#include <optional>
 #include <stdexcept>
 
+#include <pqxx/pqxx>
+#include <spdlog/spdlog.h>
+
+#include "core/context_access.hpp"
 #include "core/outbox.hpp"
 
 namespace omnibus {
@@ -33,6 +38,7 @@ void event_bus::freeze() {
     if (e.name.empty()) continue;
     dispatch_[slot] = e.sync.empty() ? dispatch_range{&no_listeners_, &no_listeners_}
                                      : dispatch_range{e.sync.data(), e.sync.data() + e.sync.size()};
+    if (!e.after_commit.empty() || !e.after_rollback.empty()) dispatch_[slot].phased = &e;
   }
   frozen_.store(true, std::memory_order_release);
 }
@@ -249,6 +255,96 @@ void event_bus::notify_publish_error(std::string_view name, std::string_view wha
     } catch (...) {
     }
   }
+}
+
+commit_unknown::~commit_unknown() = default;
+
+// The events published in one transact() transaction that have phase listeners, in order.
+struct detail::phase_log {
+  struct item {
+    const event_bus::type_entry* entry;
+    std::shared_ptr<const void> event;  // a copy of the E, kept until the phase runs
+    metadata meta;
+  };
+  std::vector<item> items;
+};
+
+void event_bus::check_phased(const context& ctx, std::string_view name) const {
+  if (ctx.transaction() != nullptr && detail::context_access::phases(ctx) == nullptr) {
+    throw std::logic_error("bus: " + std::string(name) +
+                           " has after-commit or after-rollback listeners, which run only for events published "
+                           "in event_bus::transact(); this context's transaction was opened elsewhere, so they would "
+                           "never run. Publish it inside bus.transact(conn, [&](omnibus::context& ctx) { ... })");
+  }
+}
+
+void event_bus::record_phased(context& ctx, const type_entry& e, std::shared_ptr<const void> event) {
+  if (detail::phase_log* log = detail::context_access::phases(ctx)) {
+    log->items.push_back({&e, std::move(event), ctx.meta()});
+    return;
+  }
+  // No transaction: the publish itself was the commit.
+  detail::phase_log now;
+  now.items.push_back({&e, std::move(event), ctx.meta()});
+  run_phase(phase::after_commit, now);
+}
+
+void event_bus::run_phase(phase when, const detail::phase_log& log) {
+  for (const auto& item : log.items) {
+    const auto& listeners = when == phase::after_commit ? item.entry->after_commit : item.entry->after_rollback;
+    for (const sync_listener& l : listeners) {
+      context ctx;
+      ctx.meta() = item.meta;
+      std::string what;
+      try {
+        l.call(l.fn.get(), ctx, item.event.get());
+        continue;
+      } catch (const std::exception& e) {
+        what = e.what();
+      } catch (...) {
+        what = "a phase listener threw something that is not a std::exception";
+      }
+      phase_errors_.fetch_add(1, std::memory_order_relaxed);
+      spdlog::error("bus: an {} listener of {} threw: {}; the other listeners ran{}", to_string(when),
+                    item.entry->name, what, when == phase::after_commit ? " and the commit stands" : "");
+      for (const auto& o : observers_) {
+        try {
+          o->on_phase_error(item.entry->name, when, what);
+        } catch (...) {  // observing never changes what the bus does
+        }
+      }
+    }
+  }
+}
+
+void event_bus::run_transaction(pqxx::connection_base* conn, pqxx::transaction_base* given,
+                                const std::function<void(context&)>& body) {
+  std::optional<pqxx::work> own;
+  if (given == nullptr) own.emplace(*conn);
+  pqxx::transaction_base& tx = given != nullptr ? *given : *own;
+  detail::phase_log log;
+  context ctx{tx};
+  detail::context_access::set_phases(ctx, &log);
+  try {
+    body(ctx);
+  } catch (...) {
+    try {
+      tx.abort();
+    } catch (...) {  // the body's exception is the one the caller needs
+    }
+    run_phase(phase::after_rollback, log);
+    throw;
+  }
+  try {
+    tx.commit();
+  } catch (const pqxx::in_doubt_error& e) {
+    throw commit_unknown(std::string("bus: the connection broke during COMMIT; the transaction may or may not have "
+                                     "committed, so no after-commit or after-rollback listener ran: ") + e.what());
+  } catch (...) {
+    run_phase(phase::after_rollback, log);
+    throw;
+  }
+  run_phase(phase::after_commit, log);
 }
 
 }  // namespace omnibus

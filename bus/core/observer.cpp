@@ -29,5 +29,10 @@ void observer::on_publish(std::string_view, publish_path) {}
 void observer::on_publish_error(std::string_view, std::string_view) {}
 void observer::on_handle_start(const handle_info&) {}
 void observer::on_handle_end(const handle_info&, handle_outcome, std::chrono::nanoseconds, std::string_view) {}
+void observer::on_phase_error(std::string_view, phase, std::string_view) {}
+
+const char* to_string(phase when) noexcept {
+  return when == phase::after_commit ? "after_commit" : "after_rollback";
+}
 
 }  // namespace omnibus

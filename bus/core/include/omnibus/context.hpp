@@ -29,6 +29,7 @@ struct OMNIBUS_API metadata {
 
 namespace detail {
 struct context_access;
+struct phase_log;
 }  // namespace detail
 
 /// Where a handler's context gets its database connection: the worker's pool. Implemented
@@ -89,6 +90,7 @@ class OMNIBUS_API context {
   std::uint64_t attempt_ = 0;
   clock::time_point deadline_ = clock::time_point::max();
   std::stop_token stop_;
+  detail::phase_log* phases_ = nullptr;   // set by event_bus::transact(): where phased events wait
 };
 
 }  // namespace omnibus

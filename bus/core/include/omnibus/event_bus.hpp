@@ -147,6 +147,14 @@ class OMNIBUS_API permanent_error : public error {
   using error::error;
 };
 
+/// Thrown by event_bus::transact() when the connection broke during COMMIT: the transaction
+/// may or may not have committed, so neither after-commit nor after-rollback listeners ran.
+class OMNIBUS_API commit_unknown : public error {
+ public:
+  using error::error;
+  ~commit_unknown() override;
+};
+
 /// Thrown by a handler when a dependency it needs is down (a partner API, a cache), not when
 /// the event is bad: the attempt does not count. The worker treats it as an outage, as when
 /// it cannot reach PostgreSQL: the listener stops fetching, and the event is tried again with
@@ -196,6 +204,32 @@ class OMNIBUS_API event_bus {
   template <class E, class F>
   void add_async_listener(std::string name, F&& handler, listener_options options = {});
 
+  /// Adds a listener for E that runs in this process after the transaction E was published in
+  /// commits (phase::after_commit: evict a cache, wake a waiter) or rolls back
+  /// (phase::after_rollback: log, compensate), in publish order: `handler(omnibus::context&,
+  /// const E&)`, whose context has the event's metadata and no transaction (a publish from it
+  /// is a fresh one). Only transactions run by transact() have phases: publishing E with a
+  /// context whose transaction was opened elsewhere throws std::logic_error (its phase
+  /// listeners would silently never run). Without a transaction, after-commit listeners run
+  /// right after the publish succeeds, after-rollback ones never. Thread-safe until frozen.
+  template <class E, class F>
+  void add_listener(phase when, F&& handler);
+
+  /// Opens a transaction on `conn`, runs `body(ctx)` with it, and commits; then runs the
+  /// after-commit listeners of every event published in it, in publish order. If body throws
+  /// or the commit fails, the transaction is rolled back, the after-rollback listeners run,
+  /// and the exception goes on to the caller. When the commit's outcome is unknown (the
+  /// connection broke during COMMIT) neither phase runs and commit_unknown is thrown. A phase
+  /// listener that throws never undoes the commit nor stops the others: it is logged (spdlog's
+  /// default logger), counted (phase_errors()) and told to the observers. Returns what body does.
+  template <class F>
+  auto transact(pqxx::connection_base& conn, F&& body);
+  /// The same in `tx`, a transaction the caller opened: transact() commits it (or aborts it).
+  template <class F>
+  auto transact(pqxx::transaction_base& tx, F&& body);
+  /// Phase listeners that threw, since the bus was made.
+  [[nodiscard]] std::uint64_t phase_errors() const noexcept { return phase_errors_.load(std::memory_order_relaxed); }
+
   /// Runs E's sync listeners, then sends the event on (see the dispatch rules above).
   /// Returns the event's id (nil for a local-only event). Throws what a listener threw,
   /// event_too_large, publish_error (no transaction), or std::logic_error for a name clash.
@@ -236,13 +270,17 @@ class OMNIBUS_API event_bus {
   struct type_entry {
     std::string_view name;  // E::name (static storage); empty: slot unused by this bus
     std::vector<sync_listener> sync;
+    std::vector<sync_listener> after_commit;    // phase listeners
+    std::vector<sync_listener> after_rollback;
   };
   // What publish() reads, built at freeze: a type's sync listeners as [first, last); first is
   // nullptr for a type no listener registered (publish then checks its name).
   struct dispatch_range {
     const sync_listener* first = nullptr;
     const sync_listener* last = nullptr;
+    const type_entry* phased = nullptr;  // the type's entry when it has phase listeners
   };
+  friend struct detail::phase_log;
 
   type_entry& entry_for(std::size_t slot, std::string_view name);  // under mutex_, not frozen
   void add_async(std::size_t slot, async_listener l);
@@ -252,6 +290,12 @@ class OMNIBUS_API event_bus {
   [[nodiscard]] batch_report emit_batch(context& ctx, std::vector<envelope> envs);
   void notify_publish(std::string_view name, publish_path path, std::size_t count) const noexcept;
   void notify_publish_error(std::string_view name, std::string_view what) const noexcept;
+  // Phases: refuse a transaction transact() does not own, then note (or run) a published event.
+  void check_phased(const context& ctx, std::string_view name) const;
+  void record_phased(context& ctx, const type_entry& e, std::shared_ptr<const void> event);
+  void run_phase(phase when, const detail::phase_log& log);
+  // transact()'s work: a transaction on conn (tx null) or tx, body, commit, phases.
+  void run_transaction(pqxx::connection_base* conn, pqxx::transaction_base* tx, const std::function<void(context&)>& body);
 
   bus_options options_;
   queue* queue_ = nullptr;  // borrowed; outlives the bus
@@ -263,6 +307,7 @@ class OMNIBUS_API event_bus {
   std::unordered_map<std::string_view, std::size_t> names_;  // event name -> slot
   std::vector<async_listener> async_;
   std::vector<std::shared_ptr<observer>> observers_;
+  std::atomic<std::uint64_t> phase_errors_{0};
 };
 
 template <class E, class F>
@@ -297,6 +342,45 @@ void event_bus::add_async_listener(std::string name, F&& handler, listener_optio
   add_async(detail::type_slot<E>, std::move(l));
 }
 
+template <class E, class F>
+void event_bus::add_listener(phase when, F&& handler) {
+  detail::check_event<E>();
+  static_assert(std::is_copy_constructible_v<E>, "bus: a phase listener's event waits for the commit as a copy");
+  using fn_t = std::decay_t<F>;
+  static_assert(std::is_invocable_v<fn_t&, context&, const E&>,
+                "bus: a phase listener is callable as handler(omnibus::context&, const E&)");
+  sync_listener l{
+      [](void* fn, context& ctx, const void* ev) { (*static_cast<fn_t*>(fn))(ctx, *static_cast<const E*>(ev)); },
+      {new fn_t(std::forward<F>(handler)), [](void* fn) { delete static_cast<fn_t*>(fn); }}};
+  std::lock_guard lock(mutex_);
+  type_entry& e = entry_for(detail::type_slot<E>, E::name);
+  (when == phase::after_commit ? e.after_commit : e.after_rollback).push_back(std::move(l));
+}
+
+template <class F>
+auto event_bus::transact(pqxx::connection_base& conn, F&& body) {
+  using result_t = std::invoke_result_t<F&, context&>;
+  if constexpr (std::is_void_v<result_t>) {
+    run_transaction(&conn, nullptr, [&](context& ctx) { body(ctx); });
+  } else {
+    std::optional<result_t> out;
+    run_transaction(&conn, nullptr, [&](context& ctx) { out.emplace(body(ctx)); });
+    return std::move(*out);
+  }
+}
+
+template <class F>
+auto event_bus::transact(pqxx::transaction_base& tx, F&& body) {
+  using result_t = std::invoke_result_t<F&, context&>;
+  if constexpr (std::is_void_v<result_t>) {
+    run_transaction(nullptr, &tx, [&](context& ctx) { body(ctx); });
+  } else {
+    std::optional<result_t> out;
+    run_transaction(nullptr, &tx, [&](context& ctx) { out.emplace(body(ctx)); });
+    return std::move(*out);
+  }
+}
+
 template <class E>
 batch_report event_bus::publish_batch(context& ctx, std::span<const E> events) {
   detail::check_event<E>();
@@ -305,13 +389,20 @@ batch_report event_bus::publish_batch(context& ctx, std::span<const E> events) {
   const std::size_t slot = detail::type_slot<E>;
   const dispatch_range r = slot < dispatch_.size() ? dispatch_[slot] : dispatch_range{};
   if (r.first == nullptr) check_name_free(slot, E::name);
+  if (r.phased != nullptr) check_phased(ctx, E::name);
   std::vector<envelope> envs;
   envs.reserve(events.size());
   for (const E& event : events) {
     for (const sync_listener* l = r.first; l != r.last; ++l) l->call(l->fn.get(), ctx, &event);
     envs.push_back(make_envelope(ctx, E::name, E::version, detail::encode_body(event)));
   }
-  return emit_batch(ctx, std::move(envs));
+  batch_report report = emit_batch(ctx, std::move(envs));
+  if (r.phased != nullptr) {
+    for (std::size_t i = 0; i < events.size(); ++i) {
+      if (report.results[i].ack || ctx.transaction() != nullptr) record_phased(ctx, *r.phased, std::make_shared<E>(events[i]));
+    }
+  }
+  return report;
 }
 
 template <class E>
@@ -325,11 +416,11 @@ inline event_id event_bus::publish(context& ctx, const E& event) {
   } else {
     check_name_free(slot, E::name);
   }
-  if constexpr (is_local_only<E>) {
-    return event_id{};
-  } else {
-    return emit(ctx, E::name, E::version, detail::encode_body(event));
-  }
+  if (r.phased != nullptr) [[unlikely]] check_phased(ctx, E::name);
+  event_id id;
+  if constexpr (!is_local_only<E>) id = emit(ctx, E::name, E::version, detail::encode_body(event));
+  if (r.phased != nullptr) [[unlikely]] record_phased(ctx, *r.phased, std::make_shared<E>(event));
+  return id;
 }
 
 }  // namespace omnibus

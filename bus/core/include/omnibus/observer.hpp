@@ -16,6 +16,15 @@
 
 namespace omnibus {
 
+/// When a phase listener runs (event_bus::add_listener, event_bus::transact).
+enum class phase {
+  after_commit,    ///< in the publishing process, once the transaction committed
+  after_rollback,  ///< in the publishing process, once the transaction rolled back
+};
+
+/// "after_commit" or "after_rollback".
+[[nodiscard]] OMNIBUS_API const char* to_string(phase when) noexcept;
+
 /// How an event left the publishing process.
 enum class publish_path {
   direct,  ///< straight to the stream (no transaction), its ack awaited
@@ -67,6 +76,9 @@ class OMNIBUS_API observer {
   /// on_handle_start may come first.
   virtual void on_handle_end(const handle_info& info, handle_outcome outcome, std::chrono::nanoseconds took,
                              std::string_view error);
+  /// An after-commit or after-rollback listener of `event_name` threw `what` (publisher's
+  /// thread). The commit stands and the other phase listeners ran.
+  virtual void on_phase_error(std::string_view event_name, phase when, std::string_view what);
 };
 
 }  // namespace omnibus
