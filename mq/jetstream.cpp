@@ -553,7 +553,10 @@ jsConsumerConfig consumer_settings(const omnibus::consumer_config& c, const std:
   // reaches it anyway, its advisory lands in <stream>_ABANDONED and becomes a dead letter.
   cc.MaxDeliver = c.max_deliver;
   cc.MaxAckPending = c.max_ack_pending;
-  if (c.start_time && c.start_time->time_since_epoch().count() <= 0) {
+  if (c.start_sequence) {
+    cc.DeliverPolicy = js_DeliverByStartSequence;
+    cc.OptStartSeq = std::max<std::uint64_t>(1, *c.start_sequence);
+  } else if (c.start_time && c.start_time->time_since_epoch().count() <= 0) {
     cc.DeliverPolicy = js_DeliverAll;  // the server reads a zero start time as "not set"
   } else if (c.start_time) {
     cc.DeliverPolicy = js_DeliverByStartTime;
@@ -813,7 +816,26 @@ std::optional<omnibus::stream_state> jetstream::state(const omnibus::stream_conf
         "reading stream " + stream.name, code);
   stream_info_ptr info{raw};
   return omnibus::stream_state{info->State.Msgs, info->State.Bytes, info->State.FirstSeq, info->State.LastSeq,
-                           info->Config->MaxBytes};
+                               info->Config->MaxBytes, info->State.Msgs > 0 ? time_of(info->State.FirstTime) : std::nullopt};
+}
+
+std::uint64_t jetstream::count_deliverable(const omnibus::stream_config& stream, const omnibus::consumer_config& probe) {
+  jsCtx* js = conn_.native().js.get();
+  jsConsumerConfig cc = consumer_settings(probe, "");
+  jsConsumerInfo* raw = nullptr;
+  jsErrCode code{};
+  check(js_AddConsumer(&raw, js, stream.name.c_str(), &cc, nullptr, &code), "creating probe consumer " + probe.name, code);
+  consumer_info_ptr ci{raw};
+  const std::uint64_t n = ci->NumPending;
+  code = {};
+  (void)js_DeleteConsumer(js, stream.name.c_str(), probe.name.c_str(), nullptr, &code);
+  return n;
+}
+
+std::optional<std::chrono::system_clock::time_point> jetstream::stored_time(const omnibus::stream_config& stream,
+                                                                            const std::string& subject,
+                                                                            std::uint64_t sequence) {
+  return first_stored_after(conn_.native().conn.get(), stream.name, sequence > 0 ? sequence - 1 : 0, subject);
 }
 
 bool jetstream::delete_stream(const omnibus::stream_config& stream) {

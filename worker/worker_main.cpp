@@ -216,6 +216,10 @@ struct worker_program::impl {
   std::int64_t id = 0;
   std::size_t limit = 100;
   bool retry_all = false, retry_confirmed = false, dry_run = false, purge_confirmed = false, prune_confirmed = false;
+  std::string replay_from;
+  std::uint64_t replay_from_seq = 0;
+  bool replay_keep_inbox = false, replay_confirmed = false;
+  CLI::App* consumers_replay = nullptr;
   bool stats_json = false;
   std::string pause_reason = "paused by an operator";
   CLI::App *listeners_cmd, *listeners_list, *listeners_pause, *listeners_resume;
@@ -315,6 +319,16 @@ struct worker_program::impl {
     consumers_prune = consumers_cmd->add_subcommand("prune", "Delete this group's consumers that no listener owns");
     consumers_prune->add_flag("--dry-run", dry_run, "only say what would be deleted");
     consumers_prune->add_flag("--yes", prune_confirmed, "confirm the deletion (else: what would be deleted, and exit 2)");
+    consumers_replay = consumers_cmd->add_subcommand(
+        "replay", "Deliver a listener's events again from a time or a stream sequence (rebuild a projection)");
+    consumers_replay->add_option("listener", listener, "the async listener")->required();
+    auto* from = consumers_replay->add_option("--from", replay_from, "RFC 3339 UTC time, e.g. 2026-11-01T00:00:00Z");
+    auto* from_seq = consumers_replay->add_option("--from-seq", replay_from_seq, "stream sequence");
+    from->excludes(from_seq);
+    from_seq->excludes(from);
+    consumers_replay->add_flag("--keep-inbox", replay_keep_inbox,
+                               "keep its inbox rows: replay only what it never handled");
+    consumers_replay->add_flag("--yes", replay_confirmed, "confirm (else: what it would redeliver, and exit 2)");
 
     stream_cmd = cli.add_subcommand("stream", "The JetStream stream: how full it is, and making room");
     stream_cmd->require_subcommand(1);
@@ -542,8 +556,9 @@ struct worker_program::impl {
     nats_connection nats{c.nats};
     jetstream js{nats};
     event_bus bus{js, c.bus};
-    app a{bus, c, consumers_list->parsed() ? "consumers list" : "consumers prune"};
+    app a{bus, c, consumers_list->parsed() ? "consumers list" : consumers_prune->parsed() ? "consumers prune" : "consumers replay"};
     setup(a);
+    if (consumers_replay->parsed()) return replay(bus);
     if (consumers_list->parsed()) {
       std::printf("%-32s %-16s %-8s %-32s %-8s %-11s\n", "consumer", "group", "owned", "filter", "pending", "ack pending");
       for (const auto& s : list_consumers(bus)) {
@@ -563,6 +578,41 @@ struct worker_program::impl {
       throw config_error("consumers prune deletes the consumers listed above with their place in the stream: add "
                          "--yes to confirm");
     }
+    return 0;
+  }
+
+  int replay(const event_bus& bus) {
+    replay_request r;
+    r.listener = listener;
+    r.keep_inbox = replay_keep_inbox;
+    if (!replay_from.empty()) {
+      try {
+        r.from_time = std::chrono::time_point_cast<std::chrono::system_clock::duration>(parse_time(replay_from));
+      } catch (const std::exception&) {
+        throw config_error("--from '" + shown(replay_from) + "' is not an RFC 3339 UTC time (2026-11-01T00:00:00Z)");
+      }
+    } else if (consumers_replay->count("--from-seq") > 0) {
+      r.from_sequence = replay_from_seq;
+    } else {
+      throw config_error("consumers replay needs --from TIME or --from-seq N");
+    }
+    if (std::none_of(bus.async_listeners().begin(), bus.async_listeners().end(),
+                     [&](const async_listener& l) { return l.name == listener; })) {
+      std::string names;
+      for (const auto& l : bus.async_listeners()) names += (names.empty() ? "" : ", ") + l.name;
+      throw config_error("no listener named '" + shown(listener) + "' in this build; its listeners: " + names);
+    }
+    const replay_plan plan = plan_replay(bus, r);
+    std::printf("listener %s: %llu event(s) to deliver again%s\n", listener.c_str(),
+                static_cast<unsigned long long>(plan.events),
+                r.keep_inbox ? " (its inbox skips those it handled)" : ", its inbox rows from that point deleted");
+    if (!replay_confirmed) {
+      throw config_error("consumers replay recreates the listener's consumer: add --yes to confirm");
+    }
+    pqxx::connection db{config.database_url};
+    (void)replay_listener(bus, db, r);
+    std::printf("replaying %s: its consumer delivers from the requested point, and every worker fetches it again\n",
+                listener.c_str());
     return 0;
   }
 
@@ -645,7 +695,7 @@ struct worker_program::impl {
     if (stats_cmd->parsed()) return stats(setup);
     if (listeners_cmd->parsed()) return listeners(setup);
     if (stream_info->parsed() || stream_purge->parsed()) return stream(stream_info->parsed());
-    if (consumers_list->parsed() || consumers_prune->parsed()) return consumers(setup);
+    if (consumers_list->parsed() || consumers_prune->parsed() || consumers_replay->parsed()) return consumers(setup);
     for (const auto& u : commands) {
       if (u.sub->parsed()) return user_command(u, setup);
     }

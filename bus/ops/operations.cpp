@@ -1,11 +1,17 @@
 #include "omnibus/operations.hpp"
 
 #include <algorithm>
+#include <chrono>
+#include <ctime>
+#include <span>
+#include <thread>
 
 #include <pqxx/pqxx>
 
 #include "omnibus/dead_letters.hpp"
 #include "omnibus/envelope.hpp"
+#include "omnibus/listener_control.hpp"
+#include "core/schema.hpp"
 #include "core/context_access.hpp"
 #include "pg/store.hpp"
 
@@ -111,6 +117,117 @@ std::vector<std::string> prune_consumers(const event_bus& bus, bool dry_run) {
     pruned.push_back(c.info.name);
   }
   return pruned;
+}
+
+namespace {
+
+const async_listener& listener_named(const event_bus& bus, const std::string& name) {
+  for (const async_listener& l : bus.async_listeners()) {
+    if (l.name == name) return l;
+  }
+  std::string names;
+  for (const async_listener& l : bus.async_listeners()) names += (names.empty() ? "" : ", ") + l.name;
+  throw error("no listener named '" + name + "' in this build; its listeners: " + names);
+}
+
+std::string utc(std::chrono::system_clock::time_point t) {
+  const std::time_t secs = std::chrono::system_clock::to_time_t(t);
+  std::tm tm{};
+  gmtime_r(&secs, &tm);
+  char buf[32];
+  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &tm);
+  return buf;
+}
+
+// The listener's consumer as provisioned, starting where the replay asks.
+consumer_config replay_config(const event_bus& bus, const async_listener& l, const replay_request& r) {
+  for (consumer_config c : bus.consumer_configs()) {
+    if (c.name != l.consumer_name) continue;
+    c.start_time = r.from_time;
+    c.start_sequence = r.from_sequence;
+    return c;
+  }
+  throw error("listener " + l.name + " has no consumer configuration");  // not reached: every listener has one
+}
+
+}  // namespace
+
+replay_plan plan_replay(const event_bus& bus, const replay_request& r) {
+  const async_listener& l = listener_named(bus, r.listener);
+  if (r.from_time.has_value() == r.from_sequence.has_value()) {
+    throw error("replay: say where from: a time or a stream sequence (one of them)");
+  }
+  queue& q = queue_of(bus);
+  const stream_config& stream = bus.options().stream;
+  const std::optional<stream_state> st = q.state(stream);
+  replay_plan plan;
+  if (st) {
+    plan.stream_first_sequence = st->first_sequence;
+    plan.stream_first_time = st->first_time;
+  }
+  const std::string reach = plan.stream_first_time
+                                ? "sequence " + std::to_string(plan.stream_first_sequence) + ", stored " +
+                                      utc(*plan.stream_first_time)
+                                : std::string("nothing: it is empty");
+  const auto max_age = std::chrono::duration_cast<std::chrono::hours>(stream.max_age).count();
+  if (r.from_sequence && st && *r.from_sequence < st->first_sequence) {
+    throw error("replay from sequence " + std::to_string(*r.from_sequence) + ": stream " + stream.name +
+                " reaches back to " + reach + " (its max_age keeps " + std::to_string(max_age) +
+                " h); events before that are gone");
+  }
+  if (r.from_time && st && st->first_time && *r.from_time < *st->first_time && st->first_sequence > 1) {
+    throw error("replay from " + utc(*r.from_time) + ": stream " + stream.name + " reaches back to " + reach +
+                " (its max_age keeps " + std::to_string(max_age) + " h); events before that are gone");
+  }
+  consumer_config probe = replay_config(bus, l, r);
+  probe.name = l.consumer_name + "_replay_probe";
+  probe.group.clear();
+  plan.events = q.count_deliverable(stream, probe);
+  return plan;
+}
+
+replay_plan replay_listener(const event_bus& bus, pqxx::connection_base& conn, const replay_request& r,
+                            std::chrono::milliseconds settle) {
+  const replay_plan plan = plan_replay(bus, r);
+  const async_listener& l = listener_named(bus, r.listener);
+  const std::string& schema = bus.options().schema;
+  (void)pause_listener(conn, schema, l.name, "replaying");
+  // Every running worker stops fetching within its control poll, finishes what it runs of the
+  // listener, and then reports it "paused": after that, nothing of the old consumer runs.
+  for (const auto until = std::chrono::steady_clock::now() + settle;;) {
+    const auto reports = list_listener_reports(conn, schema, std::chrono::seconds(15));
+    const auto busy = std::find_if(reports.begin(), reports.end(), [&](const listener_report& x) {
+      return x.listener == l.name && x.state != "paused";
+    });
+    if (busy == reports.end()) break;
+    if (std::chrono::steady_clock::now() >= until) {
+      throw error("replay of " + l.name + ": worker " + busy->worker + " still reports it " + busy->state +
+                  (busy->reason.empty() ? "" : " (" + busy->reason + ")") +
+                  "; nothing was changed and the listener stays paused: try again, or resume it");
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  queue& q = queue_of(bus);
+  const stream_config& stream = bus.options().stream;
+  (void)q.delete_consumer(stream, l.consumer_name);
+  const consumer_config c = replay_config(bus, l, r);
+  q.provision(stream, std::span<const consumer_config>(&c, 1));
+  if (!r.keep_inbox) {
+    std::optional<std::chrono::system_clock::time_point> from = r.from_time;
+    if (r.from_sequence) from = q.stored_time(stream, c.filter_subject, *r.from_sequence);
+    if (from) {
+      pqxx::work tx{conn};
+      tx.exec_params0("DELETE FROM " + detail::table_name(schema, "bus_inbox") +
+                          " WHERE listener = $1 AND handled_at >= to_timestamp($2::float8) - interval '5 minutes'",
+                      l.name,
+                      static_cast<double>(std::chrono::duration_cast<std::chrono::milliseconds>(from->time_since_epoch())
+                                              .count()) /
+                          1000.0);
+      tx.commit();
+    }
+  }
+  (void)resume_listener(conn, schema, l.name);
+  return plan;
 }
 
 }  // namespace omnibus

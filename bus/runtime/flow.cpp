@@ -71,6 +71,11 @@ void flow_gate::set_paused(bool paused, const std::string& reason) {
   settle_state();
 }
 
+bool flow_gate::paused() const {
+  std::lock_guard lock(mutex_);
+  return paused_;
+}
+
 bool flow_gate::enter_outage(const std::string& reason, clock::time_point started) {
   std::lock_guard lock(mutex_);
   if (outage_ || started < outage_ended_) return false;

@@ -53,6 +53,8 @@ class flow_gate {
 
   /// An operator paused or resumed the listener.
   void set_paused(bool paused, const std::string& reason);
+  /// Whether an operator has paused it (as last read).
+  [[nodiscard]] bool paused() const;
   /// A call that started at `started` could not reach a dependency. Enters the outage unless
   /// the call began before the last outage ended (a late echo of it). Returns whether it did.
   bool enter_outage(const std::string& reason, clock::time_point started);

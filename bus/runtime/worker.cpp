@@ -211,7 +211,18 @@ struct worker::impl {
       l->gate->set_paused(p != nullptr, p != nullptr ? p->reason : std::string());
       n += p != nullptr ? 1 : 0;
       const detail::flow_report r = l->gate->report();
-      reports.push_back({l->def->name, worker_id, detail::to_string(r.state), r.reason, r.since, {}});
+      int busy = 0;
+      {
+        std::lock_guard lock(l->mutex);
+        busy = l->in_flight - l->stuck;
+      }
+      // "paused" once nothing of it runs here any more; until then "pausing".
+      if (r.state == detail::flow_state::paused && busy > 0) {
+        reports.push_back({l->def->name, worker_id, "pausing", std::to_string(busy) + " event(s) still in flight; " + r.reason,
+                           r.since, {}});
+      } else {
+        reports.push_back({l->def->name, worker_id, detail::to_string(r.state), r.reason, r.since, {}});
+      }
     }
     stats.paused_now = n;
     db->report_states(worker_id, reports);
@@ -271,8 +282,12 @@ struct worker::impl {
       }
       if (limited) l.tokens -= static_cast<int>(batch.size());
       if (may.trial && batch.empty()) l.gate->trial_unused();
+      // Paused while this fetch waited: what it brought goes back unhandled, so that once the
+      // listener reports "paused" nothing of it runs any more (a replay relies on that).
+      const bool paused_meanwhile = !batch.empty() && l.gate->paused();
+      if (paused_meanwhile && may.trial) l.gate->trial_unused();
       for (auto& d : batch) {
-        if (stop.stop_requested() || shutting_down) {
+        if (stop.stop_requested() || shutting_down || paused_meanwhile) {
           // Fetched but not started: give it back at once for another worker.
           auto j = std::make_shared<job>();
           j->l = &l;

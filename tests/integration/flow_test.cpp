@@ -9,6 +9,8 @@
 #include <csignal>
 #include <cstdlib>
 #include <memory>
+#include <span>
+#include <thread>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -16,6 +18,7 @@
 #include <catch2/catch.hpp>
 
 #include "omnibus/listener_control.hpp"
+#include "omnibus/operations.hpp"
 #include "support/worker_fixture.hpp"
 
 using namespace std::chrono_literals;
@@ -84,4 +87,80 @@ TEST_CASE_METHOD(test_env::process_fixture,
   for (auto& w : workers) CHECK(w->wait(30s) == 0);
   // A worker deletes its reports when it stops; the killed one's age out (listeners list ignores them).
   CHECK(omnibus::list_listener_reports(db, opts.schema, 15s).size() <= 1);
+}
+
+TEST_CASE_METHOD(test_env::process_fixture,
+                 "replaying a projection from the start while events arrive rebuilds it exactly; other listeners are "
+                 "untouched",
+                 "[integration][replay]") {
+  {
+    omnibus::listener_options inbox;
+    inbox.inbox = true;
+    b.add_async_listener<tool_event>("recorder", [](omnibus::context&, const tool_event&) {}, inbox);
+    b.add_async_listener<tool_event>("bystander", [](omnibus::context&, const tool_event&) {});
+    b.provision();
+  }
+  const auto publish_range = [&](long first, long count) {
+    std::vector<tool_event> events;
+    for (long i = 0; i < count; ++i) events.push_back({first + i});
+    omnibus::context ctx;
+    REQUIRE(b.publish_batch(ctx, std::span<const tool_event>(events)).ok());
+  };
+  publish_range(0, 1000);
+  auto w = worker_process_ptr("w", {"OMNIBUS_TEST_INBOX=1", "OMNIBUS_TEST_BYSTANDER=1"});
+  REQUIRE(test_env::eventually([&] { return count("worker = 'w'") == 1000 && count("worker = 'bystander'") == 1000; },
+                               60s));
+
+  // The recipe: pause the projection, reset it, replay it from the start; events keep coming.
+  REQUIRE(omnibus::pause_listener(db, opts.schema, "recorder", "rebuilding the projection"));
+  REQUIRE(test_env::eventually([&] {
+    for (const auto& r : omnibus::list_listener_reports(db, opts.schema, 15s)) {
+      if (r.listener == "recorder") return r.state == "paused";
+    }
+    return false;
+  }, 30s));
+  {
+    pqxx::work tx{db};
+    tx.exec0("DELETE FROM \"" + opts.schema + "\".handled WHERE worker <> 'bystander'");
+    tx.commit();
+  }
+  std::jthread more([&] {
+    for (long first = 1000; first < 2000; first += 100) publish_range(first, 100);
+  });
+  omnibus::replay_request r;
+  r.listener = "recorder";
+  r.from_sequence = 1;
+  const omnibus::replay_plan plan = omnibus::replay_listener(b, db, r);
+  CHECK(plan.events >= 1000);  // and whatever of the next 1,000 had arrived
+  more.join();
+
+  const bool rebuilt = test_env::eventually([&] { return count("worker = 'w'") == 2000; }, 60s);
+  if (!rebuilt) {
+    const auto info = js.info(opts.stream, "g_recorder");
+    std::printf("projection rows %ld, distinct %ld; consumer pending %llu ack_pending %llu; inbox rows %ld\n%s\n",
+                count("worker = 'w'"), scalar("SELECT count(DISTINCT n) FROM \"" + opts.schema + "\".handled WHERE worker = 'w'"),
+                info ? static_cast<unsigned long long>(info->pending) : 0ULL,
+                info ? static_cast<unsigned long long>(info->ack_pending) : 0ULL,
+                scalar("SELECT count(*) FROM \"" + opts.schema + "\".bus_inbox"), w->output().c_str());
+  }
+  REQUIRE(rebuilt);
+  CHECK(scalar("SELECT count(DISTINCT n) FROM \"" + opts.schema + "\".handled WHERE worker = 'w'") == 2000);
+  REQUIRE(test_env::eventually([&] { return count("worker = 'bystander'") == 2000; }, 60s));
+  // The bystander saw each event once: the replay never touched its consumer.
+  CHECK(scalar("SELECT count(DISTINCT n) FROM \"" + opts.schema + "\".handled WHERE worker = 'bystander'") == 2000);
+  CHECK(omnibus::list_paused_listeners(db, opts.schema).empty());  // resumed
+
+  // The stream keeps what its limits keep: a replay from before that says how far back it reaches.
+  js.purge_stream(opts.stream);
+  publish_range(5000, 1);
+  omnibus::replay_request early;
+  early.listener = "recorder";
+  early.from_sequence = 1;
+  CHECK_THROWS_WITH(omnibus::plan_replay(b, early), Catch::Contains("reaches back to sequence 2001"));
+  early.from_sequence.reset();
+  early.from_time = std::chrono::system_clock::time_point{} + std::chrono::hours(24 * 365 * 30);  // 2000
+  CHECK_THROWS_WITH(omnibus::plan_replay(b, early), Catch::Contains("reaches back to sequence 2001") &&
+                                                        Catch::Contains("events before that are gone"));
+  w->signal(SIGTERM);
+  CHECK(w->wait(30s) == 0);
 }

@@ -54,6 +54,11 @@ class OMNIBUS_API jetstream final : public omnibus::queue {
   /// natsConnection_FlushTimeout: acks, naks and terms are fire-and-forget publishes.
   void flush(std::chrono::milliseconds timeout) override { conn_.flush(timeout); }
   [[nodiscard]] std::optional<omnibus::stream_state> state(const omnibus::stream_config& stream) override;
+  [[nodiscard]] std::uint64_t count_deliverable(const omnibus::stream_config& stream,
+                                                const omnibus::consumer_config& probe) override;
+  [[nodiscard]] std::optional<std::chrono::system_clock::time_point> stored_time(const omnibus::stream_config& stream,
+                                                                                 const std::string& subject,
+                                                                                 std::uint64_t sequence) override;
   /// The durable "<group>__abandoned" on `<stream>_ABANDONED`: each report carries the message,
   /// read back byte-exact by its sequence.
   std::unique_ptr<omnibus::consumer> open_abandoned(const omnibus::stream_config& stream, const std::string& group) override;

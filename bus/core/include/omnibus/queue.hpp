@@ -47,6 +47,8 @@ struct OMNIBUS_API consumer_config {
   std::int64_t max_ack_pending = 1000;  ///< 1 for ordered listeners
   /// Where a new consumer starts: nullopt is "now" (new events only); a time replays from it.
   std::optional<std::chrono::system_clock::time_point> start_time;
+  /// Where a new consumer starts, by stream sequence (a replay); takes precedence over start_time.
+  std::optional<std::uint64_t> start_sequence;
   /// The server's ceiling on deliveries of one message (-1: none). The worker settles every
   /// message well before it; the ceiling only catches what the worker cannot act on (a
   /// message that crashes it, say), and the queue reports each one (queue::open_abandoned).
@@ -148,6 +150,8 @@ struct OMNIBUS_API stream_state {
   std::uint64_t first_sequence = 0;  ///< sequence of the oldest message still stored
   std::uint64_t last_sequence = 0;   ///< sequence of the newest message ever stored (0: none)
   std::int64_t max_bytes = 0;  ///< the server's limit (<= 0: none)
+  /// When the oldest message still stored was stored; nullopt: the stream is empty.
+  std::optional<std::chrono::system_clock::time_point> first_time;
 };
 
 /// The broker. Implementations are thread-safe.
@@ -177,6 +181,17 @@ class OMNIBUS_API queue {
   virtual void flush(std::chrono::milliseconds timeout) = 0;
   /// The stream's fill; nullopt where the broker has no such limit (memory_queue).
   [[nodiscard]] virtual std::optional<stream_state> state(const stream_config&) { return std::nullopt; }
+  /// How many messages a consumer made as `probe` would deliver (its filter, its start): made,
+  /// counted and deleted again. Throws omnibus::error where the broker cannot say (memory_queue).
+  [[nodiscard]] virtual std::uint64_t count_deliverable(const stream_config&, const consumer_config& /*probe*/) {
+    throw error("this queue cannot count what a consumer would deliver");
+  }
+  /// When the stream stored its first message on `subject` at or after `sequence`; nullopt: none.
+  [[nodiscard]] virtual std::optional<std::chrono::system_clock::time_point> stored_time(const stream_config&,
+                                                                                         const std::string& /*subject*/,
+                                                                                         std::uint64_t /*sequence*/) {
+    return std::nullopt;
+  }
   /// Messages the broker gave up delivering (consumer_config::max_deliver reached), for the
   /// consumers of every group: each delivery's msg() is the abandoned message, read back from
   /// the stream, and abandoned_by() names its consumer. Durable per `group`: a report waits

@@ -2,7 +2,9 @@
 // What an operator does to a running bus: retry dead letters, list and prune consumers.
 // The worker binary's CLI calls these; they are a library so that tests call them too.
 
+#include <chrono>
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -48,5 +50,36 @@ struct OMNIBUS_API consumer_status {
 /// neither are consumers made before 0.2 or by other tools. Returns their names. With
 /// `dry_run`, deletes nothing.
 OMNIBUS_API std::vector<std::string> prune_consumers(const event_bus& bus, bool dry_run);
+
+/// A replay: one listener gets the events of its subject again, from a point in the stream.
+struct OMNIBUS_API replay_request {
+  std::string listener;  ///< an async listener of the bus
+  /// From when (the time the stream stored them), or from which stream sequence: exactly one.
+  std::optional<std::chrono::system_clock::time_point> from_time;
+  std::optional<std::uint64_t> from_sequence;
+  /// Keep the listener's inbox rows: an inbox listener then runs only what it never handled.
+  /// By default its rows from the replayed range are deleted, so that every effect runs again.
+  bool keep_inbox = false;
+};
+
+/// What a replay does.
+struct OMNIBUS_API replay_plan {
+  std::uint64_t events = 0;  ///< events of the listener's subject delivered again
+  std::uint64_t stream_first_sequence = 0;  ///< the oldest event the stream still holds
+  std::optional<std::chrono::system_clock::time_point> stream_first_time;  ///< and when it was stored
+};
+
+/// Checks a replay and counts what it would redeliver, changing nothing. Throws omnibus::error
+/// for an unknown listener, a request without exactly one `from`, or a point before the oldest
+/// event the stream still holds (the message says how far back it reaches: its max_age).
+[[nodiscard]] OMNIBUS_API replay_plan plan_replay(const event_bus& bus, const replay_request& request);
+
+/// Replays: pauses the listener in every worker of the schema (bus_paused) and waits, at most
+/// `settle`, until every running worker reports it paused; recreates its consumer to deliver
+/// from the requested point; deletes its inbox rows from that point on (less a 5-minute margin
+/// for clocks), unless keep_inbox; then resumes it, even if it was paused before. Other
+/// listeners are not touched. Returns the plan it carried out.
+OMNIBUS_API replay_plan replay_listener(const event_bus& bus, pqxx::connection_base& conn, const replay_request& request,
+                                        std::chrono::milliseconds settle = std::chrono::seconds(10));
 
 }  // namespace omnibus
