@@ -21,6 +21,11 @@ int main(int argc, char** argv) {
   bus.add_sync_listener<greeting>([](omnibus::context&, const greeting& g) {
     std::printf("sync listener: about to greet %s\n", g.to.c_str());
   });
+  // Runs once the greeting is stored: after the commit of bus.transact(db, ...), or, as here
+  // without a transaction, once the stream acked it.
+  bus.add_listener<greeting>(omnibus::phase::after_commit, [](omnibus::context&, const greeting& g) {
+    std::printf("after-commit listener: %s's greeting is on its way\n", g.to.c_str());
+  });
   bus.provision();  // the stream and the worker's consumer exist before the first publish
 
   omnibus::context ctx;  // no transaction: published at once, waiting for the stream's ack

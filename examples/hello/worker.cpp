@@ -11,11 +11,14 @@
 // A service adds its listeners in its constructor.
 struct greeter {
   explicit greeter(omnibus::event_bus& bus) {
+    omnibus::listener_options o;
+    o.rate.per_second = 50;     // at most 50 greetings a second, across every hello-worker
+    o.breaker.enabled = true;   // 5 failures within a minute: stop for 30 s, then try one
     bus.add_async_listener<greeting>("greeter", [](omnibus::context& ctx, const greeting& g) {
       std::printf("hello, %s (event %s, attempt %llu)\n", g.to.c_str(), ctx.event_id().to_string().c_str(),
                   static_cast<unsigned long long>(ctx.attempt()));
       std::fflush(stdout);
-    });
+    }, o);
   }
 };
 

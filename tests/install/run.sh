@@ -120,7 +120,10 @@ run_pair() {
   worker_pid=$!
   wait_for "listener(s)" 30
   local who="world-$RANDOM"
-  LD_LIBRARY_PATH=$libdir "$2" "$who" | grep -q "sync listener: about to greet $who"
+  LD_LIBRARY_PATH=$libdir "$2" "$who" >"$work/publisher.log" 2>&1
+  grep -q "sync listener: about to greet $who" "$work/publisher.log" \
+    && grep -q "after-commit listener: $who's greeting is on its way" "$work/publisher.log" \
+    || { echo "install: the publisher's listeners did not run; its output:" >&2; cat "$work/publisher.log" >&2; exit 1; }
   wait_for "hello, $who" 20
   kill -TERM "$worker_pid"
   wait "$worker_pid" || { echo "install: the worker did not exit 0 on SIGTERM" >&2; cat "$work/worker.log" >&2; exit 1; }

@@ -54,9 +54,10 @@ OMNIBUS_API std::vector<std::string> prune_consumers(const event_bus& bus, bool 
 /// A replay: one listener gets the events of its subject again, from a point in the stream.
 struct OMNIBUS_API replay_request {
   std::string listener;  ///< an async listener of the bus
-  /// From when (the time the stream stored them), or from which stream sequence: exactly one.
+  /// From when (the time the stream stored them); set this or from_sequence, not both.
   std::optional<std::chrono::system_clock::time_point> from_time;
-  std::optional<std::uint64_t> from_sequence;
+  std::optional<std::uint64_t> from_sequence;  ///< from which stream sequence
+
   /// Keep the listener's inbox rows: an inbox listener then runs only what it never handled.
   /// By default its rows from the replayed range are deleted, so that every effect runs again.
   bool keep_inbox = false;
