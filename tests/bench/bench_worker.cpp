@@ -49,6 +49,25 @@ omnibus::worker_options worker_opts() {
   return wo;
 }
 
+// Events per second a worker drains: `n` events waiting for one no-op listener with options
+// `lo`; `prepare(world, worker)` runs before provisioning (to add an observer, say).
+template <class F>
+double drain_rate(const std::string& stem, const omnibus::listener_options& lo, long n, F&& prepare) {
+  world w{stem};
+  std::atomic<long> handled{0};
+  w.bus->add_async_listener<payload>("noop", [&](omnibus::context&, const payload&) { handled.fetch_add(1); }, lo);
+  omnibus::worker worker{*w.bus, worker_opts(), w.log};
+  prepare(w, worker);
+  w.bus->provision();
+  publish_events(w, n);
+  const auto t = clock::now();
+  std::jthread run([&](std::stop_token st) { worker.run(st); });
+  await([&] { return handled.load() >= n; }, "the worker to drain");
+  const double rate = static_cast<double>(n) / seconds_since(t);
+  run.request_stop();
+  return rate;
+}
+
 }  // namespace
 
 void bench_drain() {
@@ -107,25 +126,14 @@ void bench_drain() {
 void bench_metrics() {
   constexpr long n = 50000;
   auto drain = [&](bool with_metrics) {
-    world w{with_metrics ? "mon" : "moff"};
-    std::atomic<long> handled{0};
     omnibus::listener_options lo;
     lo.concurrency = 256;
-    w.bus->add_async_listener<payload>("noop", [&](omnibus::context&, const payload&) { handled.fetch_add(1); }, lo);
-    omnibus::worker worker{*w.bus, worker_opts(), w.log};
-    if (with_metrics) {
+    return drain_rate(with_metrics ? "mon" : "moff", lo, n, [&](world& w, omnibus::worker& worker) {
+      if (!with_metrics) return;
       w.bus->add_observer(std::make_shared<omnibus::detail::worker_metrics>(
           omnibus::detail::metrics_sources{w.bus.get(), &w.conn, env("OMNIBUS_DATABASE_URL"), &worker.stats(), &worker, nullptr},
           w.log));
-    }
-    w.bus->provision();
-    publish_events(w, n);
-    const auto t = clock::now();
-    std::jthread run([&](std::stop_token st) { worker.run(st); });
-    await([&] { return handled.load() >= n; }, "the worker to drain");
-    const double rate = n / seconds_since(t);
-    run.request_stop();
-    return rate;
+    });
   };
   std::vector<double> off, on;
   for (int round = 0; round < 3; ++round) {
@@ -162,24 +170,13 @@ void bench_metrics() {
 void bench_flow() {
   constexpr long n = 50000;
   auto drain = [&](bool with_flow) {
-    world w{with_flow ? "flowon" : "flowoff"};
-    std::atomic<long> handled{0};
     omnibus::listener_options lo;
     lo.concurrency = 256;
     if (with_flow) {
       lo.breaker.enabled = true;
       lo.rate.per_second = 1e7;
     }
-    w.bus->add_async_listener<payload>("noop", [&](omnibus::context&, const payload&) { handled.fetch_add(1); }, lo);
-    omnibus::worker worker{*w.bus, worker_opts(), w.log};
-    w.bus->provision();
-    publish_events(w, n);
-    const auto t = clock::now();
-    std::jthread run([&](std::stop_token st) { worker.run(st); });
-    await([&] { return handled.load() >= n; }, "the worker to drain");
-    const double rate = n / seconds_since(t);
-    run.request_stop();
-    return rate;
+    return drain_rate(with_flow ? "flowon" : "flowoff", lo, n, [](world&, omnibus::worker&) {});
   };
   std::vector<double> off, on;
   for (int round = 0; round < 3; ++round) {

@@ -282,6 +282,9 @@ class OMNIBUS_API event_bus {
   };
   friend struct detail::phase_log;
 
+  // handler(context&, const E&) as a type-erased listener that owns it.
+  template <class E, class F>
+  static sync_listener erase(F&& handler);
   type_entry& entry_for(std::size_t slot, std::string_view name);  // under mutex_, not frozen
   void add_async(std::size_t slot, async_listener l);
   void check_name_free(std::size_t slot, std::string_view name) const;
@@ -294,6 +297,8 @@ class OMNIBUS_API event_bus {
   void check_phased(const context& ctx, std::string_view name) const;
   void record_phased(context& ctx, const type_entry& e, std::shared_ptr<const void> event);
   void run_phase(phase when, const detail::phase_log& log);
+  template <class F>
+  auto transact_on(pqxx::connection_base* conn, pqxx::transaction_base* tx, F& body);
   // transact()'s work: a transaction on conn (tx null) or tx, body, commit, phases.
   void run_transaction(pqxx::connection_base* conn, pqxx::transaction_base* tx, const std::function<void(context&)>& body);
 
@@ -311,14 +316,19 @@ class OMNIBUS_API event_bus {
 };
 
 template <class E, class F>
+event_bus::sync_listener event_bus::erase(F&& handler) {
+  using fn_t = std::decay_t<F>;
+  return {[](void* fn, context& ctx, const void* ev) { (*static_cast<fn_t*>(fn))(ctx, *static_cast<const E*>(ev)); },
+          {new fn_t(std::forward<F>(handler)), [](void* fn) { delete static_cast<fn_t*>(fn); }}};
+}
+
+template <class E, class F>
 void event_bus::add_sync_listener(F&& handler) {
   detail::check_event<E>();
   using fn_t = std::decay_t<F>;
   static_assert(std::is_invocable_v<fn_t&, context&, const E&>,
                 "bus: a sync listener is callable as handler(omnibus::context&, const E&)");
-  sync_listener l{
-      [](void* fn, context& ctx, const void* ev) { (*static_cast<fn_t*>(fn))(ctx, *static_cast<const E*>(ev)); },
-      {new fn_t(std::forward<F>(handler)), [](void* fn) { delete static_cast<fn_t*>(fn); }}};
+  sync_listener l = erase<E>(std::forward<F>(handler));
   std::lock_guard lock(mutex_);
   entry_for(detail::type_slot<E>, E::name).sync.push_back(std::move(l));
 }
@@ -349,9 +359,7 @@ void event_bus::add_listener(phase when, F&& handler) {
   using fn_t = std::decay_t<F>;
   static_assert(std::is_invocable_v<fn_t&, context&, const E&>,
                 "bus: a phase listener is callable as handler(omnibus::context&, const E&)");
-  sync_listener l{
-      [](void* fn, context& ctx, const void* ev) { (*static_cast<fn_t*>(fn))(ctx, *static_cast<const E*>(ev)); },
-      {new fn_t(std::forward<F>(handler)), [](void* fn) { delete static_cast<fn_t*>(fn); }}};
+  sync_listener l = erase<E>(std::forward<F>(handler));
   std::lock_guard lock(mutex_);
   type_entry& e = entry_for(detail::type_slot<E>, E::name);
   (when == phase::after_commit ? e.after_commit : e.after_rollback).push_back(std::move(l));
@@ -359,24 +367,22 @@ void event_bus::add_listener(phase when, F&& handler) {
 
 template <class F>
 auto event_bus::transact(pqxx::connection_base& conn, F&& body) {
-  using result_t = std::invoke_result_t<F&, context&>;
-  if constexpr (std::is_void_v<result_t>) {
-    run_transaction(&conn, nullptr, [&](context& ctx) { body(ctx); });
-  } else {
-    std::optional<result_t> out;
-    run_transaction(&conn, nullptr, [&](context& ctx) { out.emplace(body(ctx)); });
-    return std::move(*out);
-  }
+  return transact_on(&conn, nullptr, body);
 }
 
 template <class F>
 auto event_bus::transact(pqxx::transaction_base& tx, F&& body) {
+  return transact_on(nullptr, &tx, body);
+}
+
+template <class F>
+auto event_bus::transact_on(pqxx::connection_base* conn, pqxx::transaction_base* tx, F& body) {
   using result_t = std::invoke_result_t<F&, context&>;
   if constexpr (std::is_void_v<result_t>) {
-    run_transaction(nullptr, &tx, [&](context& ctx) { body(ctx); });
+    run_transaction(conn, tx, [&](context& ctx) { body(ctx); });
   } else {
     std::optional<result_t> out;
-    run_transaction(nullptr, &tx, [&](context& ctx) { out.emplace(body(ctx)); });
+    run_transaction(conn, tx, [&](context& ctx) { out.emplace(body(ctx)); });
     return std::move(*out);
   }
 }
