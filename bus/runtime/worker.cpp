@@ -201,7 +201,9 @@ struct worker::impl {
   // Which listeners an operator paused: read from the store and handed to the gates (which log
   // each change once); then this worker's report of its listeners' states. A failed read keeps
   // the last known state.
-  void refresh_controls() {
+  // Returns whether some listener is pausing (paused, events still in flight).
+  bool refresh_controls() {
+    bool pausing = false;
     const std::vector<paused_listener> paused = db->paused_listeners();
     std::uint64_t n = 0;
     std::vector<listener_report> reports;
@@ -218,6 +220,7 @@ struct worker::impl {
       }
       // "paused" once nothing of it runs here any more; until then "pausing".
       if (r.state == detail::flow_state::paused && busy > 0) {
+        pausing = true;
         reports.push_back({l->def->name, worker_id, "pausing", std::to_string(busy) + " event(s) still in flight; " + r.reason,
                            r.since, {}});
       } else {
@@ -226,12 +229,15 @@ struct worker::impl {
     }
     stats.paused_now = n;
     db->report_states(worker_id, reports);
+    return pausing;
   }
   void watch_controls(std::stop_token stop) {
     bool warned = false;
-    while (detail::wait_for(stop, opts.control_poll)) {
+    bool pausing = false;
+    // While a listener is pausing, look again soon: "paused" is what a replay waits for.
+    while (detail::wait_for(stop, pausing ? std::min(opts.control_poll, std::chrono::milliseconds(100)) : opts.control_poll)) {
       try {
-        refresh_controls();
+        pausing = refresh_controls();
         warned = false;
       } catch (const std::exception& e) {
         if (!warned) log->warn("worker: cannot read which listeners are paused (keeping the last known): {}", e.what());
@@ -947,7 +953,7 @@ void worker::run(std::stop_token stop) {
   std::unique_ptr<consumer> reports =
       w.listeners.empty() ? nullptr : w.bus.target()->open_abandoned(w.bus.options().stream, w.bus.options().group);
   w.gates_ready.store(true, std::memory_order_release);
-  w.refresh_controls();  // a paused listener does not fetch even once at start
+  (void)w.refresh_controls();  // a paused listener does not fetch even once at start
   w.threads = std::make_unique<boost::asio::thread_pool>(std::max<std::size_t>(slots, 1));
   w.log->info("worker: {} listener(s), {} handler slot(s)", w.listeners.size(), slots);
 
