@@ -824,6 +824,9 @@ std::uint64_t jetstream::count_deliverable(const omnibus::stream_config& stream,
   jsConsumerConfig cc = consumer_settings(probe, "");
   jsConsumerInfo* raw = nullptr;
   jsErrCode code{};
+  // A probe left by an earlier run (killed between its create and delete) would refuse a new start.
+  (void)js_DeleteConsumer(js, stream.name.c_str(), probe.name.c_str(), nullptr, &code);
+  code = {};
   check(js_AddConsumer(&raw, js, stream.name.c_str(), &cc, nullptr, &code), "creating probe consumer " + probe.name, code);
   consumer_info_ptr ci{raw};
   const std::uint64_t n = ci->NumPending;

@@ -183,6 +183,21 @@ replay_plan plan_replay(const event_bus& bus, const replay_request& r) {
   probe.name = l.consumer_name + "_replay_probe";
   probe.group.clear();
   plan.events = q.count_deliverable(stream, probe);
+  plan.from_time = r.from_time;
+  if (r.from_sequence && plan.events > 0) {
+    plan.from_time = q.stored_time(stream, probe.filter_subject, *r.from_sequence);
+    if (!plan.from_time) {
+      throw error("replay of " + l.name + ": cannot read when stream message #" + std::to_string(*r.from_sequence) +
+                  " or the next of its subject was stored; nothing was changed");
+    }
+  }
+  // Deleting the consumer forgets everything it has not acked: refuse a point after any of it.
+  if (const auto info = q.info(stream, l.consumer_name); info && info->oldest_unacked && plan.from_time &&
+                                                          *info->oldest_unacked < *plan.from_time) {
+    throw error("replay of " + l.name + ": it has events it has not handled yet, the oldest stored " +
+                utc(*info->oldest_unacked) + ", before the replay point, and a replay from there would skip them. "
+                "Replay from that time or earlier, or let it catch up first; nothing was changed");
+  }
   return plan;
 }
 
@@ -213,8 +228,7 @@ replay_plan replay_listener(const event_bus& bus, pqxx::connection_base& conn, c
   const consumer_config c = replay_config(bus, l, r);
   q.provision(stream, std::span<const consumer_config>(&c, 1));
   if (!r.keep_inbox) {
-    std::optional<std::chrono::system_clock::time_point> from = r.from_time;
-    if (r.from_sequence) from = q.stored_time(stream, c.filter_subject, *r.from_sequence);
+    const std::optional<std::chrono::system_clock::time_point> from = plan.from_time;
     if (from) {
       pqxx::work tx{conn};
       tx.exec_params0("DELETE FROM " + detail::table_name(schema, "bus_inbox") +

@@ -152,18 +152,22 @@ class pg_store final : public store {
   int take_tokens(std::string_view listener, double per_second, int burst, int want) override {
     auto lease = pool_.acquire(opts_.db_wait);
     pqxx::nontransaction tx{*lease};
-    // One statement, under the row's lock: refill by the time since the last draw (the
-    // database's clock, the same for every worker), cap at burst, take what is whole.
-    const std::string refilled = "least($3::float8, r.tokens + $2::float8 * "
-                                 "extract(epoch FROM clock_timestamp() - r.refreshed_at)::float8)";
-    const std::string took = "least(floor(" + refilled + ")::int, $4::int)";
+    // One statement, under the row's lock, on one timestamp (statement_timestamp() is the same
+    // wherever it appears): refill by the time since the last draw, never negative, cap at
+    // burst, take what is whole. refreshed_at never goes back, so no time is counted twice.
+    const std::string t = table_name(opts_.schema, "bus_rate_limits");
     return tx
-        .exec_params1("INSERT INTO " + table_name(opts_.schema, "bus_rate_limits") +
-                          " AS r (listener, tokens, refreshed_at, last_taken) VALUES ($1, $3::float8 - least($3::int, "
-                          "$4::int), clock_timestamp(), least($3::int, $4::int)) ON CONFLICT (listener) DO UPDATE SET "
-                          "tokens = " + refilled + " - " + took + ", refreshed_at = clock_timestamp(), last_taken = " +
-                          took + " RETURNING last_taken",
-                      std::string(listener), per_second, burst, want)[0]
+        .exec_params1(
+            "INSERT INTO " + t + " AS r (listener, tokens, refreshed_at, last_taken) VALUES ($1, $3::float8 - "
+            "least($3::float8, $4::int), statement_timestamp(), least($3::float8, $4::int)::int) "
+            "ON CONFLICT (listener) DO UPDATE SET (tokens, refreshed_at, last_taken) = ("
+            "  SELECT f.refilled - f.took, f.at, f.took FROM ("
+            "    SELECT g.refilled, g.at, least(greatest(floor(g.refilled), 0)::int, $4::int) AS took FROM ("
+            "      SELECT least($3::float8, greatest(r.tokens, 0) + $2::float8 * "
+            "        greatest(extract(epoch FROM statement_timestamp() - r.refreshed_at)::float8, 0)) AS refilled, "
+            "        greatest(r.refreshed_at, statement_timestamp()) AS at) g) f) "
+            "RETURNING last_taken",
+            std::string(listener), per_second, static_cast<double>(burst), want)[0]
         .as<int>();
   }
 

@@ -99,6 +99,15 @@ void flow_gate::leave_outage(clock::time_point started) {
   settle_state();
 }
 
+void flow_gate::end_outage() {
+  std::lock_guard lock(mutex_);
+  if (!outage_) return;
+  outage_ = false;
+  outage_ended_ = clock::now();
+  log_->info("listener {}: outage ended with its held event (past its deadline); fetching again", listener_);
+  settle_state();
+}
+
 void flow_gate::on_result(bool failed, bool trial, const std::string& error, clock::time_point now) {
   if (!policy_.enabled) return;
   std::lock_guard lock(mutex_);

@@ -61,6 +61,9 @@ class flow_gate {
   /// A call that started at `started` got past the dependencies: leaves the outage unless the
   /// call began before it did.
   void leave_outage(clock::time_point started);
+  /// Ends the outage whatever its calls did (a held event was taken away by its deadline): the
+  /// next event that meets the dependency down enters it again.
+  void end_outage();
   /// A handler call's end, for the breaker: `failed` when it threw or passed its deadline.
   void on_result(bool failed, bool trial, const std::string& error, clock::time_point now);
   /// Whether the rate limit held the fetcher back at its last draw.

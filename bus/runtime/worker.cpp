@@ -143,9 +143,12 @@ struct worker::impl {
 
   // host:pid, as this worker reports its listeners' states.
   static std::string this_worker() {
+    static std::atomic<int> made{0};
     char host[256] = {};
     if (gethostname(host, sizeof host - 1) != 0) host[0] = '\0';
-    return std::string(host[0] != '\0' ? host : "localhost") + ":" + std::to_string(getpid());
+    std::string id = std::string(host[0] != '\0' ? host : "localhost") + ":" + std::to_string(getpid());
+    if (const int n = made.fetch_add(1); n > 0) id += "#" + std::to_string(n + 1);  // a second worker in this process
+    return id;
   }
 
   // Deletes inbox rows older than the retention, by the database's clock, now and then.
@@ -216,7 +219,7 @@ struct worker::impl {
       int busy = 0;
       {
         std::lock_guard lock(l->mutex);
-        busy = l->in_flight - l->stuck;
+        busy = l->in_flight;  // stuck handlers too: they may still write
       }
       // "paused" once nothing of it runs here any more; until then "pausing".
       if (r.state == detail::flow_state::paused && busy > 0) {
@@ -262,7 +265,7 @@ struct worker::impl {
       const detail::flow_gate::allowance may = l.gate->may_take(free, clock::now());
       int take = may.take;
       if (take > 0 && limited) take = draw_tokens(l, take);
-      if (take == 0) {
+      if (take <= 0) {
         if (may.trial) l.gate->trial_unused();
         if (!detail::wait_for(stop, may.take == 0 ? std::min(may.wait, opts.tick) : l.token_wait)) break;
         continue;
@@ -289,8 +292,14 @@ struct worker::impl {
       if (limited) l.tokens -= static_cast<int>(batch.size());
       if (may.trial && batch.empty()) l.gate->trial_unused();
       // Paused while this fetch waited: what it brought goes back unhandled, so that once the
-      // listener reports "paused" nothing of it runs any more (a replay relies on that).
-      const bool paused_meanwhile = !batch.empty() && l.gate->paused();
+      // listener reports "paused" nothing of it runs any more (a replay relies on that). Checked
+      // under the listener's mutex with the in-flight count that refresh_controls() reads.
+      bool paused_meanwhile = false;
+      if (!batch.empty()) {
+        std::lock_guard lock(l.mutex);
+        paused_meanwhile = l.gate->paused();
+        if (!paused_meanwhile) l.in_flight += static_cast<int>(batch.size());  // the slots, taken now
+      }
       if (paused_meanwhile && may.trial) l.gate->trial_unused();
       for (auto& d : batch) {
         if (stop.stop_requested() || shutting_down || paused_meanwhile) {
@@ -299,6 +308,10 @@ struct worker::impl {
           j->l = &l;
           j->d = std::move(d);
           settle(*j, "returning", [](delivery& x) { x.nak(std::chrono::milliseconds(0)); });
+          if (!paused_meanwhile) {
+            std::lock_guard lock(l.mutex);
+            --l.in_flight;  // its slot, taken above
+          }
           continue;
         }
         auto j = std::make_shared<job>();
@@ -309,7 +322,6 @@ struct worker::impl {
         j->last_progress = clock::now();
         {
           std::lock_guard lock(l.mutex);
-          ++l.in_flight;
           j->self = l.jobs.insert(l.jobs.end(), j);
         }
         boost::asio::post(*threads, [this, j] {
@@ -340,7 +352,7 @@ struct worker::impl {
       const auto refill = std::chrono::milliseconds(static_cast<std::int64_t>(1000.0 * want / r.per_second));
       l.token_wait = std::clamp(refill, std::chrono::milliseconds(5), std::chrono::milliseconds(1000));
     }
-    const int n = std::min(take, l.tokens);
+    const int n = std::max(0, std::min(take, l.tokens));
     l.gate->set_rate_limited(n == 0);
     return n;
   }
@@ -415,6 +427,12 @@ struct worker::impl {
     if (!hold_while_parked(j, *env, operator_retry)) return;
     handler_result result = call_handler(j, *env);
     for (int round = 0; result.what == handler_result::kind::unavailable; ++round) {
+      if (timed_out(j)) {
+        // The monitor nak'd it at its deadline and it may run elsewhere now: never call it
+        // again here. The outage it may hold ends with it; the next event finds out anew.
+        j.l->gate->end_outage();
+        return;
+      }
       if (!hold_through_outage(j, *env, result.error, round)) return;
       result = call_handler(j, *env);
     }
@@ -441,6 +459,11 @@ struct worker::impl {
     }
     set_deadline(j, clock::now() + j.l->def->options.deadline);
     return true;
+  }
+
+  bool timed_out(job& j) {
+    std::lock_guard lock(j.l->mutex);
+    return j.timed_out;
   }
 
   // Sleeps for `d` in ticks; false as soon as the worker shuts down.
@@ -813,10 +836,12 @@ struct worker::impl {
           ++l.stuck;
           l.slot_freed.notify_one();  // fewer usable slots: the fetcher may refill sooner
           stats.timed_out.fetch_add(1, std::memory_order_relaxed);
-          if (!j.judged.exchange(true)) l.gate->on_result(true, j.trial, "passed its deadline", now);
           const auto attempt = j.d->delivery_count();
           const auto delay = retry_delay(l.def->options.retry, attempt, unit_random());
           if (settle(j, "naking a timed-out", [&](delivery& x) { x.nak(delay); })) {
+            // Settled by the deadline, not by the handler: a failure, for the breaker. (A job the
+            // handler settled just before is the handler's to judge.)
+            if (!j.judged.exchange(true)) l.gate->on_result(true, j.trial, "passed its deadline", now);
             log->warn("listener {}: event {} attempt {} passed its {} ms deadline; retrying in {} ms", l.def->name,
                       event_id_of(*j.d), attempt, l.def->options.deadline.count(), delay.count());
           }
@@ -980,12 +1005,7 @@ void worker::run(std::stop_token stop) {
   w.stats.ready = false;
   stream_watch.request_stop();
   control_watch.request_stop();
-  control_watch.join();  // its last report must not follow the deletion below
-  try {
-    w.db->forget_states(w.worker_id);
-  } catch (const std::exception& e) {  // they age out of `listeners list` anyway
-    w.log->warn("worker: could not delete its listener reports: {}", e.what());
-  }
+  control_watch.join();  // its last report must not follow the deletion at the end
   if (report_reader.joinable()) {
     report_reader.request_stop();
     report_reader.join();
@@ -1020,6 +1040,12 @@ void worker::run(std::stop_token stop) {
                  w.in_flight());
   }
   if (abandoned > 0) w.log->warn("worker: returned {} unfinished message(s) for redelivery", abandoned);
+  // Only now, with nothing of ours running: a replay reads a worker without reports as done.
+  try {
+    w.db->forget_states(w.worker_id);
+  } catch (const std::exception& e) {  // they age out of `listeners list` anyway
+    w.log->warn("worker: could not delete its listener reports: {}", e.what());
+  }
   if (!stuck.empty()) {
     throw worker_stuck("every handler slot of listener " + stuck +
                        " is stuck past its deadline; exit so that the supervisor restarts this worker");

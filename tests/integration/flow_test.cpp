@@ -150,16 +150,27 @@ TEST_CASE_METHOD(test_env::process_fixture,
   CHECK(scalar("SELECT count(DISTINCT n) FROM \"" + opts.schema + "\".handled WHERE worker = 'bystander'") == 2000);
   CHECK(omnibus::list_paused_listeners(db, opts.schema).empty());  // resumed
 
+  // A point after events it has not handled yet is refused: the new consumer would skip them.
+  REQUIRE(omnibus::pause_listener(db, opts.schema, "recorder", "behind"));
+  publish_range(3000, 10);
+  omnibus::replay_request later;
+  later.listener = "recorder";
+  later.from_time = std::chrono::system_clock::now() + 1h;
+  CHECK_THROWS_WITH(omnibus::plan_replay(b, later), Catch::Contains("it has events it has not handled yet"));
+  REQUIRE(omnibus::resume_listener(db, opts.schema, "recorder"));
+  REQUIRE(test_env::eventually([&] { return count("worker = 'w'") == 2010; }, 60s));
+
   // The stream keeps what its limits keep: a replay from before that says how far back it reaches.
   js.purge_stream(opts.stream);
   publish_range(5000, 1);
+  const std::string reach = "reaches back to sequence " + std::to_string(js.state(opts.stream)->first_sequence);
   omnibus::replay_request early;
   early.listener = "recorder";
   early.from_sequence = 1;
-  CHECK_THROWS_WITH(omnibus::plan_replay(b, early), Catch::Contains("reaches back to sequence 2001"));
+  CHECK_THROWS_WITH(omnibus::plan_replay(b, early), Catch::Contains(reach));
   early.from_sequence.reset();
   early.from_time = std::chrono::system_clock::time_point{} + std::chrono::hours(24 * 365 * 30);  // 2000
-  CHECK_THROWS_WITH(omnibus::plan_replay(b, early), Catch::Contains("reaches back to sequence 2001") &&
+  CHECK_THROWS_WITH(omnibus::plan_replay(b, early), Catch::Contains(reach) &&
                                                         Catch::Contains("events before that are gone"));
   w->signal(SIGTERM);
   CHECK(w->wait(30s) == 0);

@@ -526,3 +526,29 @@ TEST_CASE_METHOD(runtime, "each listener's state reaches the store, and leaves i
   stop();
   CHECK(store->locked([&] { return store->reports.empty(); }));
 }
+
+TEST_CASE_METHOD(runtime, "an event past its deadline in an outage is not called again here; its redelivery is",
+                 "[runtime][flow]") {
+  std::atomic<int> calls{0};
+  auto o = quick(5);
+  o.deadline = 50ms;
+  bus.add_async_listener<parcel_sent>("partner", [&](omnibus::context& c, const parcel_sent&) {
+    if (++calls == 1) {
+      // The partner hangs until the deadline stops the call, then it looks like an outage.
+      std::mutex m;
+      std::condition_variable_any stopped;
+      std::unique_lock lock(m);
+      stopped.wait(lock, c.stop_token(), [] { return false; });
+      throw omnibus::transient_error("partner timed out");
+    }
+  }, o);
+  auto wo = fast();
+  wo.outage_retry = 1ms;
+  wo.outage_retry_max = 2ms;
+  start(wo);
+  bus.publish(ctx, parcel_sent{1});
+  REQUIRE(eventually([&] { return stats().handled == 1; }, 5s));
+  CHECK(stats().timed_out == 1);
+  CHECK(calls == 2);  // the timed-out call, then the redelivery: never the nak'd one again
+  CHECK(eventually([&] { return state_of(*w, "partner") == "running"; }, 5s));
+}

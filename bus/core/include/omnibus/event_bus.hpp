@@ -417,12 +417,12 @@ inline event_id event_bus::publish(context& ctx, const E& event) {
   if (!frozen_.load(std::memory_order_acquire)) [[unlikely]] freeze();
   const std::size_t slot = detail::type_slot<E>;
   const dispatch_range r = slot < dispatch_.size() ? dispatch_[slot] : dispatch_range{};
+  if (r.phased != nullptr) [[unlikely]] check_phased(ctx, E::name);  // before any listener runs
   if (r.first != nullptr) [[likely]] {
     for (const sync_listener* l = r.first; l != r.last; ++l) l->call(l->fn.get(), ctx, &event);
   } else {
     check_name_free(slot, E::name);
   }
-  if (r.phased != nullptr) [[unlikely]] check_phased(ctx, E::name);
   event_id id;
   if constexpr (!is_local_only<E>) id = emit(ctx, E::name, E::version, detail::encode_body(event));
   if (r.phased != nullptr) [[unlikely]] record_phased(ctx, *r.phased, std::make_shared<E>(event));

@@ -68,11 +68,15 @@ struct OMNIBUS_API replay_plan {
   std::uint64_t events = 0;  ///< events of the listener's subject delivered again
   std::uint64_t stream_first_sequence = 0;  ///< the oldest event the stream still holds
   std::optional<std::chrono::system_clock::time_point> stream_first_time;  ///< and when it was stored
+  /// When the first replayed event was stored (from_time, or read for from_sequence); nullopt:
+  /// nothing to replay.
+  std::optional<std::chrono::system_clock::time_point> from_time;
 };
 
 /// Checks a replay and counts what it would redeliver, changing nothing. Throws omnibus::error
-/// for an unknown listener, a request without exactly one `from`, or a point before the oldest
-/// event the stream still holds (the message says how far back it reaches: its max_age).
+/// for an unknown listener, a request without exactly one `from`, a point before the oldest
+/// event the stream still holds (the message says how far back it reaches: its max_age), or
+/// a point after events the listener has not handled yet (the new consumer would skip them).
 [[nodiscard]] OMNIBUS_API replay_plan plan_replay(const event_bus& bus, const replay_request& request);
 
 /// Replays: pauses the listener in every worker of the schema (bus_paused) and waits, at most
