@@ -37,6 +37,14 @@ struct parcel_sent {
   OMNIBUS_FIELDS(parcel);
 };
 
+// A cooperative long handler's work: it goes on until the worker requests stop (its deadline).
+void work_until_stopped(const omnibus::context& c) {
+  std::mutex m;
+  std::condition_variable_any stopped;
+  std::unique_lock lock(m);
+  stopped.wait(lock, c.stop_token(), [] { return false; });
+}
+
 omnibus::listener_options quick(int attempts) {
   omnibus::listener_options o;
   o.concurrency = 2;
@@ -92,6 +100,14 @@ struct runtime {
   ~runtime() { stop(); }
 
   [[nodiscard]] const omnibus::worker_stats& stats() const { return w->stats(); }
+
+  // Options whose outages are held for a millisecond or two between calls.
+  static omnibus::worker_options quick_outages() {
+    auto o = fast();
+    o.outage_retry = 1ms;
+    o.outage_retry_max = 2ms;
+    return o;
+  }
 };
 
 }  // namespace
@@ -285,11 +301,7 @@ TEST_CASE_METHOD(runtime, "a handler past its deadline is stopped and its event 
   o.deadline = 50ms;
   bus.add_async_listener<parcel_sent>("slow", [&](omnibus::context& c, const parcel_sent&) {
     if (++calls == 1) {
-      // A cooperative long handler: it works until the worker requests stop at the deadline.
-      std::mutex m;
-      std::condition_variable_any stopped;
-      std::unique_lock lock(m);
-      stopped.wait(lock, c.stop_token(), [] { return false; });
+      work_until_stopped(c);  // a cooperative long handler
       throw std::runtime_error("stopped");
     }
   }, o);
@@ -453,10 +465,7 @@ TEST_CASE_METHOD(runtime, "a handler's transient_error holds the event without s
     last_attempt = c.attempt();
     if (++calls <= 6) throw omnibus::transient_error("partner API down");
   }, quick(2));
-  auto wo = fast();
-  wo.outage_retry = 1ms;
-  wo.outage_retry_max = 2ms;
-  start(wo);
+  start(quick_outages());
   bus.publish(ctx, parcel_sent{1});
   REQUIRE(eventually([&] { return stats().handled == 1; }, 5s));
   CHECK(calls == 7);
@@ -534,18 +543,11 @@ TEST_CASE_METHOD(runtime, "an event past its deadline in an outage is not called
   o.deadline = 50ms;
   bus.add_async_listener<parcel_sent>("partner", [&](omnibus::context& c, const parcel_sent&) {
     if (++calls == 1) {
-      // The partner hangs until the deadline stops the call, then it looks like an outage.
-      std::mutex m;
-      std::condition_variable_any stopped;
-      std::unique_lock lock(m);
-      stopped.wait(lock, c.stop_token(), [] { return false; });
-      throw omnibus::transient_error("partner timed out");
+      work_until_stopped(c);  // the partner hangs until the deadline stops the call,
+      throw omnibus::transient_error("partner timed out");  // then it looks like an outage
     }
   }, o);
-  auto wo = fast();
-  wo.outage_retry = 1ms;
-  wo.outage_retry_max = 2ms;
-  start(wo);
+  start(quick_outages());
   bus.publish(ctx, parcel_sent{1});
   REQUIRE(eventually([&] { return stats().handled == 1; }, 5s));
   CHECK(stats().timed_out == 1);
