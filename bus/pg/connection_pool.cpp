@@ -1,5 +1,7 @@
 #include "pg/connection_pool.hpp"
 
+#include <cstdint>
+
 #include <pqxx/pqxx>
 
 #include "omnibus/error.hpp"
@@ -8,8 +10,9 @@
 namespace omnibus {
 
 struct connection_pool::slot {
-  explicit slot(const std::string& url) : conn(url) {}
+  slot(const std::string& url, std::uint64_t gen) : conn(url), generation(gen) {}
   pqxx::connection conn;
+  std::uint64_t generation;  // the pool's generation when it was opened
 };
 
 pqxx::connection_base& connection_pool::lease::operator*() const noexcept { return conn_->conn; }
@@ -48,8 +51,13 @@ connection_pool::lease connection_pool::acquire(std::chrono::milliseconds timeou
   }
   if (conn && !conn->conn.is_open()) conn.reset();
   if (!conn) {
+    std::uint64_t gen = 0;
+    {
+      std::lock_guard lock(mutex_);
+      gen = generation_;
+    }
     try {
-      conn = std::make_unique<slot>(url_);
+      conn = std::make_unique<slot>(url_, gen);
     } catch (const std::exception&) {
       give_back(nullptr, true);
       // libpq's message can repeat the connection string; ours does not.
@@ -63,12 +71,14 @@ void connection_pool::give_back(std::unique_ptr<slot> conn, bool discard) noexce
   {
     std::lock_guard lock(mutex_);
     --leased_;
-    if (conn && !discard && conn->conn.is_open()) {
-      idle_.push_back(std::move(conn));
-    } else if (conn && !conn->conn.is_open()) {
-      // A connection broke: the server restarted or the network failed, and the idle ones
-      // most likely broke with it, unnoticed until their next use. Open fresh ones instead.
+    if (conn && !conn->conn.is_open()) {
+      // A connection broke: the server restarted or the network failed, and every connection
+      // opened before most likely broke with it, unnoticed until its next use: the idle ones,
+      // and those leased now (dropped when they come back). Open fresh ones instead.
+      ++generation_;
       idle_.clear();
+    } else if (conn && !discard && conn->generation == generation_) {
+      idle_.push_back(std::move(conn));
     }
   }
   freed_.notify_one();

@@ -5,6 +5,7 @@
 #include <chrono>
 #include <condition_variable>
 #include <cstddef>
+#include <cstdint>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -61,6 +62,7 @@ class connection_pool {
   std::condition_variable freed_;
   std::vector<std::unique_ptr<slot>> idle_;
   std::size_t leased_ = 0;
+  std::uint64_t generation_ = 0;  // bumped when a connection breaks: older ones are not reused
 };
 
 }  // namespace omnibus

@@ -21,6 +21,7 @@
 #include <memory>
 #include <random>
 #include <set>
+#include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
@@ -481,6 +482,14 @@ TEST_CASE("PostgreSQL down for many times the retry budget: nothing dead-lettere
   stop_all(workers);
   for (auto& w : workers) {
     const std::string out = w->output();
+    std::string transitions;  // what a failure needs to be understood: the outage lines only
+    std::istringstream lines(out);
+    for (std::string line; std::getline(lines, line);) {
+      if (line.find("outage") != std::string::npos && line.find("for a dependency") == std::string::npos) {
+        transitions += line + "\n";
+      }
+    }
+    INFO("the worker's outage lines:\n" << transitions);
     for (const char* listener : {"recorder", "bystander"}) {
       INFO("listener " << listener);
       const long paused = occurrences(out, std::string("listener ") + listener + ": paused by an outage");
