@@ -171,17 +171,11 @@ void flow_gate::settle_state() {
     case flow_state::rate_limited: shown_.reason = "waiting for the shared rate limit's tokens"; break;
     case flow_state::running: shown_.reason.clear(); break;
   }
-  ++entered_[static_cast<int>(now)];
 }
 
 flow_report flow_gate::report() const {
   std::lock_guard lock(mutex_);
   return shown_;
-}
-
-std::uint64_t flow_gate::entered(flow_state s) const {
-  std::lock_guard lock(mutex_);
-  return entered_[static_cast<int>(s)];
 }
 
 }  // namespace omnibus::detail

@@ -20,7 +20,6 @@ namespace omnibus::detail {
 
 /// What a listener is doing, as `listeners list`, `stats` and the metrics show it.
 enum class flow_state : std::uint8_t { running, paused, outage, breaker_open, breaker_half_open, rate_limited };
-inline constexpr int flow_state_count = 6;
 
 /// "running", "paused", "outage", "breaker_open", "breaker_half_open", "rate_limited".
 [[nodiscard]] const char* to_string(flow_state s) noexcept;
@@ -70,8 +69,6 @@ class flow_gate {
   void set_rate_limited(bool limited);
 
   [[nodiscard]] flow_report report() const;
-  /// How many times the listener entered each state in this worker.
-  [[nodiscard]] std::uint64_t entered(flow_state s) const;
 
  private:
   enum class breaker { closed, open, half_open };
@@ -96,7 +93,6 @@ class flow_gate {
   std::deque<clock::time_point> failures_;
   bool rate_limited_ = false;
   flow_report shown_;
-  std::uint64_t entered_[flow_state_count] = {};
 };
 
 }  // namespace omnibus::detail
