@@ -81,6 +81,7 @@ void fill(jsStreamConfig& c, const omnibus::stream_config& s, const char** subje
   c.Discard = js_DiscardNew;      // a full stream refuses, visibly
   c.MaxAge = ns(s.max_age);
   c.MaxBytes = s.max_bytes;
+  c.MaxMsgs = s.max_msgs;
   c.MaxMsgSize = s.max_msg_size;
   c.Duplicates = ns(s.duplicate_window);
   c.Storage = s.memory_storage ? js_MemoryStorage : js_FileStorage;
@@ -100,6 +101,7 @@ std::string stream_differences(const jsStreamConfig& have, const jsStreamConfig&
   note("storage", static_cast<int>(have.Storage), static_cast<int>(want.Storage));
   note("max_age_ns", have.MaxAge, want.MaxAge);
   note("max_bytes", have.MaxBytes, want.MaxBytes);
+  note("max_msgs", have.MaxMsgs, want.MaxMsgs);
   note("max_msg_size", have.MaxMsgSize, want.MaxMsgSize);
   note("duplicate_window_ns", have.Duplicates, want.Duplicates);
   note("replicas", have.Replicas, want.Replicas);
@@ -132,6 +134,9 @@ omnibus::consumer_info to_info(const jsConsumerInfo& ci) {
   info.ack_pending = static_cast<std::uint64_t>(ci.NumAckPending);
   info.redelivered = static_cast<std::uint64_t>(ci.NumRedelivered);
   info.last_delivered = time_of(ci.Delivered.Last);
+  info.ack_floor = ci.AckFloor.Stream;
+  info.deliveries = ci.Delivered.Consumer;
+  info.created = time_of(ci.Created);
   return info;
 }
 
@@ -180,10 +185,10 @@ std::optional<detail::stored_message> read_stored(natsConnection* conn, const st
   }
 }
 
-// When the stream stored its first message on `subject` after sequence `after`; nullopt when
-// there is none or the server does not say (never throws: it is for operators' screens).
-std::optional<system_clock::time_point> first_stored_after(natsConnection* conn, const std::string& stream,
-                                                           std::uint64_t after, const std::string& subject) {
+// The first message the stream stores on `subject` after sequence `after`; nullopt when there
+// is none or the server does not say (never throws: it is for operators' screens and checks).
+std::optional<detail::stored_message> first_stored_after(natsConnection* conn, const std::string& stream,
+                                                         std::uint64_t after, const std::string& subject) {
   const std::string api = "$JS.API.STREAM.MSG.GET." + stream;
   const std::string request = "{\"seq\":" + std::to_string(after + 1) + ",\"next_by_subj\":\"" + subject + "\"}";
   natsMsg* raw = nullptr;
@@ -193,14 +198,20 @@ std::optional<system_clock::time_point> first_stored_after(natsConnection* conn,
   detail::msg_ptr reply{raw};
   const char* data = natsMsg_GetData(reply.get());
   try {
-    const auto m = detail::parse_msg_get_response(
+    return detail::parse_msg_get_response(
         std::string_view(data != nullptr ? data : "", static_cast<std::size_t>(natsMsg_GetDataLength(reply.get()))));
-    if (!m) return std::nullopt;
-    const auto ns = detail::parse_rfc3339_ns(m->time);
-    return ns ? time_of(*ns) : std::nullopt;
   } catch (const std::exception&) {
     return std::nullopt;
   }
+}
+
+// When the stream stored the first message on `subject` after `after`; nullopt as above.
+std::optional<system_clock::time_point> first_stored_time(natsConnection* conn, const std::string& stream,
+                                                          std::uint64_t after, const std::string& subject) {
+  const auto m = first_stored_after(conn, stream, after, subject);
+  if (!m) return std::nullopt;
+  const auto ns = detail::parse_rfc3339_ns(m->time);
+  return ns ? time_of(*ns) : std::nullopt;
 }
 
 // A delivery that may carry a header block that did not parse, with its exact bytes.
@@ -781,7 +792,7 @@ std::optional<omnibus::consumer_info> jetstream::info(const omnibus::stream_conf
   if (info.pending + info.ack_pending > 0 && !info.filter_subject.empty()) {
     // Everything up to the ack floor is acked: the oldest unacked event is the first one of the
     // consumer's subject after it.
-    info.oldest_unacked = first_stored_after(conn_.native().conn.get(), stream.name, ci->AckFloor.Stream,
+    info.oldest_unacked = first_stored_time(conn_.native().conn.get(), stream.name, ci->AckFloor.Stream,
                                              info.filter_subject);
   }
   return info;
@@ -816,7 +827,8 @@ std::optional<omnibus::stream_state> jetstream::state(const omnibus::stream_conf
         "reading stream " + stream.name, code);
   stream_info_ptr info{raw};
   return omnibus::stream_state{info->State.Msgs, info->State.Bytes, info->State.FirstSeq, info->State.LastSeq,
-                               info->Config->MaxBytes, info->State.Msgs > 0 ? time_of(info->State.FirstTime) : std::nullopt};
+                               info->Config->MaxBytes, info->Config->MaxMsgs,
+                               info->State.Msgs > 0 ? time_of(info->State.FirstTime) : std::nullopt};
 }
 
 std::uint64_t jetstream::count_deliverable(const omnibus::stream_config& stream, const omnibus::consumer_config& probe) {
@@ -838,7 +850,14 @@ std::uint64_t jetstream::count_deliverable(const omnibus::stream_config& stream,
 std::optional<std::chrono::system_clock::time_point> jetstream::stored_time(const omnibus::stream_config& stream,
                                                                             const std::string& subject,
                                                                             std::uint64_t sequence) {
-  return first_stored_after(conn_.native().conn.get(), stream.name, sequence > 0 ? sequence - 1 : 0, subject);
+  return first_stored_time(conn_.native().conn.get(), stream.name, sequence > 0 ? sequence - 1 : 0, subject);
+}
+
+std::optional<std::uint64_t> jetstream::first_stored(const omnibus::stream_config& stream, const std::string& subject,
+                                                     std::uint64_t sequence) {
+  const auto m = first_stored_after(conn_.native().conn.get(), stream.name, sequence > 0 ? sequence - 1 : 0, subject);
+  if (!m) return std::nullopt;
+  return m->sequence;
 }
 
 bool jetstream::delete_stream(const omnibus::stream_config& stream) {

@@ -141,6 +141,7 @@ int main(int argc, char** argv) {
     omnibus::relay_options ro;
     ro.database_url = db_url;
     ro.schema = schema;
+    ro.stream = bo.stream;
     omnibus::relay relay{js, ro, log};  // the workers run relays too: one is active, the rest stand by
     relay.start();
 

@@ -110,6 +110,8 @@ struct worker_metrics::impl {
     unrelayed = &gauge("omnibus_outbox_unrelayed",
                        "1 when outbox rows have waited past the alert threshold and no process relays them");
     relay_active = &gauge("omnibus_relay_active", "1 when this process is the schema's active relay");
+    relay_holding = &gauge("omnibus_relay_holding",
+                           "1 while this process's relay holds outbox rows back: the stream is above hold_above");
     worker_ready = &gauge("omnibus_worker_ready", "1 while the worker drains its listeners");
     relayed = &prometheus::BuildCounter().Name("omnibus_relayed_total")
                    .Help("Outbox rows this process's relay sent to the stream").Register(reg).Add({});
@@ -171,7 +173,7 @@ struct worker_metrics::impl {
   prometheus::Family<prometheus::Counter>* published_family;
   prometheus::Family<prometheus::Counter>* publish_errors_family;
   prometheus::Gauge *stream_messages, *stream_bytes, *stream_max_bytes, *stream_fill;
-  prometheus::Gauge *outbox_rows, *outbox_age, *relay_lock, *unrelayed, *relay_active, *worker_ready;
+  prometheus::Gauge *outbox_rows, *outbox_age, *relay_lock, *unrelayed, *relay_active, *relay_holding, *worker_ready;
   prometheus::Counter* relayed;
   prometheus::Counter* relay_batches;
   double batches_seen = 0;
@@ -229,6 +231,7 @@ struct worker_metrics::impl {
       if (batches > batches_seen) relay_batches->Increment(batches - batches_seen);
       batches_seen = batches;
       relay_active->Set(src.relay->active.load() ? 1 : 0);
+      relay_holding->Set(src.relay->holding.load() ? 1 : 0);
     }
     worker_ready->Set(src.worker != nullptr && src.worker->ready.load() ? 1 : 0);
   }

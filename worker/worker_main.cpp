@@ -385,6 +385,7 @@ struct worker_program::impl {
       relay_options ro;
       ro.database_url = c.database_url;
       ro.schema = c.bus.schema;
+      ro.stream = c.bus.stream;
       r.emplace(js, ro, log);
     } else {
       log->info("run: no relay in this process (--no-relay): another process must run one for schema {}, or outbox "

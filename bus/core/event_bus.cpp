@@ -9,6 +9,7 @@
 #include <spdlog/spdlog.h>
 
 #include "core/context_access.hpp"
+#include "core/fill_guard.hpp"
 #include "core/outbox.hpp"
 
 namespace omnibus {
@@ -20,10 +21,20 @@ std::size_t next_type_slot() noexcept {
 }
 }  // namespace detail
 
-event_bus::event_bus(bus_options options) : options_(std::move(options)) { check_schema_name(options_.schema); }
+namespace {
+void check_options(const bus_options& o) {
+  check_schema_name(o.schema);
+  if (!(o.stream.hold_above > 0 && o.stream.hold_above <= 1)) {
+    throw std::invalid_argument("bus: stream_config::hold_above must be in (0, 1]: a fraction of the stream's limits");
+  }
+}
+}  // namespace
 
-event_bus::event_bus(queue& q, bus_options options) : options_(std::move(options)), queue_(&q) {
-  check_schema_name(options_.schema);
+event_bus::event_bus(bus_options options) : options_(std::move(options)) { check_options(options_); }
+
+event_bus::event_bus(queue& q, bus_options options)
+    : options_(std::move(options)), queue_(&q), fill_(std::make_unique<detail::fill_guard>(q, options_.stream)) {
+  check_options(options_);
 }
 
 event_bus::~event_bus() = default;
@@ -193,7 +204,11 @@ batch_report event_bus::emit_batch(context& ctx, std::vector<envelope> envs) {
     return report;
   }
   if (queue_ == nullptr) throw std::logic_error("bus: publish_batch() needs a queue: construct the bus with one");
-  report.results = queue_->publish_batch(msgs, options_.publish_timeout);
+  const detail::fill_guard::verdict room = fill_->admit(msgs);
+  report.results = queue_->publish_batch(std::span<const message>(msgs).first(room.admitted), options_.publish_timeout);
+  for (std::size_t i = room.admitted; i < msgs.size(); ++i) {  // not sent: the stream is nearly full
+    report.results.push_back(batch_result{std::nullopt, publish_error::outcome::not_sent, room.why});
+  }
   if (!observers_.empty()) {
     for (const batch_result& r : report.results) {
       if (r.ack) {
@@ -218,6 +233,9 @@ event_id event_bus::emit(context& ctx, std::string_view name, int version, std::
     if (path == publish_path::outbox) {
       outbox_insert(*ctx.transaction(), options_.schema, msg);  // sent by the relay after commit
     } else {
+      if (const detail::fill_guard::verdict room = fill_->admit(std::span<const message>(&msg, 1)); room.admitted == 0) {
+        throw publish_error(publish_error::outcome::not_sent, env.id, "bus: " + env.name + " not sent: " + room.why);
+      }
       queue_->publish(msg, options_.publish_timeout);
     }
   } catch (const std::exception& e) {

@@ -64,4 +64,34 @@ std::vector<listener_report> list_listener_reports(pqxx::connection_base& conn, 
   return out;
 }
 
+std::vector<lost_events_report> list_lost_events(pqxx::connection_base& conn, std::string_view schema,
+                                                bool unacknowledged_only) {
+  check_schema_name(schema);
+  pqxx::read_transaction tx{conn};
+  std::vector<lost_events_report> out;
+  const std::string table = detail::table_name(schema, "bus_lost_events");
+  if (tx.exec_params1("SELECT to_regclass($1) IS NULL", table)[0].as<bool>()) return out;  // not migrated yet
+  for (const auto& row : tx.exec(
+           "SELECT id, listener, consumer, first_sequence, last_sequence, events, "
+           "(extract(epoch FROM detected_at) * 1000000)::bigint, (extract(epoch FROM acknowledged_at) * 1000000)::bigint "
+           "FROM " + table + (unacknowledged_only ? " WHERE acknowledged_at IS NULL" : "") + " ORDER BY id")) {
+    lost_events_report r{row[0].as<std::uint64_t>(), row[1].as<std::string>(), row[2].as<std::string>(),
+                         row[3].as<std::uint64_t>(), row[4].as<std::uint64_t>(), row[5].as<std::uint64_t>(),
+                         from_micros(row[6].as<std::int64_t>()), std::nullopt};
+    if (!row[7].is_null()) r.acknowledged_at = from_micros(row[7].as<std::int64_t>());
+    out.push_back(std::move(r));
+  }
+  return out;
+}
+
+std::size_t acknowledge_lost_events(pqxx::connection_base& conn, std::string_view schema, std::string_view listener) {
+  check_schema_name(schema);
+  pqxx::work tx{conn};
+  const auto r = tx.exec_params("UPDATE " + detail::table_name(schema, "bus_lost_events") +
+                                    " SET acknowledged_at = now() WHERE acknowledged_at IS NULL AND ($1 = '' OR listener = $1)",
+                                std::string(listener));
+  tx.commit();
+  return static_cast<std::size_t>(r.affected_rows());
+}
+
 }  // namespace omnibus

@@ -101,6 +101,27 @@ constexpr std::array migrations{
               "  reported_at timestamptz NOT NULL DEFAULT now(),\n"
               "  PRIMARY KEY (listener, worker)\n"
               ");\n"},
+    migration{8, "events that left the stream before their listener handled them",
+              "CREATE TABLE {s}.bus_stream_marks (  -- each listener's position, as a worker last checked it\n"
+              "  consumer text PRIMARY KEY,\n"
+              "  listener text NOT NULL,\n"
+              "  consumer_created timestamptz,  -- the consumer these counts belong to: a replay makes a new one\n"
+              "  lowest_unhandled bigint NOT NULL,  -- stream sequence; everything of the listener below it was handled\n"
+              "  pending bigint NOT NULL,  -- the listener's events not yet delivered, up to last_sequence\n"
+              "  deliveries bigint NOT NULL,  -- the consumer's deliveries so far\n"
+              "  last_sequence bigint NOT NULL,  -- the stream's last sequence when checked\n"
+              "  checked_at timestamptz NOT NULL\n"
+              ");\n"
+              "CREATE TABLE {s}.bus_lost_events (  -- a listener's events that the stream dropped (max_age, limits)\n"
+              "  id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,\n"
+              "  consumer text NOT NULL,\n"
+              "  listener text NOT NULL,\n"
+              "  first_sequence bigint NOT NULL,  -- the stream sequences they were among\n"
+              "  last_sequence bigint NOT NULL,\n"
+              "  events bigint NOT NULL,  -- how many of the listener's events\n"
+              "  detected_at timestamptz NOT NULL DEFAULT now(),\n"
+              "  acknowledged_at timestamptz  -- by an operator (listeners losses --acknowledge)\n"
+              ");\n"},
 };
 
 const char* version_table_sql =

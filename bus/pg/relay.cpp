@@ -13,6 +13,7 @@
 #include "core/outbox.hpp"
 #include "core/schema.hpp"
 #include "core/failpoint.hpp"
+#include "core/fill_guard.hpp"
 #include "core/stop_wait.hpp"
 
 namespace omnibus {
@@ -57,6 +58,10 @@ relay::relay(queue& q, relay_options options, std::shared_ptr<spdlog::logger> lo
   check_schema_name(options_.schema);
   if (!log_) throw std::invalid_argument("omnibus::relay needs a logger");
   if (options_.batch_size == 0) throw std::invalid_argument("omnibus::relay needs a batch_size of at least 1");
+  if (!(options_.stream.hold_above > 0 && options_.stream.hold_above <= 1)) {
+    throw std::invalid_argument("omnibus::relay: stream.hold_above must be in (0, 1]");
+  }
+  fill_ = std::make_unique<detail::fill_guard>(q, options_.stream);
   detail::relay_created();  // last: a constructor that throws has no destructor to undo it
 }
 
@@ -99,6 +104,10 @@ std::size_t relay::sweep(session& s) {
     }
     if (msgs.empty()) return sent;
 
+    const std::size_t fit = room_for(msgs);
+    if (fit == 0) return sent;  // held: the next sweep looks again
+    const bool cut = fit < msgs.size();
+    msgs.resize(fit);
     detail::failpoint("relay_before_publish");
     std::vector<batch_result> results = queue_.publish_batch(msgs, options_.publish_timeout);
     detail::failpoint("relay_after_pub_ack");
@@ -135,8 +144,33 @@ std::size_t relay::sweep(session& s) {
                   " outbox rows did not reach the stream; they stay in the outbox. First error: " +
                   results[prefix].error);
     }
-    if (msgs.size() < options_.batch_size) return sent;
+    if (cut || msgs.size() < options_.batch_size) return sent;
   }
+}
+
+std::size_t relay::room_for(std::span<const message> msgs) {
+  const detail::fill_guard::verdict v = fill_->admit(msgs);
+  if (const std::string why = fill_->unreadable(); !why.empty() && why != unreadable_logged_) {
+    log_->warn("relay for schema {}: cannot read how full stream {} is ({}); sending without the hold check. Is "
+               "relay_options::stream the bus's stream?",
+               options_.schema, options_.stream.name, why);
+  }
+  unreadable_logged_ = fill_->unreadable();
+  const bool holding = v.admitted < msgs.size();
+  if (holding != stats_.holding.load()) {
+    // Near the line, room comes and goes as old events leave: one hold and release a minute in the log.
+    const auto now = clock::now();
+    if (holding && !hold_logged_ && now - last_hold_log_ >= std::chrono::minutes(1)) {
+      log_->warn("relay for schema {}: holding outbox rows back: {}", options_.schema, v.why);
+      hold_logged_ = true;
+      last_hold_log_ = now;
+    } else if (!holding && hold_logged_) {
+      log_->info("relay for schema {}: stream {} has room again; sending the outbox", options_.schema, options_.stream.name);
+      hold_logged_ = false;
+    }
+    stats_.holding = holding;
+  }
+  return v.admitted;
 }
 
 void relay::run(std::stop_token stop) {

@@ -7,6 +7,7 @@
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -68,6 +69,30 @@ class job_session {
   virtual void commit() = 0;
 };
 
+/// A listener's position in the stream, as a worker last checked it (the loss check, README
+/// "Operations"): what lets the next check tell events the stream dropped from events handled.
+struct stream_mark {
+  std::string listener;
+  std::optional<std::chrono::system_clock::time_point> consumer_created;  ///< whose counts these are
+  std::uint64_t lowest_unhandled = 0;  ///< everything of the listener below this sequence was handled
+  std::uint64_t pending = 0;           ///< its events not yet delivered, up to last_sequence
+  std::uint64_t deliveries = 0;        ///< the consumer's deliveries so far
+  std::uint64_t last_sequence = 0;     ///< the stream's last sequence then
+};
+
+/// A listener's events the stream dropped before it handled them.
+struct lost_events {
+  std::uint64_t first_sequence = 0;  ///< the stream sequences they were among
+  std::uint64_t last_sequence = 0;
+  std::uint64_t events = 0;          ///< how many of the listener's
+};
+
+/// What one loss check found: the mark to keep, and the loss, if any.
+struct mark_check {
+  stream_mark next;
+  std::optional<lost_events> lost;
+};
+
 /// Thread-safe.
 class store {
  public:
@@ -98,6 +123,11 @@ class store {
   virtual void report_states(std::string_view worker, const std::vector<listener_report>& reports) = 0;
   /// Deletes worker `worker`'s reports: it stops.
   virtual void forget_states(std::string_view worker) = 0;
+  /// With `consumer`'s mark locked (other workers wait), unless some worker checked it within
+  /// `min_gap`: calls `check` with the last mark (nullopt: none yet), keeps the mark it returns
+  /// and records the loss it reports, in one transaction. Returns whether `check` ran.
+  virtual bool check_mark(std::string_view consumer, std::chrono::milliseconds min_gap,
+                          const std::function<mark_check(const std::optional<stream_mark>&)>& check) = 0;
   /// Deletes inbox rows older than `older_than`; returns how many.
   virtual std::size_t prune_inbox(std::chrono::seconds older_than) = 0;
 };

@@ -25,6 +25,7 @@
 #include "core/failpoint.hpp"
 #include "pg/store.hpp"
 #include "runtime/flow.hpp"
+#include "runtime/loss_check.hpp"
 #include "runtime/settle.hpp"
 #include "core/stop_wait.hpp"
 
@@ -168,19 +169,58 @@ struct worker::impl {
   void watch_stream(std::stop_token stop) {
     do {
       check_stream();
+      check_losses(stop);
     } while (detail::wait_for(stop, opts.stream_check_every));
+  }
+
+  // Whether events of a listener left the stream before it was handled (README "Operations").
+  // Every worker checks; the mark in the database makes each check follow the last one, and
+  // lets only one worker check a listener per half interval.
+  std::string loss_check_failed;  // the last failure logged (each once)
+  void check_losses(const std::stop_token& stop) {
+    const stream_config& stream = bus.options().stream;
+    for (auto& l : listeners) {
+      if (stop.stop_requested()) return;
+      const async_listener& def = *l->def;
+      try {
+        db->check_mark(def.consumer_name, opts.stream_check_every / 2, [&](const std::optional<detail::stream_mark>& last) {
+          std::optional<detail::mark_check> found = detail::check_losses(*bus.target(), stream, bus.options().group, def, last);
+          if (!found) return detail::mark_check{last.value_or(detail::stream_mark{}), std::nullopt};
+          if (found->lost) {
+            const detail::lost_events& x = *found->lost;
+            stats.lost_events.fetch_add(x.events, std::memory_order_relaxed);
+            log->error("listener {}: {} of its event(s) left stream {} before it handled them (among sequences {}..{}; "
+                       "the stream now starts at {}): max_age or the stream's limits removed them, and no replay can "
+                       "bring them back. Recorded in {}.bus_lost_events until acknowledged (listeners losses "
+                       "--acknowledge)",
+                       def.name, x.events, stream.name, x.first_sequence, x.last_sequence, x.last_sequence + 1,
+                       bus.options().schema);
+          }
+          return std::move(*found);
+        });
+        loss_check_failed.clear();
+      } catch (const std::exception& e) {
+        if (loss_check_failed != e.what()) {
+          log->warn("worker: cannot check listener {} for events that left the stream: {}", def.name, e.what());
+        }
+        loss_check_failed = e.what();
+      }
+    }
   }
   void check_stream() {
     const stream_config& stream = bus.options().stream;
     try {
       auto st = bus.target()->state(stream);
-      if (!st || st->max_bytes <= 0) return;
-      const double fill = static_cast<double>(st->bytes) / static_cast<double>(st->max_bytes);
+      if (!st) return;
+      const double by_bytes = st->max_bytes > 0 ? static_cast<double>(st->bytes) / static_cast<double>(st->max_bytes) : 0;
+      const double by_count = st->max_msgs > 0 ? static_cast<double>(st->messages) / static_cast<double>(st->max_msgs) : 0;
+      const double fill = std::max(by_bytes, by_count);
       if (fill < opts.stream_full_warning) return;
-      log->warn("worker: stream {} is {:.0f}% full ({} of {} bytes, {} events): when full every publish is "
-                "refused. Raise max_bytes or lower max_age; near full, nats-server 2.9 may drop the "
-                "oldest events despite DiscardNew (nats-io/nats-server#4771)",
-                stream.name, fill * 100, st->bytes, st->max_bytes, st->messages);
+      log->warn("worker: stream {} is {:.0f}% full ({} of {} bytes, {} events): publishers stop at {:.0f}% "
+                "(stream_config::hold_above) until events pass max_age ({} s) or an operator purges handled "
+                "events (stream purge --handled). Raise max_bytes or lower max_age",
+                stream.name, fill * 100, st->bytes, st->max_bytes, st->messages, stream.hold_above * 100,
+                stream.max_age.count());
     } catch (const std::exception& e) {
       log->warn("worker: cannot read the state of stream {}: {}", stream.name, e.what());
     }

@@ -33,6 +33,7 @@ omnibus::relay_options relay_opts(const world& w) {
   omnibus::relay_options ro;
   ro.database_url = env("OMNIBUS_DATABASE_URL");
   ro.schema = w.opts.schema;
+  ro.stream = w.opts.stream;
   return ro;
 }
 

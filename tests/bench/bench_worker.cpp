@@ -205,6 +205,7 @@ void bench_latency(bool through_outbox) {
     omnibus::relay_options ro;
     ro.database_url = env("OMNIBUS_DATABASE_URL");
     ro.schema = w.opts.schema;
+    ro.stream = w.opts.stream;
     relay.emplace(w.js, ro, w.log);
     relay->start();
   }

@@ -771,6 +771,7 @@ TEST_CASE("stream full (DiscardNew): a clear error for publishers; the outbox ke
   omnibus::relay_options ro;
   ro.database_url = f.where.database_url;
   ro.schema = f.opts.schema;
+  ro.stream = f.opts.stream;
   ro.retry_backoff = 100ms;
   ro.publish_timeout = 2s;
   omnibus::relay relay{f.js, ro,

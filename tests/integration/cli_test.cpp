@@ -79,6 +79,7 @@ TEST_CASE_METHOD(shop_fixture, "retrying a dead letter from the CLI re-runs only
   omnibus::relay_options ro;
   ro.database_url = test_env::database_url();
   ro.schema = opts.schema;
+  ro.stream = opts.stream;
   omnibus::relay relay{js, ro, log};
   relay.start();
   omnibus::worker_options wo;

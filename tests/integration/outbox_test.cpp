@@ -52,6 +52,7 @@ struct outbox_fixture {
     omnibus::relay_options ro;
     ro.database_url = test_env::database_url();
     ro.schema = opts.schema;
+    ro.stream = opts.stream;
     ro.standby_poll = 50ms;
     ro.retry_backoff = 100ms;
     return ro;

@@ -21,6 +21,7 @@
 
 #include "omnibus/dead_letters.hpp"
 #include "omnibus/event_bus.hpp"
+#include "omnibus/listener_control.hpp"
 #include "omnibus/migrations.hpp"
 #include "omnibus/worker.hpp"
 #include "omnibus/jetstream.hpp"
@@ -441,4 +442,118 @@ TEST_CASE_METHOD(worker_fixture, "a dead letter the database refuses for good is
   CHECK_THAT(logs(), Catch::Contains("terminated without one") && Catch::Contains("stream message #1 "));
   CHECK(dead_letters().empty());
   CHECK(w->stats().dead_lettered.load() == 0);
+}
+
+namespace {
+std::uint64_t lost_total(pqxx::connection_base& db, const std::string& schema, const std::string& listener) {
+  std::uint64_t n = 0;
+  for (const auto& r : omnibus::list_lost_events(db, schema, false)) n += r.listener == listener ? r.events : 0;
+  return n;
+}
+}  // namespace
+
+TEST_CASE("events that age out before their listener handled them are counted, logged and kept until acknowledged; "
+          "a listener that keeps up has none",
+          "[integration][worker][lost]") {
+  test_env::servers short_lived = test_env::servers::shared();
+  short_lived.stream_max_age = 2s;
+  worker_fixture f{short_lived};
+  f.b.add_async_listener<tool_event>("keeps_up", [](omnibus::context&, const tool_event&) {});
+  f.b.add_async_listener<tool_event>("paused", [](omnibus::context&, const tool_event&) {});
+  f.b.provision();
+  REQUIRE(omnibus::pause_listener(f.db, f.opts.schema, "paused", "lost events test"));
+  omnibus::worker_options wo;
+  wo.database_url = f.where.database_url;
+  wo.control_poll = 100ms;
+  wo.stream_check_every = 200ms;
+  f.start_worker(wo);
+  REQUIRE(test_env::eventually([&] {
+    for (const auto& r : omnibus::list_listener_reports(f.db, f.opts.schema, 10s)) {
+      if (r.listener == "paused" && r.state == "paused") return true;
+    }
+    return false;
+  }, 10s));
+
+  const long events = 40;
+  for (long n = 0; n < events; ++n) f.publish(n);
+  REQUIRE(test_env::eventually([&] { return f.settled("keeps_up"); }, 10s));
+  // max_age takes every event; the paused listener's are gone unhandled.
+  REQUIRE(test_env::eventually([&] { return f.js.state(f.opts.stream)->messages == 0; }, 30s));
+  const bool found = test_env::eventually([&] { return lost_total(f.db, f.opts.schema, "paused") >= events; }, 10s);
+  INFO("worker log:\n" << f.logs());
+  {
+    pqxx::nontransaction q{f.db};
+    for (const auto& row : q.exec("SELECT consumer, lowest_unhandled, pending, deliveries, last_sequence FROM \"" +
+                                  f.opts.schema + "\".bus_stream_marks")) {
+      UNSCOPED_INFO("mark " << row[0].c_str() << " lowest " << row[1].c_str() << " pending " << row[2].c_str()
+                            << " deliveries " << row[3].c_str() << " last " << row[4].c_str());
+    }
+  }
+  REQUIRE(found);
+  CHECK(lost_total(f.db, f.opts.schema, "paused") == events);
+  CHECK(lost_total(f.db, f.opts.schema, "keeps_up") == 0);
+  const auto losses = omnibus::list_lost_events(f.db, f.opts.schema, true);
+  REQUIRE_FALSE(losses.empty());
+  CHECK(losses.front().first_sequence == 1);
+  CHECK(losses.back().last_sequence == static_cast<std::uint64_t>(events));
+  CHECK(losses.front().consumer == "g_paused");
+  CHECK(f.w->stats().lost_events.load() == static_cast<std::uint64_t>(events));
+  CHECK_THAT(f.logs(), Catch::Contains("listener paused: ") && Catch::Contains("of its event(s) left stream " + f.opts.stream.name));
+
+  // Acknowledged, they stop counting as unacknowledged and stay on record.
+  CHECK(omnibus::acknowledge_lost_events(f.db, f.opts.schema, "paused") == losses.size());
+  CHECK(omnibus::list_lost_events(f.db, f.opts.schema, true).empty());
+  CHECK(lost_total(f.db, f.opts.schema, "paused") == events);
+
+  // More events after the acknowledgement, handled in time once resumed: no new loss.
+  REQUIRE(omnibus::resume_listener(f.db, f.opts.schema, "paused"));
+  for (long n = 0; n < 10; ++n) f.publish(1000 + n);
+  REQUIRE(test_env::eventually([&] { return f.settled("paused") && f.settled("keeps_up"); }, 10s));
+  REQUIRE(test_env::eventually([&] { return f.js.state(f.opts.stream)->messages == 0; }, 30s));
+  // Both listeners checked again after the stream emptied.
+  const std::string marks = "\"" + f.opts.schema + "\".bus_stream_marks";
+  const std::string emptied = pqxx::nontransaction{f.db}.exec1("SELECT now()::text")[0].as<std::string>();
+  REQUIRE(test_env::eventually([&] {
+    pqxx::nontransaction q{f.db};
+    return q.exec_params1("SELECT count(*) FROM " + marks + " WHERE checked_at > $1::timestamptz", emptied)[0].as<int>() == 2;
+  }, 10s));
+  CHECK(omnibus::list_lost_events(f.db, f.opts.schema, true).empty());
+  CHECK(lost_total(f.db, f.opts.schema, "paused") == events);
+}
+
+TEST_CASE("a listener that does not keep up: every event is either handled or counted lost, none twice",
+          "[integration][worker][lost]") {
+  test_env::servers short_lived = test_env::servers::shared();
+  short_lived.stream_max_age = 2s;
+  worker_fixture f{short_lived};
+  std::atomic<long> handled{0};
+  omnibus::listener_options slow;
+  slow.concurrency = 1;
+  f.b.add_async_listener<tool_event>("slow", [&](omnibus::context&, const tool_event&) {
+    std::this_thread::sleep_for(50ms);  // simulated work: about 20 events a second
+    ++handled;
+  }, slow);
+  omnibus::worker_options wo;
+  wo.database_url = f.where.database_url;
+  wo.stream_check_every = 200ms;
+  f.start_worker(wo);
+
+  const long events = 150;  // over 7 s of work for a stream that keeps each event 2 s
+  for (long n = 0; n < events; ++n) f.publish(n);
+  REQUIRE(test_env::eventually([&] { return f.js.state(f.opts.stream)->messages == 0; }, 30s));
+  // Every delivery handled (this listener never fails: one delivery each).
+  REQUIRE(test_env::eventually([&] {
+    return static_cast<std::uint64_t>(handled.load()) == f.js.info(f.opts.stream, "g_slow")->deliveries;
+  }, 10s));
+  const std::string marks = "\"" + f.opts.schema + "\".bus_stream_marks";
+  const std::string emptied = pqxx::nontransaction{f.db}.exec1("SELECT now()::text")[0].as<std::string>();
+  REQUIRE(test_env::eventually([&] {
+    pqxx::nontransaction q{f.db};
+    return q.exec_params1("SELECT count(*) FROM " + marks + " WHERE checked_at > $1::timestamptz", emptied)[0].as<int>() == 1;
+  }, 10s));
+  const std::uint64_t lost = lost_total(f.db, f.opts.schema, "slow");
+  INFO("handled " << handled.load() << ", lost " << lost);
+  CHECK(handled.load() < events);
+  CHECK(lost > 0);
+  CHECK(static_cast<std::uint64_t>(handled.load()) + lost == static_cast<std::uint64_t>(events));
 }

@@ -40,6 +40,7 @@ struct servers {
   std::string database_url;
   bool file_storage = false;  ///< the stream on file (survives a nats-server restart)
   std::int64_t stream_max_bytes = 0;  ///< 0: the test default (256 MiB)
+  std::chrono::seconds stream_max_age{0};  ///< 0: the test default (1 h)
   static servers shared() { return {test_env::nats_url(), test_env::database_url()}; }
 };
 
@@ -80,6 +81,10 @@ struct worker_fixture {
     auto o = test_env::test_bus_options("worker");
     o.stream.memory_storage = !s.file_storage;
     if (s.stream_max_bytes > 0) o.stream.max_bytes = s.stream_max_bytes;
+    if (s.stream_max_age.count() > 0) {
+      o.stream.max_age = s.stream_max_age;
+      o.stream.duplicate_window = std::min(o.stream.duplicate_window, s.stream_max_age);
+    }
     return o;
   }
   /// `db`, or after a PostgreSQL restart cut it (libpqxx 6 connections do not reconnect), a

@@ -56,6 +56,7 @@ int main(int argc, char** argv) {
   omnibus::relay_options ro;
   ro.database_url = db_url;
   ro.schema = opts.schema;
+  ro.stream = opts.stream;
   ro.standby_poll = std::chrono::milliseconds(50);
   ro.retry_backoff = std::chrono::milliseconds(100);
 

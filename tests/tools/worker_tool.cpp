@@ -135,6 +135,7 @@ int main(int argc, char** argv) {
     omnibus::relay_options ro;
     ro.database_url = db_url;
     ro.schema = schema;
+    ro.stream = opts.stream;
     ro.standby_poll = std::chrono::milliseconds(50);
     ro.retry_backoff = std::chrono::milliseconds(100);
     relay.emplace(js, ro, log);

@@ -59,6 +59,8 @@ class OMNIBUS_API jetstream final : public omnibus::queue {
   [[nodiscard]] std::optional<std::chrono::system_clock::time_point> stored_time(const omnibus::stream_config& stream,
                                                                                  const std::string& subject,
                                                                                  std::uint64_t sequence) override;
+  [[nodiscard]] std::optional<std::uint64_t> first_stored(const omnibus::stream_config& stream, const std::string& subject,
+                                                          std::uint64_t sequence) override;
   /// The durable "<group>__abandoned" on `<stream>_ABANDONED`: each report carries the message,
   /// read back byte-exact by its sequence.
   std::unique_ptr<omnibus::consumer> open_abandoned(const omnibus::stream_config& stream, const std::string& group) override;

@@ -313,6 +313,7 @@ class OMNIBUS_API event_bus {
   std::vector<async_listener> async_;
   std::vector<std::shared_ptr<observer>> observers_;
   std::atomic<std::uint64_t> phase_errors_{0};
+  std::unique_ptr<detail::fill_guard> fill_;  // direct publishes: keeps them below stream.hold_above
 };
 
 template <class E, class F>

@@ -17,6 +17,7 @@ struct message;
 struct metadata;
 
 namespace detail {
+class fill_guard;
 /// The msgpack map body of an event. Defined in omnibus/codec.hpp, which omnibus/event_bus.hpp
 /// includes.
 template <class E>

@@ -26,6 +26,12 @@ struct OMNIBUS_API stream_config {
   /// How long an event is kept: a listener may be down this long without missing events.
   std::chrono::seconds max_age = std::chrono::hours(24 * 7);
   std::int64_t max_bytes = std::int64_t{1} << 30;  ///< full stream: publishes are refused (DiscardNew)
+  std::int64_t max_msgs = -1;  ///< the most events kept (-1: no limit but max_bytes); full: publishes are refused
+  /// Publishers stop above this fraction of max_bytes or max_msgs: the relay holds rows back in
+  /// the outbox and a direct publish throws publish_error ("stream nearly full"). nats-server
+  /// 2.9.10 drops the oldest events near its limits despite DiscardNew (nats-io/nats-server#4771),
+  /// so the bus keeps out of that region. 1 turns the hold off. Not a server setting.
+  double hold_above = 0.9;
   /// Nats-Msg-Id dedup window: a re-publish of an event id within it lands once.
   std::chrono::seconds duplicate_window = std::chrono::minutes(2);
   std::int32_t max_msg_size = 1024 * 1024;  ///< bodies plus headers; matches the bus's body limit
@@ -141,6 +147,12 @@ struct OMNIBUS_API consumer_info {
   /// When the stream stored the oldest event this consumer has not acked (delivered or still
   /// waiting); nullopt: none waits, or not known (memory_queue, a consumer list).
   std::optional<std::chrono::system_clock::time_point> oldest_unacked;
+  /// Every event up to this stream sequence is acked (or gone from the stream); 0 when not known.
+  std::uint64_t ack_floor = 0;
+  /// Deliveries so far, redeliveries included (the consumer's delivered sequence); 0 when not known.
+  std::uint64_t deliveries = 0;
+  /// When the server created the consumer; a replay recreates it. nullopt when not known.
+  std::optional<std::chrono::system_clock::time_point> created;
 };
 
 /// How full the stream is.
@@ -150,6 +162,7 @@ struct OMNIBUS_API stream_state {
   std::uint64_t first_sequence = 0;  ///< sequence of the oldest message still stored
   std::uint64_t last_sequence = 0;   ///< sequence of the newest message ever stored (0: none)
   std::int64_t max_bytes = 0;  ///< the server's limit (<= 0: none)
+  std::int64_t max_msgs = 0;   ///< the server's limit on messages (<= 0: none)
   /// When the oldest message still stored was stored; nullopt: the stream is empty.
   std::optional<std::chrono::system_clock::time_point> first_time;
 };
@@ -190,6 +203,12 @@ class OMNIBUS_API queue {
   [[nodiscard]] virtual std::optional<std::chrono::system_clock::time_point> stored_time(const stream_config&,
                                                                                          const std::string& /*subject*/,
                                                                                          std::uint64_t /*sequence*/) {
+    return std::nullopt;
+  }
+  /// The sequence of the first message the stream still stores on `subject` at or after
+  /// `sequence`; nullopt: none, or the broker cannot say.
+  [[nodiscard]] virtual std::optional<std::uint64_t> first_stored(const stream_config&, const std::string& /*subject*/,
+                                                                  std::uint64_t /*sequence*/) {
     return std::nullopt;
   }
   /// Messages the broker gave up delivering (consumer_config::max_deliver reached), for the

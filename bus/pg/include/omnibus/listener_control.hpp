@@ -4,6 +4,8 @@
 // in the stream (for as long as the stream keeps them) and are handled after the resume.
 
 #include <chrono>
+#include <cstdint>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -47,5 +49,29 @@ struct OMNIBUS_API listener_report {
 [[nodiscard]] OMNIBUS_API std::vector<listener_report> list_listener_reports(pqxx::connection_base& conn,
                                                                            std::string_view schema,
                                                                            std::chrono::seconds fresh_within);
+
+/// Events of a listener that left the stream before it handled them (max_age, the stream's
+/// limits): found by the workers' loss check, kept until an operator acknowledges them.
+struct OMNIBUS_API lost_events_report {
+  std::uint64_t id = 0;       ///< the row's id
+  std::string listener;       ///< the async listener's name
+  std::string consumer;       ///< its durable consumer
+  std::uint64_t first_sequence = 0;  ///< the first of the stream sequences the events were among
+  std::uint64_t last_sequence = 0;   ///< the last of them
+  std::uint64_t events = 0;   ///< how many of the listener's events
+  std::chrono::system_clock::time_point detected_at{};  ///< when a worker's loss check found them
+  std::optional<std::chrono::system_clock::time_point> acknowledged_at;  ///< nullopt: not yet
+};
+
+/// Every recorded loss, oldest first; `unacknowledged_only` leaves out the acknowledged ones.
+/// None before the schema's migration 8.
+[[nodiscard]] OMNIBUS_API std::vector<lost_events_report> list_lost_events(pqxx::connection_base& conn,
+                                                                         std::string_view schema,
+                                                                         bool unacknowledged_only);
+/// Marks the losses of `listener` (every listener's when empty) acknowledged: /readyz stops
+/// failing for them. The rows stay, and omnibus_events_lost_total keeps counting them. Returns
+/// how many rows it marked.
+OMNIBUS_API std::size_t acknowledge_lost_events(pqxx::connection_base& conn, std::string_view schema,
+                                                std::string_view listener);
 
 }  // namespace omnibus

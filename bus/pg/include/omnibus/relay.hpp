@@ -7,6 +7,7 @@
 #include <chrono>
 #include <cstdint>
 #include <memory>
+#include <span>
 #include <stop_token>
 #include <string>
 #include <thread>
@@ -17,6 +18,9 @@
 #include "omnibus/queue.hpp"
 
 namespace omnibus {
+namespace detail {
+class fill_guard;
+}
 
 /// Where a relay finds the outbox, and how it paces itself.
 struct OMNIBUS_API relay_options {
@@ -32,6 +36,9 @@ struct OMNIBUS_API relay_options {
   std::chrono::milliseconds standby_poll{500};              ///< how often a standby tries to take over
   std::chrono::milliseconds retry_backoff{1000};            ///< after a database or stream failure
   std::chrono::milliseconds publish_timeout{10000};         ///< for one batch's PubAcks
+  /// The stream the outbox's events go to (the bus's bus_options::stream): while it is fuller than
+  /// stream.hold_above, rows wait in the outbox (README "Operations").
+  stream_config stream;
 };
 
 /// Counters, readable from any thread.
@@ -41,6 +48,7 @@ struct OMNIBUS_API relay_stats {
   std::atomic<std::uint64_t> duplicates{0};  ///< PubAcks marked duplicate (a re-send after a crash)
   std::atomic<std::uint64_t> failures{0};    ///< batches that did not fully land
   std::atomic<bool> active{false};           ///< holds the schema's relay lock now
+  std::atomic<bool> holding{false};          ///< rows wait: the stream is above stream_config::hold_above
 };
 
 /// Runs on a thread of its own (start()) or on the caller's (run()). Borrows `q`, which must
@@ -68,11 +76,17 @@ class OMNIBUS_API relay {
  private:
   class session;
   std::size_t sweep(session& s);
+  // How many of `msgs` fit below the stream's hold line; logs each change of holding once.
+  std::size_t room_for(std::span<const message> msgs);
 
   queue& queue_;  // borrowed
   relay_options options_;
   std::shared_ptr<spdlog::logger> log_;
   relay_stats stats_;
+  std::unique_ptr<detail::fill_guard> fill_;
+  std::string unreadable_logged_;  // the last stream-state error logged (once each)
+  bool hold_logged_ = false;        // a hold was logged and its release was not yet
+  std::chrono::steady_clock::time_point last_hold_log_{};
   std::jthread thread_;
 };
 

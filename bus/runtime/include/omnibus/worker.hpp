@@ -61,11 +61,11 @@ struct OMNIBUS_API worker_options {
   /// its inbox row stops a second run.
   std::chrono::seconds inbox_retention{std::chrono::hours(24 * 8)};
   std::chrono::seconds inbox_prune_every{std::chrono::minutes(10)};  ///< how often old rows are deleted
-  /// How often the worker reads the stream's fill, and warns from `stream_full_warning` (a
-  /// fraction of max_bytes) on: a full stream refuses every publish, and near full nats-server
-  /// 2.9 may drop its oldest messages despite DiscardNew (nats-io/nats-server#4771).
+  /// How often the worker reads the stream's fill, warning from `stream_full_warning` on
+  /// (publishers stop at stream_config::hold_above), and checks each listener for events that
+  /// left the stream before it handled them (README "Operations": lost events).
   std::chrono::milliseconds stream_check_every{std::chrono::seconds(30)};
-  double stream_full_warning = 0.8;  ///< bytes / max_bytes from which each check logs a warning
+  double stream_full_warning = 0.8;  ///< fill (of max_bytes or max_msgs) from which each check logs a warning
 };
 
 /// Counters, readable from any thread while the worker runs.
@@ -90,6 +90,9 @@ struct OMNIBUS_API worker_stats {
   /// Handler calls that met an outage (an unreachable database, transient_error) and were
   /// held for another call without spending an attempt.
   std::atomic<std::uint64_t> outage_retries{0};
+  /// Events this worker's loss checks found gone from the stream before their listener
+  /// handled them (all workers' findings: <schema>.bus_lost_events, omnibus_events_lost_total).
+  std::atomic<std::uint64_t> lost_events{0};
 };
 
 /// Thrown by run() when every handler slot of a listener is stuck past its deadline. The

@@ -1,0 +1,96 @@
+#include "core/fill_guard.hpp"
+
+#include <cstdio>
+#include <utility>
+
+namespace omnibus::detail {
+
+std::size_t stored_size(const message& m) noexcept {
+  // nats-server's file store: a 22-byte record head and an 8-byte hash around subject, header
+  // block ("NATS/1.0\r\n", "name: value\r\n" each, "\r\n") and body.
+  std::size_t n = 30 + m.subject.size() + m.body.size();
+  if (!m.headers.empty()) {
+    n += 12;
+    for (const auto& [k, v] : m.headers) n += k.size() + v.size() + 4;
+  }
+  return n;
+}
+
+fill_guard::fill_guard(queue& q, stream_config stream, std::chrono::milliseconds refresh, std::chrono::milliseconds reread)
+    : queue_(q), stream_(std::move(stream)), refresh_(refresh), reread_(reread), off_(stream_.hold_above >= 1.0) {}
+
+void fill_guard::read(clock::time_point now) {
+  read_at_ = now;
+  try {
+    seen_ = queue_.state(stream_);
+    unreadable_.clear();
+    if (!seen_) off_ = true;  // this queue has no limits (memory_queue)
+  } catch (const std::exception& e) {
+    seen_.reset();
+    unreadable_ = e.what();
+  }
+  added_bytes_ = 0;
+  added_msgs_ = 0;
+}
+
+std::size_t fill_guard::fits(std::span<const message> msgs) const {
+  if (!seen_) return msgs.size();
+  const double line = stream_.hold_above;
+  const bool by_bytes = seen_->max_bytes > 0;
+  const bool by_msgs = seen_->max_msgs > 0;
+  const double byte_line = line * static_cast<double>(seen_->max_bytes);
+  const double msg_line = line * static_cast<double>(seen_->max_msgs);
+  double bytes = static_cast<double>(seen_->bytes + added_bytes_);
+  double count = static_cast<double>(seen_->messages + added_msgs_);
+  std::size_t n = 0;
+  for (const message& m : msgs) {
+    bytes += static_cast<double>(stored_size(m));
+    count += 1;
+    if ((by_bytes && bytes > byte_line) || (by_msgs && count > msg_line)) break;
+    ++n;
+  }
+  return n;
+}
+
+fill_guard::verdict fill_guard::admit(std::span<const message> msgs) {
+  std::lock_guard lock(mutex_);
+  if (off_ || msgs.empty()) return {msgs.size(), {}};
+  const auto now = clock::now();
+  if (now - read_at_ >= refresh_) read(now);
+  std::size_t n = fits(msgs);
+  if (n < msgs.size() && now - read_at_ >= reread_) {  // perhaps old events left, or the estimate was high
+    read(now);
+    n = fits(msgs);
+  }
+  for (std::size_t i = 0; i < n; ++i) added_bytes_ += stored_size(msgs[i]);
+  added_msgs_ += n;
+  holding_ = n < msgs.size();
+  if (!holding_) return {n, {}};
+  const stream_state& s = *seen_;
+  char fill[160];
+  if (s.max_bytes > 0 && (s.max_msgs <= 0 || static_cast<double>(s.bytes) / static_cast<double>(s.max_bytes) >=
+                                                  static_cast<double>(s.messages) / static_cast<double>(s.max_msgs))) {
+    std::snprintf(fill, sizeof fill, "%llu of %lld bytes (%.1f%%)", static_cast<unsigned long long>(s.bytes),
+                  static_cast<long long>(s.max_bytes), 100.0 * static_cast<double>(s.bytes) / static_cast<double>(s.max_bytes));
+  } else {
+    std::snprintf(fill, sizeof fill, "%llu of %lld events (%.1f%%)", static_cast<unsigned long long>(s.messages),
+                  static_cast<long long>(s.max_msgs), 100.0 * static_cast<double>(s.messages) / static_cast<double>(s.max_msgs));
+  }
+  return {n, "stream " + stream_.name + " is nearly full: " + fill + "; publishers stop at " +
+                 std::to_string(static_cast<int>(stream_.hold_above * 100 + 0.5)) +
+                 "% (stream_config::hold_above), where nats-server 2.9 may drop the oldest events "
+                 "(nats-io/nats-server#4771). Room comes back as events pass max_age, or when an operator "
+                 "purges the stream"};
+}
+
+bool fill_guard::holding() const {
+  std::lock_guard lock(mutex_);
+  return holding_;
+}
+
+std::string fill_guard::unreadable() const {
+  std::lock_guard lock(mutex_);
+  return unreadable_;
+}
+
+}  // namespace omnibus::detail

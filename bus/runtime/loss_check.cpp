@@ -1,0 +1,67 @@
+#include "runtime/loss_check.hpp"
+
+#include <algorithm>
+#include <cstdint>
+
+#include "omnibus/envelope.hpp"
+
+namespace omnibus::detail {
+
+std::optional<mark_check> check_losses(queue& q, const stream_config& stream, const std::string& group,
+                                       const async_listener& listener, const std::optional<stream_mark>& last) {
+  const std::string subject = subject_for(stream.subject_prefix, listener.event_name);
+  // The stream before and after the consumer: every event up to before->last_sequence existed
+  // when the consumer's counts were taken, and none after after->last_sequence did.
+  const std::optional<stream_state> before = q.state(stream);
+  if (!before) return std::nullopt;
+  const std::optional<consumer_info> ci = q.info(stream, listener.consumer_name);
+  if (!ci) return std::nullopt;
+  const std::optional<stream_state> after = q.state(stream);
+  if (!after) return std::nullopt;
+
+  mark_check out;
+  stream_mark& m = out.next;
+  m.listener = listener.name;
+  m.consumer_created = ci->created;
+  m.pending = ci->pending;
+  m.deliveries = ci->deliveries;
+  m.last_sequence = after->last_sequence;
+  if (ci->pending + ci->ack_pending == 0) {
+    m.lowest_unhandled = before->last_sequence + 1;
+  } else {
+    // Everything up to the ack floor is handled; the listener's first stored event after it is
+    // the lowest it may not have handled.
+    const std::uint64_t from = std::max(ci->ack_floor + 1, after->first_sequence);
+    m.lowest_unhandled = q.first_stored(stream, subject, from).value_or(from);
+  }
+
+  // A new consumer (a replay, a recreation) starts new counts. (The database keeps microseconds.)
+  const auto micros = [](const std::optional<std::chrono::system_clock::time_point>& t) {
+    return t ? std::chrono::duration_cast<std::chrono::microseconds>(t->time_since_epoch()).count() : -1;
+  };
+  if (!last || micros(last->consumer_created) != micros(ci->created) || after->first_sequence <= last->lowest_unhandled) {
+    return out;
+  }
+
+  // Events of the listener stored since the last check, up to before->last_sequence: counted
+  // from the later start second, so that arrivals meanwhile can only make this smaller.
+  std::uint64_t arrivals = 0;
+  if (before->last_sequence > last->last_sequence) {
+    consumer_config probe;
+    probe.name = listener.consumer_name + "__loss_check";
+    probe.group = group;
+    probe.filter_subject = subject;
+    probe.start_sequence = last->last_sequence + 1;
+    const std::uint64_t from_last = q.count_deliverable(stream, probe);
+    probe.start_sequence = before->last_sequence + 1;
+    const std::uint64_t from_before = q.count_deliverable(stream, probe);
+    arrivals = from_last > from_before ? from_last - from_before : 0;
+  }
+  const auto delivered = static_cast<std::int64_t>(ci->deliveries) - static_cast<std::int64_t>(last->deliveries);
+  const std::int64_t lost = static_cast<std::int64_t>(last->pending) + static_cast<std::int64_t>(arrivals) -
+                            static_cast<std::int64_t>(ci->pending) - std::max<std::int64_t>(delivered, 0);
+  if (lost > 0) out.lost = lost_events{last->lowest_unhandled, after->first_sequence - 1, static_cast<std::uint64_t>(lost)};
+  return out;
+}
+
+}  // namespace omnibus::detail

@@ -1,0 +1,25 @@
+#pragma once
+// The loss check: whether events of a listener left the stream (max_age, the stream's limits,
+// nats-server#4771) before the listener handled them. The server forgets such events at once
+// (it takes an undelivered one off the consumer's pending count), so each check leaves a mark
+// in the database, and the next one compares: when the stream's first sequence has passed the
+// lowest sequence the listener had not handled, the events gone are those its pending count
+// lost without deliveries to explain it.
+
+#include <optional>
+
+#include "omnibus/event_bus.hpp"
+#include "omnibus/queue.hpp"
+#include "pg/store.hpp"
+
+namespace omnibus::detail {
+
+/// Reads the stream and `listener`'s consumer and compares them with `last`: the mark to keep,
+/// and the events lost since `last` (a lower bound: redeliveries count as deliveries). Throws
+/// what the queue throws; nullopt when the queue keeps no stream (memory_queue) or the
+/// consumer is missing.
+[[nodiscard]] std::optional<mark_check> check_losses(queue& q, const stream_config& stream, const std::string& group,
+                                                     const async_listener& listener,
+                                                     const std::optional<stream_mark>& last);
+
+}  // namespace omnibus::detail
