@@ -877,4 +877,14 @@ void jetstream::purge_stream(const omnibus::stream_config& stream) {
         code);
 }
 
+void jetstream::purge_before(const omnibus::stream_config& stream, std::uint64_t sequence) {
+  if (sequence <= 1) return;  // nothing is below the first sequence
+  jsOptions o;
+  jsOptions_Init(&o);
+  o.Stream.Purge.Sequence = sequence;
+  jsErrCode code{};
+  check(js_PurgeStream(conn_.native().js.get(), stream.name.c_str(), &o, &code),
+        "purging stream " + stream.name + " below sequence " + std::to_string(sequence), code);
+}
+
 }  // namespace omnibus

@@ -59,6 +59,8 @@ struct worker_metrics::impl {
     prometheus::Gauge* dead_letters = nullptr;
     prometheus::Gauge* parked = nullptr;
     prometheus::Gauge* paused = nullptr;
+    prometheus::Gauge* lost = nullptr;
+    prometheus::Gauge* lost_unacknowledged = nullptr;
     std::array<prometheus::Gauge*, flow_state_names.size()> flow{};
     std::string consumer;
   };
@@ -85,6 +87,14 @@ struct worker_metrics::impl {
                                .Help("Dead letters waiting for an operator, by listener").Register(reg);
     parked_family = &prometheus::BuildGauge().Name("omnibus_parked")
                          .Help("1 when the ordered listener is parked at an event").Register(reg);
+    lost_family = &prometheus::BuildGauge().Name("omnibus_events_lost")
+                       .Help("Events that left the stream before the listener handled them (max_age, the stream's "
+                             "limits), as the database records them for all workers")
+                       .Register(reg);
+    lost_unack_family = &prometheus::BuildGauge().Name("omnibus_events_lost_unacknowledged")
+                            .Help("Lost events no operator acknowledged yet (listeners losses --acknowledge); "
+                                  "/readyz fails while any")
+                            .Register(reg);
     paused_family = &prometheus::BuildGauge().Name("omnibus_listener_paused")
                          .Help("1 while an operator has paused the listener").Register(reg);
     flow_family = &prometheus::BuildGauge().Name("omnibus_listener_flow_state")
@@ -137,6 +147,8 @@ struct worker_metrics::impl {
       series.dead_letters = &dead_letters_family->Add({{"listener", l.name}});
       series.parked = &parked_family->Add({{"listener", l.name}});
       series.paused = &paused_family->Add({{"listener", l.name}});
+      series.lost = &lost_family->Add({{"listener", l.name}});
+      series.lost_unacknowledged = &lost_unack_family->Add({{"listener", l.name}});
       for (std::size_t i = 0; i < flow_state_names.size(); ++i) {
         series.flow[i] = &flow_family->Add({{"listener", l.name}, {"state", std::string(flow_state_names[i])}});
       }
@@ -167,6 +179,8 @@ struct worker_metrics::impl {
   prometheus::Family<prometheus::Gauge>* dead_letters_family;
   prometheus::Family<prometheus::Gauge>* parked_family;
   prometheus::Family<prometheus::Gauge>* paused_family;
+  prometheus::Family<prometheus::Gauge>* lost_family;
+  prometheus::Family<prometheus::Gauge>* lost_unack_family;
   prometheus::Family<prometheus::Gauge>* flow_family;
   prometheus::Counter* outage_held;
   double outage_held_seen = 0;
@@ -192,6 +206,7 @@ struct worker_metrics::impl {
   bool postgres_ok = false;
   bool migrations_current = false;
   bool outbox_unrelayed = false;
+  std::string lost_unacknowledged;  // "mailer lost 3, ...": unacknowledged losses, for /readyz
   std::chrono::milliseconds outbox_age_seen{0};
   std::string postgres_error;
 
@@ -280,6 +295,19 @@ struct worker_metrics::impl {
         s.dead_letters->Set(0);
         s.parked->Set(0);
         s.paused->Set(0);
+        s.lost->Set(0);
+        s.lost_unacknowledged->Set(0);
+      }
+      lost_unacknowledged.clear();
+      for (const auto& x : st.lost_events) {
+        auto* s = find(x.listener);
+        if (s == nullptr) continue;  // another group's listener in the same schema
+        s->lost->Set(static_cast<double>(x.events));
+        s->lost_unacknowledged->Set(static_cast<double>(x.unacknowledged));
+        if (x.unacknowledged > 0) {
+          lost_unacknowledged += (lost_unacknowledged.empty() ? "" : ", ") + x.listener + " lost " +
+                                 std::to_string(x.unacknowledged);
+        }
       }
       for (const auto& listener : st.paused) {
         if (auto* s = find(listener)) s->paused->Set(1);
@@ -337,11 +365,15 @@ std::pair<bool, std::string> worker_metrics::readiness() {
              " s and no process holds the relay lock: run a worker with its relay (run without --no-relay)";
   } else if (!consumers) {
     reason = "the worker is not draining (starting or stopping)";
+  } else if (!impl_->lost_unacknowledged.empty()) {
+    reason = "events left the stream before their listener handled them (" + impl_->lost_unacknowledged +
+             "): see `listeners losses`, then acknowledge them with `listeners losses --acknowledge`";
   }
   const bool ready = reason.empty();
   std::string body = std::string("{\"ready\":") + (ready ? "true" : "false") + ",\"nats\":" + (nats ? "true" : "false") +
                      ",\"postgres\":" + (postgres ? "true" : "false") + ",\"migrations\":" +
-                     (migrations ? "true" : "false") + ",\"consumers\":" + (consumers ? "true" : "false");
+                     (migrations ? "true" : "false") + ",\"consumers\":" + (consumers ? "true" : "false") +
+                     ",\"events_lost\":" + (impl_->lost_unacknowledged.empty() ? "false" : "true");
   if (!ready) body += ",\"reason\":" + json_quote(reason);
   return {ready, body + "}\n"};
 }

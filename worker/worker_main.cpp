@@ -222,7 +222,8 @@ struct worker_program::impl {
   CLI::App* consumers_replay = nullptr;
   bool stats_json = false;
   std::string pause_reason = "paused by an operator";
-  CLI::App *listeners_cmd, *listeners_list, *listeners_pause, *listeners_resume;
+  CLI::App *listeners_cmd, *listeners_list, *listeners_pause, *listeners_resume, *listeners_losses;
+  bool acknowledge_losses = false, purge_handled = false;
   long outbox_alert_s = 60;
   double stats_every_s = 0;
   CLI::App *stats_cmd,
@@ -259,6 +260,11 @@ struct worker_program::impl {
     cli.add_option("--stream-max-age", max_age_s, "seconds an event is kept")->envname("OMNIBUS_STREAM_MAX_AGE")->capture_default_str();
     cli.add_option("--stream-max-bytes", c.bus.stream.max_bytes, "stream size limit (DiscardNew)")
         ->envname("OMNIBUS_STREAM_MAX_BYTES")->capture_default_str();
+    cli.add_option("--stream-max-msgs", c.bus.stream.max_msgs, "stream event count limit (-1: none)")
+        ->envname("OMNIBUS_STREAM_MAX_MSGS")->capture_default_str();
+    cli.add_option("--stream-hold-above", c.bus.stream.hold_above,
+                   "publishers stop above this fraction of the stream's limits (1: never)")
+        ->envname("OMNIBUS_STREAM_HOLD_ABOVE")->capture_default_str();
     cli.add_option("--duplicate-window", duplicate_window_s, "seconds of Nats-Msg-Id dedup")
         ->envname("OMNIBUS_DUPLICATE_WINDOW")->capture_default_str();
     cli.add_option("--log-level", c.log_level, "trace, debug, info, warn, err, critical, off")
@@ -304,6 +310,11 @@ struct worker_program::impl {
     listeners_pause->add_option("--reason", pause_reason, "why, for the other operators")->capture_default_str();
     listeners_resume = listeners_cmd->add_subcommand("resume", "Let every worker fetch for the listener again");
     listeners_resume->add_option("listener", listener, "listener name")->required();
+    listeners_losses = listeners_cmd->add_subcommand(
+        "losses", "Events that left the stream before their listener handled them (max_age, the stream's limits)");
+    listeners_losses->add_option("listener", listener, "only this listener's");
+    listeners_losses->add_flag("--acknowledge", acknowledge_losses,
+                               "mark them seen (after dealing with them): /readyz stops failing for them");
 
     auto* parked_cmd = cli.add_subcommand("parked", "Ordered listeners parked at an event");
     parked_cmd->require_subcommand(1);
@@ -333,8 +344,10 @@ struct worker_program::impl {
     stream_cmd = cli.add_subcommand("stream", "The JetStream stream: how full it is, and making room");
     stream_cmd->require_subcommand(1);
     stream_info = stream_cmd->add_subcommand("info", "Events, bytes, and how full the stream is");
-    stream_purge = stream_cmd->add_subcommand("purge", "Delete every event in the stream, handled or not, to make room");
-    stream_purge->add_flag("--yes", purge_confirmed, "confirm: events no listener has handled yet are lost");
+    stream_purge = stream_cmd->add_subcommand("purge", "Delete events from the stream to make room");
+    stream_purge->add_flag("--handled", purge_handled,
+                           "only the events every consumer has handled: nothing is lost (replays cannot reach them)");
+    stream_purge->add_flag("--yes", purge_confirmed, "confirm deleting every event: those no listener has handled are lost");
 
     auto* mig_cmd = cli.add_subcommand("migrations", "The bus's database migrations");
     mig_cmd->require_subcommand(1);
@@ -350,6 +363,12 @@ struct worker_program::impl {
     }
     if (max_age_s <= 0 || duplicate_window_s <= 0) throw config_error("--stream-max-age and --duplicate-window must be positive");
     if (c.bus.stream.max_bytes <= 0) throw config_error("--stream-max-bytes must be positive");
+    if (c.bus.stream.max_msgs == 0 || c.bus.stream.max_msgs < -1) {
+      throw config_error("--stream-max-msgs must be positive, or -1 for no limit");
+    }
+    if (!(c.bus.stream.hold_above > 0 && c.bus.stream.hold_above <= 1)) {
+      throw config_error("--stream-hold-above must be in (0, 1]: a fraction of the stream's limits, e.g. 0.9");
+    }
     c.bus.stream.max_age = std::chrono::seconds(max_age_s);
     c.bus.stream.duplicate_window = std::chrono::seconds(duplicate_window_s);
     try {
@@ -493,18 +512,24 @@ struct worker_program::impl {
       }
       return false;
     };
+    if (listeners_losses->parsed()) return losses(db, registered);
     if (listeners_list->parsed()) {
       // Workers not heard from for this long are gone (killed): their rows are leftovers.
       const auto reports = list_listener_reports(db, c.bus.schema, std::chrono::seconds(15));
+      const auto lost = list_lost_events(db, c.bus.schema, true);
       for (const auto& l : local.async_listeners()) {
+        std::uint64_t n = 0;
+        for (const auto& x : lost) n += x.listener == l.name ? x.events : 0;
+        const std::string lost_note =
+            n > 0 ? "; LOST " + std::to_string(n) + " event(s) unhandled (listeners losses)" : std::string();
         const paused_listener* p = nullptr;
         for (const auto& x : paused) p = x.listener == l.name ? &x : p;
         if (p != nullptr) {
-          std::printf("%-24s PAUSED by hand since %s UTC: %s\n", l.name.c_str(), when(p->since).c_str(),
-                      shown(p->reason).c_str());
+          std::printf("%-24s PAUSED by hand since %s UTC: %s%s\n", l.name.c_str(), when(p->since).c_str(),
+                      shown(p->reason).c_str(), lost_note.c_str());
           continue;
         }
-        std::printf("%-24s %s\n", l.name.c_str(), flow_summary(l.name, reports).c_str());
+        std::printf("%-24s %s%s\n", l.name.c_str(), flow_summary(l.name, reports).c_str(), lost_note.c_str());
       }
       for (const auto& p : paused) {
         if (!registered(p.listener)) {
@@ -529,21 +554,65 @@ struct worker_program::impl {
     return 0;
   }
 
+  // listeners losses [listener] [--acknowledge]
+  template <class Registered>
+  int losses(pqxx::connection& db, const Registered& registered) {
+    const worker_config& c = config;
+    if (!listener.empty() && !registered(listener)) {
+      throw config_error("no listener named '" + shown(listener) + "' in this build");
+    }
+    if (acknowledge_losses) {
+      const std::size_t n = acknowledge_lost_events(db, c.bus.schema, listener);
+      std::printf("acknowledged %zu loss record(s)%s; they stay listed, and /readyz no longer fails for them\n", n,
+                  listener.empty() ? "" : (" of " + listener).c_str());
+      return 0;
+    }
+    std::size_t shown_rows = 0;
+    for (const auto& r : list_lost_events(db, c.bus.schema, false)) {
+      if (!listener.empty() && r.listener != listener) continue;
+      ++shown_rows;
+      std::printf("%-24s %llu event(s) among stream sequences %llu..%llu, found %s UTC%s\n", shown(r.listener).c_str(),
+                  static_cast<unsigned long long>(r.events), static_cast<unsigned long long>(r.first_sequence),
+                  static_cast<unsigned long long>(r.last_sequence), when(r.detected_at).c_str(),
+                  r.acknowledged_at ? (", acknowledged " + when(*r.acknowledged_at) + " UTC").c_str() : "  UNACKNOWLEDGED");
+    }
+    if (shown_rows == 0) std::printf("no events left the stream before their listener handled them\n");
+    return 0;
+  }
+
   int stream(bool info) {
     const worker_config& c = config;
-    if (!info && !purge_confirmed) {
+    if (!info && !purge_confirmed && !purge_handled) {
       throw config_error("stream purge deletes every event in the stream, including those no listener has "
-                         "handled yet: add --yes to confirm");
+                         "handled yet: add --yes to confirm, or --handled to delete only handled events");
     }
+    if (!info && purge_confirmed && purge_handled) throw config_error("stream purge: --handled or --yes, not both");
     nats_connection nats{c.nats};
     jetstream js{nats};
     const auto st = js.state(c.bus.stream);
-    const double fill = st->max_bytes > 0 ? 100.0 * static_cast<double>(st->bytes) / static_cast<double>(st->max_bytes) : 0;
+    const double by_bytes = st->max_bytes > 0 ? 100.0 * static_cast<double>(st->bytes) / static_cast<double>(st->max_bytes) : 0;
+    const double by_count =
+        st->max_msgs > 0 ? 100.0 * static_cast<double>(st->messages) / static_cast<double>(st->max_msgs) : 0;
     if (info) {
       std::printf("stream %s: %llu event(s), %llu of %lld bytes (%.1f%% full), sequences %llu..%llu\n",
                   c.bus.stream.name.c_str(), static_cast<unsigned long long>(st->messages),
-                  static_cast<unsigned long long>(st->bytes), static_cast<long long>(st->max_bytes), fill,
-                  static_cast<unsigned long long>(st->first_sequence), static_cast<unsigned long long>(st->last_sequence));
+                  static_cast<unsigned long long>(st->bytes), static_cast<long long>(st->max_bytes),
+                  std::max(by_bytes, by_count), static_cast<unsigned long long>(st->first_sequence),
+                  static_cast<unsigned long long>(st->last_sequence));
+      if (st->max_msgs > 0) std::printf("  at most %lld events (%.1f%% used)\n", static_cast<long long>(st->max_msgs), by_count);
+      std::printf("  publishers stop at %.0f%% (hold_above); `stream purge --handled` makes room without losing events\n",
+                  c.bus.stream.hold_above * 100);
+      return 0;
+    }
+    if (purge_handled) {
+      const std::uint64_t below = handled_by_all(js, c.bus.stream);
+      js.purge_before(c.bus.stream, below);
+      const auto now = js.state(c.bus.stream);
+      std::printf("purged stream %s below sequence %llu (every consumer handled all before it): %llu event(s) "
+                  "removed, %llu left\n",
+                  c.bus.stream.name.c_str(), static_cast<unsigned long long>(below),
+                  static_cast<unsigned long long>(st->messages > now->messages ? st->messages - now->messages : 0),
+                  static_cast<unsigned long long>(now->messages));
       return 0;
     }
     js.purge_stream(c.bus.stream);

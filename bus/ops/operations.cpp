@@ -14,6 +14,7 @@
 #include "core/schema.hpp"
 #include "core/context_access.hpp"
 #include "pg/store.hpp"
+#include "runtime/loss_check.hpp"
 
 namespace omnibus {
 namespace {
@@ -242,6 +243,17 @@ replay_plan replay_listener(const event_bus& bus, pqxx::connection_base& conn, c
   }
   (void)resume_listener(conn, schema, l.name);
   return plan;
+}
+
+std::uint64_t handled_by_all(queue& q, const stream_config& stream) {
+  const std::optional<stream_state> before = q.state(stream);
+  if (!before) throw error("this queue keeps no stream to purge");
+  std::uint64_t lowest = before->last_sequence + 1;
+  for (const consumer_info& ci : q.consumers(stream)) {
+    lowest = std::min(lowest, detail::lowest_unhandled(q, stream, ci, ci.filter_subject, before->first_sequence,
+                                                       before->last_sequence));
+  }
+  return lowest;
 }
 
 }  // namespace omnibus

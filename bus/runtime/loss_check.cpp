@@ -7,6 +7,16 @@
 
 namespace omnibus::detail {
 
+std::uint64_t lowest_unhandled(queue& q, const stream_config& stream, const consumer_info& ci, const std::string& subject,
+                               std::uint64_t first_sequence, std::uint64_t last_sequence) {
+  if (ci.pending + ci.ack_pending == 0) return last_sequence + 1;
+  // Everything up to the ack floor is handled; the consumer's first stored event after it is
+  // the lowest it may not have handled.
+  const std::uint64_t from = std::max(ci.ack_floor + 1, first_sequence);
+  if (subject.empty()) return from;
+  return q.first_stored(stream, subject, from).value_or(from);
+}
+
 std::optional<mark_check> check_losses(queue& q, const stream_config& stream, const std::string& group,
                                        const async_listener& listener, const std::optional<stream_mark>& last) {
   const std::string subject = subject_for(stream.subject_prefix, listener.event_name);
@@ -26,14 +36,7 @@ std::optional<mark_check> check_losses(queue& q, const stream_config& stream, co
   m.pending = ci->pending;
   m.deliveries = ci->deliveries;
   m.last_sequence = after->last_sequence;
-  if (ci->pending + ci->ack_pending == 0) {
-    m.lowest_unhandled = before->last_sequence + 1;
-  } else {
-    // Everything up to the ack floor is handled; the listener's first stored event after it is
-    // the lowest it may not have handled.
-    const std::uint64_t from = std::max(ci->ack_floor + 1, after->first_sequence);
-    m.lowest_unhandled = q.first_stored(stream, subject, from).value_or(from);
-  }
+  m.lowest_unhandled = lowest_unhandled(q, stream, *ci, subject, after->first_sequence, before->last_sequence);
 
   // A new consumer (a replay, a recreation) starts new counts. (The database keeps microseconds.)
   const auto micros = [](const std::optional<std::chrono::system_clock::time_point>& t) {

@@ -6,13 +6,22 @@
 // lowest sequence the listener had not handled, the events gone are those its pending count
 // lost without deliveries to explain it.
 
+#include <cstdint>
 #include <optional>
+#include <string>
 
 #include "omnibus/event_bus.hpp"
 #include "omnibus/queue.hpp"
 #include "pg/store.hpp"
 
 namespace omnibus::detail {
+
+/// The lowest stream sequence the consumer `ci` (filtering `subject`; empty: every subject) may
+/// not have handled; `last_sequence` is the stream's last sequence read before `ci`. Everything
+/// of its below it is handled.
+[[nodiscard]] std::uint64_t lowest_unhandled(queue& q, const stream_config& stream, const consumer_info& ci,
+                                             const std::string& subject, std::uint64_t first_sequence,
+                                             std::uint64_t last_sequence);
 
 /// Reads the stream and `listener`'s consumer and compares them with `last`: the mark to keep,
 /// and the events lost since `last` (a lower bound: redeliveries count as deliveries). Throws

@@ -75,6 +75,9 @@ class OMNIBUS_API jetstream final : public omnibus::queue {
   /// Removes every message of the stream and keeps the stream and its consumers: room for
   /// publishers after a full stream (DiscardNew). Unhandled events go too. For operators.
   void purge_stream(const omnibus::stream_config& stream);
+  /// Removes the stream's messages with a sequence below `sequence` (handled_by_all() tells where
+  /// nothing unhandled is lost), and keeps the rest, the stream and its consumers.
+  void purge_before(const omnibus::stream_config& stream, std::uint64_t sequence);
 
  private:
   void provision_abandoned(const omnibus::stream_config& stream);

@@ -87,4 +87,9 @@ struct OMNIBUS_API replay_plan {
 OMNIBUS_API replay_plan replay_listener(const event_bus& bus, pqxx::connection_base& conn, const replay_request& request,
                                         std::chrono::milliseconds settle = std::chrono::seconds(10));
 
+/// The stream sequence below which every consumer of `stream` (of every group) has handled
+/// every event: purging below it loses nothing a listener still needs (replays from before it
+/// can no longer reach those events). Throws omnibus::error where the queue keeps no stream.
+[[nodiscard]] OMNIBUS_API std::uint64_t handled_by_all(queue& q, const stream_config& stream);
+
 }  // namespace omnibus
