@@ -225,6 +225,7 @@ struct worker_program::impl {
   CLI::App *listeners_cmd, *listeners_list, *listeners_pause, *listeners_resume, *listeners_losses;
   bool acknowledge_losses = false, purge_handled = false;
   long outbox_alert_s = 60;
+  double stream_check_s = 30;
   double stats_every_s = 0;
   CLI::App *stats_cmd,
       *run_cmd, *dl_list, *dl_show, *dl_retry, *dl_discard, *parked_list, *parked_retry, *parked_skip,
@@ -277,6 +278,9 @@ struct worker_program::impl {
     cli.add_option("--outbox-alert-after", outbox_alert_s,
                    "seconds outbox rows may wait with no relay before readiness fails and run warns")
         ->envname("OMNIBUS_OUTBOX_ALERT_AFTER")->capture_default_str();
+    run_cmd->add_option("--stream-check-every", stream_check_s,
+                        "seconds between reads of the stream's fill and checks for events that left it unhandled")
+        ->envname("OMNIBUS_STREAM_CHECK_EVERY")->capture_default_str();
     run_cmd->add_option("--http", c.http, "serve /metrics, /healthz and /readyz on host:port, e.g. 127.0.0.1:9464")
         ->envname("OMNIBUS_HTTP");
 
@@ -380,6 +384,9 @@ struct worker_program::impl {
     if (stats_every_s < 0) throw config_error("stats --watch: seconds must be positive");
     if (outbox_alert_s <= 0) throw config_error("--outbox-alert-after must be positive");
     c.outbox_alert_after = std::chrono::seconds(outbox_alert_s);
+    if (!(stream_check_s >= 0.05 && stream_check_s <= 86400)) {
+      throw config_error("--stream-check-every must be between 0.05 and 86400 seconds");
+    }
     if (!c.http.empty()) {
       try {
         detail::check_http_address(c.http);
@@ -413,6 +420,7 @@ struct worker_program::impl {
     }
     worker_options wo;
     wo.database_url = c.database_url;
+    wo.stream_check_every = std::chrono::milliseconds(static_cast<long>(stream_check_s * 1000));
     worker w{bus, wo, log};
     std::shared_ptr<detail::worker_metrics> metrics;
     std::optional<detail::http_server> http;

@@ -66,15 +66,17 @@ fill_guard::verdict fill_guard::admit(std::span<const message> msgs) {
   added_msgs_ += n;
   holding_ = n < msgs.size();
   if (!holding_) return {n, {}};
+  // What the stream holds by the last read, and what this process sent since.
   const stream_state& s = *seen_;
+  const auto bytes = static_cast<double>(s.bytes + added_bytes_);
+  const auto count = static_cast<double>(s.messages + added_msgs_);
   char fill[160];
-  if (s.max_bytes > 0 && (s.max_msgs <= 0 || static_cast<double>(s.bytes) / static_cast<double>(s.max_bytes) >=
-                                                  static_cast<double>(s.messages) / static_cast<double>(s.max_msgs))) {
-    std::snprintf(fill, sizeof fill, "%llu of %lld bytes (%.1f%%)", static_cast<unsigned long long>(s.bytes),
-                  static_cast<long long>(s.max_bytes), 100.0 * static_cast<double>(s.bytes) / static_cast<double>(s.max_bytes));
+  if (s.max_bytes > 0 && (s.max_msgs <= 0 || bytes / static_cast<double>(s.max_bytes) >= count / static_cast<double>(s.max_msgs))) {
+    std::snprintf(fill, sizeof fill, "%.0f of %lld bytes (%.1f%%)", bytes, static_cast<long long>(s.max_bytes),
+                  100.0 * bytes / static_cast<double>(s.max_bytes));
   } else {
-    std::snprintf(fill, sizeof fill, "%llu of %lld events (%.1f%%)", static_cast<unsigned long long>(s.messages),
-                  static_cast<long long>(s.max_msgs), 100.0 * static_cast<double>(s.messages) / static_cast<double>(s.max_msgs));
+    std::snprintf(fill, sizeof fill, "%.0f of %lld events (%.1f%%)", count, static_cast<long long>(s.max_msgs),
+                  100.0 * count / static_cast<double>(s.max_msgs));
   }
   return {n, "stream " + stream_.name + " is nearly full: " + fill + "; publishers stop at " +
                  std::to_string(static_cast<int>(stream_.hold_above * 100 + 0.5)) +

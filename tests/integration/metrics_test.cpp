@@ -19,6 +19,7 @@
 
 #include "omnibus/event_bus.hpp"
 #include "omnibus/jetstream.hpp"
+#include "omnibus/listener_control.hpp"
 #include "omnibus/migrations.hpp"
 #include "omnibus/nats_connection.hpp"
 #include "services/shop.hpp"
@@ -391,6 +392,65 @@ TEST_CASE_METHOD(metrics_fixture, "outbox rows that no relay sends fail /readyz,
   CHECK(eventually([&] { return http_get(port, "/readyz").status == 200; }, 60s));
   relaying.signal(SIGTERM);
   CHECK(relaying.wait(30s) == 0);
+  w.signal(SIGTERM);
+  CHECK(w.wait(30s) == 0);
+}
+
+TEST_CASE_METHOD(metrics_fixture, "a paused listener's events purged from the stream: lost, counted, /readyz fails until "
+                                  "acknowledged",
+                 "[integration][metrics][lost]") {
+  auto w = cli({"run", "--stream-check-every", "0.2", "--http", "127.0.0.1:0"});
+  const int port = http_port(w);
+  REQUIRE(eventually([&] { return http_get(port, "/readyz").status == 200; }, 30s));
+  auto pause = cli({"listeners", "pause", "confirmation_email"});
+  REQUIRE(pause.wait(30s) == 0);
+  REQUIRE(eventually([&] {
+    for (const auto& r : omnibus::list_listener_reports(db, opts.schema, 10s)) {
+      if (r.listener == "confirmation_email" && r.state == "paused") return true;
+    }
+    return false;
+  }, 30s));
+  place_orders(3);
+  // The other listeners are done (loyalty dead-letters each order), the paused one has 3
+  // events waiting, and a check has seen them.
+  const std::string paused = opts.group + "_confirmation_email";
+  REQUIRE(eventually([&] {
+    for (const auto& c : js.consumers(opts.stream)) {
+      if (c.name == paused ? c.pending != 3 : c.pending + c.ack_pending > 0) return false;
+    }
+    pqxx::nontransaction q{db};
+    return q.exec_params1("SELECT count(*) FROM \"" + opts.schema + "\".bus_stream_marks WHERE consumer = $1 AND pending = 3",
+                          paused)[0].as<int>() == 1;
+  }, 60s));
+
+  auto purge = cli({"stream", "purge", "--yes"});  // an operator's mistake
+  REQUIRE(purge.wait(30s) == 0);
+  CHECK(eventually([&] {
+    const auto r = http_get(port, "/readyz");
+    return r.status == 503 && r.body.find("confirmation_email lost 3") != std::string::npos;
+  }, 30s));
+  CHECK_THAT(http_get(port, "/readyz").body, Catch::Contains("\"events_lost\":true"));
+  const std::string metrics = http_get(port, "/metrics").body;
+  CHECK(value_of(metrics, "omnibus_events_lost{listener=\"confirmation_email\"}") == 3);
+  CHECK(value_of(metrics, "omnibus_events_lost_unacknowledged{listener=\"confirmation_email\"}") == 3);
+  CHECK(value_of(metrics, "omnibus_events_lost{listener=\"customer_stats\"}") == 0);
+  CHECK_THAT(w.output(), Catch::Contains("listener confirmation_email: 3 of its event(s) left stream " + opts.stream.name));
+
+  auto losses = cli({"listeners", "losses"});
+  REQUIRE(losses.wait(30s) == 0);
+  CHECK_THAT(losses.output(), Catch::Contains("confirmation_email") && Catch::Contains("3 event(s) among stream sequences") &&
+                                  Catch::Contains("UNACKNOWLEDGED"));
+  auto list = cli({"listeners", "list"});
+  REQUIRE(list.wait(30s) == 0);
+  CHECK_THAT(list.output(), Catch::Contains("LOST 3 event(s)"));
+  auto bad = cli({"listeners", "losses", "no_such_listener"});
+  CHECK(bad.wait(30s) == 2);
+
+  auto ack = cli({"listeners", "losses", "--acknowledge"});
+  REQUIRE(ack.wait(30s) == 0);
+  CHECK_THAT(ack.output(), Catch::Contains("acknowledged 1 loss record(s)"));
+  CHECK(eventually([&] { return http_get(port, "/readyz").status == 200; }, 30s));
+  CHECK(value_of(http_get(port, "/metrics").body, "omnibus_events_lost{listener=\"confirmation_email\"}") == 3);
   w.signal(SIGTERM);
   CHECK(w.wait(30s) == 0);
 }
