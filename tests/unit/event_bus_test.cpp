@@ -10,6 +10,7 @@
 #include "omnibus/event.hpp"
 #include "omnibus/event_bus.hpp"
 #include "omnibus/memory_queue.hpp"
+#include "support/wait.hpp"
 
 namespace {
 
@@ -156,4 +157,132 @@ TEST_CASE("max_in_flight caps a listener's consumer across workers; bad flow opt
   o = {};
   o.rate.burst = -1;
   refused(o, "rate.burst must not be negative");
+}
+
+namespace {
+
+// A memory queue whose stream reports the fill a test sets: what the bus reads to stop
+// publishing near the stream's limits.
+class filling_queue final : public omnibus::queue {
+ public:
+  omnibus::memory_queue inner;
+  omnibus::stream_state fill;
+  bool unreadable = false;
+  int reads = 0;
+
+  void provision(const omnibus::stream_config& s, std::span<const omnibus::consumer_config> c) override { inner.provision(s, c); }
+  omnibus::publish_ack publish(const omnibus::message& m, std::chrono::milliseconds t) override {
+    fill.messages += 1;
+    fill.bytes += m.subject.size() + m.body.size() + 100;
+    return inner.publish(m, t);
+  }
+  std::vector<omnibus::batch_result> publish_batch(std::span<const omnibus::message> m, std::chrono::milliseconds t) override {
+    for (const auto& x : m) {
+      fill.messages += 1;
+      fill.bytes += x.subject.size() + x.body.size() + 100;
+    }
+    return inner.publish_batch(m, t);
+  }
+  std::unique_ptr<omnibus::consumer> open_consumer(const omnibus::stream_config& s, const std::string& n) override {
+    return inner.open_consumer(s, n);
+  }
+  std::optional<omnibus::consumer_info> info(const omnibus::stream_config& s, const std::string& n) override { return inner.info(s, n); }
+  std::vector<omnibus::consumer_info> consumers(const omnibus::stream_config& s) override { return inner.consumers(s); }
+  bool delete_consumer(const omnibus::stream_config& s, const std::string& n) override { return inner.delete_consumer(s, n); }
+  void flush(std::chrono::milliseconds t) override { inner.flush(t); }
+  std::optional<omnibus::stream_state> state(const omnibus::stream_config&) override {
+    ++reads;
+    if (unreadable) throw omnibus::error("stream state: no answer");
+    return fill;
+  }
+};
+
+omnibus::bus_options filling_options(filling_queue& q, double hold_above) {
+  omnibus::bus_options o;
+  o.stream.hold_above = hold_above;
+  q.inner.provision(o.stream, {});
+  return o;
+}
+
+}  // namespace
+
+TEST_CASE("near the stream's byte limit, a direct publish fails with 'nearly full' before the server is reached", "[bus][fill]") {
+  filling_queue q;
+  q.fill.max_bytes = 10'000;
+  omnibus::event_bus b{q, filling_options(q, 0.9)};
+  omnibus::context ctx;
+  int sent = 0;
+  std::string refusal;
+  for (; sent < 1000; ++sent) {
+    try {
+      (void)b.publish(ctx, shipped{1});
+    } catch (const omnibus::publish_error& e) {
+      CHECK(e.result() == omnibus::publish_error::outcome::not_sent);
+      CHECK_FALSE(e.id().is_nil());
+      refusal = e.what();
+      break;
+    }
+  }
+  INFO(refusal);
+  CHECK(sent > 0);
+  CHECK(q.fill.bytes <= 9'000);  // the server never got past the line
+  CHECK_THAT(refusal, Catch::Contains("stream OMNIBUS is nearly full: ") && Catch::Contains("of 10000 bytes") &&
+                          Catch::Contains("publishers stop at 90%"));
+  CHECK(q.reads < sent);  // the state is read now and then, not per publish
+
+  // Room again (old events left): publishes go through once a read sees it (at most 100 ms
+  // after the last one, while refused).
+  q.fill.bytes = 0;
+  q.fill.messages = 0;
+  CHECK(test_env::eventually([&] {
+    try {
+      (void)b.publish(ctx, shipped{2});
+      return true;
+    } catch (const omnibus::publish_error&) {
+      return false;
+    }
+  }, std::chrono::seconds(5)));
+}
+
+TEST_CASE("near the stream's message limit, publish_batch sends what fits and reports the rest not_sent", "[bus][fill]") {
+  filling_queue q;
+  q.fill.max_bytes = -1;
+  q.fill.max_msgs = 10;
+  q.fill.messages = 5;
+  omnibus::event_bus b{q, filling_options(q, 0.9)};
+  omnibus::context ctx;
+  const std::vector<shipped> batch(6, shipped{3});
+  const omnibus::batch_report r = b.publish_batch(ctx, std::span<const shipped>(batch));
+  REQUIRE(r.results.size() == 6);
+  CHECK(r.failed() == std::vector<std::size_t>{4, 5});  // 5 + 4 = 9 of 10: 90%
+  CHECK(r.results[4].failure == omnibus::publish_error::outcome::not_sent);
+  CHECK_THAT(r.results[5].error, Catch::Contains("9 of 10 events (90.0%)"));
+  CHECK(q.fill.messages == 9);
+}
+
+TEST_CASE("hold_above 1 never holds; outside (0, 1] is refused; an unreadable state lets the publish decide",
+          "[bus][fill]") {
+  {
+    filling_queue q;
+    q.fill.max_bytes = 1000;
+    q.fill.bytes = 999;
+    omnibus::event_bus b{q, filling_options(q, 1.0)};
+    omnibus::context ctx;
+    CHECK_NOTHROW(b.publish(ctx, shipped{4}));
+    CHECK(q.reads == 0);
+  }
+  {
+    filling_queue q;
+    CHECK_THROWS_AS(omnibus::event_bus(q, filling_options(q, 0.0)), std::invalid_argument);
+    CHECK_THROWS_AS(omnibus::event_bus(q, filling_options(q, 1.5)), std::invalid_argument);
+  }
+  {
+    filling_queue q;
+    q.fill.max_bytes = 1000;
+    q.fill.bytes = 999;
+    q.unreadable = true;
+    omnibus::event_bus b{q, filling_options(q, 0.9)};
+    omnibus::context ctx;
+    CHECK_NOTHROW(b.publish(ctx, shipped{5}));
+  }
 }
