@@ -29,7 +29,16 @@ int main(int argc, char** argv) {
   bus.provision();  // the stream and the worker's consumer exist before the first publish
 
   omnibus::context ctx;  // no transaction: published at once, waiting for the stream's ack
-  const omnibus::event_id id = bus.publish(ctx, greeting{argc > 1 ? argv[1] : "world", 1});
-  std::printf("published hello.greeting %s\n", id.to_string().c_str());
+  try {
+    const omnibus::event_id id = bus.publish(ctx, greeting{argc > 1 ? argv[1] : "world", 1});
+    std::printf("published hello.greeting %s\n", id.to_string().c_str());
+  } catch (const omnibus::publish_error& e) {
+    // not_sent: nothing was stored (NATS down, or the stream nearly full: publishers stop at
+    // stream_config::hold_above), safe to retry later. unknown: it may have landed; retry with
+    // the same event id, or look first.
+    std::fprintf(stderr, "not published (%s): %s\n",
+                 e.result() == omnibus::publish_error::outcome::not_sent ? "not sent" : "outcome unknown", e.what());
+    return 1;
+  }
   return 0;
 }
