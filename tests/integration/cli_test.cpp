@@ -18,6 +18,7 @@
 #include "omnibus/worker.hpp"
 #include "omnibus/jetstream.hpp"
 #include "omnibus/nats_connection.hpp"
+#include "models/order_placed.hpp"
 #include "models/user_registered.hpp"
 #include "services/shop.hpp"
 #include "support/child_process.hpp"
@@ -233,6 +234,24 @@ TEST_CASE_METHOD(shop_fixture, "bad configuration gets a clear error and exit co
     CHECK(p.wait(20s) == 2);
     CHECK_THAT(p.output(), Catch::Contains("--flaky-rate"));
   }
+  SECTION("a hold line outside (0, 1], a message limit of 0, a check interval of 0") {
+    auto hold = cli({"--stream-hold-above", "1.5", "run"});
+    CHECK(hold.wait(20s) == 2);
+    CHECK_THAT(hold.output(), Catch::Contains("--stream-hold-above must be in (0, 1]"));
+    auto msgs = cli({"--stream-max-msgs", "0", "run"});
+    CHECK(msgs.wait(20s) == 2);
+    CHECK_THAT(msgs.output(), Catch::Contains("--stream-max-msgs must be positive"));
+    auto every = cli({"run", "--stream-check-every", "0"});
+    CHECK(every.wait(20s) == 2);
+    CHECK_THAT(every.output(), Catch::Contains("--stream-check-every must be between"));
+  }
+  SECTION("stream purge needs --yes or --handled, not both") {
+    auto neither = cli({"stream", "purge"});
+    CHECK(neither.wait(20s) == 2);
+    CHECK_THAT(neither.output(), Catch::Contains("--handled to delete only handled events"));
+    auto both = cli({"stream", "purge", "--yes", "--handled"});
+    CHECK(both.wait(20s) == 2);
+  }
   SECTION("an unknown log level") {
     auto p = cli({"--log-level", "loud", "run"});
     CHECK(p.wait(20s) == 2);
@@ -355,4 +374,41 @@ TEST_CASE_METHOD(shop_fixture, "listeners pause stops every worker fetching for 
   w2.signal(SIGTERM);
   CHECK(w1.wait(30s) == 0);
   CHECK(w2.wait(30s) == 0);
+}
+
+TEST_CASE_METHOD(shop_fixture, "stream purge --handled deletes only what every consumer handled", "[integration][cli]") {
+  omnibus::event_bus b{js, opts};
+  auto shop = services::make_shop(b, shop_opts);
+  b.provision();
+  // Straight to the stream, from a bus without the shop's sync listeners (they need a transaction).
+  omnibus::event_bus publisher{js, opts};
+  omnibus::context direct;
+  for (int i = 0; i < 3; ++i) (void)publisher.publish(direct, models::order_placed{i + 1, "ada@example.com", "mug", 1, 1200});
+  const auto before = js.state(opts.stream);
+  REQUIRE(before->messages > 0);
+
+  // Nothing handled yet: nothing goes.
+  auto none = cli({"stream", "purge", "--handled"});
+  REQUIRE(none.wait(20s) == 0);
+  CHECK_THAT(none.output(), Catch::Contains("0 event(s) removed"));
+  CHECK(js.state(opts.stream)->messages == before->messages);
+
+  // Every listener settles every event (loyalty by dead-lettering it): all of it goes.
+  auto log = std::make_shared<spdlog::logger>("t", std::make_shared<spdlog::sinks::null_sink_mt>());
+  omnibus::worker_options wo;
+  wo.database_url = test_env::database_url();
+  omnibus::worker w{b, wo, log};
+  std::jthread runner([&](std::stop_token st) { w.run(st); });
+  REQUIRE(test_env::eventually([&] {
+    for (const auto& c : js.consumers(opts.stream)) {
+      if (c.pending + c.ack_pending > 0) return false;
+    }
+    return true;
+  }, 20s));
+  runner.request_stop();
+  runner.join();
+  auto all = cli({"stream", "purge", "--handled"});
+  REQUIRE(all.wait(20s) == 0);
+  CHECK_THAT(all.output(), Catch::Contains(std::to_string(before->messages) + " event(s) removed, 0 left"));
+  CHECK(js.state(opts.stream)->messages == 0);
 }
