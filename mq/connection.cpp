@@ -1,6 +1,7 @@
 #include "omnibus/nats_connection.hpp"
 
 #include <string>
+#include <vector>
 
 #include "omnibus/nats_error.hpp"
 #include "nats.hpp"
@@ -28,8 +29,27 @@ nats_connection::nats_connection(const nats_options& o) : impl_(std::make_unique
   natsOptions* raw_opts = nullptr;
   detail::check(natsOptions_Create(&raw_opts), "creating NATS options");
   detail::options_ptr opts{raw_opts};
-  detail::check(natsOptions_SetServers(opts.get(), nullptr, 0), "setting NATS servers");
-  detail::check(natsOptions_SetURL(opts.get(), o.url.c_str()), "setting the NATS URL");
+  // One URL, or several separated by commas (a cluster's nodes): NATS.c connects to one of them
+  // and reconnects to another when it goes away.
+  std::vector<std::string> urls;
+  for (std::size_t from = 0; from <= o.url.size();) {
+    std::size_t comma = o.url.find(',', from);
+    if (comma == std::string::npos) comma = o.url.size();
+    std::string one = o.url.substr(from, comma - from);
+    one.erase(0, one.find_first_not_of(" \t"));
+    one.erase(one.find_last_not_of(" \t") + 1);
+    if (!one.empty()) urls.push_back(std::move(one));
+    from = comma + 1;
+  }
+  if (urls.size() > 1) {
+    std::vector<const char*> list;
+    for (const auto& u : urls) list.push_back(u.c_str());
+    detail::check(natsOptions_SetURL(opts.get(), nullptr), "setting the NATS URL");
+    detail::check(natsOptions_SetServers(opts.get(), list.data(), static_cast<int>(list.size())), "setting NATS servers");
+  } else {
+    detail::check(natsOptions_SetServers(opts.get(), nullptr, 0), "setting NATS servers");
+    detail::check(natsOptions_SetURL(opts.get(), o.url.c_str()), "setting the NATS URL");
+  }
   detail::check(natsOptions_SetName(opts.get(), o.name.c_str()), "setting the connection name");
   detail::check(natsOptions_SetTimeout(opts.get(), o.connect_timeout.count()), "setting the connect timeout");
   detail::check(natsOptions_SetAllowReconnect(opts.get(), true), "enabling reconnect");

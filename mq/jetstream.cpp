@@ -113,6 +113,21 @@ std::optional<system_clock::time_point> time_of(std::int64_t unix_ns) {
   return system_clock::time_point{duration_cast<system_clock::duration>(nanoseconds{unix_ns})};
 }
 
+// A stream the server cannot place for want of servers: say which setting asks for them.
+void check_replicas(natsStatus s, jsErrCode code, const std::string& stream, int replicas) {
+  if (s == NATS_OK) return;
+  if (code == JSStreamReplicasNotSupportedErr) {
+    throw omnibus::error("provisioning stream " + stream + ": stream_config::replicas is " + std::to_string(replicas) +
+                         ", and this nats-server is not in a JetStream cluster. Set replicas to 1 (--stream-replicas 1), "
+                         "or connect to a cluster (README \"Running on a cluster\")");
+  }
+  if ((code == JSInsufficientResourcesErr || code == JSClusterNoPeersErr) && replicas > 1) {
+    throw omnibus::error("provisioning stream " + stream + ": stream_config::replicas is " + std::to_string(replicas) +
+                         ", and the cluster has fewer JetStream servers that can take a copy (or they are out of "
+                         "storage). Lower replicas, or add servers");
+  }
+}
+
 constexpr std::string_view group_mark = "omnibus group ";
 
 // How long after a pull request's expiry its answer (408) may still arrive.
@@ -526,6 +541,15 @@ void provision_stream(jsCtx* js, const omnibus::stream_config& stream) {
   jsStreamConfig want;
   fill(want, stream, subjects);
   subjects[0] = subject.c_str();
+  jsPlacement placement{};
+  std::vector<const char*> tags;
+  if (!stream.placement_cluster.empty() || !stream.placement_tags.empty()) {
+    for (const auto& t : stream.placement_tags) tags.push_back(t.c_str());
+    placement.Cluster = stream.placement_cluster.empty() ? nullptr : stream.placement_cluster.c_str();
+    placement.Tags = tags.empty() ? nullptr : tags.data();
+    placement.TagsLen = static_cast<int>(tags.size());
+    want.Placement = &placement;
+  }
 
   jsErrCode code{};
   jsStreamInfo* raw = nullptr;
@@ -543,6 +567,7 @@ void provision_stream(jsCtx* js, const omnibus::stream_config& stream) {
       info.reset(raw);
     }
   }
+  check_replicas(s, code, stream.name, stream.replicas);
   check(s, "provisioning stream " + stream.name, code);
   if (std::string diff = stream_differences(*info->Config, want); !diff.empty()) {
     throw omnibus::error("stream " + stream.name + " exists with other settings: " + diff +
@@ -754,6 +779,7 @@ void jetstream::provision_abandoned(const omnibus::stream_config& stream) {
   natsStatus s = js_AddStream(&raw, conn_.native().js.get(), &c, nullptr, &code);
   stream_info_ptr info{raw};
   if (s != NATS_OK && code == JSStreamNameExistErr) return;  // made earlier, by this or another process
+  check_replicas(s, code, name, stream.replicas);
   check(s, "provisioning stream " + name, code);
 }
 
@@ -826,9 +852,11 @@ std::optional<omnibus::stream_state> jetstream::state(const omnibus::stream_conf
   check(js_GetStreamInfo(&raw, conn_.native().js.get(), stream.name.c_str(), nullptr, &code),
         "reading stream " + stream.name, code);
   stream_info_ptr info{raw};
-  return omnibus::stream_state{info->State.Msgs, info->State.Bytes, info->State.FirstSeq, info->State.LastSeq,
-                               info->Config->MaxBytes, info->Config->MaxMsgs,
-                               info->State.Msgs > 0 ? time_of(info->State.FirstTime) : std::nullopt};
+  omnibus::stream_state st{info->State.Msgs, info->State.Bytes, info->State.FirstSeq, info->State.LastSeq,
+                           info->Config->MaxBytes, info->Config->MaxMsgs,
+                           info->State.Msgs > 0 ? time_of(info->State.FirstTime) : std::nullopt, {}};
+  if (info->Cluster != nullptr && info->Cluster->Leader != nullptr) st.leader = info->Cluster->Leader;
+  return st;
 }
 
 std::uint64_t jetstream::count_deliverable(const omnibus::stream_config& stream, const omnibus::consumer_config& probe) {

@@ -263,6 +263,8 @@ struct worker_program::impl {
         ->envname("OMNIBUS_STREAM_MAX_BYTES")->capture_default_str();
     cli.add_option("--stream-max-msgs", c.bus.stream.max_msgs, "stream event count limit (-1: none)")
         ->envname("OMNIBUS_STREAM_MAX_MSGS")->capture_default_str();
+    cli.add_option("--stream-replicas", c.bus.stream.replicas, "copies of the stream in a JetStream cluster (1, 3 or 5)")
+        ->envname("OMNIBUS_STREAM_REPLICAS")->capture_default_str();
     cli.add_option("--stream-hold-above", c.bus.stream.hold_above,
                    "publishers stop above this fraction of the stream's limits (1: never)")
         ->envname("OMNIBUS_STREAM_HOLD_ABOVE")->capture_default_str();
@@ -370,6 +372,7 @@ struct worker_program::impl {
     if (c.bus.stream.max_msgs == 0 || c.bus.stream.max_msgs < -1) {
       throw config_error("--stream-max-msgs must be positive, or -1 for no limit");
     }
+    if (c.bus.stream.replicas < 1 || c.bus.stream.replicas > 5) throw config_error("--stream-replicas must be 1 to 5");
     if (!(c.bus.stream.hold_above > 0 && c.bus.stream.hold_above <= 1)) {
       throw config_error("--stream-hold-above must be in (0, 1]: a fraction of the stream's limits, e.g. 0.9");
     }
@@ -608,6 +611,9 @@ struct worker_program::impl {
                   std::max(by_bytes, by_count), static_cast<unsigned long long>(st->first_sequence),
                   static_cast<unsigned long long>(st->last_sequence));
       if (st->max_msgs > 0) std::printf("  at most %lld events (%.1f%% used)\n", static_cast<long long>(st->max_msgs), by_count);
+      if (!st->leader.empty()) {
+        std::printf("  %d replica(s) configured; led by %s\n", c.bus.stream.replicas, st->leader.c_str());
+      }
       std::printf("  publishers stop at %.0f%% (hold_above); `stream purge --handled` makes room without losing events\n",
                   c.bus.stream.hold_above * 100);
       return 0;

@@ -181,6 +181,16 @@ TEST_CASE_METHOD(js_fixture, "an existing stream with other settings is reported
   CHECK_THROWS_WITH(js.provision(changed, {}), Catch::Contains("max_age") && Catch::Contains(opts.stream.name));
 }
 
+TEST_CASE_METHOD(js_fixture, "three replicas on a server that is not in a cluster fail fast, naming the setting",
+                 "[integration][nats][mq]") {
+  auto r3 = opts.stream;
+  r3.replicas = 3;
+  const auto started = std::chrono::steady_clock::now();
+  CHECK_THROWS_WITH(js.provision(r3, {}), Catch::Contains("replicas") && Catch::Contains(opts.stream.name));
+  CHECK(std::chrono::steady_clock::now() - started < 5s);
+  CHECK_THROWS_WITH(js.state(opts.stream), Catch::Contains("Not Found"));  // nothing was created
+}
+
 TEST_CASE_METHOD(js_fixture, "publish_batch lands 10,000 events, all of them in order", "[integration][nats][mq]") {
   omnibus::event_bus b{js, opts};
   b.provision();

@@ -36,7 +36,12 @@ struct OMNIBUS_API stream_config {
   std::chrono::seconds duplicate_window = std::chrono::minutes(2);
   std::int32_t max_msg_size = 1024 * 1024;  ///< bodies plus headers; matches the bus's body limit
   bool memory_storage = false;              ///< file storage unless set (tests use memory)
-  int replicas = 1;                         ///< copies kept in a cluster (1: a single server)
+  int replicas = 1;                         ///< copies kept in a cluster (1: a single server; 3 survives a node's loss)
+  /// The cluster the stream's copies go to (a supercluster's member); empty: where the server decides.
+  /// Used when the stream is created.
+  std::string placement_cluster;
+  /// Server tags every copy's server must have (e.g. "az:1"); used when the stream is created.
+  std::vector<std::string> placement_tags;
 };
 
 /// One durable pull consumer, the one an async listener reads.
@@ -165,6 +170,8 @@ struct OMNIBUS_API stream_state {
   std::int64_t max_msgs = 0;   ///< the server's limit on messages (<= 0: none)
   /// When the oldest message still stored was stored; nullopt: the stream is empty.
   std::optional<std::chrono::system_clock::time_point> first_time;
+  /// In a cluster: the server that leads the stream now (its server name); empty otherwise.
+  std::string leader;
 };
 
 /// The broker. Implementations are thread-safe.
