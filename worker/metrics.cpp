@@ -113,7 +113,8 @@ struct worker_metrics::impl {
     stream_messages = &gauge("omnibus_stream_messages", "Events stored in the stream");
     stream_bytes = &gauge("omnibus_stream_bytes", "Bytes stored in the stream, as the server counts them");
     stream_max_bytes = &gauge("omnibus_stream_max_bytes", "The stream's byte limit (it refuses publishes beyond)");
-    stream_fill = &gauge("omnibus_stream_fill_ratio", "stream bytes / max bytes");
+    stream_fill = &gauge("omnibus_stream_fill_ratio",
+                         "How full the stream is: bytes / max bytes, or events / max events when that is higher");
     outbox_rows = &gauge("omnibus_outbox_backlog_rows", "Outbox rows not yet sent to the stream");
     outbox_age = &gauge("omnibus_outbox_oldest_age_seconds", "How long the oldest outbox row has waited (0: none)");
     relay_lock = &gauge("omnibus_relay_lock_held", "1 when some process holds the schema's relay lock");
@@ -259,7 +260,10 @@ struct worker_metrics::impl {
         stream_messages->Set(static_cast<double>(st->messages));
         stream_bytes->Set(static_cast<double>(st->bytes));
         stream_max_bytes->Set(static_cast<double>(st->max_bytes));
-        stream_fill->Set(st->max_bytes > 0 ? static_cast<double>(st->bytes) / static_cast<double>(st->max_bytes) : 0);
+        const double by_bytes = st->max_bytes > 0 ? static_cast<double>(st->bytes) / static_cast<double>(st->max_bytes) : 0;
+        const double by_count =
+            st->max_msgs > 0 ? static_cast<double>(st->messages) / static_cast<double>(st->max_msgs) : 0;
+        stream_fill->Set(std::max(by_bytes, by_count));
       }
       for (auto& [name, s] : listeners) {
         if (auto info = q->info(stream, s.consumer)) {
@@ -301,7 +305,7 @@ struct worker_metrics::impl {
       lost_unacknowledged.clear();
       for (const auto& x : st.lost_events) {
         auto* s = find(x.listener);
-        if (s == nullptr) continue;  // another group's listener in the same schema
+        if (s == nullptr || s->consumer != x.consumer) continue;  // another group's listener in the same schema
         s->lost->Set(static_cast<double>(x.events));
         s->lost_unacknowledged->Set(static_cast<double>(x.unacknowledged));
         if (x.unacknowledged > 0) {

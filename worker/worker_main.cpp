@@ -523,14 +523,14 @@ struct worker_program::impl {
       }
       return false;
     };
-    if (listeners_losses->parsed()) return losses(db, registered);
+    if (listeners_losses->parsed()) return losses(db, local);
     if (listeners_list->parsed()) {
       // Workers not heard from for this long are gone (killed): their rows are leftovers.
       const auto reports = list_listener_reports(db, c.bus.schema, std::chrono::seconds(15));
       const auto lost = list_lost_events(db, c.bus.schema, true);
       for (const auto& l : local.async_listeners()) {
         std::uint64_t n = 0;
-        for (const auto& x : lost) n += x.listener == l.name ? x.events : 0;
+        for (const auto& x : lost) n += x.consumer == l.consumer_name ? x.events : 0;
         const std::string lost_note =
             n > 0 ? "; LOST " + std::to_string(n) + " event(s) unhandled (listeners losses)" : std::string();
         const paused_listener* p = nullptr;
@@ -566,21 +566,26 @@ struct worker_program::impl {
   }
 
   // listeners losses [listener] [--acknowledge]
-  template <class Registered>
-  int losses(pqxx::connection& db, const Registered& registered) {
+  int losses(pqxx::connection& db, const event_bus& local) {
     const worker_config& c = config;
-    if (!listener.empty() && !registered(listener)) {
+    // This group's consumers only: another group may share the schema.
+    std::vector<std::string> consumers;
+    for (const auto& l : local.async_listeners()) {
+      if (listener.empty() || l.name == listener) consumers.push_back(l.consumer_name);
+    }
+    if (!listener.empty() && consumers.empty()) {
       throw config_error("no listener named '" + shown(listener) + "' in this build");
     }
     if (acknowledge_losses) {
-      const std::size_t n = acknowledge_lost_events(db, c.bus.schema, listener);
+      std::size_t n = 0;
+      for (const auto& consumer : consumers) n += acknowledge_lost_events(db, c.bus.schema, consumer);
       std::printf("acknowledged %zu loss record(s)%s; they stay listed, and /readyz no longer fails for them\n", n,
                   listener.empty() ? "" : (" of " + listener).c_str());
       return 0;
     }
     std::size_t shown_rows = 0;
     for (const auto& r : list_lost_events(db, c.bus.schema, false)) {
-      if (!listener.empty() && r.listener != listener) continue;
+      if (std::find(consumers.begin(), consumers.end(), r.consumer) == consumers.end()) continue;
       ++shown_rows;
       std::printf("%-24s %llu event(s) among stream sequences %llu..%llu, found %s UTC%s\n", shown(r.listener).c_str(),
                   static_cast<unsigned long long>(r.events), static_cast<unsigned long long>(r.first_sequence),
@@ -591,7 +596,7 @@ struct worker_program::impl {
     return 0;
   }
 
-  int stream(bool info) {
+  int stream(bool info, const setup_function& setup) {
     const worker_config& c = config;
     if (!info && !purge_confirmed && !purge_handled) {
       throw config_error("stream purge deletes every event in the stream, including those no listener has "
@@ -619,6 +624,17 @@ struct worker_program::impl {
       return 0;
     }
     if (purge_handled) {
+      // A listener whose consumer is missing (not provisioned yet, mid-replay) has handled
+      // nothing the stream can tell: purging now could take its events.
+      event_bus local{c.bus};
+      app a{local, c, "stream purge"};
+      setup(a);
+      for (const auto& l : local.async_listeners()) {
+        if (!js.info(c.bus.stream, l.consumer_name)) {
+          throw error("listener " + l.name + " has no consumer " + l.consumer_name + " on stream " + c.bus.stream.name +
+                      " (not provisioned yet, or a replay is recreating it): nothing purged");
+        }
+      }
       const std::uint64_t below = handled_by_all(js, c.bus.stream);
       js.purge_before(c.bus.stream, below);
       const auto now = js.state(c.bus.stream);
@@ -778,7 +794,7 @@ struct worker_program::impl {
     if (run_cmd->parsed()) return run(setup);
     if (stats_cmd->parsed()) return stats(setup);
     if (listeners_cmd->parsed()) return listeners(setup);
-    if (stream_info->parsed() || stream_purge->parsed()) return stream(stream_info->parsed());
+    if (stream_info->parsed() || stream_purge->parsed()) return stream(stream_info->parsed(), setup);
     if (consumers_list->parsed() || consumers_prune->parsed() || consumers_replay->parsed()) return consumers(setup);
     for (const auto& u : commands) {
       if (u.sub->parsed()) return user_command(u, setup);

@@ -40,13 +40,17 @@ std::size_t fill_guard::fits(std::span<const message> msgs) const {
   const bool by_msgs = seen_->max_msgs > 0;
   const double byte_line = line * static_cast<double>(seen_->max_bytes);
   const double msg_line = line * static_cast<double>(seen_->max_msgs);
+  const bool empty = seen_->messages + added_msgs_ == 0;
   double bytes = static_cast<double>(seen_->bytes + added_bytes_);
   double count = static_cast<double>(seen_->messages + added_msgs_);
   std::size_t n = 0;
   for (const message& m : msgs) {
     bytes += static_cast<double>(stored_size(m));
     count += 1;
-    if ((by_bytes && bytes > byte_line) || (by_msgs && count > msg_line)) break;
+    // An empty stream takes one event whatever its size: the line must never hold for good.
+    if ((by_bytes && bytes > byte_line) || (by_msgs && count > msg_line)) {
+      if (!(empty && n == 0)) break;
+    }
     ++n;
   }
   return n;
@@ -78,7 +82,8 @@ fill_guard::verdict fill_guard::admit(std::span<const message> msgs) {
     std::snprintf(fill, sizeof fill, "%.0f of %lld events (%.1f%%)", count, static_cast<long long>(s.max_msgs),
                   100.0 * count / static_cast<double>(s.max_msgs));
   }
-  return {n, "stream " + stream_.name + " is nearly full: " + fill + "; publishers stop at " +
+  return {n, "stream " + stream_.name + " is nearly full: " + fill + ", and an event of " +
+                 std::to_string(stored_size(msgs[n])) + " bytes would pass the line; publishers stop at " +
                  std::to_string(static_cast<int>(stream_.hold_above * 100 + 0.5)) +
                  "% (stream_config::hold_above), where nats-server 2.9 may drop the oldest events "
                  "(nats-io/nats-server#4771). Room comes back as events pass max_age, or when an operator "
@@ -88,6 +93,11 @@ fill_guard::verdict fill_guard::admit(std::span<const message> msgs) {
 bool fill_guard::holding() const {
   std::lock_guard lock(mutex_);
   return holding_;
+}
+
+bool fill_guard::holding_fresh() const {
+  std::lock_guard lock(mutex_);
+  return holding_ && clock::now() - read_at_ < reread_;
 }
 
 std::string fill_guard::unreadable() const {

@@ -35,6 +35,8 @@ class fill_guard {
   [[nodiscard]] verdict admit(std::span<const message> msgs);
   /// Whether the stream was last seen above the hold line (for the relay's log and stats).
   [[nodiscard]] bool holding() const;
+  /// Holding, and too soon to read the stream's state again: admit() would refuse everything.
+  [[nodiscard]] bool holding_fresh() const;
   /// Whether the last try to read the stream's state failed, and why (empty: it did not).
   [[nodiscard]] std::string unreadable() const;
 

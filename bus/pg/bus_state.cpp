@@ -36,10 +36,11 @@ bus_state read_bus_state(pqxx::connection_base& conn, std::string_view schema) {
     }
   }
   if (out.schema_version >= 8) {
-    for (const auto& row : tx.exec("SELECT listener, sum(events), coalesce(sum(events) FILTER (WHERE acknowledged_at IS "
-                                   "NULL), 0) FROM " + detail::table_name(schema, "bus_lost_events") +
-                                   " GROUP BY listener ORDER BY listener")) {
-      out.lost_events.push_back({row[0].as<std::string>(), row[1].as<std::uint64_t>(), row[2].as<std::uint64_t>()});
+    for (const auto& row : tx.exec("SELECT listener, consumer, sum(events), coalesce(sum(events) FILTER (WHERE "
+                                   "acknowledged_at IS NULL), 0) FROM " + detail::table_name(schema, "bus_lost_events") +
+                                   " GROUP BY listener, consumer ORDER BY listener, consumer")) {
+      out.lost_events.push_back({row[0].as<std::string>(), row[1].as<std::string>(), row[2].as<std::uint64_t>(),
+                                 row[3].as<std::uint64_t>()});
     }
   }
   return out;

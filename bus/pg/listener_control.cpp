@@ -84,12 +84,12 @@ std::vector<lost_events_report> list_lost_events(pqxx::connection_base& conn, st
   return out;
 }
 
-std::size_t acknowledge_lost_events(pqxx::connection_base& conn, std::string_view schema, std::string_view listener) {
+std::size_t acknowledge_lost_events(pqxx::connection_base& conn, std::string_view schema, std::string_view consumer) {
   check_schema_name(schema);
   pqxx::work tx{conn};
   const auto r = tx.exec_params("UPDATE " + detail::table_name(schema, "bus_lost_events") +
-                                    " SET acknowledged_at = now() WHERE acknowledged_at IS NULL AND ($1 = '' OR listener = $1)",
-                                std::string(listener));
+                                    " SET acknowledged_at = now() WHERE acknowledged_at IS NULL AND ($1 = '' OR consumer = $1)",
+                                std::string(consumer));
   tx.commit();
   return static_cast<std::size_t>(r.affected_rows());
 }

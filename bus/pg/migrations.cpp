@@ -110,6 +110,7 @@ constexpr std::array migrations{
               "  pending bigint NOT NULL,  -- the listener's events not yet delivered, up to last_sequence\n"
               "  deliveries bigint NOT NULL,  -- the consumer's deliveries so far\n"
               "  last_sequence bigint NOT NULL,  -- the stream's last sequence when checked\n"
+              "  checks bigint NOT NULL DEFAULT 0,  -- bumped by every check: a check stores only over the row it read\n"
               "  checked_at timestamptz NOT NULL\n"
               ");\n"
               "CREATE TABLE {s}.bus_lost_events (  -- a listener's events that the stream dropped (max_age, limits)\n"

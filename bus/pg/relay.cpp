@@ -83,6 +83,7 @@ void relay::stop() {
 
 std::size_t relay::sweep(session& s) {
   std::size_t sent = 0;
+  if (stats_.holding.load() && fill_->holding_fresh()) return 0;  // nothing would go: do not read the rows
   for (;;) {
     std::vector<std::int64_t> ids;
     std::vector<message> msgs;
@@ -157,18 +158,17 @@ std::size_t relay::room_for(std::span<const message> msgs) {
   }
   unreadable_logged_ = fill_->unreadable();
   const bool holding = v.admitted < msgs.size();
-  if (holding != stats_.holding.load()) {
-    // Near the line, room comes and goes as old events leave: one hold and release a minute in the log.
-    const auto now = clock::now();
-    if (holding && !hold_logged_ && now - last_hold_log_ >= std::chrono::minutes(1)) {
-      log_->warn("relay for schema {}: holding outbox rows back: {}", options_.schema, v.why);
-      hold_logged_ = true;
-      last_hold_log_ = now;
-    } else if (!holding && hold_logged_) {
-      log_->info("relay for schema {}: stream {} has room again; sending the outbox", options_.schema, options_.stream.name);
-      hold_logged_ = false;
-    }
-    stats_.holding = holding;
+  stats_.holding = holding;
+  // Near the line, room comes and goes as old events leave: a hold is logged once a minute at
+  // most, and its release only after a logged hold.
+  const auto now = clock::now();
+  if (holding && !hold_logged_ && now - last_hold_log_ >= std::chrono::minutes(1)) {
+    log_->warn("relay for schema {}: holding outbox rows back: {}", options_.schema, v.why);
+    hold_logged_ = true;
+    last_hold_log_ = now;
+  } else if (!holding && hold_logged_) {
+    log_->info("relay for schema {}: stream {} has room again; sending the outbox", options_.schema, options_.stream.name);
+    hold_logged_ = false;
   }
   return v.admitted;
 }
@@ -206,9 +206,11 @@ void relay::run(std::stop_token stop) {
         }
       }
       stats_.active = false;
+      stats_.holding = false;
       return;  // the session's end releases the lock
     } catch (const std::exception& e) {
       stats_.active = false;
+      stats_.holding = false;
       log_->error("relay for schema {}: {}; retrying in {} ms", options_.schema, e.what(), options_.retry_backoff.count());
       if (!detail::wait_until(stop, clock::now() + options_.retry_backoff)) return;
     }

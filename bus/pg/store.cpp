@@ -193,41 +193,49 @@ class pg_store final : public store {
                     std::string(worker));
   }
 
-  bool check_mark(std::string_view consumer, std::chrono::milliseconds min_gap,
-                  const std::function<mark_check(const std::optional<stream_mark>&)>& check) override {
-    auto lease = pool_.acquire(opts_.db_wait);
-    pqxx::work tx{*lease};
+  std::optional<mark_check> check_mark(std::string_view consumer, std::chrono::milliseconds min_gap,
+                                       const std::function<mark_check(const std::optional<stream_mark>&)>& check) override {
     const std::string marks = table_name(opts_.schema, "bus_stream_marks");
-    // A row to lock, the first time: lowest_unhandled 0 stands for "no mark yet".
-    tx.exec_params0("INSERT INTO " + marks + " (consumer, listener, lowest_unhandled, pending, deliveries, "
-                    "last_sequence, checked_at) VALUES ($1, '', 0, 0, 0, 0, '-infinity') ON CONFLICT DO NOTHING",
-                    std::string(consumer));
-    const pqxx::row row = tx.exec_params1(
-        "SELECT listener, (extract(epoch FROM consumer_created) * 1000000)::bigint, lowest_unhandled, pending, "
-        "deliveries, last_sequence, checked_at > now() - make_interval(secs => $2) FROM " + marks +
-            " WHERE consumer = $1 FOR UPDATE",
-        std::string(consumer), static_cast<double>(min_gap.count()) / 1000.0);
-    if (row[6].as<bool>()) return false;  // another worker just checked it
     std::optional<stream_mark> last;
-    if (row[2].as<std::int64_t>() > 0) {
-      last = stream_mark{row[0].as<std::string>(),
-                         row[1].is_null() ? std::nullopt
-                                          : std::optional(std::chrono::system_clock::time_point{
-                                                std::chrono::microseconds{row[1].as<std::int64_t>()}}),
-                         row[2].as<std::uint64_t>(), row[3].as<std::uint64_t>(), row[4].as<std::uint64_t>(),
-                         row[5].as<std::uint64_t>()};
+    std::int64_t checks = 0;
+    {
+      auto lease = pool_.acquire(opts_.db_wait);
+      pqxx::nontransaction tx{*lease};
+      // A row the first time: lowest_unhandled 0 stands for "no mark yet".
+      tx.exec_params0("INSERT INTO " + marks + " (consumer, listener, lowest_unhandled, pending, deliveries, "
+                      "last_sequence, checked_at) VALUES ($1, '', 0, 0, 0, 0, '-infinity') ON CONFLICT DO NOTHING",
+                      std::string(consumer));
+      const pqxx::row row = tx.exec_params1(
+          "SELECT listener, (extract(epoch FROM consumer_created) * 1000000)::bigint, lowest_unhandled, pending, "
+          "deliveries, last_sequence, checks, checked_at > now() - make_interval(secs => $2) FROM " + marks +
+              " WHERE consumer = $1",
+          std::string(consumer), static_cast<double>(min_gap.count()) / 1000.0);
+      if (row[7].as<bool>()) return std::nullopt;  // another worker just checked it
+      checks = row[6].as<std::int64_t>();
+      if (row[2].as<std::int64_t>() > 0) {
+        last = stream_mark{row[0].as<std::string>(),
+                           row[1].is_null() ? std::nullopt
+                                            : std::optional(std::chrono::system_clock::time_point{
+                                                  std::chrono::microseconds{row[1].as<std::int64_t>()}}),
+                           row[2].as<std::uint64_t>(), row[3].as<std::uint64_t>(), row[4].as<std::uint64_t>(),
+                           row[5].as<std::uint64_t>()};
+      }
     }
-    const mark_check found = check(last);
+    // The broker's side, with no connection leased and no row locked: it may take a while.
+    mark_check found = check(last);
     const stream_mark& m = found.next;
     std::optional<std::int64_t> created;  // in microseconds, as timestamptz keeps it
     if (m.consumer_created) {
       created = std::chrono::duration_cast<std::chrono::microseconds>(m.consumer_created->time_since_epoch()).count();
     }
-    tx.exec_params0("UPDATE " + marks + " SET listener = $2, consumer_created = timestamptz 'epoch' + $3::bigint * "
-                    "interval '1 microsecond', lowest_unhandled = $4, "
-                    "pending = $5, deliveries = $6, last_sequence = $7, checked_at = now() WHERE consumer = $1",
-                    std::string(consumer), m.listener, created, m.lowest_unhandled, m.pending, m.deliveries,
-                    m.last_sequence);
+    auto lease = pool_.acquire(opts_.db_wait);
+    pqxx::work tx{*lease};
+    const auto stored = tx.exec_params(
+        "UPDATE " + marks + " SET listener = $2, consumer_created = timestamptz 'epoch' + $3::bigint * "
+        "interval '1 microsecond', lowest_unhandled = $4, pending = $5, deliveries = $6, last_sequence = $7, "
+        "checks = checks + 1, checked_at = now() WHERE consumer = $1 AND checks = $8",
+        std::string(consumer), m.listener, created, m.lowest_unhandled, m.pending, m.deliveries, m.last_sequence, checks);
+    if (stored.affected_rows() == 0) return std::nullopt;  // another worker's check landed first
     if (found.lost) {
       tx.exec_params0("INSERT INTO " + table_name(opts_.schema, "bus_lost_events") +
                           " (consumer, listener, first_sequence, last_sequence, events) VALUES ($1, $2, $3, $4, $5)",
@@ -235,7 +243,7 @@ class pg_store final : public store {
                       found.lost->events);
     }
     tx.commit();
-    return true;
+    return found;
   }
 
   std::size_t prune_inbox(std::chrono::seconds older_than) override {

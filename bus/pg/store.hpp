@@ -123,11 +123,12 @@ class store {
   virtual void report_states(std::string_view worker, const std::vector<listener_report>& reports) = 0;
   /// Deletes worker `worker`'s reports: it stops.
   virtual void forget_states(std::string_view worker) = 0;
-  /// With `consumer`'s mark locked (other workers wait), unless some worker checked it within
-  /// `min_gap`: calls `check` with the last mark (nullopt: none yet), keeps the mark it returns
-  /// and records the loss it reports, in one transaction. Returns whether `check` ran.
-  virtual bool check_mark(std::string_view consumer, std::chrono::milliseconds min_gap,
-                          const std::function<mark_check(const std::optional<stream_mark>&)>& check) = 0;
+  /// Unless some worker checked `consumer` within `min_gap`: calls `check` with its last mark
+  /// (nullopt: none yet) outside any transaction, then keeps the mark `check` returns and records
+  /// the loss it reports, in one transaction, only if no other worker stored a check meanwhile.
+  /// Returns what was stored; nullopt when nothing was (too soon, or another worker won).
+  virtual std::optional<mark_check> check_mark(std::string_view consumer, std::chrono::milliseconds min_gap,
+                                               const std::function<mark_check(const std::optional<stream_mark>&)>& check) = 0;
   /// Deletes inbox rows older than `older_than`; returns how many.
   virtual std::size_t prune_inbox(std::chrono::seconds older_than) = 0;
 };

@@ -59,11 +59,19 @@ std::optional<mark_check> check_losses(queue& q, const stream_config& stream, co
     probe.start_sequence = before->last_sequence + 1;
     const std::uint64_t from_before = q.count_deliverable(stream, probe);
     arrivals = from_last > from_before ? from_last - from_before : 0;
+    // Events after before->last_sequence that left between the probes would count as arrivals:
+    // then the probes say nothing reliable, and the check counts none (a lower bound).
+    if (const auto settled = q.state(stream); !settled || settled->first_sequence > before->last_sequence + 1) arrivals = 0;
   }
   const auto delivered = static_cast<std::int64_t>(ci->deliveries) - static_cast<std::int64_t>(last->deliveries);
   const std::int64_t lost = static_cast<std::int64_t>(last->pending) + static_cast<std::int64_t>(arrivals) -
                             static_cast<std::int64_t>(ci->pending) - std::max<std::int64_t>(delivered, 0);
-  if (lost > 0) out.lost = lost_events{last->lowest_unhandled, after->first_sequence - 1, static_cast<std::uint64_t>(lost)};
+  // They were among the sequences that left: never more than those.
+  const auto gone = static_cast<std::int64_t>(after->first_sequence - last->lowest_unhandled);
+  if (lost > 0) {
+    out.lost = lost_events{last->lowest_unhandled, after->first_sequence - 1,
+                           static_cast<std::uint64_t>(std::min(lost, gone))};
+  }
   return out;
 }
 

@@ -183,21 +183,22 @@ struct worker::impl {
       if (stop.stop_requested()) return;
       const async_listener& def = *l->def;
       try {
-        db->check_mark(def.consumer_name, opts.stream_check_every / 2, [&](const std::optional<detail::stream_mark>& last) {
-          std::optional<detail::mark_check> found = detail::check_losses(*bus.target(), stream, bus.options().group, def, last);
-          if (!found) return detail::mark_check{last.value_or(detail::stream_mark{}), std::nullopt};
-          if (found->lost) {
-            const detail::lost_events& x = *found->lost;
-            stats.lost_events.fetch_add(x.events, std::memory_order_relaxed);
-            log->error("listener {}: {} of its event(s) left stream {} before it handled them (among sequences {}..{}; "
-                       "the stream now starts at {}): max_age or the stream's limits removed them, and no replay can "
-                       "bring them back. Recorded in {}.bus_lost_events until acknowledged (listeners losses "
-                       "--acknowledge)",
-                       def.name, x.events, stream.name, x.first_sequence, x.last_sequence, x.last_sequence + 1,
-                       bus.options().schema);
-          }
-          return std::move(*found);
-        });
+        const std::optional<detail::mark_check> stored = db->check_mark(
+            def.consumer_name, opts.stream_check_every / 2, [&](const std::optional<detail::stream_mark>& last) {
+              std::optional<detail::mark_check> found =
+                  detail::check_losses(*bus.target(), stream, bus.options().group, def, last);
+              return found ? std::move(*found) : detail::mark_check{last.value_or(detail::stream_mark{}), std::nullopt};
+            });
+        if (stored && stored->lost) {  // recorded: now say so, once
+          const detail::lost_events& x = *stored->lost;
+          stats.lost_events.fetch_add(x.events, std::memory_order_relaxed);
+          log->error("listener {}: {} of its event(s) left stream {} before it handled them (among sequences {}..{}; "
+                     "the stream now starts at {} or later): max_age or the stream's limits removed them, and no "
+                     "replay can bring them back. Recorded in {}.bus_lost_events until acknowledged (listeners "
+                     "losses --acknowledge)",
+                     def.name, x.events, stream.name, x.first_sequence, x.last_sequence, x.last_sequence + 1,
+                     bus.options().schema);
+        }
         loss_check_failed.clear();
       } catch (const std::exception& e) {
         if (loss_check_failed != e.what()) {

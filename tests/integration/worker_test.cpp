@@ -501,7 +501,7 @@ TEST_CASE("events that age out before their listener handled them are counted, l
   CHECK_THAT(f.logs(), Catch::Contains("listener paused: ") && Catch::Contains("of its event(s) left stream " + f.opts.stream.name));
 
   // Acknowledged, they stop counting as unacknowledged and stay on record.
-  CHECK(omnibus::acknowledge_lost_events(f.db, f.opts.schema, "paused") == losses.size());
+  CHECK(omnibus::acknowledge_lost_events(f.db, f.opts.schema, "g_paused") == losses.size());
   CHECK(omnibus::list_lost_events(f.db, f.opts.schema, true).empty());
   CHECK(lost_total(f.db, f.opts.schema, "paused") == events);
 

@@ -110,9 +110,10 @@ class memory_store final : public omnibus::detail::store {
   void forget_states(std::string_view) override {
     with([&] { s_->reports.clear(); });
   }
-  bool check_mark(std::string_view, std::chrono::milliseconds,
-                  const std::function<omnibus::detail::mark_check(const std::optional<omnibus::detail::stream_mark>&)>&) override {
-    return false;  // the memory queue drops nothing
+  std::optional<omnibus::detail::mark_check> check_mark(
+      std::string_view, std::chrono::milliseconds,
+      const std::function<omnibus::detail::mark_check(const std::optional<omnibus::detail::stream_mark>&)>&) override {
+    return std::nullopt;  // the memory queue drops nothing
   }
   std::size_t prune_inbox(std::chrono::seconds) override { return with([] { return std::size_t{0}; }); }
 

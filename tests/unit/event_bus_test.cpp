@@ -286,3 +286,12 @@ TEST_CASE("hold_above 1 never holds; outside (0, 1] is refused; an unreadable st
     CHECK_NOTHROW(b.publish(ctx, shipped{5}));
   }
 }
+
+TEST_CASE("an empty stream takes one event whatever its size: the line never holds for good", "[bus][fill]") {
+  filling_queue q;
+  q.fill.max_bytes = 100;  // less than one event
+  omnibus::event_bus b{q, filling_options(q, 0.9)};
+  omnibus::context ctx;
+  CHECK_NOTHROW(b.publish(ctx, shipped{1}));
+  CHECK_THROWS_WITH(b.publish(ctx, shipped{2}), Catch::Contains("nearly full") && Catch::Contains("an event of "));
+}

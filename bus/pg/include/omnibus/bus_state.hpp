@@ -26,10 +26,11 @@ struct OMNIBUS_API bus_state {
   std::vector<std::pair<std::string, std::uint64_t>> dead_letters;
   std::vector<std::string> parked;        ///< the listeners parked at an event, by name
   std::vector<std::string> paused;        ///< the listeners an operator paused, by name
-  /// Events that left the stream before their listener handled them, per listener (listeners
-  /// with none are absent), by name: all recorded, and those not yet acknowledged.
+  /// Events that left the stream before their listener handled them, per consumer (those with
+  /// none are absent), by name: all recorded, and those not yet acknowledged.
   struct lost {
     std::string listener;            ///< the async listener's name
+    std::string consumer;            ///< its durable consumer, "<group>_<listener>"
     std::uint64_t events = 0;        ///< every recorded loss
     std::uint64_t unacknowledged = 0;  ///< losses no operator acknowledged yet
   };

@@ -68,10 +68,10 @@ struct OMNIBUS_API lost_events_report {
 [[nodiscard]] OMNIBUS_API std::vector<lost_events_report> list_lost_events(pqxx::connection_base& conn,
                                                                          std::string_view schema,
                                                                          bool unacknowledged_only);
-/// Marks the losses of `listener` (every listener's when empty) acknowledged: /readyz stops
-/// failing for them. The rows stay, and omnibus_events_lost_total keeps counting them. Returns
-/// how many rows it marked.
+/// Marks the losses of consumer `consumer` ("<group>_<listener>"; every consumer's when empty)
+/// acknowledged: /readyz stops failing for them. The rows stay, and omnibus_events_lost keeps
+/// counting them. Returns how many rows it marked.
 OMNIBUS_API std::size_t acknowledge_lost_events(pqxx::connection_base& conn, std::string_view schema,
-                                                std::string_view listener);
+                                                std::string_view consumer);
 
 }  // namespace omnibus

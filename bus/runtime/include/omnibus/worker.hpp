@@ -91,7 +91,7 @@ struct OMNIBUS_API worker_stats {
   /// held for another call without spending an attempt.
   std::atomic<std::uint64_t> outage_retries{0};
   /// Events this worker's loss checks found gone from the stream before their listener
-  /// handled them (what all workers found: the schema's bus_lost_events, omnibus_events_lost_total).
+  /// handled them (what all workers found: the schema's bus_lost_events, omnibus_events_lost).
   std::atomic<std::uint64_t> lost_events{0};
 };
 
