@@ -6,6 +6,7 @@
 #include <cstring>
 #include <deque>
 #include <mutex>
+#include <thread>
 #include <unordered_map>
 
 #include "omnibus/envelope.hpp"
@@ -132,6 +133,8 @@ constexpr std::string_view group_mark = "omnibus group ";
 
 // How long after a pull request's expiry its answer (408) may still arrive.
 constexpr std::chrono::milliseconds request_margin{200};
+// How long provision() goes on through a cluster's unanswered or unavailable JetStream API.
+constexpr std::chrono::seconds provision_patience{30};
 // Reading one stored message back from the stream ($JS.API.STREAM.MSG.GET).
 constexpr std::chrono::seconds stored_read_timeout{5};
 // A max-deliveries report is written as a dead letter within this, or delivered again.
@@ -653,9 +656,23 @@ jetstream::~jetstream() = default;
 
 void jetstream::provision(const omnibus::stream_config& stream, std::span<const omnibus::consumer_config> consumers) {
   jsCtx* js = conn_.native().js.get();
-  provision_stream(js, stream);
-  provision_abandoned(stream);
-  for (const omnibus::consumer_config& c : consumers) provision_consumer(js, stream, c);
+  // In a cluster, the JetStream API can go unanswered for a few seconds (an election, a new
+  // stream's replicas being placed): every step is idempotent, so go again, for a while.
+  const auto give_up = steady_clock::now() + provision_patience;
+  for (milliseconds wait{250};; wait = std::min(wait * 2, milliseconds(4000))) {
+    try {
+      provision_stream(js, stream);
+      provision_abandoned(stream);
+      for (const omnibus::consumer_config& c : consumers) provision_consumer(js, stream, c);
+      return;
+    } catch (const omnibus::nats_error& e) {
+      const bool transient = e.status() == NATS_TIMEOUT || e.status() == NATS_NO_RESPONDERS ||
+                             e.js_code() == JSClusterNotAvailErr || e.js_code() == JSStreamOfflineErr ||
+                             e.js_code() == JSConsumerOfflineErr;
+      if (!transient || steady_clock::now() + wait > give_up) throw;
+      std::this_thread::sleep_for(wait);
+    }
+  }
 }
 
 omnibus::publish_ack jetstream::publish(const omnibus::message& m, std::chrono::milliseconds timeout) {

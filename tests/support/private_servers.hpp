@@ -15,19 +15,24 @@
 
 namespace test_env {
 
+/// Whether nothing listens on loopback port `port` right now.
+inline bool loopback_port_free(int port) {
+  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_port = htons(static_cast<uint16_t>(port));
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  const bool free = ::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0;
+  ::close(fd);
+  return free;
+}
+
 /// A loopback port nothing listens on right now.
 inline int free_loopback_port() {
   std::mt19937 random{std::random_device{}()};
   for (int attempt = 0; attempt < 50; ++attempt) {
-    int port = 20000 + static_cast<int>(random() % 20000);
-    int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-    sockaddr_in a{};
-    a.sin_family = AF_INET;
-    a.sin_port = htons(static_cast<uint16_t>(port));
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    bool free = ::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0;
-    ::close(fd);
-    if (free) return port;
+    const int port = 20000 + static_cast<int>(random() % 20000);
+    if (loopback_port_free(port)) return port;
   }
   FAIL("no free loopback port for a private server");
   return 0;
@@ -71,6 +76,61 @@ class private_nats {
   int port_;
   std::string dir_;
   std::string args_;
+};
+
+/// A three-node JetStream cluster of one test's own (scripts/nats-cluster), stores on file.
+class private_cluster {
+ public:
+  private_cluster() : base_(free_base()), dir_("/tmp/omnibus-test-cluster-" + std::to_string(base_)) {
+    REQUIRE(std::getenv("OMNIBUS_SOURCE_ROOT") != nullptr);  // meson test sets it
+    REQUIRE(run("start") == 0);
+  }
+  ~private_cluster() {
+    (void)run("stop");
+    (void)std::system(("rm -rf " + dir_).c_str());
+  }
+  private_cluster(const private_cluster&) = delete;
+  private_cluster& operator=(const private_cluster&) = delete;
+
+  /// Every node's URL, comma-separated, as OMNIBUS_NATS_URL takes them.
+  [[nodiscard]] std::string urls() const {
+    return "nats://127.0.0.1:" + std::to_string(base_) + ",nats://127.0.0.1:" + std::to_string(base_ + 1) +
+           ",nats://127.0.0.1:" + std::to_string(base_ + 2);
+  }
+  /// SIGKILL node n (1-3); its store stays.
+  void kill(int n) { REQUIRE(run("kill " + std::to_string(n)) == 0); }
+  /// Node n again, on its store.
+  void start(int n) { REQUIRE(run("start-node " + std::to_string(n)) == 0); }
+  /// The node a client URL ("nats://127.0.0.1:<port>") points at; 0 for none of them.
+  [[nodiscard]] int node_of(const std::string& url) const {
+    for (int n = 1; n <= 3; ++n) {
+      if (url.find(":" + std::to_string(base_ + n - 1)) != std::string::npos) return n;
+    }
+    return 0;
+  }
+
+ private:
+  // A base port whose client, route and monitoring ports (base..base+2, +2000, +4000) are free.
+  static int free_base() {
+    for (int attempt = 0; attempt < 50; ++attempt) {
+      const int base = free_loopback_port() % 15000 + 20000;
+      bool all = true;
+      for (int offset : {0, 1, 2, 2000, 2001, 2002, 4000, 4001, 4002}) all = all && loopback_port_free(base + offset);
+      if (all) return base;
+    }
+    FAIL("no free loopback ports for a private cluster");
+    return 0;
+  }
+  int run(const std::string& cmd) const {
+    const char* root = std::getenv("OMNIBUS_SOURCE_ROOT");
+    if (root == nullptr) return -1;
+    const std::string line = "OMNIBUS_RUN_DIR=" + dir_ + " " + root + "/scripts/nats-cluster " + cmd + " " +
+                             std::to_string(base_) + " >/dev/null 2>&1";
+    return std::system(line.c_str());
+  }
+
+  int base_;
+  std::string dir_;
 };
 
 class private_postgres {

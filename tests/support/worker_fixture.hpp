@@ -41,6 +41,7 @@ struct servers {
   bool file_storage = false;  ///< the stream on file (survives a nats-server restart)
   std::int64_t stream_max_bytes = 0;  ///< 0: the test default (256 MiB)
   std::chrono::seconds stream_max_age{0};  ///< 0: the test default (1 h)
+  int stream_replicas = 1;                 ///< copies in a cluster
   static servers shared() { return {test_env::nats_url(), test_env::database_url()}; }
 };
 
@@ -81,6 +82,7 @@ struct worker_fixture {
     auto o = test_env::test_bus_options("worker");
     o.stream.memory_storage = !s.file_storage;
     if (s.stream_max_bytes > 0) o.stream.max_bytes = s.stream_max_bytes;
+    o.stream.replicas = s.stream_replicas;
     if (s.stream_max_age.count() > 0) {
       o.stream.max_age = s.stream_max_age;
       o.stream.duplicate_window = std::min(o.stream.duplicate_window, s.stream_max_age);
@@ -158,6 +160,7 @@ struct process_fixture : worker_fixture {
     extra.push_back("OMNIBUS_DATABASE_URL=" + where.database_url);
     if (where.file_storage) extra.push_back("OMNIBUS_TEST_FILE_STORAGE=1");
     if (where.stream_max_bytes > 0) extra.push_back("OMNIBUS_TEST_MAX_BYTES=" + std::to_string(where.stream_max_bytes));
+    extra.push_back("OMNIBUS_TEST_REPLICAS=" + std::to_string(where.stream_replicas));
     return extra;
   }
   test_env::child_process worker_process(const std::string& tag, std::vector<std::string> env = {}) {

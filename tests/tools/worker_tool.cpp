@@ -17,6 +17,7 @@
 //   OMNIBUS_TEST_RELAY       1: the process also runs an outbox relay, as omnibus-worker does
 //   OMNIBUS_TEST_FILE_STORAGE 1: the stream is on file (it must match the test's)
 //   OMNIBUS_TEST_MAX_BYTES   the stream's MaxBytes (default 256 MiB; it must match the test's)
+//   OMNIBUS_TEST_REPLICAS    the stream's replicas (default 1; it must match the test's)
 //   OMNIBUS_TEST_STREAM_CHECK_MS how often the worker reads the stream's fill (default 30000)
 //   OMNIBUS_TEST_MAX_BODY    the bus's body limit in bytes (default: the library's)
 
@@ -90,11 +91,13 @@ int main(int argc, char** argv) {
   opts.stream.max_age = std::chrono::hours(1);
   opts.stream.max_bytes = env_long("OMNIBUS_TEST_MAX_BYTES", 256 * 1024 * 1024);
   opts.max_body_bytes = static_cast<std::size_t>(env_long("OMNIBUS_TEST_MAX_BODY", static_cast<long>(opts.max_body_bytes)));
+  opts.stream.replicas = static_cast<int>(env_long("OMNIBUS_TEST_REPLICAS", 1));
 
   auto log = std::make_shared<spdlog::logger>("worker_tool", std::make_shared<spdlog::sinks::stderr_sink_mt>());
   if (env_long("OMNIBUS_TEST_DEBUG_LOG", 0) == 1) log->set_level(spdlog::level::debug);
   omnibus::nats_connection conn{{.url = nats_url}};
   omnibus::jetstream js{conn};
+  std::fprintf(stderr, "worker_tool: connected to %s\n", conn.connected_url().c_str());
   omnibus::event_bus b{js, opts};
   omnibus::listener_options lo;
   lo.ack_wait = std::chrono::milliseconds(env_long("OMNIBUS_TEST_ACK_WAIT_MS", 30000));

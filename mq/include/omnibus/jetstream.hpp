@@ -35,6 +35,8 @@ class OMNIBUS_API jetstream final : public omnibus::queue {
   /// advisories for the stream's consumers until open_abandoned() reads them.
   /// Consumers are read through plain subscriptions (see open_consumer), so a message whose
   /// header block NATS.c cannot parse is still fetched, alone, with delivery::header_error().
+  /// Every step is idempotent: a timeout or a cluster's "temporarily unavailable" (an election,
+  /// replicas being placed) is tried again with backoff, for up to 30 s.
   void provision(const omnibus::stream_config& stream, std::span<const omnibus::consumer_config> consumers) override;
 
   /// js_PublishMsg, waiting at most `timeout` for the PubAck. Throws omnibus::publish_error:
