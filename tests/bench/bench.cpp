@@ -19,6 +19,7 @@ void bench_outbox();
 void bench_drain();
 void bench_metrics();
 void bench_flow();
+void bench_cluster();
 void bench_latency(bool through_outbox);
 int memory_child();
 }  // namespace bench
@@ -47,6 +48,7 @@ int main(int argc, char** argv) {
     else if (group == "worker") bench::bench_drain();
     else if (group == "metrics") bench::bench_metrics();
     else if (group == "flow") bench::bench_flow();
+    else if (group == "cluster") bench::bench_cluster();
     else if (group == "latency") {
       bench::bench_latency(false);
       bench::bench_latency(true);

@@ -31,14 +31,17 @@ struct payload {
 };
 
 struct world {
-  explicit world(const std::string& stem)
-      : conn({.url = env("OMNIBUS_NATS_URL"), .name = "omnibus-bench"}), js(conn), db(env("OMNIBUS_DATABASE_URL")) {
+  explicit world(const std::string& stem) : world(stem, env("OMNIBUS_NATS_URL"), 1) {}
+  /// On the servers at `nats_url` (comma-separated for a cluster), the stream with `replicas`.
+  world(const std::string& stem, const std::string& nats_url, int replicas)
+      : conn({.url = nats_url, .name = "omnibus-bench"}), js(conn), db(env("OMNIBUS_DATABASE_URL")) {
     const std::string tag = stem + std::to_string(::getpid());
     opts.group = "bench";
     opts.schema = "bench_" + tag;
     opts.stream.name = "BENCH_" + tag;
     opts.stream.subject_prefix = "bench_" + tag;
     opts.stream.max_bytes = std::int64_t{4} << 30;
+    opts.stream.replicas = replicas;
     (void)js.delete_stream(opts.stream);
     omnibus::migrate(db, opts.schema);
     bus = std::make_unique<omnibus::event_bus>(js, opts);
@@ -46,7 +49,11 @@ struct world {
   }
   ~world() {
     bus.reset();
-    (void)js.delete_stream(opts.stream);
+    try {
+      (void)js.delete_stream(opts.stream);
+    } catch (const std::exception& e) {  // a cluster mid-election, say: never throw from here
+      std::fprintf(stderr, "bench: could not delete stream %s: %s\n", opts.stream.name.c_str(), e.what());
+    }
     try {
       pqxx::work tx{db};
       tx.exec0("DROP SCHEMA IF EXISTS \"" + opts.schema + "\" CASCADE");
