@@ -79,6 +79,7 @@ long count(pqxx::connection& db, const std::string& sql) {
 int main(int argc, char** argv) {
   int users_n = 20, orders_n = 300;
   double flaky = 0.2;
+  int replicas = 1;
   std::string schema = "omnibus_demo", shop_schema = "shop_demo", stream = "SHOPDEMO", prefix = "shopdemo";
   CLI::App app{"omnibus-demo: the example shop, end to end"};
   app.add_option("--users", users_n, "users to register")->capture_default_str();
@@ -87,6 +88,8 @@ int main(int argc, char** argv) {
   app.add_option("--schema", schema, "bus schema")->capture_default_str();
   app.add_option("--shop-schema", shop_schema, "shop schema")->capture_default_str();
   app.add_option("--stream", stream, "stream name (also the subject prefix, lower-cased)")->capture_default_str();
+  app.add_option("--stream-replicas", replicas, "copies of the stream (3 on a cluster: scripts/demo --cluster)")
+      ->capture_default_str();
   CLI11_PARSE(app, argc, argv);
   prefix.clear();
   for (char ch : stream) prefix += static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
@@ -104,6 +107,7 @@ int main(int argc, char** argv) {
     bo.schema = schema;
     bo.stream.name = stream;
     bo.stream.subject_prefix = prefix;
+    bo.stream.replicas = replicas;
     services::shop_options so;
     so.schema = shop_schema;
     so.flaky_failure_rate = flaky;
@@ -132,10 +136,12 @@ int main(int argc, char** argv) {
     const std::string exe = (std::filesystem::path(argv[0]).parent_path() / "omnibus-worker").string();
     const std::vector<std::string> worker_args{"--group", "shop", "--schema", schema, "--shop-schema", shop_schema,
                                                "--stream", stream, "--subject-prefix", prefix, "--log-level", "warn",
-                                               "--flaky-rate", std::to_string(flaky), "run"};
+                                               "--flaky-rate", std::to_string(flaky), "--stream-replicas",
+                                               std::to_string(replicas), "run"};
     worker_process w1{exe, worker_args, "/tmp/omnibus-demo-worker-1.log"};
     worker_process w2{exe, worker_args, "/tmp/omnibus-demo-worker-2.log"};
     std::printf("  started 2 workers (logs: /tmp/omnibus-demo-worker-{1,2}.log)\n");
+    if (replicas > 1) std::printf("  the stream is replicated %d times across a JetStream cluster\n", replicas);
 
     auto log = std::make_shared<spdlog::logger>("demo", std::make_shared<spdlog::sinks::null_sink_mt>());
     omnibus::relay_options ro;
