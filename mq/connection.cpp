@@ -48,7 +48,7 @@ nats_connection::nats_connection(const nats_options& o) : impl_(std::make_unique
     detail::check(natsOptions_SetServers(opts.get(), list.data(), static_cast<int>(list.size())), "setting NATS servers");
   } else {
     detail::check(natsOptions_SetServers(opts.get(), nullptr, 0), "setting NATS servers");
-    detail::check(natsOptions_SetURL(opts.get(), o.url.c_str()), "setting the NATS URL");
+    detail::check(natsOptions_SetURL(opts.get(), urls.empty() ? o.url.c_str() : urls.front().c_str()), "setting the NATS URL");
   }
   detail::check(natsOptions_SetName(opts.get(), o.name.c_str()), "setting the connection name");
   detail::check(natsOptions_SetTimeout(opts.get(), o.connect_timeout.count()), "setting the connect timeout");

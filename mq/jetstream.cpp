@@ -114,6 +114,25 @@ std::optional<system_clock::time_point> time_of(std::int64_t unix_ns) {
   return system_clock::time_point{duration_cast<system_clock::duration>(nanoseconds{unix_ns})};
 }
 
+// A stream's placement as NATS.c takes it, pointing into `s`: keep both alive while it is used.
+class placement_of {
+ public:
+  explicit placement_of(const omnibus::stream_config& s) {
+    if (s.placement_cluster.empty() && s.placement_tags.empty()) return;
+    for (const auto& t : s.placement_tags) tags_.push_back(t.c_str());
+    p_.Cluster = s.placement_cluster.empty() ? nullptr : s.placement_cluster.c_str();
+    p_.Tags = tags_.empty() ? nullptr : tags_.data();
+    p_.TagsLen = static_cast<int>(tags_.size());
+    used_ = true;
+  }
+  jsPlacement* get() { return used_ ? &p_ : nullptr; }
+
+ private:
+  jsPlacement p_{};
+  std::vector<const char*> tags_;
+  bool used_ = false;
+};
+
 // A stream the server cannot place for want of servers: say which setting asks for them.
 void check_replicas(natsStatus s, jsErrCode code, const std::string& stream, int replicas) {
   if (s == NATS_OK) return;
@@ -122,10 +141,11 @@ void check_replicas(natsStatus s, jsErrCode code, const std::string& stream, int
                          ", and this nats-server is not in a JetStream cluster. Set replicas to 1 (--stream-replicas 1), "
                          "or connect to a cluster (README \"Running on a cluster\")");
   }
-  if ((code == JSInsufficientResourcesErr || code == JSClusterNoPeersErr) && replicas > 1) {
-    throw omnibus::error("provisioning stream " + stream + ": stream_config::replicas is " + std::to_string(replicas) +
-                         ", and the cluster has fewer JetStream servers that can take a copy (or they are out of "
-                         "storage). Lower replicas, or add servers");
+  if (code == JSInsufficientResourcesErr || code == JSClusterNoPeersErr) {
+    throw omnibus::error("provisioning stream " + stream + ": no " + std::to_string(replicas) +
+                         " JetStream server(s) can take a copy (stream_config::replicas " + std::to_string(replicas) +
+                         "; too few servers, none matching placement_cluster or placement_tags, or out of storage). "
+                         "Lower replicas, fix the placement, or add servers");
   }
 }
 
@@ -544,15 +564,8 @@ void provision_stream(jsCtx* js, const omnibus::stream_config& stream) {
   jsStreamConfig want;
   fill(want, stream, subjects);
   subjects[0] = subject.c_str();
-  jsPlacement placement{};
-  std::vector<const char*> tags;
-  if (!stream.placement_cluster.empty() || !stream.placement_tags.empty()) {
-    for (const auto& t : stream.placement_tags) tags.push_back(t.c_str());
-    placement.Cluster = stream.placement_cluster.empty() ? nullptr : stream.placement_cluster.c_str();
-    placement.Tags = tags.empty() ? nullptr : tags.data();
-    placement.TagsLen = static_cast<int>(tags.size());
-    want.Placement = &placement;
-  }
+  placement_of placement{stream};
+  want.Placement = placement.get();
 
   jsErrCode code{};
   jsStreamInfo* raw = nullptr;
@@ -666,9 +679,11 @@ void jetstream::provision(const omnibus::stream_config& stream, std::span<const 
       for (const omnibus::consumer_config& c : consumers) provision_consumer(js, stream, c);
       return;
     } catch (const omnibus::nats_error& e) {
-      const bool transient = e.status() == NATS_TIMEOUT || e.status() == NATS_NO_RESPONDERS ||
-                             e.js_code() == JSClusterNotAvailErr || e.js_code() == JSStreamOfflineErr ||
-                             e.js_code() == JSConsumerOfflineErr;
+      // No responders with JSNotEnabledErr: a server without JetStream, for good.
+      const bool transient = (e.status() == NATS_TIMEOUT || e.status() == NATS_NO_RESPONDERS ||
+                              e.js_code() == JSClusterNotAvailErr || e.js_code() == JSStreamOfflineErr ||
+                              e.js_code() == JSConsumerOfflineErr) &&
+                             e.js_code() != JSNotEnabledErr && e.js_code() != JSNotEnabledForAccountErr;
       if (!transient || steady_clock::now() + wait > give_up) throw;
       std::this_thread::sleep_for(wait);
     }
@@ -791,6 +806,8 @@ void jetstream::provision_abandoned(const omnibus::stream_config& stream) {
   c.MaxBytes = 8 * 1024 * 1024;  // ~25,000 reports
   c.Storage = stream.memory_storage ? js_MemoryStorage : js_FileStorage;
   c.Replicas = stream.replicas;
+  placement_of placement{stream};  // beside the stream it reports on
+  c.Placement = placement.get();
   jsStreamInfo* raw = nullptr;
   jsErrCode code{};
   natsStatus s = js_AddStream(&raw, conn_.native().js.get(), &c, nullptr, &code);
@@ -871,8 +888,13 @@ std::optional<omnibus::stream_state> jetstream::state(const omnibus::stream_conf
   stream_info_ptr info{raw};
   omnibus::stream_state st{info->State.Msgs, info->State.Bytes, info->State.FirstSeq, info->State.LastSeq,
                            info->Config->MaxBytes, info->Config->MaxMsgs,
-                           info->State.Msgs > 0 ? time_of(info->State.FirstTime) : std::nullopt, {}};
-  if (info->Cluster != nullptr && info->Cluster->Leader != nullptr) st.leader = info->Cluster->Leader;
+                           info->State.Msgs > 0 ? time_of(info->State.FirstTime) : std::nullopt,
+                           static_cast<int>(info->Config->Replicas), {}, 0};
+  if (st.replicas > 1 && info->Cluster != nullptr && info->Cluster->Leader != nullptr) {
+    st.leader = info->Cluster->Leader;
+    st.current = 1;
+    for (int i = 0; i < info->Cluster->ReplicasLen; ++i) st.current += info->Cluster->Replicas[i]->Current ? 1 : 0;
+  }
   return st;
 }
 

@@ -616,8 +616,8 @@ struct worker_program::impl {
                   std::max(by_bytes, by_count), static_cast<unsigned long long>(st->first_sequence),
                   static_cast<unsigned long long>(st->last_sequence));
       if (st->max_msgs > 0) std::printf("  at most %lld events (%.1f%% used)\n", static_cast<long long>(st->max_msgs), by_count);
-      if (!st->leader.empty()) {
-        std::printf("  %d replica(s) configured; led by %s\n", c.bus.stream.replicas, st->leader.c_str());
+      if (st->replicas > 1) {
+        std::printf("  %d replicas; led by %s\n", st->replicas, st->leader.empty() ? "(no leader: an election)" : st->leader.c_str());
       }
       std::printf("  publishers stop at %.0f%% (hold_above); `stream purge --handled` makes room without losing events\n",
                   c.bus.stream.hold_above * 100);

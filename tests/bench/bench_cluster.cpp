@@ -130,11 +130,12 @@ void bench_cluster() {
       return false;
     }
   }, "the stream to have a leader again");
-  const double p99 = percentile(through, 0.99);
-  const double calm_p99 = percentile(calm, 0.99);
-  line("cluster_r3_publish_p99_through_leader_kill", p99, "ms", calm_p99, p99 / calm_p99, ">=", 0);
-  std::printf("bench: cluster_r3_leader_kill longest_wait=%.1f ms failed_attempts=%ld (each retried until stored)\n",
-              *std::max_element(through.begin(), through.end()), failed);
+  // The election shows in a few waits only: the longest is the figure, the p99 a context.
+  const double longest = *std::max_element(through.begin(), through.end());
+  const double calm_longest = *std::max_element(calm.begin(), calm.end());
+  line("cluster_r3_longest_publish_wait_through_leader_kill", longest, "ms", calm_longest, longest / calm_longest, ">=", 0);
+  std::printf("bench: cluster_r3_leader_kill p99=%.2f ms (calm %.2f ms) failed_attempts=%ld (each retried until stored)\n",
+              percentile(through, 0.99), percentile(calm, 0.99), failed);
   std::fflush(stdout);
 }
 

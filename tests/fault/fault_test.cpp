@@ -166,6 +166,23 @@ struct chaos_fixture : test_env::process_fixture {
   }
 
   long outbox_rows() { return scalar("SELECT count(*) FROM " + table("bus_outbox")); }
+
+  /// Publishes 10,000,000 .. + count through the outbox, five to a transaction, each recorded
+  /// in it; `done` counts them. Never fails for NATS's sake: the relay sends them.
+  void commit_through_outbox(long count, std::atomic<long>& done) {
+    pqxx::connection own{where.database_url};
+    for (long t = 0; t < count / 5; ++t) {
+      pqxx::work tx{own};
+      omnibus::context ctx{tx};
+      for (long i = 0; i < 5; ++i) {
+        const long n = 10'000'000 + t * 5 + i;
+        b.publish(ctx, tool_event{n});
+        tx.exec_params0("INSERT INTO " + table("committed") + " (n) VALUES ($1)", n);
+      }
+      tx.commit();
+      done += 5;
+    }
+  }
 };
 
 /// SIGTERM to every worker: each must stop gracefully (exit 0), or, where `stuck_ok`, may
@@ -344,20 +361,7 @@ TEST_CASE("nats-server restart mid-publish and mid-drain (file storage)", "[faul
       ++direct_done;
     }
   });
-  std::jthread outbox([&] {  // outbox publishes: never fail for NATS's sake
-    pqxx::connection db{f.where.database_url};
-    for (long t = 0; t < per_publisher / 5; ++t) {
-      pqxx::work tx{db};
-      omnibus::context ctx{tx};
-      for (long i = 0; i < 5; ++i) {
-        const long n = 10'000'000 + t * 5 + i;
-        f.b.publish(ctx, tool_event{n});
-        tx.exec_params0("INSERT INTO " + f.table("committed") + " (n) VALUES ($1)", n);
-      }
-      tx.commit();
-      outbox_done += 5;
-    }
-  });
+  std::jthread outbox([&] { f.commit_through_outbox(per_publisher, outbox_done); });
   std::mt19937 random{seed};
   const int restarts = pick(1, 3);
   for (long at : strike_points(random, restarts, per_publisher / 10, per_publisher)) {
@@ -927,20 +931,7 @@ TEST_CASE("a three-node cluster with an R3 stream: its leader, a follower and a 
       direct_done += static_cast<long>(batch.size());
     }
   });
-  std::jthread outbox([&] {  // outbox publishes: never fail for NATS's sake
-    pqxx::connection db{f.where.database_url};
-    for (long t = 0; t < per_publisher / 5; ++t) {
-      pqxx::work tx{db};
-      omnibus::context ctx{tx};
-      for (long i = 0; i < 5; ++i) {
-        const long n = 10'000'000 + t * 5 + i;
-        f.b.publish(ctx, tool_event{n});
-        tx.exec_params0("INSERT INTO " + f.table("committed") + " (n) VALUES ($1)", n);
-      }
-      tx.commit();
-      outbox_done += 5;
-    }
-  });
+  std::jthread outbox([&] { f.commit_through_outbox(per_publisher, outbox_done); });
 
   // The stream's leader now, as a node number; 0 while there is none (an election).
   const auto leader = [&] {
@@ -967,10 +958,23 @@ TEST_CASE("a three-node cluster with an R3 stream: its leader, a follower and a 
     REQUIRE(test_env::eventually([&] { const int l = leader(); return l != 0 && l != node; }, 60s));
     REQUIRE(test_env::eventually([&] { return f.distinct_handled() > handled_before; }, 60s));
     cluster.start(node);
+    // Caught up before the next strike: two nodes down at once would be no quorum.
+    REQUIRE(test_env::eventually([&] {
+      try {
+        const auto st = f.js.state(f.opts.stream);
+        return st && st->current == 3;
+      } catch (const std::exception&) {
+        return false;
+      }
+    }, 120s));
   };
   const std::vector<long> at = strike_points(random, 3, per_publisher / 5, per_publisher);
   REQUIRE(test_env::eventually([&] { return f.distinct_handled() >= at[0]; }, 120s));
-  strike(leader(), "the stream's leader");
+  {
+    int l = 0;
+    REQUIRE(test_env::eventually([&] { return (l = leader()) != 0; }, 60s));
+    strike(l, "the stream's leader");
+  }
   REQUIRE(test_env::eventually([&] { return f.distinct_handled() >= at[1]; }, 120s));
   {
     int l = 0;
@@ -979,7 +983,11 @@ TEST_CASE("a three-node cluster with an R3 stream: its leader, a follower and a 
     strike(follower, "a follower");
   }
   REQUIRE(test_env::eventually([&] { return f.distinct_handled() >= at[2]; }, 120s));
-  strike(worker_node(), "the node worker w0 is connected to");
+  {
+    int w = 0;
+    REQUIRE(test_env::eventually([&] { return (w = worker_node()) != 0; }, 30s));
+    strike(w, "the node worker w0 is connected to");
+  }
   direct.join();
   outbox.join();
 

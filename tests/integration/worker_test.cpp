@@ -450,6 +450,16 @@ std::uint64_t lost_total(pqxx::connection_base& db, const std::string& schema, c
   for (const auto& r : omnibus::list_lost_events(db, schema, false)) n += r.listener == listener ? r.events : 0;
   return n;
 }
+// Whether, within 10 s, each of `listeners` listeners' loss check ran again after this call.
+bool checked_again(worker_fixture& f, int listeners) {
+  const std::string marks = "\"" + f.opts.schema + "\".bus_stream_marks";
+  const std::string from = pqxx::nontransaction{f.db}.exec1("SELECT now()::text")[0].as<std::string>();
+  return test_env::eventually([&] {
+    pqxx::nontransaction q{f.db};
+    return q.exec_params1("SELECT count(*) FROM " + marks + " WHERE checked_at > $1::timestamptz", from)[0].as<int>() ==
+           listeners;
+  }, 10s);
+}
 }  // namespace
 
 TEST_CASE("events that age out before their listener handled them are counted, logged and kept until acknowledged; "
@@ -510,13 +520,7 @@ TEST_CASE("events that age out before their listener handled them are counted, l
   for (long n = 0; n < 10; ++n) f.publish(1000 + n);
   REQUIRE(test_env::eventually([&] { return f.settled("paused") && f.settled("keeps_up"); }, 10s));
   REQUIRE(test_env::eventually([&] { return f.js.state(f.opts.stream)->messages == 0; }, 30s));
-  // Both listeners checked again after the stream emptied.
-  const std::string marks = "\"" + f.opts.schema + "\".bus_stream_marks";
-  const std::string emptied = pqxx::nontransaction{f.db}.exec1("SELECT now()::text")[0].as<std::string>();
-  REQUIRE(test_env::eventually([&] {
-    pqxx::nontransaction q{f.db};
-    return q.exec_params1("SELECT count(*) FROM " + marks + " WHERE checked_at > $1::timestamptz", emptied)[0].as<int>() == 2;
-  }, 10s));
+  REQUIRE(checked_again(f, 2));  // both listeners, after the stream emptied
   CHECK(omnibus::list_lost_events(f.db, f.opts.schema, true).empty());
   CHECK(lost_total(f.db, f.opts.schema, "paused") == events);
 }
@@ -545,12 +549,7 @@ TEST_CASE("a listener that does not keep up: every event is either handled or co
   REQUIRE(test_env::eventually([&] {
     return static_cast<std::uint64_t>(handled.load()) == f.js.info(f.opts.stream, "g_slow")->deliveries;
   }, 10s));
-  const std::string marks = "\"" + f.opts.schema + "\".bus_stream_marks";
-  const std::string emptied = pqxx::nontransaction{f.db}.exec1("SELECT now()::text")[0].as<std::string>();
-  REQUIRE(test_env::eventually([&] {
-    pqxx::nontransaction q{f.db};
-    return q.exec_params1("SELECT count(*) FROM " + marks + " WHERE checked_at > $1::timestamptz", emptied)[0].as<int>() == 1;
-  }, 10s));
+  REQUIRE(checked_again(f, 1));
   const std::uint64_t lost = lost_total(f.db, f.opts.schema, "slow");
   INFO("handled " << handled.load() << ", lost " << lost);
   CHECK(handled.load() < events);

@@ -83,7 +83,11 @@ class private_cluster {
  public:
   private_cluster() : base_(free_base()), dir_("/tmp/omnibus-test-cluster-" + std::to_string(base_)) {
     REQUIRE(std::getenv("OMNIBUS_SOURCE_ROOT") != nullptr);  // meson test sets it
-    REQUIRE(run("start") == 0);
+    if (run("start") != 0) {  // the destructor will not run: leave no node behind
+      (void)run("stop");
+      (void)std::system(("rm -rf " + dir_).c_str());
+      FAIL("scripts/nats-cluster could not start a cluster on base port " << base_);
+    }
   }
   ~private_cluster() {
     (void)run("stop");

@@ -97,7 +97,18 @@ int main(int argc, char** argv) {
   if (env_long("OMNIBUS_TEST_DEBUG_LOG", 0) == 1) log->set_level(spdlog::level::debug);
   omnibus::nats_connection conn{{.url = nats_url}};
   omnibus::jetstream js{conn};
-  std::fprintf(stderr, "worker_tool: connected to %s\n", conn.connected_url().c_str());
+  // Where it is connected, now and after every reconnect (the cluster scenario kills that node).
+  std::jthread where([&conn](std::stop_token st) {
+    std::string last;
+    while (!st.stop_requested()) {
+      const std::string now = conn.connected_url();
+      if (!now.empty() && now != last) {
+        std::fprintf(stderr, "worker_tool: connected to %s\n", now.c_str());
+        last = now;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));  // a watcher's poll, not a wait for a test
+    }
+  });
   omnibus::event_bus b{js, opts};
   omnibus::listener_options lo;
   lo.ack_wait = std::chrono::milliseconds(env_long("OMNIBUS_TEST_ACK_WAIT_MS", 30000));

@@ -170,8 +170,12 @@ struct OMNIBUS_API stream_state {
   std::int64_t max_msgs = 0;   ///< the server's limit on messages (<= 0: none)
   /// When the oldest message still stored was stored; nullopt: the stream is empty.
   std::optional<std::chrono::system_clock::time_point> first_time;
-  /// In a cluster: the server that leads the stream now (its server name); empty otherwise.
+  int replicas = 1;  ///< the stream's copies, as the server keeps it
+  /// A replicated stream's leader now (its server name); empty for one copy, or during an election.
   std::string leader;
+  /// A replicated stream's copies that are up to date: its leader's and its current followers'
+  /// (replicas when all are); 0 during an election.
+  int current = 0;
 };
 
 /// The broker. Implementations are thread-safe.
