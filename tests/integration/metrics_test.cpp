@@ -399,11 +399,13 @@ TEST_CASE_METHOD(metrics_fixture, "outbox rows that no relay sends fail /readyz,
 TEST_CASE_METHOD(metrics_fixture, "a paused listener's events purged from the stream: lost, counted, /readyz fails until "
                                   "acknowledged",
                  "[integration][metrics][lost]") {
+  // Paused before the worker starts: it never fetches for the listener (a pause while a fetch
+  // waits hands what it brings back with a nak, and those would not count as pending).
+  auto pause = cli({"listeners", "pause", "confirmation_email"});
+  REQUIRE(pause.wait(30s) == 0);
   auto w = cli({"run", "--stream-check-every", "0.2", "--http", "127.0.0.1:0"});
   const int port = http_port(w);
   REQUIRE(eventually([&] { return http_get(port, "/readyz").status == 200; }, 30s));
-  auto pause = cli({"listeners", "pause", "confirmation_email"});
-  REQUIRE(pause.wait(30s) == 0);
   REQUIRE(eventually([&] {
     for (const auto& r : omnibus::list_listener_reports(db, opts.schema, 10s)) {
       if (r.listener == "confirmation_email" && r.state == "paused") return true;
@@ -414,14 +416,23 @@ TEST_CASE_METHOD(metrics_fixture, "a paused listener's events purged from the st
   // The other listeners are done (loyalty dead-letters each order), the paused one has 3
   // events waiting, and a check has seen them.
   const std::string paused = opts.group + "_confirmation_email";
-  REQUIRE(eventually([&] {
+  std::string seen;  // what the last poll saw, for a failure's message
+  const bool ready = eventually([&] {
+    seen.clear();
+    bool done = true;
     for (const auto& c : js.consumers(opts.stream)) {
-      if (c.name == paused ? c.pending != 3 : c.pending + c.ack_pending > 0) return false;
+      seen += c.name + ": pending " + std::to_string(c.pending) + ", ack pending " + std::to_string(c.ack_pending) + "\n";
+      done = done && (c.name == paused ? c.pending == 3 : c.pending + c.ack_pending == 0);
     }
     pqxx::nontransaction q{db};
-    return q.exec_params1("SELECT count(*) FROM \"" + opts.schema + "\".bus_stream_marks WHERE consumer = $1 AND pending = 3",
-                          paused)[0].as<int>() == 1;
-  }, 60s));
+    const bool marked = q.exec_params1("SELECT count(*) FROM \"" + opts.schema +
+                                           "\".bus_stream_marks WHERE consumer = $1 AND pending = 3",
+                                       paused)[0].as<int>() == 1;
+    seen += marked ? "marked\n" : "not marked\n";
+    return done && marked;
+  }, 60s);
+  INFO(seen << "worker output:\n" << w.output());
+  REQUIRE(ready);
 
   auto purge = cli({"stream", "purge", "--yes"});  // an operator's mistake
   REQUIRE(purge.wait(30s) == 0);
