@@ -31,7 +31,7 @@ inline bool loopback_port_free(int port) {
 inline int free_loopback_port() {
   std::mt19937 random{std::random_device{}()};
   for (int attempt = 0; attempt < 50; ++attempt) {
-    const int port = 20000 + static_cast<int>(random() % 20000);
+    const int port = 22000 + static_cast<int>(random() % 10000);  // below the kernel's ephemeral ports
     if (loopback_port_free(port)) return port;
   }
   FAIL("no free loopback port for a private server");
@@ -50,9 +50,18 @@ class private_nats {
  public:
   /// `server_args`: extra nats-server flags (authorization, TLS). Storage is on file, kept
   /// across stop() and start().
-  explicit private_nats(std::string server_args = {})
-      : port_(free_loopback_port()), dir_("/tmp/omnibus-test-nats-" + std::to_string(port_)), args_(std::move(server_args)) {
-    start();
+  explicit private_nats(std::string server_args = {}) : args_(std::move(server_args)) {
+    REQUIRE(std::getenv("OMNIBUS_SOURCE_ROOT") != nullptr);  // meson test sets it
+    // A port found free can be taken before the server binds it (tests run in parallel): then
+    // another one.
+    for (int attempt = 0; attempt < 5; ++attempt) {
+      port_ = free_loopback_port();
+      dir_ = "/tmp/omnibus-test-nats-" + std::to_string(port_);
+      if (run("start") == 0) return;
+      (void)run("stop");
+      (void)std::system(("rm -rf " + dir_).c_str());
+    }
+    FAIL("scripts/nats could not start a private server on 5 free-looking ports");
   }
   ~private_nats() {
     (void)run("stop");
@@ -73,7 +82,7 @@ class private_nats {
     return run_server_script("OMNIBUS_RUN_DIR=" + dir_ + " OMNIBUS_NATS_ARGS='" + args_ + "'", "nats", cmd, port_);
   }
 
-  int port_;
+  int port_ = 0;
   std::string dir_;
   std::string args_;
 };
@@ -81,13 +90,16 @@ class private_nats {
 /// A three-node JetStream cluster of one test's own (scripts/nats-cluster), stores on file.
 class private_cluster {
  public:
-  private_cluster() : base_(free_base()), dir_("/tmp/omnibus-test-cluster-" + std::to_string(base_)) {
+  private_cluster() {
     REQUIRE(std::getenv("OMNIBUS_SOURCE_ROOT") != nullptr);  // meson test sets it
-    if (run("start") != 0) {  // the destructor will not run: leave no node behind
-      (void)run("stop");
+    for (int attempt = 0; attempt < 3; ++attempt) {
+      base_ = free_base();
+      dir_ = "/tmp/omnibus-test-cluster-" + std::to_string(base_);
+      if (run("start") == 0) return;
+      (void)run("stop");  // the destructor will not run if this fails: leave no node behind
       (void)std::system(("rm -rf " + dir_).c_str());
-      FAIL("scripts/nats-cluster could not start a cluster on base port " << base_);
     }
+    FAIL("scripts/nats-cluster could not start a private cluster on 3 free-looking port ranges");
   }
   ~private_cluster() {
     (void)run("stop");
@@ -114,10 +126,13 @@ class private_cluster {
   }
 
  private:
-  // A base port whose client, route and monitoring ports (base..base+2, +2000, +4000) are free.
+  // A base port whose client, route and monitoring ports (base..base+2, +2000, +4000) are free:
+  // from 16500-17499, so that none of them meets free_loopback_port()'s range (22000-31999) or
+  // the shared servers' ports.
   static int free_base() {
+    std::mt19937 random{std::random_device{}()};
     for (int attempt = 0; attempt < 50; ++attempt) {
-      const int base = free_loopback_port() % 15000 + 20000;
+      const int base = 16500 + static_cast<int>(random() % 1000);
       bool all = true;
       for (int offset : {0, 1, 2, 2000, 2001, 2002, 4000, 4001, 4002}) all = all && loopback_port_free(base + offset);
       if (all) return base;
@@ -133,7 +148,7 @@ class private_cluster {
     return std::system(line.c_str());
   }
 
-  int base_;
+  int base_ = 0;
   std::string dir_;
 };
 
