@@ -33,6 +33,8 @@
 #include "omnibus/nats_error.hpp"
 #include "omnibus/operations.hpp"
 #include "omnibus/relay.hpp"
+#include "omnibus/scheduler.hpp"
+#include "omnibus/schedules.hpp"
 #include "omnibus/text.hpp"
 #include "omnibus/worker.hpp"
 #include "http_server.hpp"
@@ -231,6 +233,10 @@ struct worker_program::impl {
       *run_cmd, *dl_list, *dl_show, *dl_retry, *dl_discard, *parked_list, *parked_retry, *parked_skip,
       *consumers_list, *consumers_prune, *stream_cmd, *stream_info, *stream_purge, *mig_sql, *mig_apply;
   CLI::Option *retry_id;
+  std::string sched_due_before, sched_key, sched_id, sched_name, sched_expression, sched_zone = "UTC", sched_from;
+  int sched_count = 10;
+  CLI::App *schedules_cmd, *sched_list, *sched_show, *sched_cancel, *sched_trigger, *sched_pause, *sched_resume,
+      *sched_preview;
 
   impl(std::string n, const std::string& description) : name(std::move(n)), cli(name + ": " + description +
       "\nEvery option can also be set through the environment variable named in brackets.") {
@@ -277,6 +283,7 @@ struct worker_program::impl {
 
     run_cmd = cli.add_subcommand("run", "Run every async listener until SIGINT or SIGTERM (and a relay)");
     run_cmd->add_flag("!--no-relay", c.relay, "do not run an outbox relay in this process");
+    run_cmd->add_flag("!--no-scheduler", c.scheduler, "do not fire scheduled and recurring events in this process");
     cli.add_option("--outbox-alert-after", outbox_alert_s,
                    "seconds outbox rows may wait with no relay before readiness fails and run warns")
         ->envname("OMNIBUS_OUTBOX_ALERT_AFTER")->capture_default_str();
@@ -355,6 +362,30 @@ struct worker_program::impl {
                            "only the events every consumer has handled: nothing is lost (replays cannot reach them)");
     stream_purge->add_flag("--yes", purge_confirmed, "confirm deleting every event: those no listener has handled are lost");
 
+    schedules_cmd = cli.add_subcommand("schedules", "Scheduled events and recurring (cron) schedules");
+    schedules_cmd->require_subcommand(1);
+    sched_list = schedules_cmd->add_subcommand("list", "Pending scheduled events (soonest first) and every recurring schedule");
+    sched_list->add_option("--due-before", sched_due_before, "only events due before this ISO 8601 time");
+    sched_list->add_option("--key", sched_key, "only the event with this unique key");
+    sched_list->add_option("--limit", limit, "at most this many scheduled events")->capture_default_str();
+    sched_list->add_flag("--json", stats_json, "one JSON object, for scripts");
+    sched_show = schedules_cmd->add_subcommand("show", "One pending scheduled event, headers and body included");
+    sched_show->add_option("id", sched_id, "the schedule's id (its event's id)")->required();
+    sched_cancel = schedules_cmd->add_subcommand("cancel", "Cancel a pending scheduled event");
+    sched_cancel->add_option("id", sched_id, "the schedule's id (its event's id)")->required();
+    sched_trigger = schedules_cmd->add_subcommand("trigger", "Fire a recurring schedule once, now");
+    sched_trigger->add_option("name", sched_name, "the recurring schedule")->required();
+    sched_pause = schedules_cmd->add_subcommand("pause", "Stop every worker firing a recurring schedule");
+    sched_pause->add_option("name", sched_name, "the recurring schedule")->required();
+    sched_resume = schedules_cmd->add_subcommand("resume", "Let the workers fire a paused recurring schedule again");
+    sched_resume->add_option("name", sched_name, "the recurring schedule")->required();
+    sched_preview = schedules_cmd->add_subcommand(
+        "preview", "The next fire times of a cron expression, one ISO 8601 UTC instant per line (no servers needed)");
+    sched_preview->add_option("expression", sched_expression, "e.g. \"0 9 * * MON-FRI\" (quote it)")->required();
+    sched_preview->add_option("--tz", sched_zone, "IANA time zone, e.g. Europe/Berlin")->capture_default_str();
+    sched_preview->add_option("--from", sched_from, "start after this ISO 8601 time (default: now)");
+    sched_preview->add_option("--count", sched_count, "how many fire times")->capture_default_str();
+
     auto* mig_cmd = cli.add_subcommand("migrations", "The bus's database migrations");
     mig_cmd->require_subcommand(1);
     mig_sql = mig_cmd->add_subcommand("sql", "Print every migration as one SQL script (for Flyway, psql, ...)");
@@ -421,6 +452,12 @@ struct worker_program::impl {
                 "rows are never sent",
                 c.bus.schema);
     }
+    std::optional<scheduler> sched;
+    if (c.scheduler) {
+      scheduler_options so;
+      so.database_url = c.database_url;
+      sched.emplace(bus, so, log);
+    }
     worker_options wo;
     wo.database_url = c.database_url;
     wo.stream_check_every = std::chrono::milliseconds(static_cast<long>(stream_check_s * 1000));
@@ -441,6 +478,7 @@ struct worker_program::impl {
       migrate(db, c.bus.schema);
     }
     if (r) r->start();  // active or standby: any worker can be the relay
+    if (sched) sched->start();  // every worker's scheduler shares the due rows (SKIP LOCKED)
     std::jthread outbox_watch([&](std::stop_token st) { watch_outbox(st, *log); });
     try {
       w.run(signals.token());
@@ -767,6 +805,163 @@ struct worker_program::impl {
     return 0;
   }
 
+  // schedules preview EXPR [--tz ZONE] [--from TIME] [--count N]
+  int preview() {
+    if (sched_count < 1 || sched_count > 100000) throw config_error("schedules preview --count must be 1 to 100000");
+    std::optional<cron> expr;
+    try {
+      expr.emplace(sched_expression, sched_zone);
+    } catch (const cron_error& e) {
+      throw config_error(e.what());
+    }
+    std::chrono::system_clock::time_point t = std::chrono::system_clock::now();
+    if (!sched_from.empty()) {
+      try {
+        t = parse_iso8601(sched_from);
+      } catch (const std::invalid_argument& e) {
+        throw config_error(std::string("--from: ") + e.what());
+      }
+    }
+    for (int i = 0; i < sched_count; ++i) {
+      const auto next = expr->next(t);
+      if (!next) break;
+      std::printf("%s\n", to_iso8601(*next).c_str());
+      t = *next;
+    }
+    return 0;
+  }
+
+  int schedules(const setup_function& setup) {
+    const worker_config& c = config;
+    event_bus local{c.bus};  // the recurring schedules of this build, without a queue
+    app a{local, c, "schedules"};
+    setup(a);
+    pqxx::connection db{c.database_url};
+    const auto parse_id = [&] {
+      try {
+        return event_id::parse(sched_id);
+      } catch (const std::exception&) {
+        throw config_error("'" + shown(sched_id) + "' is not a schedule id (a UUID, as schedules list shows)");
+      }
+    };
+    if (sched_show->parsed()) {
+      const auto e = find_scheduled(db, c.bus.schema, parse_id());
+      if (!e) throw error("no pending scheduled event " + sched_id + " (it fired, was cancelled, or never existed)");
+      std::printf("id:          %s\nevent:       %s\ndue:         %s\nscheduled:   %s\nunique key:  %s\nsubject:     %s\n"
+                  "headers:\n",
+                  e->id.to_string().c_str(), shown(e->event_name).c_str(), to_iso8601(e->due_at).c_str(),
+                  to_iso8601(e->created_at).c_str(), e->unique_key.empty() ? "-" : shown(e->unique_key).c_str(),
+                  shown(e->subject).c_str());
+      std::string_view h = e->headers;
+      while (!h.empty()) {
+        const auto end = h.find("\r\n");
+        std::printf("  %s\n", shown(h.substr(0, end)).c_str());
+        h = end == std::string_view::npos ? std::string_view{} : h.substr(end + 2);
+      }
+      std::printf("body (%zu bytes):", e->body.size());
+      for (std::size_t i = 0; i < e->body.size(); ++i) {
+        std::printf("%s%02x", i % 32 == 0 ? "\n  " : " ", static_cast<unsigned char>(e->body[i]));
+      }
+      std::printf("\n");
+      return 0;
+    }
+    if (sched_cancel->parsed()) {
+      if (!local.cancel(db, parse_id())) {
+        throw error("no pending scheduled event " + sched_id + " (it fired, was cancelled, or never existed)");
+      }
+      std::printf("cancelled %s: it will not fire\n", sched_id.c_str());
+      return 0;
+    }
+    if (sched_trigger->parsed()) {
+      event_id id;
+      try {
+        id = trigger_recurring(db, local, sched_name);
+      } catch (const std::invalid_argument& e) {
+        throw config_error(e.what());
+      }
+      std::printf("triggered %s: event %s is in the outbox; the relay publishes it\n", sched_name.c_str(),
+                  id.to_string().c_str());
+      return 0;
+    }
+    if (sched_pause->parsed() || sched_resume->parsed()) {
+      const bool pause = sched_pause->parsed();
+      if (!set_recurring_paused(db, c.bus.schema, sched_name, pause)) {
+        throw error("no recurring schedule " + shown(sched_name) + " is registered in schema " + c.bus.schema +
+                    " (a worker registers its schedules when it starts)");
+      }
+      std::printf("%s %s: every worker obeys within a second%s\n", pause ? "paused" : "resumed", sched_name.c_str(),
+                  pause ? "" : "; its missed policy decides what it fires for the paused time");
+      return 0;
+    }
+    // list
+    scheduled_filter f;
+    f.limit = limit;
+    f.unique_key = sched_key;
+    if (!sched_due_before.empty()) {
+      try {
+        f.due_before = parse_iso8601(sched_due_before);
+      } catch (const std::invalid_argument& e) {
+        throw config_error(std::string("--due-before: ") + e.what());
+      }
+    }
+    const auto events = list_scheduled(db, c.bus.schema, f);
+    const auto counts = count_scheduled(db, c.bus.schema);
+    const auto recurring = list_recurring(db, c.bus.schema);
+    const auto opt_time = [](const std::optional<std::chrono::system_clock::time_point>& t) {
+      return t ? to_iso8601(*t) : std::string();
+    };
+    const auto in_build = [&](const std::string& name) {
+      for (const auto& r : local.schedules()) {
+        if (r.name == name) return true;
+      }
+      return false;
+    };
+    if (stats_json) {
+      std::string out = "{\"pending\":" + std::to_string(counts.pending) + ",\"due\":" + std::to_string(counts.due) +
+                        ",\"scheduled\":[";
+      for (std::size_t i = 0; i < events.size(); ++i) {
+        const auto& e = events[i];
+        out += (i ? "," : "") + std::string("{\"id\":\"") + e.id.to_string() + "\",\"event\":" +
+               detail::json_quote(e.event_name) + ",\"due_at\":\"" + to_iso8601(e.due_at) + "\",\"created_at\":\"" +
+               to_iso8601(e.created_at) + "\",\"unique_key\":" + detail::json_quote(e.unique_key) + "}";
+      }
+      out += "],\"recurring\":[";
+      for (std::size_t i = 0; i < recurring.size(); ++i) {
+        const auto& r = recurring[i];
+        out += (i ? "," : "") + std::string("{\"name\":") + detail::json_quote(r.name) + ",\"expression\":" +
+               detail::json_quote(r.expression) + ",\"zone\":" + detail::json_quote(r.zone) + ",\"event\":" +
+               detail::json_quote(r.event_name) + ",\"paused\":" + (r.paused ? "true" : "false") +
+               ",\"next_fire_at\":" + detail::json_quote(opt_time(r.next_fire_at)) + ",\"last_fired_at\":" +
+               detail::json_quote(opt_time(r.last_fired_at)) + ",\"last_result\":" + detail::json_quote(r.last_result) +
+               ",\"registered\":" + (in_build(r.name) ? "true" : "false") + "}";
+      }
+      out += "]}\n";
+      std::fputs(out.c_str(), stdout);
+      return 0;
+    }
+    std::printf("%llu scheduled event(s) pending, %llu of them due now%s\n",
+                static_cast<unsigned long long>(counts.pending), static_cast<unsigned long long>(counts.due),
+                counts.due > 0 ? " (a worker's scheduler moves them to the outbox)" : "");
+    if (!events.empty()) {
+      std::printf("%-36s %-24s %-27s %s\n", "id", "event", "due (UTC)", "unique key");
+      for (const auto& e : events) {
+        std::printf("%-36s %-24s %-27s %s\n", e.id.to_string().c_str(), shown(e.event_name).c_str(),
+                    to_iso8601(e.due_at).c_str(), e.unique_key.empty() ? "-" : shown(e.unique_key).c_str());
+      }
+      if (events.size() == limit) std::printf("(the first %zu; --limit shows more)\n", limit);
+    }
+    std::printf("%zu recurring schedule(s)\n", recurring.size());
+    for (const auto& r : recurring) {
+      std::printf("%-24s \"%s\" %s%s\n  next %s, last fired %s: %s%s\n", shown(r.name).c_str(), shown(r.expression).c_str(),
+                  shown(r.zone).c_str(), r.paused ? "  PAUSED" : "",
+                  r.next_fire_at ? to_iso8601(*r.next_fire_at).c_str() : "never",
+                  r.last_fired_at ? to_iso8601(*r.last_fired_at).c_str() : "never",
+                  r.last_result.empty() ? "-" : shown(r.last_result).c_str(),
+                  in_build(r.name) ? "" : "  (not registered by this build: renamed or removed?)");
+    }
+    return 0;
+  }
+
   int user_command(const user_command& u, const setup_function& setup) {
     const worker_config& c = config;
     nats_connection nats{c.nats};
@@ -787,6 +982,7 @@ struct worker_program::impl {
       std::fputs(migrations_sql(config.bus.schema).c_str(), stdout);
       return 0;
     }
+    if (sched_preview->parsed()) return preview();
     const bool needs_database = !stream_cmd->parsed() && !consumers_list->parsed() && !consumers_prune->parsed();
     bool user = false;
     for (const auto& u : commands) user = user || u.sub->parsed();
@@ -794,6 +990,7 @@ struct worker_program::impl {
     if (run_cmd->parsed()) return run(setup);
     if (stats_cmd->parsed()) return stats(setup);
     if (listeners_cmd->parsed()) return listeners(setup);
+    if (schedules_cmd->parsed()) return schedules(setup);
     if (stream_info->parsed() || stream_purge->parsed()) return stream(stream_info->parsed(), setup);
     if (consumers_list->parsed() || consumers_prune->parsed() || consumers_replay->parsed()) return consumers(setup);
     for (const auto& u : commands) {

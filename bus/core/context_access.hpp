@@ -19,6 +19,7 @@ struct context_access {
   static void set_stop_token(context& c, std::stop_token t) noexcept { c.stop_ = std::move(t); }
   static void set_phases(context& c, phase_log* log) noexcept { c.phases_ = log; }
   [[nodiscard]] static phase_log* phases(const context& c) noexcept { return c.phases_; }
+  [[nodiscard]] static connection_source* connection_source_of(const context& c) noexcept { return c.db_; }
 };
 
 }  // namespace omnibus::detail

@@ -11,6 +11,7 @@
 #include "core/context_access.hpp"
 #include "core/fill_guard.hpp"
 #include "core/outbox.hpp"
+#include "core/scheduled.hpp"
 
 namespace omnibus {
 
@@ -273,6 +274,81 @@ void event_bus::notify_publish_error(std::string_view name, std::string_view wha
     } catch (...) {
     }
   }
+}
+
+namespace {
+// Runs `f(tx)` in the context's transaction, or in one of its own on `conn` or on the worker
+// handler's connection, committed here.
+template <class F>
+auto in_schedule_tx(context* ctx, pqxx::connection_base* conn, std::string_view what, F&& f) {
+  if (ctx != nullptr && ctx->transaction() != nullptr) return f(*ctx->transaction());
+  if (conn == nullptr && ctx != nullptr) {
+    if (connection_source* source = detail::context_access::connection_source_of(*ctx)) conn = &source->connection();
+  }
+  if (conn == nullptr) {
+    throw std::logic_error("bus: " + std::string(what) +
+                           " writes to PostgreSQL: give it a context with a transaction (omnibus::context ctx{tx}), "
+                           "or a connection (bus." + std::string(what) + "(conn, ...))");
+  }
+  pqxx::work tx{*conn};
+  auto out = f(static_cast<pqxx::transaction_base&>(tx));
+  tx.commit();
+  return out;
+}
+}  // namespace
+
+event_id event_bus::schedule(context* ctx, pqxx::connection_base* conn,
+                             std::optional<std::chrono::system_clock::time_point> at, std::chrono::milliseconds after,
+                             envelope env, const schedule_options& options) {
+  if (options.unique_key.size() > 200) {
+    throw std::invalid_argument("bus: a schedule's unique_key is at most 200 bytes; this one has " +
+                                std::to_string(options.unique_key.size()));
+  }
+  if (after.count() < 0) after = std::chrono::milliseconds(0);  // a delay in the past fires at once
+  // Encoded now: an event too large is refused to its publisher, never at firing.
+  const message msg = encode(env, options_.stream.subject_prefix, options_.max_body_bytes);
+  const detail::due_time due{at, after};
+  const std::string id = in_schedule_tx(ctx, conn, at ? "publish_at" : "publish_after", [&](pqxx::transaction_base& tx) {
+    return detail::scheduled_insert(tx, options_.schema, msg, env.name, due, options.unique_key);
+  });
+  return event_id::parse(id);
+}
+
+bool event_bus::cancel(context& ctx, const event_id& id) {
+  return in_schedule_tx(&ctx, nullptr, "cancel",
+                        [&](pqxx::transaction_base& tx) { return detail::scheduled_cancel(tx, options_.schema, id.to_string()); });
+}
+
+bool event_bus::cancel(pqxx::connection_base& conn, const event_id& id) {
+  return in_schedule_tx(nullptr, &conn, "cancel",
+                        [&](pqxx::transaction_base& tx) { return detail::scheduled_cancel(tx, options_.schema, id.to_string()); });
+}
+
+bool event_bus::reschedule(context& ctx, const event_id& id, std::chrono::system_clock::time_point when) {
+  return in_schedule_tx(&ctx, nullptr, "reschedule", [&](pqxx::transaction_base& tx) {
+    return detail::scheduled_move(tx, options_.schema, id.to_string(), when);
+  });
+}
+
+bool event_bus::reschedule(pqxx::connection_base& conn, const event_id& id, std::chrono::system_clock::time_point when) {
+  return in_schedule_tx(nullptr, &conn, "reschedule", [&](pqxx::transaction_base& tx) {
+    return detail::scheduled_move(tx, options_.schema, id.to_string(), when);
+  });
+}
+
+void event_bus::add_recurring(std::size_t slot, std::string_view event_name, recurring_schedule s) {
+  if (!valid_consumer_name(s.name)) {
+    throw std::logic_error("bus: schedule name '" + s.name + "' must be 1-200 characters of [A-Za-z0-9_-]");
+  }
+  if (s.options.missed_window.count() <= 0) {
+    throw std::logic_error("bus: schedule " + s.name + ": missed_window must be positive");
+  }
+  std::lock_guard lock(mutex_);
+  entry_for(slot, event_name);  // checks frozen and the event name (static storage)
+  for (const recurring_schedule& other : recurring_) {
+    if (other.name == s.name) throw std::logic_error("bus: two recurring schedules are named " + s.name);
+  }
+  recurring_.push_back(std::move(s));
 }
 
 commit_unknown::~commit_unknown() = default;

@@ -1009,3 +1009,48 @@ TEST_CASE("a three-node cluster with an R3 stream: its leader, a follower and a 
   for (auto& w : workers) CHECK(w->wait(0ms) == -1);  // the workers reconnected, never exited
   stop_all(workers);
 }
+
+TEST_CASE("scheduler kills: kill -9 workers while their schedulers move due events; each fires once",
+          "[fault][scheduler_kills]") {
+  const unsigned seed = chaos_seed();
+  INFO(replay(seed));
+  const long events = pick(5'000L, 50'000L);
+  const int kills = pick(6, 20);
+  chaos_fixture f;
+  f.provision_listeners(false, 2s);
+  // Due over a few seconds from now, each recorded as committed in the same transaction.
+  {
+    pqxx::work tx{f.db};
+    omnibus::context ctx{tx};
+    const auto t0 = std::chrono::system_clock::now() + 2s;
+    const auto spread = pick(6000ms, 30000ms);
+    for (long i = 0; i < events; ++i) (void)f.b.publish_at(ctx, t0 + spread * i / events, tool_event{i});
+    tx.exec_params0("INSERT INTO " + f.table("committed") + " SELECT generate_series(0, $1 - 1)", events);
+    tx.commit();
+  }
+  std::mt19937 random{seed};
+  const std::vector<std::string> env{"OMNIBUS_TEST_ACK_WAIT_MS=2000", "OMNIBUS_TEST_RELAY=1", "OMNIBUS_TEST_SCHEDULER=1"};
+  std::vector<std::unique_ptr<test_env::child_process>> workers;
+  // One dies inside a firing transaction (after its INSERT into the outbox, before COMMIT).
+  std::vector<std::string> doomed = env;
+  doomed.push_back("OMNIBUS_FAILPOINT=scheduler_before_commit@" + std::to_string(2 + random() % 10));
+  workers.push_back(f.worker("w0", doomed));
+  workers.push_back(f.worker("w1", env));
+  REQUIRE(workers[0]->wait(60s) == 86);
+  workers[0] = f.worker("w2", env);
+  int killed = 0;
+  for (long at : strike_points(random, kills, events / 20, events * 9 / 10)) {
+    REQUIRE(test_env::eventually([&] { return f.count() >= at; }, pick(120s, 600s)));
+    auto& victim = workers[random() % 2];
+    victim->signal(SIGKILL);
+    REQUIRE(victim->wait(10s) == 128 + SIGKILL);
+    ++killed;
+    victim = f.worker("w" + std::to_string(killed + 2), env);
+  }
+  const tally t = f.settle_and_report("scheduler_kills", seed, false, pick(180s, 900s));
+  stop_all(workers);
+  CHECK(killed == kills);
+  CHECK(t.events == events);
+  CHECK(f.scalar("SELECT count(*) FROM " + f.table("bus_scheduled")) == 0);
+  check_line(t);
+}

@@ -20,6 +20,10 @@
 //   OMNIBUS_TEST_REPLICAS    the stream's replicas (default 1; it must match the test's)
 //   OMNIBUS_TEST_STREAM_CHECK_MS how often the worker reads the stream's fill (default 30000)
 //   OMNIBUS_TEST_MAX_BODY    the bus's body limit in bytes (default: the library's)
+//   OMNIBUS_TEST_SCHEDULER   1: the process also runs a scheduler, as omnibus-worker does, and
+//                            prints "moved=N recurring=M" when it stops
+//   OMNIBUS_TEST_CRON        a cron expression: recurring schedule "tick" publishes tool_event
+//                            {n = its occurrence in epoch seconds}, in UTC
 
 #include <csignal>
 #include <future>
@@ -37,6 +41,7 @@
 
 #include "omnibus/event_bus.hpp"
 #include "omnibus/relay.hpp"
+#include "omnibus/scheduler.hpp"
 #include "omnibus/worker.hpp"
 #include "omnibus/jetstream.hpp"
 #include "omnibus/nats_connection.hpp"
@@ -144,6 +149,12 @@ int main(int argc, char** argv) {
     }, bo);
   }
 
+  if (const char* expr = std::getenv("OMNIBUS_TEST_CRON")) {
+    b.add_schedule("tick", expr, "UTC", [](omnibus::cron::time_point occurrence) {
+      return tool_event{occurrence.time_since_epoch().count()};
+    });
+  }
+
   std::optional<omnibus::relay> relay;
   if (env_long("OMNIBUS_TEST_RELAY", 0) == 1) {
     omnibus::relay_options ro;
@@ -154,6 +165,14 @@ int main(int argc, char** argv) {
     ro.retry_backoff = std::chrono::milliseconds(100);
     relay.emplace(js, ro, log);
     relay->start();
+  }
+  std::optional<omnibus::scheduler> scheduler;
+  if (env_long("OMNIBUS_TEST_SCHEDULER", 0) == 1) {
+    omnibus::scheduler_options so;
+    so.database_url = db_url;
+    so.retry_backoff = std::chrono::milliseconds(100);
+    scheduler.emplace(b, so, log);
+    scheduler->start();
   }
   omnibus::worker_options wo;
   wo.database_url = db_url;
@@ -179,5 +198,11 @@ int main(int argc, char** argv) {
   signals.join();  // a signal arrived
   runner.request_stop();
   runner.join();
+  if (scheduler) {
+    scheduler->stop();
+    std::printf("moved=%llu recurring=%llu\n", static_cast<unsigned long long>(scheduler->stats().moved.load()),
+                static_cast<unsigned long long>(scheduler->stats().recurring_fired.load()));
+    std::fflush(stdout);
+  }
   return 0;
 }

@@ -295,3 +295,43 @@ TEST_CASE("an empty stream takes one event whatever its size: the line never hol
   CHECK_NOTHROW(b.publish(ctx, shipped{1}));
   CHECK_THROWS_WITH(b.publish(ctx, shipped{2}), Catch::Contains("nearly full") && Catch::Contains("an event of "));
 }
+
+TEST_CASE("recurring schedules: a bad expression or zone fails registration, quoting it; names are checked",
+          "[bus][schedule]") {
+  omnibus::memory_queue q;
+  omnibus::event_bus bus{q};
+  const auto make = [] { return shipped{}; };
+  CHECK_THROWS_AS(bus.add_schedule("report", "0 25 * * *", "UTC", make), omnibus::cron_error);
+  CHECK_THROWS_WITH(bus.add_schedule("report", "0 25 * * *", "UTC", make),
+                    Catch::Contains("\"0 25 * * *\"") && Catch::Contains("hour"));
+  CHECK_THROWS_WITH(bus.add_schedule("report", "0 9 * * MON-FRI", "Mars/Olympus", make), Catch::Contains("Mars/Olympus"));
+  CHECK_THROWS_AS(bus.add_schedule("bad name", "@daily", "UTC", make), std::logic_error);
+  bus.add_schedule("report", "0 9 * * MON-FRI", "Europe/Berlin", make);
+  CHECK_THROWS_AS(bus.add_schedule("report", "@hourly", "UTC", make), std::logic_error);  // one name, one schedule
+  omnibus::recurring_options zero;
+  zero.missed = omnibus::missed_policy::all;
+  zero.missed_window = std::chrono::seconds(0);
+  CHECK_THROWS_AS(bus.add_schedule("every", "@hourly", "UTC", make, zero), std::logic_error);
+  // An occurrence-taking make() gets the occurrence it fires for.
+  bus.add_schedule("with_time", "@hourly", "UTC", [](omnibus::cron::time_point t) {
+    return shipped{static_cast<int>(t.time_since_epoch().count() % 1000)};
+  });
+  REQUIRE(bus.schedules().size() == 2);
+  CHECK(bus.schedules()[0].when.zone() == "Europe/Berlin");
+  CHECK(bus.schedules()[1].make(omnibus::cron::time_point(std::chrono::seconds(4321))).name == "test.shipped");
+  bus.freeze();
+  CHECK_THROWS_AS(bus.add_schedule("late", "@daily", "UTC", make), std::logic_error);
+}
+
+TEST_CASE("ISO 8601 instants: written in UTC, read with Z or an offset, refused with a reason", "[bus][schedule]") {
+  using namespace std::chrono;
+  const auto t = sys_days(year(2026) / 3 / 29) + hours(1) + minutes(30);
+  CHECK(omnibus::to_iso8601(t) == "2026-03-29T01:30:00Z");
+  CHECK(omnibus::to_iso8601(t + microseconds(250)) == "2026-03-29T01:30:00.000250Z");
+  CHECK(omnibus::parse_iso8601("2026-03-29T01:30:00Z") == t);
+  CHECK(omnibus::parse_iso8601("2026-03-29T03:30+02:00") == t);
+  CHECK(omnibus::parse_iso8601("2026-03-29 01:30:00.5Z") == t + milliseconds(500));
+  CHECK_THROWS_WITH(omnibus::parse_iso8601("2026-03-29T01:30:00"), Catch::Contains("no time zone"));
+  CHECK_THROWS_WITH(omnibus::parse_iso8601("2026-02-30T00:00Z"), Catch::Contains("no such date"));
+  CHECK_THROWS_AS(omnibus::parse_iso8601("yesterday"), std::invalid_argument);
+}

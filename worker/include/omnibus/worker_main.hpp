@@ -42,6 +42,9 @@ struct OMNIBUS_API worker_config {
   std::string log_level = "info";
   bus_options bus;  ///< group, schema and stream (--group, --schema, --stream, ...)
   bool relay = true;  ///< run an outbox relay in `run` (one per schema is active)
+  /// run a scheduler in `run` (README "Scheduling"): moves due scheduled events to the outbox
+  /// and fires recurring schedules; any number may run (--no-scheduler turns it off)
+  bool scheduler = true;
   /// text (the default) or json: one JSON object per line (--log-format, OMNIBUS_LOG_FORMAT).
   std::string log_format = "text";
   /// `run` serves /metrics, /healthz and /readyz on this host:port (--http, OMNIBUS_HTTP);

@@ -34,6 +34,7 @@
 #include "omnibus/fwd.hpp"
 #include "omnibus/observer.hpp"
 #include "omnibus/queue.hpp"
+#include "omnibus/schedule.hpp"
 
 namespace omnibus {
 
@@ -236,6 +237,52 @@ class OMNIBUS_API event_bus {
   template <class E>
   [[gnu::always_inline]] inline event_id publish(context& ctx, const E& event);
 
+  /// Schedules `event` to be published at `when` (README "Scheduling"): a row in
+  /// `<schema>.bus_scheduled`, written in the context's transaction when it has one (a rollback
+  /// schedules nothing), else in a transaction of its own on the worker handler's connection
+  /// (ctx.db()); a context with neither throws std::logic_error (use the connection overload).
+  /// When due, a scheduler moves it to the outbox and the relay publishes it, once; a time in
+  /// the past fires at once. Sync and phase listeners do not run: only async listeners get
+  /// scheduled events. Returns the schedule's id, which is also the event's id (or, for a live
+  /// `options.unique_key`, the pending event's id). Throws event_too_large now, never at
+  /// firing; std::invalid_argument for a bad unique key; what pqxx throws.
+  template <class E>
+  event_id publish_at(context& ctx, std::chrono::system_clock::time_point when, const E& event,
+                      const schedule_options& options = {});
+  /// publish_at() in a transaction of its own on `conn`, committed before it returns.
+  template <class E>
+  event_id publish_at(pqxx::connection_base& conn, std::chrono::system_clock::time_point when, const E& event,
+                      const schedule_options& options = {});
+  /// publish_at() for `delay` from now, by the database's clock (the scheduler's clock too).
+  template <class E>
+  event_id publish_after(context& ctx, std::chrono::milliseconds delay, const E& event,
+                         const schedule_options& options = {});
+  /// publish_after() in a transaction of its own on `conn`, committed before it returns.
+  template <class E>
+  event_id publish_after(pqxx::connection_base& conn, std::chrono::milliseconds delay, const E& event,
+                         const schedule_options& options = {});
+  /// Cancels a scheduled event, in the context's transaction (as publish_at() chooses one).
+  /// True when it cancelled; false when the event already fired, was cancelled, or is unknown.
+  /// A scheduler firing it at that moment makes this wait for the firing, then return false.
+  bool cancel(context& ctx, const event_id& id);
+  /// cancel() in a transaction of its own on `conn`.
+  bool cancel(pqxx::connection_base& conn, const event_id& id);
+  /// Moves a pending scheduled event to `when`; false when it is no longer pending. As cancel().
+  bool reschedule(context& ctx, const event_id& id, std::chrono::system_clock::time_point when);
+  /// reschedule() in a transaction of its own on `conn`.
+  bool reschedule(pqxx::connection_base& conn, const event_id& id, std::chrono::system_clock::time_point when);
+
+  /// Adds a recurring schedule: every worker's scheduler calls `make()` or `make(occurrence)`
+  /// (an omnibus::cron::time_point; it returns the event to publish) at each occurrence of
+  /// `expression` in time zone `zone`, once across all workers. `name` ([A-Za-z0-9_-]+, unique) keys its occurrences in PostgreSQL: keep it when
+  /// changing the expression. Throws cron_error for a bad expression or zone (quoting it and
+  /// naming the field), std::logic_error when frozen or for a bad or duplicate name. Thread-safe.
+  template <class F>
+  void add_schedule(std::string name, std::string_view expression, std::string_view zone, F&& make,
+                    recurring_options options = {});
+  /// The recurring schedules, in registration order. Stable once frozen.
+  [[nodiscard]] const std::vector<recurring_schedule>& schedules() const noexcept { return recurring_; }
+
   /// Freezes the registry, then creates the stream and every async listener's consumer that
   /// is missing (publishers call it too, so that events published before any worker ran
   /// still reach every listener). Throws std::logic_error without a queue, omnibus::error for a
@@ -291,6 +338,10 @@ class OMNIBUS_API event_bus {
   event_id emit(context& ctx, std::string_view name, int version, std::string body);
   [[nodiscard]] envelope make_envelope(const context& ctx, std::string_view name, int version, std::string body) const;
   [[nodiscard]] batch_report emit_batch(context& ctx, std::vector<envelope> envs);
+  // The scheduling calls' one body: in ctx's transaction (or its handler connection), or on conn.
+  event_id schedule(context* ctx, pqxx::connection_base* conn, std::optional<std::chrono::system_clock::time_point> at,
+                    std::chrono::milliseconds after, envelope env, const schedule_options& options);
+  void add_recurring(std::size_t slot, std::string_view event_name, recurring_schedule s);  // event_name: E::name
   void notify_publish(std::string_view name, publish_path path, std::size_t count) const noexcept;
   void notify_publish_error(std::string_view name, std::string_view what) const noexcept;
   // Phases: refuse a transaction transact() does not own, then note (or run) a published event.
@@ -311,6 +362,7 @@ class OMNIBUS_API event_bus {
   sync_listener no_listeners_{};                             // the range of a type with none
   std::unordered_map<std::string_view, std::size_t> names_;  // event name -> slot
   std::vector<async_listener> async_;
+  std::vector<recurring_schedule> recurring_;
   std::vector<std::shared_ptr<observer>> observers_;
   std::atomic<std::uint64_t> phase_errors_{0};
   std::unique_ptr<detail::fill_guard> fill_;  // direct publishes: keeps them below stream.hold_above
@@ -428,6 +480,67 @@ inline event_id event_bus::publish(context& ctx, const E& event) {
   if constexpr (!is_local_only<E>) id = emit(ctx, E::name, E::version, detail::encode_body(event));
   if (r.phased != nullptr) [[unlikely]] record_phased(ctx, *r.phased, std::make_shared<E>(event));
   return id;
+}
+
+template <class E>
+event_id event_bus::publish_at(context& ctx, std::chrono::system_clock::time_point when, const E& event,
+                               const schedule_options& options) {
+  detail::check_event<E>();
+  static_assert(!is_local_only<E>, "bus: a local-only event never leaves the process, so it cannot be scheduled");
+  return schedule(&ctx, nullptr, when, {}, make_envelope(ctx, E::name, E::version, detail::encode_body(event)), options);
+}
+
+template <class E>
+event_id event_bus::publish_at(pqxx::connection_base& conn, std::chrono::system_clock::time_point when, const E& event,
+                               const schedule_options& options) {
+  detail::check_event<E>();
+  static_assert(!is_local_only<E>, "bus: a local-only event never leaves the process, so it cannot be scheduled");
+  return schedule(nullptr, &conn, when, {}, make_envelope(context{}, E::name, E::version, detail::encode_body(event)), options);
+}
+
+template <class E>
+event_id event_bus::publish_after(context& ctx, std::chrono::milliseconds delay, const E& event,
+                                  const schedule_options& options) {
+  detail::check_event<E>();
+  static_assert(!is_local_only<E>, "bus: a local-only event never leaves the process, so it cannot be scheduled");
+  return schedule(&ctx, nullptr, std::nullopt, delay, make_envelope(ctx, E::name, E::version, detail::encode_body(event)),
+                  options);
+}
+
+template <class E>
+event_id event_bus::publish_after(pqxx::connection_base& conn, std::chrono::milliseconds delay, const E& event,
+                                  const schedule_options& options) {
+  detail::check_event<E>();
+  static_assert(!is_local_only<E>, "bus: a local-only event never leaves the process, so it cannot be scheduled");
+  return schedule(nullptr, &conn, std::nullopt, delay,
+                  make_envelope(context{}, E::name, E::version, detail::encode_body(event)), options);
+}
+
+template <class F>
+void event_bus::add_schedule(std::string name, std::string_view expression, std::string_view zone, F&& make,
+                             recurring_options options) {
+  using fn_t = std::decay_t<F>;
+  constexpr bool takes_occurrence = std::is_invocable_v<fn_t&, cron::time_point>;
+  static_assert(takes_occurrence || std::is_invocable_v<fn_t&>,
+                "bus: a recurring schedule's make is callable as make() or make(omnibus::cron::time_point occurrence) "
+                "and returns the event to publish");
+  using E = std::decay_t<
+      typename std::conditional_t<takes_occurrence, std::invoke_result<fn_t&, cron::time_point>, std::invoke_result<fn_t&>>::type>;
+  detail::check_event<E>();
+  static_assert(!is_local_only<E>, "bus: a local-only event never leaves the process, so it cannot be scheduled");
+  recurring_schedule s{std::move(name), cron(expression, zone), std::string(E::name), options, {}};
+  s.make = [this, fn = fn_t(std::forward<F>(make))](cron::time_point occurrence) mutable {
+    const E event = [&] {
+      if constexpr (takes_occurrence) {
+        return fn(occurrence);
+      } else {
+        (void)occurrence;
+        return fn();
+      }
+    }();
+    return make_envelope(context{}, E::name, E::version, detail::encode_body(event));
+  };
+  add_recurring(detail::type_slot<E>, E::name, std::move(s));
 }
 
 }  // namespace omnibus
