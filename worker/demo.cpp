@@ -24,6 +24,7 @@
 #include "omnibus/event_bus.hpp"
 #include "omnibus/migrations.hpp"
 #include "omnibus/relay.hpp"
+#include "omnibus/schedules.hpp"
 #include "omnibus/jetstream.hpp"
 #include "omnibus/nats_connection.hpp"
 #include "services/shop.hpp"
@@ -185,11 +186,31 @@ int main(int argc, char** argv) {
       }
     }
     std::printf("  placed %ld orders, %ld rolled back for lack of stock\n", placed, rolled_back);
+    std::printf("  each order scheduled a review request %lld ms later in its own transaction; the sales report is a "
+                "recurring schedule. What the operator sees:\n",
+                static_cast<long long>(so.review_delay.count()));
+    const std::vector<std::string> cli_args{"--group", "shop", "--schema", schema, "--shop-schema", shop_schema, "--stream",
+                                            stream, "--subject-prefix", prefix};
+    const auto operator_command = [&](std::vector<std::string> args, const char* log, std::size_t max_lines) {
+      std::vector<std::string> argv = cli_args;
+      argv.insert(argv.end(), args.begin(), args.end());
+      worker_process cmd{exe, argv, log};
+      const int rc = cmd.wait();
+      std::istringstream out(cmd.output());
+      std::size_t n = 0;
+      for (std::string line; std::getline(out, line) && n < max_lines; ++n) std::printf("    | %s\n", line.c_str());
+      if (rc != 0) throw std::runtime_error("omnibus-worker " + args.front() + " exited " + std::to_string(rc));
+    };
+    std::printf("  $ omnibus-worker schedules list --limit 3\n");
+    operator_command({"schedules", "list", "--limit", "3"}, "/tmp/omnibus-demo-schedules.log", 12);
+    std::printf("  $ omnibus-worker schedules trigger sales_report   (fire it once now, outside its cron)\n");
+    operator_command({"schedules", "trigger", "sales_report"}, "/tmp/omnibus-demo-trigger.log", 3);
 
     // Drained: the outbox is empty and every listener's consumer has nothing pending or unacked.
     const std::string outbox = "SELECT count(*) FROM \"" + schema + "\".bus_outbox";
+    const std::string scheduled = "SELECT count(*) FROM \"" + schema + "\".bus_scheduled";
     auto drained = [&] {
-      if (count(db, outbox) != 0) return false;
+      if (count(db, scheduled) != 0 || count(db, outbox) != 0) return false;
       for (const auto& c : js.consumers(bo.stream)) {
         if (c.pending != 0 || c.ack_pending != 0) return false;
       }
@@ -211,6 +232,12 @@ int main(int argc, char** argv) {
     const long orders = count(db, "SELECT count(*) FROM " + s + "orders");
     const long welcome = count(db, "SELECT count(*) FROM " + s + "emails WHERE kind = 'welcome'");
     const long confirmations = count(db, "SELECT count(*) FROM " + s + "emails WHERE kind = 'confirmation'");
+    const long reviews = count(db, "SELECT count(*) FROM " + s + "emails WHERE kind = 'review'");
+    const long reports = count(db, "SELECT count(*) FROM " + s + "emails WHERE kind = 'report'");
+    std::string report_next = "never";
+    for (const auto& r : omnibus::list_recurring(db, schema)) {
+      if (r.name == "sales_report" && r.next_fire_at) report_next = omnibus::to_iso8601(*r.next_fire_at);
+    }
     const long stats_orders = count(db, "SELECT coalesce(sum(orders), 0) FROM " + s + "customer_stats");
     const long out_of_order = count(db, "SELECT coalesce(sum(out_of_order), 0) FROM " + s + "customer_stats");
     const long loyalty = count(db, "SELECT count(*) FROM " + s + "loyalty");
@@ -222,12 +249,18 @@ int main(int argc, char** argv) {
     const long handled = w1.stat("handled") + w2.stat("handled");
 
     std::printf("\nsummary\n");
-    std::printf("  events published          %6ld  (%d user.registered + %ld order.placed)\n", users_n + placed, users_n, placed);
+    std::printf("  events published          %6ld  (%d user.registered + %ld order.placed + %ld order.review_requested + 1 "
+                "report.sales_due)\n",
+                users_n + 2 * placed + 1, users_n, placed, placed);
     std::printf("  orders rolled back        %6ld  (inventory's sync listener threw: no order, no audit row, no event)\n", rolled_back);
     std::printf("  audit rows (sync, in tx)  %6ld\n", audit);
     std::printf("  handled per listener\n");
     std::printf("    welcome_email           %6ld\n", welcome);
     std::printf("    confirmation_email      %6ld\n", confirmations);
+    std::printf("    review_email            %6ld  (scheduled: each fired once, %lld ms after its order)\n", reviews,
+                static_cast<long long>(so.review_delay.count()));
+    std::printf("    report_email            %6ld  (recurring \"%s\" %s, triggered once by hand; next %s)\n", reports,
+                so.report_cron.c_str(), so.report_zone.c_str(), report_next.c_str());
     std::printf("    customer_stats          %6ld  (ordered; out of order: %ld)\n", stats_orders, out_of_order);
     std::printf("    loyalty                 %6ld  (flaky)\n", loyalty);
     std::printf("  handler calls that succeeded %3ld  (both workers)\n", handled);
@@ -259,6 +292,8 @@ int main(int argc, char** argv) {
     if (orders != placed) wrong.push_back("orders in the table differ from orders committed");
     if (welcome != users_n) wrong.push_back("welcome emails differ from users");
     if (confirmations != placed) wrong.push_back("confirmations differ from orders");
+    if (reviews != placed) wrong.push_back("review requests differ from orders (each is scheduled once per order)");
+    if (reports != 1) wrong.push_back("the sales report did not fire exactly once for its one trigger");
     if (stats_orders != placed) wrong.push_back("customer_stats counted a different number of orders");
     if (out_of_order != 0) wrong.push_back("customer_stats saw orders out of order");
     if (loyalty + dead_loyalty != placed) wrong.push_back("loyalty points plus loyalty dead letters differ from orders");
@@ -266,8 +301,8 @@ int main(int argc, char** argv) {
     if (static_cast<long>(dead.size()) != dead_loyalty) wrong.push_back("a listener other than loyalty dead-lettered");
     if (rc1 != 0 || rc2 != 0) wrong.push_back("a worker did not shut down gracefully");
     if (loyalty_after != placed) wrong.push_back("the retried dead letters did not all succeed");
-    // welcome + confirmation + customer_stats + loyalty successes
-    if (handled != users_n + 2 * placed + loyalty) wrong.push_back("the workers' handled counts differ from the effects");
+    // welcome + confirmation + review + customer_stats + loyalty successes + the report
+    if (handled != users_n + 3 * placed + loyalty + 1) wrong.push_back("the workers' handled counts differ from the effects");
     for (const auto& w : wrong) std::printf("MISMATCH: %s\n", w.c_str());
     std::printf("\ndemo: %s\n", wrong.empty() ? "every count checks out against the database" : "FAILED");
     return wrong.empty() ? 0 : 1;

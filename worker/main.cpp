@@ -1,12 +1,14 @@
 // omnibus-worker: the example shop's worker, built the way a user's worker is: worker_main
 // does configuration, signals and every operator command; this file adds the shop's services
-// and its three flags of its own.
+// and its flags of its own.
 
 #include <stdexcept>
+#include <string>
 
 #include <CLI/CLI.hpp>
 #include <pqxx/pqxx>
 
+#include "omnibus/cron.hpp"
 #include "omnibus/migrations.hpp"
 #include "omnibus/worker_main.hpp"
 #include "services/shop.hpp"
@@ -18,6 +20,10 @@ int main(int argc, char** argv) {
       ->envname("OMNIBUS_SHOP_SCHEMA")->capture_default_str();
   program.cli().add_option("--flaky-rate", shop.flaky_failure_rate, "how often the shop's loyalty listener fails (0..1)")
       ->envname("OMNIBUS_FLAKY_RATE")->capture_default_str();
+  program.cli().add_option("--report-cron", shop.report_cron, "when the sales report is due (a cron expression)")
+      ->envname("OMNIBUS_REPORT_CRON")->capture_default_str();
+  program.cli().add_option("--report-zone", shop.report_zone, "the sales report's time zone")
+      ->envname("OMNIBUS_REPORT_ZONE")->capture_default_str();
   program.run_command().add_option("--concurrency", shop.concurrency, "handler slots per unordered listener")
       ->envname("OMNIBUS_CONCURRENCY")->capture_default_str();
   program.validate([&](const omnibus::worker_config&) {
@@ -34,6 +40,10 @@ int main(int argc, char** argv) {
       pqxx::connection db{app.config().database_url};
       services::migrate_shop(db, shop);
     }
-    app.keep(services::make_shop(app.bus(), shop));  // every service registers its listeners here
+    try {
+      app.keep(services::make_shop(app.bus(), shop));  // every service registers its listeners here
+    } catch (const omnibus::cron_error& e) {
+      throw omnibus::config_error(std::string("--report-cron/--report-zone: ") + e.what());
+    }
   });
 }

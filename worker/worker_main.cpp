@@ -874,13 +874,16 @@ struct worker_program::impl {
     }
     if (sched_trigger->parsed()) {
       event_id id;
+      spdlog::default_logger()->set_level(spdlog::level::err);  // its "no relay here" warning: said below, plainly
       try {
         id = trigger_recurring(db, local, sched_name);
       } catch (const std::invalid_argument& e) {
         throw config_error(e.what());
       }
-      std::printf("triggered %s: event %s is in the outbox; the relay publishes it\n", sched_name.c_str(),
-                  id.to_string().c_str());
+      std::printf("triggered %s: event %s is in the outbox; %s\n", sched_name.c_str(), id.to_string().c_str(),
+                  read_bus_state(db, c.bus.schema).relay_active
+                      ? "the active relay publishes it"
+                      : "no worker holds the relay lock now: it is published when one runs");
       return 0;
     }
     if (sched_pause->parsed() || sched_resume->parsed()) {

@@ -137,7 +137,9 @@ class field_parser {
         high = value();
         if (low > high) {
           std::string what = std::string(text_.substr(begin, pos_ - begin)) + " is a range whose start is after its end";
-          if (kind_.max == 7 && high == 0) what += " (write 7 for a Sunday that ends a range)";
+          if (kind_.max == 7 && high == 0) {  // only day-of-week reaches 7
+            what += " (write 7 for a Sunday that ends a range)";
+          }
           fail(what);
         }
       } else {
@@ -326,9 +328,10 @@ struct cron::fields {
       const date::year_month_day ymd{day};
       const auto month = static_cast<int>(static_cast<unsigned>(ymd.month()));
       if (((months >> month) & 1U) == 0) {
-        const int next = next_bit(months, month + 1);
-        day = next > 0 ? date::local_days{ymd.year() / date::month(static_cast<unsigned>(next)) / 1}
-                       : date::local_days{(ymd.year() + date::years{1}) / date::month(static_cast<unsigned>(next_bit(months, 1))) / 1};
+        const int later = next_bit(months, month + 1);  // this year, or the first of next year
+        const date::year year = later > 0 ? ymd.year() : ymd.year() + date::years{1};
+        const int first = later > 0 ? later : next_bit(months, 1);
+        day = date::local_days{year / date::month(static_cast<unsigned>(first)) / 1};
         time = day_seconds{0};
         continue;
       }
@@ -445,6 +448,10 @@ cron& cron::operator=(const cron& other) {
 cron::cron(cron&&) noexcept = default;
 cron& cron::operator=(cron&&) noexcept = default;
 
+// Fire times are the first instants of matching wall-clock times (fields::first_instant), a
+// function that never decreases as the wall-clock time grows. So the answer is the first
+// instant of the first matching wall-clock time at or after search_from(start): the search
+// runs over the calendar, a month, a day or an hour at a time, and converts once at the end.
 std::optional<cron::time_point> cron::next(std::chrono::system_clock::time_point after) const {
   const auto from = std::chrono::floor<std::chrono::seconds>(after);
   const time_point start = from + std::chrono::seconds{1};

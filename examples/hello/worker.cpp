@@ -1,5 +1,6 @@
 // The worker: worker_main gives it every flag, environment variable and operator command of
-// omnibus-worker (run, dead-letters, parked, consumers, stream, migrations; --help lists them).
+// omnibus-worker (run, dead-letters, parked, consumers, stream, schedules, migrations; --help
+// lists them).
 //   OMNIBUS_DATABASE_URL=postgresql://... hello-worker run
 
 #include <cstdio>
@@ -19,6 +20,8 @@ struct greeter {
                   static_cast<unsigned long long>(ctx.attempt()));
       std::fflush(stdout);
     }, o);
+    // A recurring event: every worker's scheduler fires each occurrence once, between them.
+    bus.add_schedule("morning_greeting", "0 9 * * *", "Europe/Berlin", [] { return greeting{"the morning", 1}; });
   }
 };
 

@@ -1,6 +1,6 @@
 // omnibus_bench: every benchmark measures Omnibus and its raw baseline in the same run and
 // prints one line per metric (see bench_support.hpp). Groups: sync, codec, publish, outbox,
-// worker, latency, memory. `scripts/bench` starts the servers and runs them all.
+// worker, latency, memory, cluster, schedule. `scripts/bench` starts the servers and runs them all.
 
 #include <atomic>
 #include <cstdio>
@@ -20,6 +20,7 @@ void bench_drain();
 void bench_metrics();
 void bench_flow();
 void bench_cluster();
+void bench_schedule();
 void bench_latency(bool through_outbox);
 int memory_child();
 }  // namespace bench
@@ -35,7 +36,7 @@ void operator delete(void* p, std::size_t) noexcept { std::free(p); }
 
 int main(int argc, char** argv) {
   if (argc < 2) {
-    std::fprintf(stderr, "usage: omnibus_bench sync|codec|publish|outbox|worker|metrics|flow|latency|memory\n");
+    std::fprintf(stderr, "usage: omnibus_bench sync|codec|publish|outbox|worker|metrics|flow|latency|memory|cluster|schedule\n");
     return 2;
   }
   const std::string group = argv[1];
@@ -49,6 +50,7 @@ int main(int argc, char** argv) {
     else if (group == "metrics") bench::bench_metrics();
     else if (group == "flow") bench::bench_flow();
     else if (group == "cluster") bench::bench_cluster();
+    else if (group == "schedule") bench::bench_schedule();
     else if (group == "latency") {
       bench::bench_latency(false);
       bench::bench_latency(true);

@@ -139,7 +139,13 @@ LD_LIBRARY_PATH=$libdir ./hello-worker --log-level loud run >/dev/null 2>&1
 rc=$?
 set -e
 [ "$rc" -eq 2 ] || { echo "install: a bad --log-level exited $rc, not 2" >&2; exit 1; }
-say "hello-worker dead-letters list, consumers list and its configuration errors work"
+# Its recurring schedule was registered by the run, and cron expressions preview offline.
+LD_LIBRARY_PATH=$libdir ./hello-worker schedules list | grep -q 'morning_greeting *"0 9 \* \* \*" Europe/Berlin' \
+  || { echo "install: schedules list does not show morning_greeting" >&2; LD_LIBRARY_PATH=$libdir ./hello-worker schedules list >&2; exit 1; }
+preview=$(LD_LIBRARY_PATH=$libdir ./hello-worker schedules preview "0 9 * * *" --tz Europe/Berlin --from 2026-07-01T00:00:00Z --count 2)
+[ "$preview" = "$(printf '2026-07-01T07:00:00Z\n2026-07-02T07:00:00Z')" ] \
+  || { echo "install: schedules preview printed: $preview" >&2; exit 1; }
+say "hello-worker dead-letters list, consumers list, schedules list and preview, and its configuration errors work"
 run_pair ./build-meson/hello-worker ./build-meson/hello-publisher
 say "meson build: the publisher's greeting reached the worker's async listener"
 run_pair ./build-cmake/hello-worker ./build-cmake/hello-publisher

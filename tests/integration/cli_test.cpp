@@ -15,6 +15,7 @@
 #include "omnibus/dead_letters.hpp"
 #include "omnibus/migrations.hpp"
 #include "omnibus/relay.hpp"
+#include "omnibus/schedules.hpp"
 #include "omnibus/worker.hpp"
 #include "omnibus/jetstream.hpp"
 #include "omnibus/nats_connection.hpp"
@@ -411,4 +412,90 @@ TEST_CASE_METHOD(shop_fixture, "stream purge --handled deletes only what every c
   REQUIRE(all.wait(20s) == 0);
   CHECK_THAT(all.output(), Catch::Contains(std::to_string(before->messages) + " event(s) removed, 0 left"));
   CHECK(js.state(opts.stream)->messages == 0);
+}
+
+TEST_CASE_METHOD(shop_fixture, "schedules: list, show, cancel a pending event; pause, resume and trigger a recurring one",
+                 "[integration][cli][scheduler]") {
+  shop_opts.review_delay = 1h;  // pending throughout the test
+  auto same = opts;  // the stream as omnibus-worker run makes it from its defaults
+  const omnibus::stream_config defaults;
+  same.stream.memory_storage = defaults.memory_storage;
+  same.stream.max_age = defaults.max_age;
+  same.stream.max_bytes = defaults.max_bytes;
+  omnibus::event_bus b{js, same};
+  auto shop = services::make_shop(b, shop_opts);
+  b.provision();
+  {
+    pqxx::work tx{db};
+    omnibus::context ctx{tx};
+    shop->inventory.restock(ctx, "mug", 10);
+    shop->orders.place(ctx, "ada@example.com", "mug", 1, 1200);
+    tx.commit();
+  }
+  auto list = cli({"schedules", "list"});
+  REQUIRE(list.wait(20s) == 0);
+  CHECK_THAT(list.output(), Catch::Contains("1 scheduled event(s) pending") && Catch::Contains("order.review_requested") &&
+                                Catch::Contains("review:order:1"));
+  const auto pending = omnibus::list_scheduled(db, opts.schema);
+  REQUIRE(pending.size() == 1);
+  const std::string id = pending[0].id.to_string();
+  auto show = cli({"schedules", "show", id});
+  REQUIRE(show.wait(20s) == 0);
+  CHECK_THAT(show.output(), Catch::Contains("Nats-Msg-Id: " + id) && Catch::Contains("unique key:  review:order:1"));
+  auto json = cli({"schedules", "list", "--json", "--key", "review:order:1"});
+  REQUIRE(json.wait(20s) == 0);
+  CHECK_THAT(json.output(), Catch::Contains("\"pending\":1") && Catch::Contains("\"id\":\"" + id + "\""));
+  auto cancel = cli({"schedules", "cancel", id});
+  REQUIRE(cancel.wait(20s) == 0);
+  CHECK_THAT(cancel.output(), Catch::Contains("cancelled " + id));
+  auto again = cli({"schedules", "cancel", id});
+  CHECK(again.wait(20s) == 1);
+  CHECK_THAT(again.output(), Catch::Contains("no pending scheduled event"));
+  auto bad_id = cli({"schedules", "show", "not-a-uuid"});
+  CHECK(bad_id.wait(20s) == 2);
+
+  // No worker has registered the recurring schedule yet: pause says so.
+  auto early = cli({"schedules", "pause", "sales_report"});
+  CHECK(early.wait(20s) == 1);
+  CHECK_THAT(early.output(), Catch::Contains("a worker registers its schedules when it starts"));
+  auto worker = cli({"run"});
+  REQUIRE(test_env::eventually([&] { return omnibus::list_recurring(db, opts.schema).size() == 1; }, 30s));
+  auto pause = cli({"schedules", "pause", "sales_report"});
+  REQUIRE(pause.wait(20s) == 0);
+  auto paused = cli({"schedules", "list"});
+  REQUIRE(paused.wait(20s) == 0);
+  CHECK_THAT(paused.output(), Catch::Contains("sales_report") && Catch::Contains("\"0 9 * * MON-FRI\" Europe/Berlin  PAUSED"));
+  auto resume = cli({"schedules", "resume", "sales_report"});
+  REQUIRE(resume.wait(20s) == 0);
+  CHECK_FALSE(omnibus::list_recurring(db, opts.schema)[0].paused);
+  auto trigger = cli({"schedules", "trigger", "sales_report"});
+  REQUIRE(trigger.wait(20s) == 0);
+  CHECK_THAT(trigger.output(), Catch::Contains("triggered sales_report"));
+  const std::string reports = "SELECT count(*) FROM \"" + shop_opts.schema + "\".emails WHERE kind = 'report'";
+  const bool handled = test_env::eventually([&] { return count(reports) == 1; }, 30s);  // the running worker handled it
+  INFO(worker.output());
+  REQUIRE(handled);
+  auto unknown = cli({"schedules", "trigger", "nightly"});
+  CHECK(unknown.wait(20s) == 2);
+  CHECK_THAT(unknown.output(), Catch::Contains("no recurring schedule named 'nightly'") && Catch::Contains("sales_report"));
+  worker.signal(SIGTERM);
+  CHECK(worker.wait(30s) == 0);
+}
+
+TEST_CASE("schedules preview: next fire times without servers; a bad expression or zone exits 2, naming it",
+          "[integration][cli][scheduler]") {
+  const std::string bin = test_env::tool_path("OMNIBUS_WORKER_BIN");
+  auto berlin = test_env::child_process(
+      {bin, "schedules", "preview", "30 2 * * *", "--tz", "Europe/Berlin", "--from", "2026-03-28T00:00:00Z", "--count", "3"});
+  REQUIRE(berlin.wait(20s) == 0);
+  CHECK(berlin.output() == "2026-03-28T01:30:00Z\n2026-03-29T01:00:00Z\n2026-03-30T00:30:00Z\n");  // the gap's end
+  auto bad = test_env::child_process({bin, "schedules", "preview", "0 25 * * *"});
+  CHECK(bad.wait(20s) == 2);
+  CHECK_THAT(bad.output(), Catch::Contains("cron \"0 25 * * *\"") && Catch::Contains("hour"));
+  auto zone = test_env::child_process({bin, "schedules", "preview", "@daily", "--tz", "Mars/Olympus"});
+  CHECK(zone.wait(20s) == 2);
+  CHECK_THAT(zone.output(), Catch::Contains("Mars/Olympus"));
+  auto from = test_env::child_process({bin, "schedules", "preview", "@daily", "--from", "tomorrow"});
+  CHECK(from.wait(20s) == 2);
+  CHECK_THAT(from.output(), Catch::Contains("--from"));
 }

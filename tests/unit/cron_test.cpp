@@ -74,12 +74,12 @@ using list = std::vector<std::string>;
 
 }  // namespace
 
-TEST_CASE("The test helpers read and write instants alike", "[cron]") {
+TEST_CASE("The test helpers read and write instants alike", "[bus][cron]") {
   CHECK(iso(at("2026-03-29T01:00:00Z")) == "2026-03-29T01:00:00Z");
   CHECK(at("1970-01-01T00:00:10Z").time_since_epoch() == std::chrono::seconds{10});
 }
 
-TEST_CASE("A value, a range and a list select those values", "[cron]") {
+TEST_CASE("A value, a range and a list select those values", "[bus][cron]") {
   SECTION("value") {
     CHECK(fires("5 * * * *", "2026-01-01T00:00:00Z", 3) ==
           list{"2026-01-01T00:05:00Z", "2026-01-01T01:05:00Z", "2026-01-01T02:05:00Z"});
@@ -105,7 +105,7 @@ TEST_CASE("A value, a range and a list select those values", "[cron]") {
   }
 }
 
-TEST_CASE("Steps count from the start of a range, or of the field for * and a/n", "[cron]") {
+TEST_CASE("Steps count from the start of a range, or of the field for * and a/n", "[bus][cron]") {
   SECTION("*/n") {
     CHECK(fires("*/20 * * * *", "2026-01-01T00:00:00Z", 4) ==
           list{"2026-01-01T00:20:00Z", "2026-01-01T00:40:00Z", "2026-01-01T01:00:00Z", "2026-01-01T01:20:00Z"});
@@ -133,7 +133,7 @@ TEST_CASE("Steps count from the start of a range, or of the field for * and a/n"
   }
 }
 
-TEST_CASE("Months and days of week take names in any case", "[cron]") {
+TEST_CASE("Months and days of week take names in any case", "[bus][cron]") {
   CHECK(fires("0 0 1 JAN,jul *", "2026-01-01T00:00:00Z", 3) ==
         list{"2026-07-01T00:00:00Z", "2027-01-01T00:00:00Z", "2027-07-01T00:00:00Z"});
   CHECK(fires("0 0 1 feb-APR/2 *", "2026-01-01T00:00:00Z", 3) ==
@@ -147,7 +147,7 @@ TEST_CASE("Months and days of week take names in any case", "[cron]") {
         list{"2026-01-03T00:00:00Z", "2026-01-04T00:00:00Z", "2026-01-10T00:00:00Z"});
 }
 
-TEST_CASE("Day of week 0 and 7 are both Sunday", "[cron]") {
+TEST_CASE("Day of week 0 and 7 are both Sunday", "[bus][cron]") {
   // 2026-01-04 is a Sunday.
   const list sundays{"2026-01-04T00:00:00Z", "2026-01-11T00:00:00Z"};
   CHECK(fires("0 0 * * 0", "2026-01-01T00:00:00Z", 2) == sundays);
@@ -162,7 +162,7 @@ TEST_CASE("Day of week 0 and 7 are both Sunday", "[cron]") {
         list{"2026-01-03T00:00:00Z", "2026-01-04T00:00:00Z", "2026-01-06T00:00:00Z", "2026-01-08T00:00:00Z"});
 }
 
-TEST_CASE("Macros stand for their five fields", "[cron]") {
+TEST_CASE("Macros stand for their five fields", "[bus][cron]") {
   const std::vector<std::pair<std::string, std::string>> macros{
       {"@yearly", "0 0 1 1 *"}, {"@annually", "0 0 1 1 *"}, {"@monthly", "0 0 1 * *"}, {"@weekly", "0 0 * * 0"},
       {"@daily", "0 0 * * *"},  {"@midnight", "0 0 * * *"}, {"@hourly", "0 * * * *"},   {"@DAILY", "0 0 * * *"},
@@ -175,7 +175,7 @@ TEST_CASE("Macros stand for their five fields", "[cron]") {
   CHECK(fires("@hourly", "2026-01-01T00:00:00Z", 1) == list{"2026-01-01T01:00:00Z"});
 }
 
-TEST_CASE("Six fields put the seconds first; five fire at second 0", "[cron]") {
+TEST_CASE("Six fields put the seconds first; five fire at second 0", "[bus][cron]") {
   CHECK(fires("*/20 * * * * *", "2026-01-01T00:00:00Z", 4) ==
         list{"2026-01-01T00:00:20Z", "2026-01-01T00:00:40Z", "2026-01-01T00:01:00Z", "2026-01-01T00:01:20Z"});
   CHECK(fires("30 0 0 1 1 *", "2026-01-01T00:00:00Z", 2) == list{"2026-01-01T00:00:30Z", "2027-01-01T00:00:30Z"});
@@ -183,7 +183,7 @@ TEST_CASE("Six fields put the seconds first; five fire at second 0", "[cron]") {
   CHECK(fires("* * * * *", "2026-01-01T00:00:30Z", 2) == list{"2026-01-01T00:01:00Z", "2026-01-01T00:02:00Z"});
 }
 
-TEST_CASE("next() is strictly after its argument, to the whole second", "[cron]") {
+TEST_CASE("next() is strictly after its argument, to the whole second", "[bus][cron]") {
   const cron c("5 * * * *");
   using std::chrono::milliseconds;
   CHECK(iso(*c.next(at("2026-01-01T00:05:00Z"))) == "2026-01-01T01:05:00Z");
@@ -196,7 +196,7 @@ TEST_CASE("next() is strictly after its argument, to the whole second", "[cron]"
   CHECK(iso(*every_second.next(at("1969-12-31T23:59:58Z") + milliseconds{500})) == "1969-12-31T23:59:59Z");
 }
 
-TEST_CASE("When both day fields are restricted a day matches either (Vixie)", "[cron]") {
+TEST_CASE("When both day fields are restricted a day matches either (Vixie)", "[bus][cron]") {
   SECTION("the 1st or a Monday") {
     // January 2026's Mondays: 5, 12, 19, 26; 2026-02-01 is a Sunday.
     CHECK(fires("0 0 1 * 1", "2026-01-01T00:00:00Z", 6) ==
@@ -226,7 +226,7 @@ TEST_CASE("When both day fields are restricted a day matches either (Vixie)", "[
   }
 }
 
-TEST_CASE("A bad expression names the field and quotes the whole expression", "[cron]") {
+TEST_CASE("A bad expression names the field and quotes the whole expression", "[bus][cron]") {
   CHECK_THROWS_WITH(cron("0 25 * * *"), "cron \"0 25 * * *\": hour: 25 is out of range 0-23");
   CHECK_THROWS_AS(cron("0 25 * * *"), cron_error);
   CHECK_THROWS_AS(cron("0 25 * * *"), omnibus::error);
@@ -288,7 +288,7 @@ TEST_CASE("A bad expression names the field and quotes the whole expression", "[
   CHECK_THROWS_WITH(cron("0 0 \"x\" * *"), Contains("cron \"0 0 \\\"x\\\" * *\": day-of-month: "));
 }
 
-TEST_CASE("A wrong number of fields or an unknown macro is refused", "[cron]") {
+TEST_CASE("A wrong number of fields or an unknown macro is refused", "[bus][cron]") {
   CHECK_THROWS_WITH(cron(""), Contains("cron \"\": expected 5 fields") && Contains("got 0"));
   CHECK_THROWS_WITH(cron("   "), Contains("got 0"));
   CHECK_THROWS_WITH(cron("* * * *"), Contains("cron \"* * * *\": expected 5 fields") && Contains("got 4"));
@@ -298,14 +298,14 @@ TEST_CASE("A wrong number of fields or an unknown macro is refused", "[cron]") {
   CHECK_THROWS_WITH(cron("0 0 * * *\n"), Contains("cron \"0 0 * * *\\x0a\": day-of-week: unexpected character 0x0a"));
 }
 
-TEST_CASE("An unknown time zone is refused by name", "[cron]") {
+TEST_CASE("An unknown time zone is refused by name", "[bus][cron]") {
   CHECK_THROWS_AS(cron("0 0 * * *", "Mars/Base"), cron_error);
   CHECK_THROWS_WITH(cron("0 0 * * *", "Mars/Base"), "cron \"0 0 * * *\": unknown time zone \"Mars/Base\"");
   CHECK_THROWS_WITH(cron("0 0 * * *", ""), Contains("unknown time zone \"\""));
   CHECK_NOTHROW(cron("0 0 * * *", "Europe/Berlin"));
 }
 
-TEST_CASE("An expression that can never fire is refused", "[cron]") {
+TEST_CASE("An expression that can never fire is refused", "[bus][cron]") {
   CHECK_THROWS_WITH(cron("0 0 30 2 *"), Contains("cron \"0 0 30 2 *\": ") && Contains("never fires"));
   CHECK_THROWS_WITH(cron("0 0 31 4 *"), Contains("never fires"));
   CHECK_THROWS_WITH(cron("0 0 31 FEB,APR,JUN,SEP,NOV *"), Contains("never fires"));
@@ -316,7 +316,7 @@ TEST_CASE("An expression that can never fire is refused", "[cron]") {
   CHECK_NOTHROW(cron("0 0 30 2 1"));  // OR: the Mondays of February
 }
 
-TEST_CASE("Fire times cross year ends", "[cron]") {
+TEST_CASE("Fire times cross year ends", "[bus][cron]") {
   CHECK(fires("59 23 31 12 *", "2026-12-31T23:59:00Z", 2) == list{"2027-12-31T23:59:00Z", "2028-12-31T23:59:00Z"});
   CHECK(fires("0 0 1 1 *", "2026-12-31T23:59:59Z", 2) == list{"2027-01-01T00:00:00Z", "2028-01-01T00:00:00Z"});
   CHECK(fires("* * * * * *", "2026-12-31T23:59:59Z", 1) == list{"2027-01-01T00:00:00Z"});
@@ -327,7 +327,7 @@ TEST_CASE("Fire times cross year ends", "[cron]") {
   CHECK(fires("0 20 31 12 *", "2026-06-01T00:00:00Z", 1, "Pacific/Honolulu") == list{"2027-01-01T06:00:00Z"});
 }
 
-TEST_CASE("29 February fires in leap years only", "[cron]") {
+TEST_CASE("29 February fires in leap years only", "[bus][cron]") {
   CHECK(fires("0 0 29 2 *", "2026-03-01T00:00:00Z", 3) ==
         list{"2028-02-29T00:00:00Z", "2032-02-29T00:00:00Z", "2036-02-29T00:00:00Z"});
   // 2100 is not a leap year.
@@ -336,7 +336,7 @@ TEST_CASE("29 February fires in leap years only", "[cron]") {
   CHECK(fires("0 0 29 2 */7", "2088-03-01T00:00:00Z", 1) == list{"2128-02-29T00:00:00Z"});
 }
 
-TEST_CASE("next() copes with the ends of the clock", "[cron]") {
+TEST_CASE("next() copes with the ends of the clock", "[bus][cron]") {
   const cron c("0 0 1 1 *");
   CHECK_NOTHROW(c.next(std::chrono::system_clock::time_point::max()));
   CHECK_NOTHROW(c.next(std::chrono::system_clock::time_point::min()));
@@ -345,7 +345,7 @@ TEST_CASE("next() copes with the ends of the clock", "[cron]") {
   CHECK(*last > std::chrono::floor<std::chrono::seconds>(std::chrono::system_clock::time_point::max()));
 }
 
-TEST_CASE("A cron keeps its expression and zone, and copies and moves", "[cron]") {
+TEST_CASE("A cron keeps its expression and zone, and copies and moves", "[bus][cron]") {
   cron a("*/5 * * * *", "Europe/Berlin");
   CHECK(a.expression() == "*/5 * * * *");
   CHECK(a.zone() == "Europe/Berlin");
@@ -365,7 +365,7 @@ TEST_CASE("A cron keeps its expression and zone, and copies and moves", "[cron]"
 
 // Europe/Berlin 2026 (zdump): 2026-03-29 01:00:00 UTC CET 01:59:59 -> CEST 03:00:00;
 // 2026-10-25 01:00:00 UTC CEST 02:59:59 -> CET 02:00:00.
-TEST_CASE("Europe/Berlin: a skipped time fires when the gap ends, a repeated one once", "[cron]") {
+TEST_CASE("Europe/Berlin: a skipped time fires when the gap ends, a repeated one once", "[bus][cron]") {
   const std::string berlin = "Europe/Berlin";
   SECTION("spring: 02:30 does not exist on 29 March") {
     // 28 March 02:30 CET; 29 March at the gap's end, 03:00 CEST; 30 March 02:30 CEST.
@@ -412,7 +412,7 @@ TEST_CASE("Europe/Berlin: a skipped time fires when the gap ends, a repeated one
 
 // America/New_York 2026 (zdump): 2026-03-08 07:00:00 UTC EST 01:59:59 -> EDT 03:00:00;
 // 2026-11-01 06:00:00 UTC EDT 01:59:59 -> EST 01:00:00.
-TEST_CASE("America/New_York: the spring gap and the fall repeat", "[cron]") {
+TEST_CASE("America/New_York: the spring gap and the fall repeat", "[bus][cron]") {
   const std::string ny = "America/New_York";
   // 7 March 02:30 EST; 8 March at the gap's end, 03:00 EDT; 9 March 02:30 EDT.
   CHECK(fires("30 2 * * *", "2026-03-07T00:00:00Z", 3, ny) ==
@@ -426,7 +426,7 @@ TEST_CASE("America/New_York: the spring gap and the fall repeat", "[cron]") {
 
 // Australia/Lord_Howe 2026 (zdump): 2026-04-04 15:00:00 UTC +11 01:59:59 -> +1030 01:30:00;
 // 2026-10-03 15:30:00 UTC +1030 01:59:59 -> +11 02:30:00. Half-hour shifts.
-TEST_CASE("Australia/Lord_Howe: half-hour shifts", "[cron]") {
+TEST_CASE("Australia/Lord_Howe: half-hour shifts", "[bus][cron]") {
   const std::string lh = "Australia/Lord_Howe";
   SECTION("April: 01:30-01:59 happen twice") {
     // 01:45 +11, then 02:00 +1030: 01:30 and 01:45 +1030 were second occurrences.
@@ -447,7 +447,7 @@ TEST_CASE("Australia/Lord_Howe: half-hour shifts", "[cron]") {
 
 // Pacific/Apia (zdump -c 2011,2012): 2011-12-30 10:00:00 UTC -10 Thu 29 Dec 23:59:59 -> +14 Sat
 // 31 Dec 00:00:00. Friday 30 December 2011 never happened there: a 24-hour gap.
-TEST_CASE("Pacific/Apia: a skipped day fires once, when the gap ends", "[cron]") {
+TEST_CASE("Pacific/Apia: a skipped day fires once, when the gap ends", "[bus][cron]") {
   const std::string apia = "Pacific/Apia";
   // 29 December 12:00 -10; the missing 30 December 12:00 at the gap's end (31 December 00:00
   // +14); 31 December 12:00 +14; 1 January 12:00 +14.

@@ -8,7 +8,8 @@
 
 namespace services {
 
-/// Places orders; publishes order.placed in the order's transaction.
+/// Places orders; publishes order.placed in the order's transaction, and schedules
+/// order.review_requested for review_delay later in that same transaction.
 class orders {
  public:
   orders(omnibus::event_bus& bus, const shop_options& options);

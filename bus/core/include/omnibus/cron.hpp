@@ -12,6 +12,8 @@
 // Time zones are IANA names ("Europe/Berlin", "UTC") read from the system's tzdata. DST: a
 // local time that does not exist (in a spring-forward gap) fires at the first instant after
 // the gap; a local time that happens twice (fall back) fires once, at its first occurrence.
+// Debian's date/tz reads the zone files' transitions, which end in 2037: later times use each
+// zone's standard time (a summer job in Berlin in 2040 fires an hour late).
 
 #include <chrono>
 #include <memory>
@@ -33,6 +35,7 @@ class OMNIBUS_API cron_error : public error {
 };
 
 /// A parsed cron expression bound to a time zone. Immutable; copyable; next() is thread-safe.
+/// A moved-from cron may only be assigned to or destroyed.
 class OMNIBUS_API cron {
  public:
   /// The clock of fire times (whole seconds).
@@ -42,10 +45,10 @@ class OMNIBUS_API cron {
   /// expression or an unknown zone, and for an expression that can never fire (0 0 30 2 *).
   explicit cron(std::string_view expression, std::string_view zone = "UTC");
   ~cron();
-  cron(const cron& other);
-  cron& operator=(const cron& other);
-  cron(cron&&) noexcept;
-  cron& operator=(cron&&) noexcept;
+  cron(const cron& other);             ///< copies the parsed fields and the zone
+  cron& operator=(const cron& other);  ///< copies the parsed fields and the zone
+  cron(cron&&) noexcept;               ///< leaves `other` only assignable or destructible
+  cron& operator=(cron&&) noexcept;    ///< leaves `other` only assignable or destructible
 
   /// The first fire time strictly after `after`; nullopt when none comes within 50 years.
   [[nodiscard]] std::optional<time_point> next(std::chrono::system_clock::time_point after) const;
