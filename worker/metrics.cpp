@@ -118,6 +118,9 @@ struct worker_metrics::impl {
     outbox_rows = &gauge("omnibus_outbox_backlog_rows", "Outbox rows not yet sent to the stream");
     outbox_age = &gauge("omnibus_outbox_oldest_age_seconds", "How long the oldest outbox row has waited (0: none)");
     relay_lock = &gauge("omnibus_relay_lock_held", "1 when some process holds the schema's relay lock");
+    scheduled_pending = &gauge("omnibus_scheduled_pending", "Scheduled events not yet fired");
+    scheduled_overdue = &gauge("omnibus_scheduled_overdue_seconds",
+                               "How late the most overdue scheduled event is (0: none is due; growing: no scheduler runs)");
     unrelayed = &gauge("omnibus_outbox_unrelayed",
                        "1 when outbox rows have waited past the alert threshold and no process relays them");
     relay_active = &gauge("omnibus_relay_active", "1 when this process is the schema's active relay");
@@ -188,6 +191,7 @@ struct worker_metrics::impl {
   prometheus::Family<prometheus::Counter>* published_family;
   prometheus::Family<prometheus::Counter>* publish_errors_family;
   prometheus::Gauge *stream_messages, *stream_bytes, *stream_max_bytes, *stream_fill;
+  prometheus::Gauge *scheduled_pending, *scheduled_overdue;
   prometheus::Gauge *outbox_rows, *outbox_age, *relay_lock, *unrelayed, *relay_active, *relay_holding, *worker_ready;
   prometheus::Counter* relayed;
   prometheus::Counter* relay_batches;
@@ -292,6 +296,8 @@ struct worker_metrics::impl {
       outbox_rows->Set(static_cast<double>(st.outbox_rows));
       outbox_age->Set(st.outbox_oldest_age ? static_cast<double>(st.outbox_oldest_age->count()) / 1000.0 : 0.0);
       relay_lock->Set(st.relay_active ? 1 : 0);
+      scheduled_pending->Set(static_cast<double>(st.scheduled_pending));
+      scheduled_overdue->Set(st.scheduled_overdue ? static_cast<double>(st.scheduled_overdue->count()) / 1000.0 : 0.0);
       outbox_unrelayed = st.unrelayed(src.outbox_alert_after);
       outbox_age_seen = st.outbox_oldest_age.value_or(std::chrono::milliseconds(0));
       unrelayed->Set(outbox_unrelayed ? 1 : 0);

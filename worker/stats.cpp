@@ -76,6 +76,9 @@ std::string stats_text(const stats_view& v, std::chrono::milliseconds alert_afte
   }
   out += format("\noutbox     %llu row(s) waiting, oldest %s\n", static_cast<unsigned long long>(v.db.outbox_rows),
                 age(v.db.outbox_oldest_age).c_str());
+  out += format("scheduled  %llu pending, %llu due now%s\n", static_cast<unsigned long long>(v.db.scheduled_pending),
+                static_cast<unsigned long long>(v.db.scheduled_due),
+                v.db.scheduled_overdue ? (", the most overdue " + age(v.db.scheduled_overdue) + " late").c_str() : "");
   if (v.db.relay_active) {
     out += "relay      active (some process holds the relay lock)\n";
   } else {
@@ -119,6 +122,10 @@ std::string stats_json(const stats_view& v, std::chrono::milliseconds alert_afte
   out += "],\"outbox\":" + format("{\"rows\":%llu,\"oldest_age_seconds\":", static_cast<unsigned long long>(v.db.outbox_rows));
   out += v.db.outbox_oldest_age ? format("%.3f", static_cast<double>(v.db.outbox_oldest_age->count()) / 1000.0) : "null";
   out += std::string("},\"relay_active\":") + (v.db.relay_active ? "true" : "false");
+  out += format(",\"scheduled\":{\"pending\":%llu,\"due\":%llu,\"overdue_seconds\":",
+                static_cast<unsigned long long>(v.db.scheduled_pending), static_cast<unsigned long long>(v.db.scheduled_due));
+  out += v.db.scheduled_overdue ? format("%.3f", static_cast<double>(v.db.scheduled_overdue->count()) / 1000.0) : "null";
+  out += "}";
   out += std::string(",\"outbox_unrelayed\":") + (v.db.unrelayed(alert_after) ? "true" : "false");
   if (v.stream) {
     out += ",\"stream\":{\"name\":" + json_quote(v.stream_name) +

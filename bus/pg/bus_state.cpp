@@ -43,6 +43,13 @@ bus_state read_bus_state(pqxx::connection_base& conn, std::string_view schema) {
                                  row[3].as<std::uint64_t>()});
     }
   }
+  if (out.schema_version >= 9) {
+    const auto sched = tx.exec1("SELECT count(*), count(*) FILTER (WHERE due_at <= now()), (extract(epoch FROM now() - "
+                                "min(due_at)) * 1000)::bigint FROM " + detail::table_name(schema, "bus_scheduled"));
+    out.scheduled_pending = sched[0].as<std::uint64_t>();
+    out.scheduled_due = sched[1].as<std::uint64_t>();
+    if (out.scheduled_due > 0 && !sched[2].is_null()) out.scheduled_overdue = std::chrono::milliseconds(sched[2].as<std::int64_t>());
+  }
   return out;
 }
 

@@ -4,21 +4,20 @@
 // - firing lag (due time -> handler start, by the system clock, which PostgreSQL's
 //   clock_timestamp() shares on this machine): events scheduled in advance with publish_at(),
 //   against the same events published through the outbox at their due time by a paced
-//   publisher (what the outbox -> relay -> worker path alone costs). The lag lines' target is
-//   a budget on the value (the goal: p99 <= 250 ms at 1,000/s), not on the ratio;
+//   publisher (what the outbox -> relay -> worker path alone costs). On these lines the target
+//   is a budget on the value (the goal: p99 <= 250 ms at 1,000/s), not on the ratio;
 // - scheduler throughput: 50,000 rows already due, from starting the scheduler and the relay to
 //   the last PubAck, against the relay alone draining 50,000 rows from the outbox;
 // - 1,000,000 rows due far in the future: the plan of the scheduler's due query, and the
-//   firing lag at 1,000/s again, as a ratio to the lag without them.
+//   firing lag p99 at 1,000/s again; its baseline is the p99 without them (target on the ratio).
+// The targets are printed, never asserted.
 
 #include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
-#include <cstdlib>
 #include <mutex>
-#include <optional>
 #include <span>
 #include <stdexcept>
 #include <string>
@@ -26,7 +25,6 @@
 #include <vector>
 
 #include <pqxx/pqxx>
-#include <spdlog/sinks/stdout_color_sinks.h>
 
 #include "bench_support.hpp"
 #include "bench_world.hpp"
@@ -148,9 +146,9 @@ std::vector<double> fire_scheduled(world& w, lag_recorder& rec, int n, int per_s
     }
     tx.commit();
   }
-  std::fprintf(stderr, "bench: (scheduled %d events in %.2f s)\n", n, seconds_since(t));
-  if (sys_clock::now() > first - 100ms) {
-    throw std::runtime_error("scheduling " + std::to_string(n) + " events took longer than their lead");
+  std::fprintf(stderr, "omnibus_bench schedule: scheduled %d events in %.2f s\n", n, seconds_since(t));
+  if (sys_clock::now() > first - 100ms) {  // the first would be late for a reason that is not the scheduler's
+    throw std::runtime_error("scheduling " + std::to_string(n) + " events took longer than their lead (a busy machine?)");
   }
   return collect(rec, static_cast<std::size_t>(n), first + (n - 1) * step, "every scheduled event");
 }
@@ -224,11 +222,10 @@ void lag_and_pending() {
     rec.add(static_cast<double>(epoch_us(sys_clock::now()) - e.due_us) / 1000.0);
   });
   omnibus::listener_options fast;
-  fast.concurrency = std::getenv("SLOTS") ? std::atoi(std::getenv("SLOTS")) : 64;
+  fast.concurrency = 64;  // the default 4 drains fewer than 10,000/s: the lag would be the backlog's
   w.bus->add_async_listener<due_event_fast>("timer_fast", [&](omnibus::context&, const due_event_fast& e) {
     rec.add(static_cast<double>(epoch_us(sys_clock::now()) - e.due_us) / 1000.0);
   }, fast);
-  if (std::getenv("DEBUG_LOG")) w.log = spdlog::stderr_color_mt("dbg");
   omnibus::worker_options wo;
   wo.database_url = env("OMNIBUS_DATABASE_URL");
   wo.fetch_wait = 1000ms;
@@ -253,7 +250,6 @@ void lag_and_pending() {
   await([&] { return rec.size() >= 4; }, "the warm-up events");
   (void)rec.take();
 
-  if (std::getenv("ONLY_1M") == nullptr) {
   const lags s1k = percentiles(fire_scheduled<due_event>(w, rec, 5000, 1000));
   const lags o1k = percentiles(fire_through_outbox<due_event>(w, rec, 5000, 1000));
   const lags s10k = percentiles(fire_scheduled<due_event_fast>(w, rec, 30000, 10000));
@@ -262,9 +258,6 @@ void lag_and_pending() {
   line("schedule_fire_lag_p99_1000_per_s", s1k.p99, "ms", o1k.p99, s1k.p99 / o1k.p99, "<=", 250);
   line("schedule_fire_lag_p50_10000_per_s", s10k.p50, "ms", o10k.p50, s10k.p50 / o10k.p50, "<=", 250);
   line("schedule_fire_lag_p99_10000_per_s", s10k.p99, "ms", o10k.p99, s10k.p99 / o10k.p99, "<=", 250);
-  }
-  if (std::getenv("ONLY_LAG")) return;
-  lags s1k{1,1};
 
   // 1,000,000 rows due from tomorrow on: one real row, copied.
   constexpr long pending = 1000000;
@@ -275,7 +268,8 @@ void lag_and_pending() {
     pqxx::nontransaction q{w.db};
     q.exec0("VACUUM ANALYZE " + quoted(w) + ".bus_scheduled");
   }
-  std::fprintf(stderr, "bench: (%ld pending rows inserted and analyzed in %.1f s)\n", pending, seconds_since(t));
+  std::fprintf(stderr, "omnibus_bench schedule: %ld pending rows inserted and analyzed in %.1f s\n", pending,
+               seconds_since(t));
   if (const long rows = scalar(w, "SELECT count(*) FROM " + quoted(w) + ".bus_scheduled"); rows != pending) {
     throw std::runtime_error("expected " + std::to_string(pending) + " pending rows, found " + std::to_string(rows));
   }
@@ -368,7 +362,6 @@ void scheduler_throughput() {
 
 void bench_schedule() {
   lag_and_pending();
-  if (std::getenv("ONLY_LAG") || std::getenv("ONLY_1M")) return;
   scheduler_throughput();
 }
 

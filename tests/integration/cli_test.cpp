@@ -46,6 +46,7 @@ struct shop_fixture {
     s.flaky_failure_rate = 1.0;  // loyalty always fails
     s.flaky_attempts = 2;
     s.retry_initial = 20ms;
+    s.review_delay = 1h;  // the orders' review requests stay scheduled: the tests count what they publish
     return s;
   }();
   pqxx::connection db{test_env::database_url()};
@@ -416,7 +417,6 @@ TEST_CASE_METHOD(shop_fixture, "stream purge --handled deletes only what every c
 
 TEST_CASE_METHOD(shop_fixture, "schedules: list, show, cancel a pending event; pause, resume and trigger a recurring one",
                  "[integration][cli][scheduler]") {
-  shop_opts.review_delay = 1h;  // pending throughout the test
   auto same = opts;  // the stream as omnibus-worker run makes it from its defaults
   const omnibus::stream_config defaults;
   same.stream.memory_storage = defaults.memory_storage;

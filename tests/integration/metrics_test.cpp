@@ -55,6 +55,7 @@ struct metrics_fixture {
     services::shop_options s;
     s.schema = test_env::unique_name("shop");
     s.flaky_failure_rate = 1.0;  // loyalty always fails: 3 attempts, then a dead letter
+    s.review_delay = std::chrono::hours(1);  // each order's review request stays scheduled
     return s;
   }();
   pqxx::connection db{test_env::database_url()};
@@ -176,6 +177,8 @@ TEST_CASE_METHOD(metrics_fixture, "a worker's /metrics, /readyz and stats say wh
   CHECK(value_of(text, "omnibus_relay_active") == 1);
   CHECK(value_of(text, "omnibus_relay_lock_held") == 1);
   CHECK(value_of(text, "omnibus_relayed_total") == 5);
+  CHECK(value_of(text, "omnibus_scheduled_pending") == 5);  // the orders' review requests, an hour away
+  CHECK(value_of(text, "omnibus_scheduled_overdue_seconds") == 0);
   CHECK(value_of(text, "omnibus_worker_ready") == 1);
   CHECK(value_of(text, "omnibus_stream_messages") >= 5);
 

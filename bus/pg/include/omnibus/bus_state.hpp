@@ -35,6 +35,10 @@ struct OMNIBUS_API bus_state {
     std::uint64_t unacknowledged = 0;  ///< losses no operator acknowledged yet
   };
   std::vector<lost> lost_events;  ///< by listener name
+  std::uint64_t scheduled_pending = 0;  ///< scheduled events not yet fired (bus_scheduled)
+  std::uint64_t scheduled_due = 0;      ///< of those, due by the database's clock: waiting for a scheduler
+  /// How late the most overdue of them is; nullopt: none is due. Growing: no scheduler runs.
+  std::optional<std::chrono::milliseconds> scheduled_overdue;
 
   /// Whether outbox rows have waited longer than `after` while no process holds the relay
   /// lock: events are written and nothing sends them (a worker with a relay must run).
