@@ -135,10 +135,12 @@ std::size_t scheduler::move_due(session& s) {
   const std::string& schema = bus_.options().schema;
   // One statement: claim due rows (rows another scheduler holds are skipped, not waited for),
   // delete them and insert them into the outbox in due order; the commit makes both happen or
-  // neither, so a crash at any point loses nothing and fires nothing twice.
+  // neither, so a crash at any point loses nothing and fires nothing twice. The clock is read
+  // once, in a subquery: clock_timestamp() itself is volatile, so the index scan could not stop
+  // at the first row not yet due and would read every pending row (330 ms with a million).
   const std::string sql = detail::with_schema(
-      "WITH due AS (SELECT id FROM {s}.bus_scheduled WHERE due_at <= clock_timestamp() ORDER BY due_at LIMIT $1 "
-      "FOR UPDATE SKIP LOCKED), "
+      "WITH due AS (SELECT id FROM {s}.bus_scheduled WHERE due_at <= (SELECT clock_timestamp()) ORDER BY due_at "
+      "LIMIT $1 FOR UPDATE SKIP LOCKED), "
       "moved AS (DELETE FROM {s}.bus_scheduled d USING due WHERE d.id = due.id "
       "RETURNING d.id, d.subject, d.headers, d.body, d.due_at), "
       "sent AS (INSERT INTO {s}.bus_outbox (event_id, subject, headers, body) "

@@ -185,7 +185,7 @@ std::vector<double> fire_through_outbox(world& w, lag_recorder& rec, int n, int 
 // schema filled in and $1 the batch size.
 std::string due_query(const world& w, std::size_t batch) {
   std::string sql =
-      "WITH due AS (SELECT id FROM {s}.bus_scheduled WHERE due_at <= clock_timestamp() ORDER BY due_at LIMIT $1 "
+      "WITH due AS (SELECT id FROM {s}.bus_scheduled WHERE due_at <= (SELECT clock_timestamp()) ORDER BY due_at LIMIT $1 "
       "FOR UPDATE SKIP LOCKED), "
       "moved AS (DELETE FROM {s}.bus_scheduled d USING due WHERE d.id = due.id "
       "RETURNING d.id, d.subject, d.headers, d.body, d.due_at), "
