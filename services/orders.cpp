@@ -18,8 +18,8 @@ std::int64_t orders::place(omnibus::context& ctx, const std::string& customer, c
                                     customer, sku, quantity, cents)[0]
                       .as<std::int64_t>();
   bus_.publish(ctx, models::order_placed{id, customer, sku, quantity, cents});  // inventory may throw here
-  // Rolled back with the order if anything after this fails; one request per order, however
-  // often place() is retried with the same id.
+  // In the order's transaction: rolled back with the order if anything after this fails. The
+  // key keeps it to one pending request per order.
   (void)bus_.publish_after(ctx, options_.review_delay, models::review_requested{id, customer},
                            {.unique_key = "review:order:" + std::to_string(id)});
   return id;

@@ -1,6 +1,7 @@
 #include "core/outbox.hpp"
 #include "core/schema.hpp"
 
+#include <algorithm>
 #include <atomic>
 #include <tuple>
 #include <vector>
@@ -36,7 +37,18 @@ const std::string& id_text(const message& msg) {
 
 }  // namespace
 
-std::string outbox_channel(std::string_view schema) { return std::string(schema) + "_outbox"; }
+std::string outbox_channel(std::string_view schema) { return detail::notify_channel(schema, "_outbox"); }
+
+namespace detail {
+std::string notify_channel(std::string_view schema, std::string_view suffix) {
+  // PostgreSQL's identifiers, channel names included, are at most 63 bytes, and a schema may
+  // use them all: a long schema is cut. Two schemas that share a prefix then share a channel,
+  // which costs only a wake-up that finds nothing.
+  constexpr std::size_t max_identifier = 63;
+  const std::size_t keep = std::min(schema.size(), max_identifier - suffix.size());
+  return std::string(schema.substr(0, keep)) + std::string(suffix);
+}
+}  // namespace detail
 
 namespace detail {
 

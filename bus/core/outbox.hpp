@@ -22,6 +22,8 @@ void outbox_insert_batch(pqxx::transaction_base& tx, std::string_view schema, st
 [[nodiscard]] std::string outbox_channel(std::string_view schema);
 
 namespace detail {
+/// `schema` + `suffix` as a NOTIFY channel: cut to PostgreSQL's 63-byte identifiers.
+[[nodiscard]] std::string notify_channel(std::string_view schema, std::string_view suffix);
 /// Headers as stored in the outbox: "Name: value" lines joined by CR LF.
 [[nodiscard]] std::string join_headers(const message& msg);
 /// The inverse of join_headers. Throws omnibus::error for a line without ": ".

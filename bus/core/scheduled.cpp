@@ -13,10 +13,12 @@
 
 namespace omnibus::detail {
 
-std::string scheduler_channel(std::string_view schema) { return std::string(schema) + "_scheduler"; }
+std::string scheduler_channel(std::string_view schema) { return notify_channel(schema, "_scheduler"); }
 
 long long epoch_micros(std::chrono::system_clock::time_point t) noexcept {
-  return std::chrono::duration_cast<std::chrono::microseconds>(t.time_since_epoch()).count();
+  // Rounded up: a due time stored a fraction of a microsecond before the one asked for would
+  // fire that much early.
+  return std::chrono::ceil<std::chrono::microseconds>(t.time_since_epoch()).count();
 }
 
 std::string scheduled_insert(pqxx::transaction_base& tx, std::string_view schema, const message& msg,
@@ -46,8 +48,7 @@ std::string scheduled_insert(pqxx::transaction_base& tx, std::string_view schema
     if (!existing.empty()) return existing[0][0].as<std::string>();
   }
   throw error("scheduling with unique key '" + std::string(unique_key) +
-              "': the key is taken by a row this transaction cannot see (a REPEATABLE READ or SERIALIZABLE "
-              "transaction?); schedule it in a READ COMMITTED transaction");
+              "': the key's pending event kept firing or being cancelled between five tries; try again");
 }
 
 bool scheduled_cancel(pqxx::transaction_base& tx, std::string_view schema, std::string_view id) {

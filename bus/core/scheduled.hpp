@@ -34,7 +34,7 @@ struct due_time {
 [[nodiscard]] bool scheduled_move(pqxx::transaction_base& tx, std::string_view schema, std::string_view id,
                                   std::chrono::system_clock::time_point when);
 
-/// Microseconds since the epoch, as the SQL here passes time points.
+/// Microseconds since the epoch, rounded up, as the SQL here passes time points.
 [[nodiscard]] long long epoch_micros(std::chrono::system_clock::time_point t) noexcept;
 
 }  // namespace omnibus::detail

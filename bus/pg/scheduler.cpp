@@ -39,25 +39,29 @@ class due_listener final : public pqxx::notification_receiver {
 
 sys_time from_epoch_micros(long long us) { return sys_time(std::chrono::microseconds(us)); }
 
-// The occurrences of `c` in [from, now], at most `cap` of the latest, and how many there were.
-// A schedule that has been down for long (a per-second cron over a week) is not walked one by
-// one from `from`: the walk starts a day back and only counts, not lists, what it skipped.
+// How overdue another build's recurring schedule must be before this build takes it over.
+std::chrono::milliseconds takeover_after(const scheduler_options& o) {
+  return std::max<std::chrono::milliseconds>(std::chrono::minutes(1), o.sweep_interval * 10);
+}
+
+// The occurrences of `c` in [from, now]: at most `cap` of the latest, how many were walked, and
+// whether older ones were left unwalked. A schedule that has been down for long (a per-second
+// cron over a week) is walked from `now - lookback` only.
 struct due_occurrences {
   std::vector<cron::time_point> latest;  // ascending
-  std::uint64_t total = 0;
+  std::uint64_t total = 0;               // walked; more when older_unwalked
+  bool older_unwalked = false;
 };
-due_occurrences occurrences(const cron& c, cron::time_point from, sys_time now, std::size_t cap) {
+due_occurrences occurrences(const cron& c, cron::time_point from, sys_time now, std::size_t cap,
+                            std::chrono::seconds lookback) {
   due_occurrences out;
   std::optional<cron::time_point> t = from;
-  if (now - from > std::chrono::hours(24)) {
-    // Those before a day ago are counted as one batch of "at least one" missed occurrence.
-    t = c.next(now - std::chrono::hours(24));
-    out.total = 1;
-    if (!t || *t > now) {
-      // Fewer than one a day: walk from `from` after all (at most a few per year of outage).
-      t = from;
-      out.total = 0;
-    }
+  if (now - from > lookback) {
+    const std::optional<cron::time_point> recent = c.next(now - lookback);
+    if (recent && *recent <= now) {
+      t = recent;
+      out.older_unwalked = true;
+    }  // else fewer than one per lookback: walk from `from` after all (a few per year of outage)
   }
   while (t && *t <= now) {
     ++out.total;
@@ -66,6 +70,14 @@ due_occurrences occurrences(const cron& c, cron::time_point from, sys_time now, 
     t = c.next(*t);
   }
   return out;
+}
+
+// The schedules' names as a PostgreSQL text[] literal, each element quoted (a schedule named
+// NULL is a name, not a null). Names are [A-Za-z0-9_-], so nothing needs escaping.
+std::string name_array(const std::vector<recurring_schedule>& schedules) {
+  std::string out = "{";
+  for (const recurring_schedule& r : schedules) out += (out.size() > 1 ? ",\"" : "\"") + r.name + "\"";
+  return out + "}";
 }
 
 }  // namespace
@@ -100,35 +112,48 @@ void scheduler::stop() {
   }
 }
 
-void scheduler::register_recurring(session& s) {
+void scheduler::register_one(session& s, const recurring_schedule& r, bool take_over) {
   const std::string& schema = bus_.options().schema;
-  for (const recurring_schedule& r : bus_.schedules()) {
-    pqxx::work tx{s.conn};
-    const pqxx::result now_r = tx.exec("SELECT (extract(epoch FROM clock_timestamp()) * 1000000)::bigint");
-    const sys_time now = from_epoch_micros(now_r[0][0].as<long long>());
-    const std::optional<cron::time_point> next = r.when.next(now);
-    const long long next_us = next ? detail::epoch_micros(*next) : 0;
-    const pqxx::result old = tx.exec_params(
-        detail::with_schema("SELECT expression, zone FROM {s}.bus_recurring WHERE name = $1 FOR UPDATE", schema), r.name);
-    if (old.empty()) {
-      tx.exec_params0(detail::with_schema("INSERT INTO {s}.bus_recurring (name, expression, zone, event_name, next_fire_at) "
-                                          "VALUES ($1, $2, $3, $4, CASE WHEN $5::bigint = 0 THEN NULL ELSE timestamptz "
-                                          "'epoch' + $5::bigint * interval '1 microsecond' END) ON CONFLICT (name) DO NOTHING",
-                                          schema),
-                      r.name, r.when.expression(), r.when.zone(), r.event_name, next_us);
-    } else if (old[0][0].as<std::string>() != r.when.expression() || old[0][1].as<std::string>() != r.when.zone()) {
+  pqxx::work tx{s.conn};
+  const pqxx::result now_r = tx.exec("SELECT (extract(epoch FROM clock_timestamp()) * 1000000)::bigint");
+  const sys_time now = from_epoch_micros(now_r[0][0].as<long long>());
+  const std::optional<cron::time_point> next = r.when.next(now);
+  const long long next_us = next ? detail::epoch_micros(*next) : 0;
+  const pqxx::result old = tx.exec_params(
+      detail::with_schema("SELECT expression, zone, (extract(epoch FROM next_fire_at) * 1000000)::bigint FROM "
+                          "{s}.bus_recurring WHERE name = $1 FOR UPDATE",
+                          schema),
+      r.name);
+  const std::string set_next = "CASE WHEN $5::bigint = 0 THEN NULL ELSE timestamptz 'epoch' + $5::bigint * interval "
+                               "'1 microsecond' END";
+  if (old.empty()) {
+    tx.exec_params0(detail::with_schema("INSERT INTO {s}.bus_recurring (name, expression, zone, event_name, next_fire_at) "
+                                        "VALUES ($1, $2, $3, $4, " + set_next + ") ON CONFLICT (name) DO NOTHING",
+                                        schema),
+                    r.name, r.when.expression(), r.when.zone(), r.event_name, next_us);
+  } else if (old[0][0].as<std::string>() != r.when.expression() || old[0][1].as<std::string>() != r.when.zone()) {
+    if (take_over) {
+      // Still another build's, and overdue: nobody runs that build any more (a rolling deploy
+      // ended, or an old worker wrote it back), so this one takes the schedule over.
+      const bool overdue = !old[0][2].is_null() &&
+                           from_epoch_micros(old[0][2].as<long long>()) + takeover_after(options_) < now;
+      if (!overdue) return;
+      log_->warn("scheduler: recurring schedule {} was stored as \"{}\" ({}) by another build and is overdue; this "
+                 "build takes it over as \"{}\" ({}); it next fires at {}",
+                 r.name, old[0][0].as<std::string>(), old[0][1].as<std::string>(), r.when.expression(), r.when.zone(),
+                 next ? to_iso8601(*next) : std::string("never"));
+    } else {
       // Changed in code: the new expression counts from now, and says so.
       log_->info("scheduler: recurring schedule {} changed from \"{}\" ({}) to \"{}\" ({}); it next fires at {}", r.name,
                  old[0][0].as<std::string>(), old[0][1].as<std::string>(), r.when.expression(), r.when.zone(),
                  next ? to_iso8601(*next) : std::string("never"));
-      tx.exec_params0(detail::with_schema("UPDATE {s}.bus_recurring SET expression = $2, zone = $3, event_name = $4, "
-                                          "next_fire_at = CASE WHEN $5::bigint = 0 THEN NULL ELSE timestamptz 'epoch' + "
-                                          "$5::bigint * interval '1 microsecond' END, updated_at = now() WHERE name = $1",
-                                          schema),
-                      r.name, r.when.expression(), r.when.zone(), r.event_name, next_us);
     }
-    tx.commit();
+    tx.exec_params0(detail::with_schema("UPDATE {s}.bus_recurring SET expression = $2, zone = $3, event_name = $4, "
+                                        "next_fire_at = " + set_next + ", updated_at = now() WHERE name = $1",
+                                        schema),
+                    r.name, r.when.expression(), r.when.zone(), r.event_name, next_us);
   }
+  tx.commit();
 }
 
 std::size_t scheduler::move_due(session& s) {
@@ -149,8 +174,10 @@ std::size_t scheduler::move_due(session& s) {
       schema);
   pqxx::work tx{s.conn};
   const auto moved = tx.exec_params1(sql, static_cast<long long>(options_.batch_size))[0].as<std::size_t>();
-  if (moved > 0) (void)tx.exec_params("SELECT pg_notify($1, '')", outbox_channel(schema));
-  detail::failpoint("scheduler_before_commit");
+  if (moved > 0) {
+    (void)tx.exec_params("SELECT pg_notify($1, '')", outbox_channel(schema));
+    detail::failpoint("scheduler_before_commit");  // rows deleted and in the outbox, not committed
+  }
   tx.commit();
   detail::failpoint("scheduler_after_commit");
   stats_.moved.fetch_add(moved, std::memory_order_relaxed);
@@ -160,41 +187,50 @@ std::size_t scheduler::move_due(session& s) {
 void scheduler::fire_recurring(session& s, const recurring_schedule& r) {
   const std::string& schema = bus_.options().schema;
   pqxx::work tx{s.conn};
-  // Locked, skipping a row another scheduler is firing: it fires, we go on.
+  // Locked only when due, skipping a row another scheduler is firing: it fires, we go on.
   const pqxx::result row = tx.exec_params(
-      detail::with_schema("SELECT expression, zone, paused, (extract(epoch FROM next_fire_at) * 1000000)::bigint, "
-                          "(extract(epoch FROM clock_timestamp()) * 1000000)::bigint "
-                          "FROM {s}.bus_recurring WHERE name = $1 FOR UPDATE SKIP LOCKED",
+      detail::with_schema("SELECT expression, zone, (extract(epoch FROM next_fire_at) * 1000000)::bigint, "
+                          "(extract(epoch FROM clock_timestamp()) * 1000000)::bigint FROM {s}.bus_recurring "
+                          "WHERE name = $1 AND NOT paused AND next_fire_at <= clock_timestamp() FOR UPDATE SKIP LOCKED",
                           schema),
       r.name);
-  if (row.empty() || row[0][2].as<bool>() || row[0][3].is_null()) return;
+  if (row.empty()) return;
   // Another build's expression (a rolling deploy): its workers fire it, not this one.
   if (row[0][0].as<std::string>() != r.when.expression() || row[0][1].as<std::string>() != r.when.zone()) return;
-  const sys_time now = from_epoch_micros(row[0][4].as<long long>());
-  const auto next = std::chrono::time_point_cast<std::chrono::seconds>(from_epoch_micros(row[0][3].as<long long>()));
-  if (next > now) return;
+  const sys_time now = from_epoch_micros(row[0][3].as<long long>());
+  const auto next = std::chrono::floor<std::chrono::seconds>(from_epoch_micros(row[0][2].as<long long>()));
 
+  // latest: the latest due occurrence, however late. skip: the latest, only while at most
+  // missed_window late. all: every one at most missed_window late, oldest first.
   const bool fire_all = r.options.missed == missed_policy::all;
-  const due_occurrences due = occurrences(r.when, next, now, fire_all ? 1000 : 1);
+  const auto lookback = std::max<std::chrono::seconds>(std::chrono::hours(24), r.options.missed_window);
+  const due_occurrences due = occurrences(r.when, next, now, fire_all ? 1000 : 1, lookback);
   std::vector<cron::time_point> fire;
   for (const cron::time_point t : due.latest) {
     if (r.options.missed == missed_policy::latest || now - t <= r.options.missed_window) fire.push_back(t);
   }
-  std::string result = "fired";
+  std::string error;
   std::optional<event_id> last_id;
+  std::optional<cron::time_point> last_fired;
   std::uint64_t fired = 0;
   for (const cron::time_point t : fire) {
     message msg;
     event_id id;
+    std::string why;
     try {
       const envelope env = r.make(t);
       id = env.id;
       msg = encode(env, bus_.options().stream.subject_prefix, bus_.options().max_body_bytes);
     } catch (const std::exception& e) {
-      result = std::string("error: ") + e.what();
+      why = e.what();
+    } catch (...) {
+      why = "make() threw something that is not a std::exception";
+    }
+    if (!why.empty()) {
+      error = why;
       stats_.recurring_errors.fetch_add(1, std::memory_order_relaxed);
       log_->error("scheduler: recurring schedule {} could not make its event for {}: {}; the occurrence is not fired",
-                  r.name, to_iso8601(t), e.what());
+                  r.name, to_iso8601(t), why);
       continue;
     }
     const pqxx::result claimed = tx.exec_params(
@@ -205,24 +241,29 @@ void scheduler::fire_recurring(session& s, const recurring_schedule& r) {
     if (claimed.empty()) continue;  // fired already: the unique key makes it once
     outbox_insert(tx, schema, msg);
     last_id = id;
+    last_fired = t;
     ++fired;
   }
   const std::uint64_t skipped = due.total - fire.size();
-  if (skipped > 0) {
-    result += "; skipped " + std::to_string(skipped) + " missed";
-    log_->warn("scheduler: recurring schedule {} missed {} occurrence(s) while no scheduler ran it; by its missed "
-               "policy it fired {}",
-               r.name, due.total, fire.size());
+  std::string result = fired > 0 ? "fired" : "nothing fired";
+  if (!error.empty()) result += "; error: " + error;
+  if (skipped > 0 || due.older_unwalked) {
+    const std::string missed = (due.older_unwalked ? "more than " : "") + std::to_string(skipped);
+    result += "; skipped " + missed + " missed";
+    log_->warn("scheduler: recurring schedule {} missed {} occurrence(s) while no scheduler ran it (or it was "
+               "paused); by its missed policy it fired {}",
+               r.name, missed, fire.size());
   }
   const std::optional<cron::time_point> after = r.when.next(now);
   tx.exec_params0(
       detail::with_schema(
           "UPDATE {s}.bus_recurring SET next_fire_at = CASE WHEN $2::bigint = 0 THEN NULL ELSE timestamptz 'epoch' + "
-          "$2::bigint * interval '1 microsecond' END, last_occurrence = timestamptz 'epoch' + $3::bigint * interval "
-          "'1 microsecond', last_fired_at = clock_timestamp(), last_event_id = coalesce($4::uuid, last_event_id), "
+          "$2::bigint * interval '1 microsecond' END, last_occurrence = CASE WHEN $3::bigint = 0 THEN last_occurrence "
+          "ELSE timestamptz 'epoch' + $3::bigint * interval '1 microsecond' END, last_fired_at = CASE WHEN $3::bigint = "
+          "0 THEN last_fired_at ELSE clock_timestamp() END, last_event_id = coalesce($4::uuid, last_event_id), "
           "last_result = $5, updated_at = now() WHERE name = $1",
           schema),
-      r.name, after ? detail::epoch_micros(*after) : 0LL, detail::epoch_micros(due.latest.back()),
+      r.name, after ? detail::epoch_micros(*after) : 0LL, last_fired ? detail::epoch_micros(*last_fired) : 0LL,
       last_id ? std::optional<std::string>(last_id->to_string()) : std::nullopt, result);
   detail::failpoint("scheduler_recurring_before_commit");
   tx.commit();
@@ -233,29 +274,78 @@ void scheduler::fire_recurring(session& s, const recurring_schedule& r) {
 void scheduler::run(std::stop_token stop) {
   bus_.freeze();
   const std::string& schema = bus_.options().schema;
-  std::string names = "{";
-  for (const recurring_schedule& r : bus_.schedules()) names += (names.size() > 1 ? "," : "") + r.name;
-  names += "}";
+  const std::string names = name_array(bus_.schedules());
+  const std::string due_sql = detail::with_schema(
+      "SELECT (extract(epoch FROM clock_timestamp()) * 1000)::bigint, (extract(epoch FROM min(due_at)) * 1000)::bigint "
+      "FROM {s}.bus_scheduled",
+      schema);
+  const std::string recurring_sql = detail::with_schema(
+      "SELECT name, expression, zone, paused, (extract(epoch FROM next_fire_at) * 1000)::bigint, "
+      "(extract(epoch FROM clock_timestamp()) * 1000)::bigint FROM {s}.bus_recurring WHERE name = ANY($1::text[])",
+      schema);
+  auto busy_wait = std::chrono::milliseconds(2);  // grows while due rows stay locked by others
   while (!stop.stop_requested()) {
     try {
       session s{options_, schema};
       migrate(s.conn, schema);
       if (!registered_) {
-        register_recurring(s);
+        for (const recurring_schedule& r : bus_.schedules()) register_one(s, r, false);
         registered_ = true;
       }
       stats_.connected = true;
-      const std::string next_sql = detail::with_schema(
-          "SELECT (extract(epoch FROM clock_timestamp()) * 1000)::bigint, "
-          "(SELECT (extract(epoch FROM min(due_at)) * 1000)::bigint FROM {s}.bus_scheduled), "
-          "(SELECT (extract(epoch FROM min(next_fire_at)) * 1000)::bigint FROM {s}.bus_recurring "
-          "WHERE NOT paused AND name = ANY($1::text[]))",
-          schema);
       while (!stop.stop_requested()) {
         s.wake.earliest = std::numeric_limits<long long>::max();
-        bool more = false;
-        if (move_due(s) == options_.batch_size) more = true;  // a full batch: more may be due
-        for (const recurring_schedule& r : bus_.schedules()) fire_recurring(s, r);
+        const std::size_t moved = move_due(s);
+        if (moved == options_.batch_size) continue;  // a full batch: more may be due
+        long long now_ms = 0;
+        long long wake_ms = 0;
+        bool due_but_held = false;
+        {
+          pqxx::nontransaction tx{s.conn};
+          const pqxx::row n = tx.exec1(due_sql);
+          now_ms = n[0].as<long long>();
+          wake_ms = now_ms + options_.sweep_interval.count();
+          if (!n[1].is_null()) {
+            wake_ms = std::min(wake_ms, n[1].as<long long>());
+            due_but_held = moved == 0 && n[1].as<long long>() <= now_ms;  // others hold those rows
+          }
+        }
+        if (!bus_.schedules().empty()) {
+          pqxx::result rows;
+          {
+            pqxx::nontransaction tx{s.conn};
+            rows = tx.exec_params(recurring_sql, names);
+          }
+          for (const recurring_schedule& r : bus_.schedules()) {
+            std::optional<pqxx::row> row;  // by value: a result's iterator is its own row
+            for (pqxx::result::size_type i = 0; i < rows.size(); ++i) {
+              if (rows[i][0].as<std::string>() == r.name) row.emplace(rows[i]);
+            }
+            if (!row) {  // deleted by hand: registered anew
+              register_one(s, r, false);
+              continue;
+            }
+            if ((*row)[3].as<bool>() || (*row)[4].is_null()) continue;  // paused, or never fires
+            const long long next_ms = (*row)[4].as<long long>();
+            const long long row_now_ms = (*row)[5].as<long long>();
+            if ((*row)[1].as<std::string>() != r.when.expression() || (*row)[2].as<std::string>() != r.when.zone()) {
+              // Another build's: fired by its workers; taken over once overdue past the grace.
+              const long long takeover_ms = next_ms + std::chrono::duration_cast<std::chrono::milliseconds>(
+                                                          takeover_after(options_)).count();
+              if (takeover_ms < row_now_ms) {
+                register_one(s, r, true);
+              } else {
+                wake_ms = std::min(wake_ms, takeover_ms + 1);
+              }
+              continue;
+            }
+            if (next_ms <= row_now_ms) {
+              fire_recurring(s, r);
+            } else {
+              wake_ms = std::min(wake_ms, next_ms);
+            }
+          }
+        }
         if (clock::now() - last_prune_ > std::chrono::hours(1)) {
           pqxx::nontransaction tx{s.conn};
           tx.exec_params0(detail::with_schema("DELETE FROM {s}.bus_recurring_fired WHERE fired_at < now() - $1::bigint * "
@@ -264,19 +354,15 @@ void scheduler::run(std::stop_token stop) {
                           static_cast<long long>(options_.fired_retention.count()));
           last_prune_ = clock::now();
         }
-        if (more) continue;
-        long long now_ms = 0;
-        long long wake_ms = 0;
-        {
-          pqxx::nontransaction tx{s.conn};
-          const pqxx::row n = tx.exec_params1(next_sql, names);
-          now_ms = n[0].as<long long>();
-          wake_ms = now_ms + options_.sweep_interval.count();
-          if (!n[1].is_null()) wake_ms = std::min(wake_ms, n[1].as<long long>());
-          if (!n[2].is_null()) wake_ms = std::min(wake_ms, n[2].as<long long>());
+        // Due rows another scheduler holds (or a caller's open cancel): look again soon, less
+        // and less often while they stay held, never hot.
+        if (due_but_held) {
+          wake_ms = std::max(wake_ms, now_ms + busy_wait.count());
+          busy_wait = std::min<std::chrono::milliseconds>(busy_wait * 2, options_.sweep_interval);
+        } else {
+          busy_wait = std::chrono::milliseconds(2);
         }
-        // Due now but not moved: another scheduler holds those rows. Look again shortly.
-        wake_ms = std::max(wake_ms, now_ms + 2);
+        wake_ms = std::max(wake_ms, now_ms + 1);
         const auto deadline = clock::now() + std::chrono::milliseconds(wake_ms - now_ms);
         // Short waits keep stop() prompt; a NOTIFY of something due before our wake-up ends the wait.
         while (!stop.stop_requested() && s.wake.earliest > wake_ms) {

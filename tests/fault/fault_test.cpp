@@ -1029,15 +1029,22 @@ TEST_CASE("scheduler kills: kill -9 workers while their schedulers move due even
     tx.commit();
   }
   std::mt19937 random{seed};
-  const std::vector<std::string> env{"OMNIBUS_TEST_ACK_WAIT_MS=2000", "OMNIBUS_TEST_RELAY=1", "OMNIBUS_TEST_SCHEDULER=1"};
+  // Every worker also fires a per-second recurring schedule ("tick", missed policy all).
+  const std::vector<std::string> env{"OMNIBUS_TEST_ACK_WAIT_MS=2000", "OMNIBUS_TEST_RELAY=1", "OMNIBUS_TEST_SCHEDULER=1",
+                                     "OMNIBUS_TEST_CRON=* * * * * *"};
   std::vector<std::unique_ptr<test_env::child_process>> workers;
-  // One dies inside a firing transaction (after its INSERT into the outbox, before COMMIT).
+  // One dies inside a transaction that moved due rows (deleted, in the outbox, not committed),
+  // the other inside one that fired an occurrence.
   std::vector<std::string> doomed = env;
   doomed.push_back("OMNIBUS_FAILPOINT=scheduler_before_commit@" + std::to_string(2 + random() % 10));
+  std::vector<std::string> doomed_tick = env;
+  doomed_tick.push_back("OMNIBUS_FAILPOINT=scheduler_recurring_before_commit@" + std::to_string(1 + random() % 3));
   workers.push_back(f.worker("w0", doomed));
-  workers.push_back(f.worker("w1", env));
+  workers.push_back(f.worker("w1", doomed_tick));
   REQUIRE(workers[0]->wait(60s) == 86);
+  REQUIRE(workers[1]->wait(60s) == 86);
   workers[0] = f.worker("w2", env);
+  workers[1] = f.worker("w3", env);
   int killed = 0;
   for (long at : strike_points(random, kills, events / 20, events * 9 / 10)) {
     REQUIRE(test_env::eventually([&] { return f.count() >= at; }, pick(120s, 600s)));
@@ -1045,12 +1052,19 @@ TEST_CASE("scheduler kills: kill -9 workers while their schedulers move due even
     victim->signal(SIGKILL);
     REQUIRE(victim->wait(10s) == 128 + SIGKILL);
     ++killed;
-    victim = f.worker("w" + std::to_string(killed + 2), env);
+    victim = f.worker("w" + std::to_string(killed + 4), env);
   }
   const tally t = f.settle_and_report("scheduler_kills", seed, false, pick(180s, 900s));
   stop_all(workers);
   CHECK(killed == kills);
   CHECK(t.events == events);
   CHECK(f.scalar("SELECT count(*) FROM " + f.table("bus_scheduled")) == 0);
-  check_line(t);
+  check_line(t);  // duplicate_effects counts a tick fired twice too (two events, one n)
+  // Every second from the first tick on fired, through the kills (the last few may still have
+  // been in flight when the workers stopped).
+  const std::string ticks = " FROM " + f.table("handled") + " WHERE n >= 1000000000";
+  const long first = f.scalar("SELECT min(n)" + ticks), last = f.scalar("SELECT max(n)" + ticks) - 3;
+  CHECK(last > first);
+  CHECK(f.scalar("SELECT count(DISTINCT n)" + ticks + " AND n <= " + std::to_string(last)) == last - first + 1);
+  std::printf("chaos: scheduler_kills ticks=%ld (every second from the first, once)\n", last - first + 1);
 }

@@ -23,7 +23,7 @@
 //   OMNIBUS_TEST_SCHEDULER   1: the process also runs a scheduler, as omnibus-worker does, and
 //                            prints "moved=N recurring=M" when it stops
 //   OMNIBUS_TEST_CRON        a cron expression: recurring schedule "tick" publishes tool_event
-//                            {n = its occurrence in epoch seconds}, in UTC
+//                            {n = its occurrence in epoch seconds}, in UTC; missed: all
 
 #include <csignal>
 #include <future>
@@ -150,9 +150,12 @@ int main(int argc, char** argv) {
   }
 
   if (const char* expr = std::getenv("OMNIBUS_TEST_CRON")) {
+    omnibus::recurring_options ro;
+    ro.missed = omnibus::missed_policy::all;  // a slow pass on a busy machine fires late, never drops one
+    ro.missed_window = std::chrono::minutes(10);
     b.add_schedule("tick", expr, "UTC", [](omnibus::cron::time_point occurrence) {
       return tool_event{occurrence.time_since_epoch().count()};
-    });
+    }, ro);
   }
 
   std::optional<omnibus::relay> relay;

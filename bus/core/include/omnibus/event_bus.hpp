@@ -245,7 +245,9 @@ class OMNIBUS_API event_bus {
   /// the past fires at once. Sync and phase listeners do not run: only async listeners get
   /// scheduled events. Returns the schedule's id, which is also the event's id (or, for a live
   /// `options.unique_key`, the pending event's id). Throws event_too_large now, never at
-  /// firing; std::invalid_argument for a bad unique key; what pqxx throws.
+  /// firing; std::invalid_argument for a bad unique key; what pqxx throws (in a REPEATABLE READ
+  /// or SERIALIZABLE transaction, pqxx::serialization_failure when another transaction took
+  /// the key after this one began: retry the transaction).
   template <class E>
   event_id publish_at(context& ctx, std::chrono::system_clock::time_point when, const E& event,
                       const schedule_options& options = {});
@@ -263,7 +265,9 @@ class OMNIBUS_API event_bus {
                          const schedule_options& options = {});
   /// Cancels a scheduled event, in the context's transaction (as publish_at() chooses one).
   /// True when it cancelled; false when the event already fired, was cancelled, or is unknown.
-  /// A scheduler firing it at that moment makes this wait for the firing, then return false.
+  /// A scheduler firing it at that moment makes this wait for the firing, then return false
+  /// (in a REPEATABLE READ or SERIALIZABLE transaction PostgreSQL throws
+  /// pqxx::serialization_failure instead: retry the transaction).
   bool cancel(context& ctx, const event_id& id);
   /// cancel() in a transaction of its own on `conn`.
   bool cancel(pqxx::connection_base& conn, const event_id& id);
@@ -529,7 +533,10 @@ void event_bus::add_schedule(std::string name, std::string_view expression, std:
   detail::check_event<E>();
   static_assert(!is_local_only<E>, "bus: a local-only event never leaves the process, so it cannot be scheduled");
   recurring_schedule s{std::move(name), cron(expression, zone), std::string(E::name), options, {}};
-  s.make = [this, fn = fn_t(std::forward<F>(make))](cron::time_point occurrence) mutable {
+  // One call at a time: the scheduler's thread and an operator's trigger may both call it.
+  s.make = [this, fn = fn_t(std::forward<F>(make)), once = std::make_shared<std::mutex>()](
+               cron::time_point occurrence) mutable {
+    std::lock_guard lock(*once);
     const E event = [&] {
       if constexpr (takes_occurrence) {
         return fn(occurrence);

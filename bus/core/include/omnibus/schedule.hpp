@@ -26,7 +26,7 @@ struct OMNIBUS_API schedule_options {
 /// What a recurring schedule does with occurrences that passed while no worker ran it.
 enum class missed_policy {
   latest,  ///< fire the latest missed occurrence once, never a burst (the default)
-  skip,    ///< fire an occurrence only while it is at most missed_window late; drop older ones
+  skip,    ///< fire the latest due occurrence only while it is at most missed_window late; never more than one
   all,     ///< fire every missed occurrence at most missed_window late, in order (1000 at most at once)
 };
 

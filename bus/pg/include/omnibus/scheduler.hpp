@@ -47,7 +47,7 @@ struct OMNIBUS_API scheduler_stats {
 class OMNIBUS_API scheduler {
  public:
   /// Connects to nothing until run(). Throws std::invalid_argument for a null `log`, an empty
-  /// database_url or a batch_size of 0.
+  /// database_url, a batch_size of 0 or a sweep_interval that is not positive.
   scheduler(event_bus& bus, scheduler_options options, std::shared_ptr<spdlog::logger> log);
   ~scheduler();  ///< stops and joins the thread, if started
   scheduler(const scheduler&) = delete;
@@ -58,7 +58,9 @@ class OMNIBUS_API scheduler {
   /// Asks run() to return and joins the background thread. Idempotent.
   void stop();
   /// Freezes the bus, migrates, registers the recurring schedules (logging a changed
-  /// expression), then fires what is due until `stop` is requested.
+  /// expression), then fires what is due until `stop` is requested. A recurring schedule
+  /// stored with another build's expression is left to that build's workers (a rolling
+  /// deploy) until it is a minute (or 10 sweeps) overdue; then this build takes it over.
   void run(std::stop_token stop);
 
   /// The scheduler's counters, live; valid as long as the scheduler.
@@ -66,7 +68,9 @@ class OMNIBUS_API scheduler {
 
  private:
   class session;
-  void register_recurring(session& s);
+  // Writes r's row (expression, zone, next fire time) unless it is there as in this build; a
+  // changed one is logged. take_over: only when another build's row is overdue past the grace.
+  void register_one(session& s, const recurring_schedule& r, bool take_over);
   std::size_t move_due(session& s);
   void fire_recurring(session& s, const recurring_schedule& r);
 
