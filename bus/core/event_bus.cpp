@@ -99,7 +99,7 @@ void check_flow_options(const async_listener& l) {
 }
 }  // namespace
 
-void event_bus::add_async(std::size_t slot, async_listener l) {
+void event_bus::add_async(std::size_t slot, std::string_view event_name, async_listener l) {
   if (!valid_consumer_name(l.name)) {
     throw std::logic_error("bus: listener name '" + l.name + "' must be 1-200 characters of [A-Za-z0-9_-]");
   }
@@ -117,7 +117,9 @@ void event_bus::add_async(std::size_t slot, async_listener l) {
   l.consumer_name = options_.group + "_" + l.name;
   if (l.options.ordered) l.options.concurrency = 1;  // one in flight, across all workers
   std::lock_guard lock(mutex_);
-  entry_for(slot, l.event_name);  // checks frozen and the name; an async-only type has an entry too
+  // Checks frozen and the name; an async-only type has an entry too. The entry keeps a view of
+  // the name: E::name's static storage, never l.event_name (a short one lives inside `l`).
+  entry_for(slot, event_name);
   for (const async_listener& other : async_) {
     if (other.name == l.name) {
       throw std::logic_error("bus: two async listeners are named " + l.name + " (on " + other.event_name + " and " +

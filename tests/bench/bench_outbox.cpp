@@ -29,14 +29,6 @@ std::string hex(const std::string& bytes) {
   return s;
 }
 
-omnibus::relay_options relay_opts(const world& w) {
-  omnibus::relay_options ro;
-  ro.database_url = env("OMNIBUS_DATABASE_URL");
-  ro.schema = w.opts.schema;
-  ro.stream = w.opts.stream;
-  return ro;
-}
-
 }  // namespace
 
 void bench_outbox() {
@@ -91,7 +83,7 @@ void bench_outbox() {
   line("outbox_publish_batch_1000_in_tx", median(ours), "events/s", median(base), median(ours) / median(base), ">=", 0.5);
 
   // One event per small transaction, the relay running, against the same transaction without it.
-  omnibus::relay relay{w.js, relay_opts(w), w.log};
+  omnibus::relay relay{w.js, w.relay_options(), w.log};
   relay.start();
   ours.clear();
   base.clear();

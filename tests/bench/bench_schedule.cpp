@@ -97,14 +97,6 @@ lags percentiles(const std::vector<double>& sorted) {
   return {sorted[sorted.size() / 2], sorted[sorted.size() * 99 / 100]};
 }
 
-omnibus::relay_options relay_opts(const world& w) {
-  omnibus::relay_options ro;
-  ro.database_url = env("OMNIBUS_DATABASE_URL");
-  ro.schema = w.opts.schema;
-  ro.stream = w.opts.stream;
-  return ro;
-}
-
 omnibus::scheduler_options scheduler_opts() {
   omnibus::scheduler_options so;
   so.database_url = env("OMNIBUS_DATABASE_URL");
@@ -230,7 +222,7 @@ void lag_and_pending() {
   wo.database_url = env("OMNIBUS_DATABASE_URL");
   wo.fetch_wait = 1000ms;
   omnibus::worker worker{*w.bus, wo, w.log};
-  omnibus::relay relay{w.js, relay_opts(w), w.log};
+  omnibus::relay relay{w.js, w.relay_options(), w.log};
   omnibus::scheduler sched{*w.bus, scheduler_opts(), w.log};
   w.bus->provision();  // the consumers exist before the relay sends anything: none is missed
   std::jthread run([&](std::stop_token st) { worker.run(st); });
@@ -328,7 +320,7 @@ void scheduler_throughput() {
   std::vector<double> ours, base;
   for (int round = 0; round < 3; ++round) {
     {
-      omnibus::relay relay{w.js, relay_opts(w), w.log};  // before the outbox writes: no "no relay" warning
+      omnibus::relay relay{w.js, w.relay_options(), w.log};  // before the outbox writes: no "no relay" warning
       const std::vector<due_event> chunk(10000, due_event{});
       for (long done = 0; done < n; done += static_cast<long>(chunk.size())) {
         pqxx::work tx{w.db};
@@ -339,7 +331,7 @@ void scheduler_throughput() {
       base.push_back(drain(relay, n, [&] { relay.start(); }, "the relay to send 50,000 outbox rows"));
     }
     {
-      omnibus::relay relay{w.js, relay_opts(w), w.log};
+      omnibus::relay relay{w.js, w.relay_options(), w.log};
       omnibus::scheduler sched{*w.bus, scheduler_opts(), w.log};
       const omnibus::event_id tmpl = w.bus->publish_at(w.db, sys_clock::now() - 1h, due_event{});
       copy_scheduled(w, tmpl, n - 1, "now() - interval '1 hour'", "1 millisecond");

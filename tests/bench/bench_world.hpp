@@ -14,6 +14,7 @@
 #include "bench_support.hpp"
 #include "omnibus/event.hpp"
 #include "omnibus/event_bus.hpp"
+#include "omnibus/relay.hpp"
 #include "omnibus/migrations.hpp"
 #include "omnibus/jetstream.hpp"
 #include "omnibus/nats_connection.hpp"
@@ -61,6 +62,14 @@ struct world {
     } catch (const std::exception& e) {
       std::fprintf(stderr, "bench: could not drop schema %s: %s\n", opts.schema.c_str(), e.what());
     }
+  }
+  /// A relay for this world's schema and stream.
+  [[nodiscard]] omnibus::relay_options relay_options() const {
+    omnibus::relay_options ro;
+    ro.database_url = env("OMNIBUS_DATABASE_URL");
+    ro.schema = opts.schema;
+    ro.stream = opts.stream;
+    return ro;
   }
   long outbox_rows() {
     pqxx::nontransaction q{db};

@@ -189,6 +189,11 @@ struct chaos_fixture : test_env::process_fixture {
 /// have exited 3 on its own meanwhile because every slot of a listener was stuck.
 void stop_all(std::vector<std::unique_ptr<test_env::child_process>>& workers, bool stuck_ok = false) {
   for (auto& w : workers) {
+    // A worker started a moment ago (a restart) may not have blocked SIGTERM yet: it would die
+    // of it, not stop gracefully. Wait for it to say it has (a sanitized build starts slowly).
+    (void)test_env::eventually([&] {
+      return w->wait(0ms) != -1 || w->output().find("worker_tool: signals blocked") != std::string::npos;
+    }, 30s);
     if (w->wait(0ms) == -1) w->signal(SIGTERM);
   }
   for (auto& w : workers) {
@@ -207,6 +212,22 @@ void check_line(const tally& t, long expected_dead = 0) {
   CHECK(t.lost == 0);
   CHECK(t.duplicate_effects == 0);
   CHECK(t.dead == expected_dead);
+}
+
+/// At each of `points` (handled counts), kill -9 one of `workers` at random and start another
+/// in its place, named "w<n>" from `next_name` on. Returns how many it killed.
+int strike_workers(chaos_fixture& f, std::vector<std::unique_ptr<test_env::child_process>>& workers, std::mt19937& random,
+                   const std::vector<long>& points, const std::vector<std::string>& env, int next_name) {
+  int killed = 0;
+  for (long at : points) {
+    REQUIRE(test_env::eventually([&] { return f.count() >= at; }, pick(120s, 600s)));
+    auto& victim = workers[random() % workers.size()];
+    victim->signal(SIGKILL);
+    REQUIRE(victim->wait(10s) == 128 + SIGKILL);
+    victim = f.worker("w" + std::to_string(next_name + killed), env);
+    ++killed;
+  }
+  return killed;
 }
 
 std::string replay(unsigned seed) {
@@ -228,15 +249,7 @@ TEST_CASE("worker kills: kill -9 workers while two drain; inbox effects exactly 
   std::vector<std::unique_ptr<test_env::child_process>> workers;
   workers.push_back(f.worker("w0", env));
   workers.push_back(f.worker("w1", env));
-  int killed = 0;
-  for (long at : strike_points(random, kills, events / 50, events * 9 / 10)) {
-    REQUIRE(test_env::eventually([&] { return f.count() >= at; }, pick(120s, 600s)));
-    auto& victim = workers[random() % 2];
-    victim->signal(SIGKILL);
-    REQUIRE(victim->wait(10s) == 128 + SIGKILL);
-    ++killed;
-    victim = f.worker("w" + std::to_string(killed + 1), env);
-  }
+  const int killed = strike_workers(f, workers, random, strike_points(random, kills, events / 50, events * 9 / 10), env, 2);
   const tally t = f.settle_and_report("worker_kills", seed, false, pick(180s, 900s));
   stop_all(workers);
   CHECK(killed == kills);
@@ -1045,15 +1058,7 @@ TEST_CASE("scheduler kills: kill -9 workers while their schedulers move due even
   REQUIRE(workers[1]->wait(60s) == 86);
   workers[0] = f.worker("w2", env);
   workers[1] = f.worker("w3", env);
-  int killed = 0;
-  for (long at : strike_points(random, kills, events / 20, events * 9 / 10)) {
-    REQUIRE(test_env::eventually([&] { return f.count() >= at; }, pick(120s, 600s)));
-    auto& victim = workers[random() % 2];
-    victim->signal(SIGKILL);
-    REQUIRE(victim->wait(10s) == 128 + SIGKILL);
-    ++killed;
-    victim = f.worker("w" + std::to_string(killed + 4), env);
-  }
+  const int killed = strike_workers(f, workers, random, strike_points(random, kills, events / 20, events * 9 / 10), env, 4);
   const tally t = f.settle_and_report("scheduler_kills", seed, false, pick(180s, 900s));
   stop_all(workers);
   CHECK(killed == kills);

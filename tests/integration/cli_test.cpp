@@ -71,6 +71,15 @@ struct shop_fixture {
     pqxx::nontransaction q{db};
     return q.exec1(sql)[0].as<long>();
   }
+  /// This fixture's names with the stream as omnibus-worker run makes it from its defaults.
+  [[nodiscard]] omnibus::bus_options as_worker_run() const {
+    auto same = opts;
+    const omnibus::stream_config defaults;
+    same.stream.memory_storage = defaults.memory_storage;
+    same.stream.max_age = defaults.max_age;
+    same.stream.max_bytes = defaults.max_bytes;
+    return same;
+  }
 };
 
 }  // namespace
@@ -306,12 +315,7 @@ TEST_CASE_METHOD(shop_fixture, "listeners pause stops every worker fetching for 
   auto w2 = cli({"--flaky-rate", "0", "run", "--no-relay"});
   REQUIRE(test_env::eventually([&] { return js.consumers(opts.stream).size() >= 4; }, 30s));
   {
-    auto same = opts;  // the stream as the workers made it from their defaults
-    const omnibus::stream_config defaults;
-    same.stream.memory_storage = defaults.memory_storage;
-    same.stream.max_age = defaults.max_age;
-    same.stream.max_bytes = defaults.max_bytes;
-    omnibus::event_bus b{js, same};
+    omnibus::event_bus b{js, as_worker_run()};  // the stream as the workers made it
     auto shop = services::make_shop(b, shop_opts);
     b.provision();
     pqxx::work tx{db};
@@ -417,12 +421,7 @@ TEST_CASE_METHOD(shop_fixture, "stream purge --handled deletes only what every c
 
 TEST_CASE_METHOD(shop_fixture, "schedules: list, show, cancel a pending event; pause, resume and trigger a recurring one",
                  "[integration][cli][scheduler]") {
-  auto same = opts;  // the stream as omnibus-worker run makes it from its defaults
-  const omnibus::stream_config defaults;
-  same.stream.memory_storage = defaults.memory_storage;
-  same.stream.max_age = defaults.max_age;
-  same.stream.max_bytes = defaults.max_bytes;
-  omnibus::event_bus b{js, same};
+  omnibus::event_bus b{js, as_worker_run()};  // the worker's `run` below makes the stream as this
   auto shop = services::make_shop(b, shop_opts);
   b.provision();
   {

@@ -86,6 +86,7 @@ int main(int argc, char** argv) {
   sigaddset(&set, SIGTERM);
   sigaddset(&set, SIGINT);
   pthread_sigmask(SIG_BLOCK, &set, nullptr);  // every thread started below inherits the mask
+  std::fprintf(stderr, "worker_tool: signals blocked\n");  // from here SIGTERM means a graceful stop
 
   omnibus::bus_options opts;
   opts.group = "g";

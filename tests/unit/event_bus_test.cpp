@@ -335,3 +335,21 @@ TEST_CASE("ISO 8601 instants: written in UTC, read with Z or an offset, refused 
   CHECK_THROWS_WITH(omnibus::parse_iso8601("2026-02-30T00:00Z"), Catch::Contains("no such date"));
   CHECK_THROWS_AS(omnibus::parse_iso8601("yesterday"), std::invalid_argument);
 }
+
+namespace {
+struct also_shipped {  // a second type claiming shipped's (short) name
+  static constexpr std::string_view name = "test.shipped";
+  static constexpr int version = 1;
+  int n = 0;
+  OMNIBUS_FIELDS(n);
+};
+}  // namespace
+
+TEST_CASE("an event type first registered by an async listener keeps its name for later clash checks", "[bus]") {
+  omnibus::memory_queue q;
+  omnibus::event_bus bus{q};
+  bus.add_async_listener<shipped>("first", [](omnibus::context&, const shipped&) {});
+  bus.add_schedule("daily", "@daily", "UTC", [] { return shipped{}; });  // the same type: found by its name
+  CHECK_THROWS_WITH(bus.add_sync_listener<also_shipped>([](omnibus::context&, const also_shipped&) {}),
+                    Catch::Contains("two event types are named test.shipped"));
+}

@@ -337,7 +337,7 @@ class OMNIBUS_API event_bus {
   template <class E, class F>
   static sync_listener erase(F&& handler);
   type_entry& entry_for(std::size_t slot, std::string_view name);  // under mutex_, not frozen
-  void add_async(std::size_t slot, async_listener l);
+  void add_async(std::size_t slot, std::string_view event_name, async_listener l);  // event_name: E::name
   void check_name_free(std::size_t slot, std::string_view name) const;
   event_id emit(context& ctx, std::string_view name, int version, std::string body);
   [[nodiscard]] envelope make_envelope(const context& ctx, std::string_view name, int version, std::string body) const;
@@ -406,7 +406,7 @@ void event_bus::add_async_listener(std::string name, F&& handler, listener_optio
     const E event = decode_event<E>(env);
     fn(ctx, event);
   };
-  add_async(detail::type_slot<E>, std::move(l));
+  add_async(detail::type_slot<E>, E::name, std::move(l));
 }
 
 template <class E, class F>
