@@ -2,6 +2,7 @@
 // A nats-server or a PostgreSQL cluster of one test's own, on a free loopback port, started
 // and stopped through scripts/nats and scripts/postgres: for tests that take a server down.
 
+#include <cstdio>
 #include <cstdlib>
 #include <random>
 #include <string>
@@ -140,12 +141,25 @@ class private_cluster {
     FAIL("no free loopback ports for a private cluster");
     return 0;
   }
+  // The script's own words go to a file; on a failure they are printed, with the end of every
+  // node's log, since the directory goes with the cluster.
   int run(const std::string& cmd) const {
     const char* root = std::getenv("OMNIBUS_SOURCE_ROOT");
     if (root == nullptr) return -1;
+    const std::string out = dir_ + "-script.log";
     const std::string line = "OMNIBUS_RUN_DIR=" + dir_ + " " + root + "/scripts/nats-cluster " + cmd + " " +
-                             std::to_string(base_) + " >/dev/null 2>&1";
-    return std::system(line.c_str());
+                             std::to_string(base_) + " >" + out + " 2>&1";
+    const int status = std::system(line.c_str());
+    if (status != 0) {
+      std::fprintf(stderr, "private_cluster: 'scripts/nats-cluster %s %d' failed (status %d):\n", cmd.c_str(), base_,
+                   status);
+      const std::string show = "cat " + out + " >&2; for n in 1 2 3; do echo \"--- node $n: the end of " + dir_ +
+                               "/nats-cluster-" + std::to_string(base_) + "/n$n/nats.log\" >&2; tail -n 30 " + dir_ +
+                               "/nats-cluster-" + std::to_string(base_) + "/n$n/nats.log >&2; done";
+      (void)std::system(show.c_str());
+    }
+    (void)std::remove(out.c_str());
+    return status;
   }
 
   int base_ = 0;
