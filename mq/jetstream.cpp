@@ -2,9 +2,11 @@
 
 #include <algorithm>
 #include <condition_variable>
+#include <cstdint>
 #include <cstdlib>
 #include <cstring>
 #include <deque>
+#include <memory>
 #include <mutex>
 #include <thread>
 #include <unordered_map>
@@ -255,12 +257,22 @@ std::optional<system_clock::time_point> first_stored_time(natsConnection* conn, 
 // A delivery that may carry a header block that did not parse, with its exact bytes.
 class readable_delivery : public omnibus::delivery {
  public:
-  std::string_view header_error() const noexcept final { return header_error_; }
-  std::string_view raw_header_block() const noexcept final { return raw_header_block_; }
+  std::string_view header_error() const noexcept final {
+    read();
+    return header_error_;
+  }
+  std::string_view raw_header_block() const noexcept final {
+    read();
+    return raw_header_block_;
+  }
   void set_malformed(std::string why, std::string raw_block) {
     header_error_ = std::move(why);
     raw_header_block_ = std::move(raw_block);
   }
+
+ protected:
+  // Reads what a subclass reads lazily, before either of the above is returned.
+  virtual void read() const noexcept {}
 
  private:
   std::string header_error_;
@@ -269,11 +281,17 @@ class readable_delivery : public omnibus::delivery {
 
 // One message fetched by jetstream_consumer, settled by publishing JetStream's ack protocol to
 // its reply subject (NATS.c's natsMsg_Ack family needs a JetStream subscription; ours is plain).
+// Its subject, body and headers are copied out of the NATS message on first use, on the thread
+// that handles it: the fetcher, which makes one of these per message, only parses the reply.
 class jetstream_delivery final : public readable_delivery {
  public:
-  jetstream_delivery(natsConnection* conn, detail::msg_ptr msg, omnibus::message copy, detail::ack_metadata meta)
-      : conn_(conn), msg_(std::move(msg)), copy_(std::move(copy)), meta_(std::move(meta)) {}
-  const omnibus::message& msg() const noexcept override { return copy_; }
+  jetstream_delivery(natsConnection* conn, detail::msg_ptr msg, detail::ack_metadata meta,
+                     std::shared_ptr<const std::string> stream)
+      : conn_(conn), msg_(std::move(msg)), meta_(std::move(meta)), stream_(std::move(stream)) {}
+  const omnibus::message& msg() const noexcept override {
+    read();
+    return copy_;
+  }
   std::uint64_t delivery_count() const noexcept override { return meta_.delivered; }
   std::uint64_t stream_sequence() const noexcept override { return meta_.stream_sequence; }
   void ack() override { send("+ACK", "acking"); }
@@ -285,26 +303,69 @@ class jetstream_delivery final : public readable_delivery {
   void in_progress() override { send("+WPI", "signalling progress on"); }
 
  private:
+  void read() const noexcept override {
+    std::call_once(read_once_, [this] { const_cast<jetstream_delivery*>(this)->copy_out(); });
+  }
+  void copy_out() noexcept {
+    try {
+      copy_.subject = natsMsg_GetSubject(msg_.get());
+      if (const char* data = natsMsg_GetData(msg_.get())) {
+        copy_.body.assign(data, static_cast<std::size_t>(natsMsg_GetDataLength(msg_.get())));
+      }
+      std::string complaint = read_headers(msg_.get(), copy_);
+      if (complaint.empty()) return;
+      // Keep the exact bytes for the dead letter: NATS.c does not hand them out, the stream does.
+      std::string raw;
+      try {
+        if (auto st = read_stored(conn_, *stream_, meta_.stream_sequence, stored_read_timeout)) {
+          raw = std::move(st->header_block);
+        }
+      } catch (const std::exception& e) {
+        complaint += " (its raw header block could not be read back: " + std::string(e.what()) + ")";
+      }
+      set_malformed("the header block does not parse: " + complaint, std::move(raw));
+    } catch (const std::exception& e) {  // out of memory, say: the message goes to dead letters unread
+      set_malformed(std::string("the message could not be read: ") + e.what(), {});
+    }
+  }
   void send(const std::string& body, const char* verb) const {
     natsStatus s = natsConnection_Publish(conn_, natsMsg_GetReply(msg_.get()), body.data(), static_cast<int>(body.size()));
     // The error text is built only on failure: these run once per message.
-    if (s != NATS_OK) check(s, std::string(verb) + " " + copy_.subject + " #" + std::to_string(meta_.stream_sequence));
+    if (s != NATS_OK) {
+      check(s, std::string(verb) + " " + natsMsg_GetSubject(msg_.get()) + " #" + std::to_string(meta_.stream_sequence));
+    }
   }
 
   natsConnection* conn_;  // borrowed: the connection outlives every delivery
   detail::msg_ptr msg_;
-  omnibus::message copy_;
   detail::ack_metadata meta_;
+  std::shared_ptr<const std::string> stream_;  // where to read a malformed message's raw bytes
+  mutable std::once_flag read_once_;
+  omnibus::message copy_;  // filled by read()
 };
 
-// What the subscription's callback hands to fetch(): messages, and the end of a pull request.
+// One pull request the server has not finished: it fills open requests in the order they came.
+struct pull_request {
+  std::uint64_t number = 0;               // its reply subject is "<inbox>.<number>"
+  std::size_t remaining = 0;              // messages it may still bring
+  std::chrono::steady_clock::time_point ends;  // its expiry, plus the trip: after that it is lost
+};
+
+// What the subscription's callback hands to fetch(): messages, and the ends of pull requests.
 struct inbox_state {
   std::mutex mutex;
   std::condition_variable arrived;
   std::deque<detail::msg_ptr> messages;  // user messages, in arrival order
-  std::uint64_t request = 0;             // the newest pull request's number
-  bool request_done = false;             // its terminal status (404, 408, 409) came
+  std::deque<pull_request> open;         // requests sent and not finished, oldest first
+  std::uint64_t requests = 0;            // pull requests sent so far (the newest one's number)
+  bool waiting = false;                  // fetch() waits for a message or an error
   std::string request_error;             // a status that is an error (409 consumer deleted, 503)
+
+  [[nodiscard]] std::size_t coming() const {  // messages the open requests may still bring
+    std::size_t n = 0;
+    for (const pull_request& r : open) n += r.remaining;
+    return n;
+  }
 };
 
 // A status line's code and description: "408" and "Request Timeout". Server-made, so NATS.c's
@@ -320,7 +381,8 @@ std::pair<int, std::string> status_of(natsMsg* m) {
 }
 
 // Called on NATS.c's delivery thread for each message on the consumer's inbox: queues user
-// messages and notes the end of a request. Never runs user code; never throws.
+// messages, counts them against the oldest open request, and notes the end of a request. Never
+// runs user code; never throws.
 void on_inbox_message(natsConnection*, natsSubscription*, natsMsg* raw, void* closure) {
   detail::msg_ptr m{raw};
   auto* st = static_cast<inbox_state*>(closure);
@@ -329,19 +391,27 @@ void on_inbox_message(natsConnection*, natsSubscription*, natsMsg* raw, void* cl
   std::lock_guard lock(st->mutex);
   if (user) {
     st->messages.push_back(std::move(m));
+    if (!st->open.empty() && --st->open.front().remaining == 0) st->open.pop_front();
   } else {
-    // A status for request n arrives on "<inbox>.<n>": a late one for an older request is ignored.
+    // A status for request n arrives on "<inbox>.<n>": it ends that request (a status for one
+    // that ended already is ignored).
     const std::string_view subject = natsMsg_GetSubject(m.get());
     const auto dot = subject.rfind('.');
-    if (dot == std::string_view::npos || subject.substr(dot + 1) != std::to_string(st->request)) return;
+    if (dot == std::string_view::npos) return;
     const auto [status, description] = status_of(m.get());
     if (status == 100) return;  // an idle heartbeat: the request goes on
-    st->request_done = true;
+    const std::string_view number = subject.substr(dot + 1);
+    const auto it = std::find_if(st->open.begin(), st->open.end(),
+                                 [&](const pull_request& r) { return std::to_string(r.number) == number; });
+    if (it == st->open.end()) return;
+    st->open.erase(it);
     if (status == 409 || status == 503) {
       st->request_error = std::to_string(status) + " " + (description.empty() ? "from the server" : description);
     }
   }
-  st->arrived.notify_all();
+  // Only a waiting fetch() is woken, and by the first message: the rest of a burst is taken
+  // by the next call, not one wake (two context switches) per message.
+  if (st->waiting) st->arrived.notify_all();
 }
 
 // A durable pull consumer read through a plain subscription on an inbox of its own, so that
@@ -352,6 +422,7 @@ class jetstream_consumer final : public omnibus::consumer {
   jetstream_consumer(natsConnection* conn, std::string stream, const std::string& name)
       : conn_(conn),
         stream_(std::move(stream)),
+        stream_name_(std::make_shared<const std::string>(stream_)),
         next_subject_("$JS.API.CONSUMER.MSG.NEXT." + stream_ + "." + name),
         state_(std::make_unique<inbox_state>()) {
     natsInbox* raw_inbox = nullptr;
@@ -380,39 +451,73 @@ class jetstream_consumer final : public omnibus::consumer {
     for (const auto& m : state_->messages) (void)natsConnection_PublishString(conn_, natsMsg_GetReply(m.get()), "-NAK");
   }
 
+  // What came, up to `max`, at once; waits up to `timeout` only when nothing did. Requests
+  // more for whatever `max` leaves beyond what came and what the open requests still bring, so
+  // the server always has a request to fill while the worker has room (its slots): the next
+  // messages are on their way while these run, never more than the caller has room for.
   std::vector<std::unique_ptr<omnibus::delivery>> fetch(std::size_t max, std::chrono::milliseconds timeout) override {
     std::vector<detail::msg_ptr> taken;
     if (max == 0) return {};
     std::unique_lock lock(state_->mutex);
+    const auto now = steady_clock::now();
+    // A request the server forgot (a reconnect) never ends by itself: past its time it is gone.
+    std::erase_if(state_->open, [&](const pull_request& r) { return r.ends < now; });
     take(taken, max);
-    if (taken.empty()) {  // messages that came late for an earlier request go first, at once
-      const std::size_t want = max;
-      const std::uint64_t n = ++state_->request;
-      state_->request_done = false;
-      state_->request_error.clear();
+    const std::size_t room = max - taken.size();
+    const std::size_t coming = state_->coming();
+    // A small top-up waits until it is worth a round trip: half of `max`, or nothing else coming.
+    if (room > coming && (coming == 0 || room - coming >= std::max<std::size_t>(max / 2, 1))) {
+      const std::size_t want = room - coming;
+      const std::uint64_t n = ++state_->requests;
+      state_->open.push_back({n, want, now + timeout + request_margin});
       lock.unlock();
       const std::string request = "{\"batch\":" + std::to_string(want) + ",\"expires\":" +
                                   std::to_string(duration_cast<nanoseconds>(std::max(timeout, milliseconds(1))).count()) + "}";
       const std::string reply = inbox_ + "." + std::to_string(n);
-      check(natsConnection_PublishRequest(conn_, next_subject_.c_str(), reply.c_str(), request.data(),
-                                          static_cast<int>(request.size())),
-            "asking consumer " + next_subject_ + " for messages");
-      lock.lock();
-      // The server ends the request itself at `timeout` (408); the margin covers the trip.
-      const auto until = steady_clock::now() + timeout + request_margin;
-      state_->arrived.wait_until(lock, until, [&] { return state_->messages.size() >= want || state_->request_done; });
-      take(taken, max);
-      if (taken.empty() && !state_->request_error.empty()) {
-        const std::string why = state_->request_error;
+      const natsStatus s = natsConnection_PublishRequest(conn_, next_subject_.c_str(), reply.c_str(), request.data(),
+                                                         static_cast<int>(request.size()));
+      if (s != NATS_OK) {
+        lock.lock();
+        std::erase_if(state_->open, [&](const pull_request& r) { return r.number == n; });
         lock.unlock();
-        throw nats_error("fetching from " + next_subject_ + ": " + why, NATS_ERR, 0);
+        check(s, "asking consumer " + next_subject_ + " for messages");
       }
+      // NATS.c's flusher holds a write back for a millisecond to gather more: a millisecond per
+      // request. Flushing here costs one round trip to the server instead (and sends the acks
+      // written meanwhile). A failure is not this request's: the wait below sees what comes.
+      (void)natsConnection_FlushTimeout(conn_, std::max<std::int64_t>(timeout.count(), 1));
+      lock.lock();
+      take(taken, max);
+    }
+    if (taken.empty()) {
+      // The server ends a request itself at `timeout` (408); the margin covers the trip.
+      const auto until = steady_clock::now() + timeout + request_margin;
+      state_->waiting = true;
+      state_->arrived.wait_until(lock, until, [&] { return !state_->messages.empty() || !state_->request_error.empty(); });
+      state_->waiting = false;
+      take(taken, max);
+    }
+    if (taken.empty() && !state_->request_error.empty()) {
+      const std::string why = std::exchange(state_->request_error, {});
+      lock.unlock();
+      throw nats_error("fetching from " + next_subject_ + ": " + why, NATS_ERR, 0);
     }
     lock.unlock();
     std::vector<std::unique_ptr<omnibus::delivery>> out;
     out.reserve(taken.size());
     for (auto& m : taken) out.push_back(to_delivery(std::move(m)));
     return out;
+  }
+
+  // Messages that came ahead of fetch() go back now: a paused listener does not hold them until
+  // their AckWait. (Requests still open may bring more: the next call gives those back.)
+  void give_back() override {
+    std::deque<detail::msg_ptr> back;
+    {
+      std::lock_guard lock(state_->mutex);
+      back.swap(state_->messages);
+    }
+    for (const auto& m : back) (void)natsConnection_PublishString(conn_, natsMsg_GetReply(m.get()), "-NAK");
   }
 
   // The message as stored in the stream, byte-exact; nullopt when the stream no longer has it.
@@ -431,26 +536,12 @@ class jetstream_consumer final : public omnibus::consumer {
     // parse further is still settled through its reply, counted as a first delivery.
     auto meta = detail::parse_ack_subject(natsMsg_GetReply(m.get())).value_or(detail::ack_metadata{});
     if (meta.delivered == 0) meta.delivered = 1;
-    omnibus::message copy;
-    copy.subject = natsMsg_GetSubject(m.get());
-    if (const char* data = natsMsg_GetData(m.get())) copy.body.assign(data, static_cast<std::size_t>(natsMsg_GetDataLength(m.get())));
-    std::string complaint = read_headers(m.get(), copy);
-    auto d = std::make_unique<jetstream_delivery>(conn_, std::move(m), std::move(copy), meta);
-    if (!complaint.empty()) {
-      // Keep the exact bytes for the dead letter: NATS.c does not hand them out, the stream does.
-      std::string raw;
-      try {
-        if (auto s = stored(meta.stream_sequence)) raw = std::move(s->header_block);
-      } catch (const std::exception& e) {
-        complaint += " (its raw header block could not be read back: " + std::string(e.what()) + ")";
-      }
-      d->set_malformed("the header block does not parse: " + complaint, std::move(raw));
-    }
-    return d;
+    return std::make_unique<jetstream_delivery>(conn_, std::move(m), meta, stream_name_);
   }
 
   natsConnection* conn_;  // borrowed: the connection outlives every consumer
   std::string stream_;
+  std::shared_ptr<const std::string> stream_name_;  // the same, shared with the deliveries
   std::string next_subject_;
   std::string inbox_;
   std::unique_ptr<inbox_state> state_;  // reached by the callback until the subscription drained

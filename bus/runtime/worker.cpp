@@ -14,8 +14,6 @@
 #include <utility>
 #include <vector>
 
-#include <boost/asio/post.hpp>
-#include <boost/asio/thread_pool.hpp>
 #include <spdlog/spdlog.h>
 
 #include "omnibus/dead_letters.hpp"
@@ -27,6 +25,7 @@
 #include "runtime/flow.hpp"
 #include "runtime/loss_check.hpp"
 #include "runtime/settle.hpp"
+#include "runtime/slot_pool.hpp"
 #include "core/stop_wait.hpp"
 
 namespace omnibus {
@@ -84,9 +83,10 @@ struct listener_state {
   int refill_at = 0;  // the fetcher fetches again once in_flight is at or below this
   job_list jobs;
 
-  // Under mutex. Refill when half the usable slots are free: fewer, larger fetches than one
-  // per freed slot. Slots held by handlers stuck past their deadline are not usable, and do
-  // not stop the others from fetching.
+  // Under mutex. Refill when a quarter of the usable slots is free: fewer, larger fetches than
+  // one per freed slot, and the next messages on their way while three quarters still run.
+  // Slots held by handlers stuck past their deadline are not usable, and do not stop the
+  // others from fetching.
   [[nodiscard]] bool may_fetch() const {
     const int slots = def->options.concurrency;
     const int free = slots - in_flight;
@@ -136,7 +136,7 @@ struct worker::impl {
   worker_stats stats;
   std::vector<std::unique_ptr<listener_state>> listeners;
   std::unique_ptr<detail::store> db;  // given, or made from database_url by run()
-  std::unique_ptr<boost::asio::thread_pool> threads;
+  std::unique_ptr<detail::slot_pool<std::shared_ptr<job>>> threads;
   std::atomic<bool> shutting_down{false};
   std::atomic<bool> gates_ready{false};  // listeners (and their gates) are built: never changed after
   clock::time_point next_prune{};
@@ -308,6 +308,9 @@ struct worker::impl {
       if (take > 0 && limited) take = draw_tokens(l, take);
       if (take <= 0) {
         if (may.trial) l.gate->trial_unused();
+        // Paused, breaker open, dependency down: what came ahead goes back instead of waiting
+        // out its AckWait here. (Out of rate-limit tokens it stays: tokens come soon.)
+        if (may.take == 0) l.cons->give_back();
         if (!detail::wait_for(stop, may.take == 0 ? std::min(may.wait, opts.tick) : l.token_wait)) break;
         continue;
       }
@@ -342,6 +345,8 @@ struct worker::impl {
         if (!paused_meanwhile) l.in_flight += static_cast<int>(batch.size());  // the slots, taken now
       }
       if (paused_meanwhile && may.trial) l.gate->trial_unused();
+      std::vector<std::shared_ptr<job>> ready;
+      ready.reserve(batch.size());
       for (auto& d : batch) {
         if (stop.stop_requested() || shutting_down || paused_meanwhile) {
           // Fetched but not started: give it back at once for another worker.
@@ -365,11 +370,9 @@ struct worker::impl {
           std::lock_guard lock(l.mutex);
           j->self = l.jobs.insert(l.jobs.end(), j);
         }
-        boost::asio::post(*threads, [this, j] {
-          run_job(*j);
-          finish(j);
-        });
+        ready.push_back(std::move(j));
       }
+      threads->push(ready);  // one hand-off for the batch
     }
   }
 
@@ -1010,7 +1013,7 @@ void worker::run(std::stop_token stop) {
   for (const async_listener& l : w.bus.async_listeners()) {
     auto st = std::make_unique<listener_state>();
     st->def = &l;
-    st->refill_at = l.options.concurrency / 2;
+    st->refill_at = l.options.concurrency - std::max(1, l.options.concurrency / 4);
     st->gate = std::make_unique<detail::flow_gate>(l.name, l.options, w.log);
     st->cons = w.bus.target()->open_consumer(w.bus.options().stream, l.consumer_name);
     w.listeners.push_back(std::move(st));
@@ -1020,7 +1023,11 @@ void worker::run(std::stop_token stop) {
       w.listeners.empty() ? nullptr : w.bus.target()->open_abandoned(w.bus.options().stream, w.bus.options().group);
   w.gates_ready.store(true, std::memory_order_release);
   (void)w.refresh_controls();  // a paused listener does not fetch even once at start
-  w.threads = std::make_unique<boost::asio::thread_pool>(std::max<std::size_t>(slots, 1));
+  w.threads = std::make_unique<detail::slot_pool<std::shared_ptr<job>>>(std::max<std::size_t>(slots, 1),
+                                                                         [&w](std::shared_ptr<job>& j) {
+                                                                           w.run_job(*j);
+                                                                           w.finish(j);
+                                                                         });
   w.log->info("worker: {} listener(s), {} handler slot(s)", w.listeners.size(), slots);
 
   std::stop_source fetch_stop;
@@ -1081,6 +1088,9 @@ void worker::run(std::stop_token stop) {
                  w.in_flight());
   }
   if (abandoned > 0) w.log->warn("worker: returned {} unfinished message(s) for redelivery", abandoned);
+  // What the consumers received ahead of the fetchers goes back: closing them drains their
+  // subscriptions (the requests still open end with them) and returns what came.
+  for (auto& l : w.listeners) l->cons.reset();
   // Only now, with nothing of ours running: a replay reads a worker without reports as done.
   try {
     w.db->forget_states(w.worker_id);

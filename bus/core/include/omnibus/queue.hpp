@@ -135,8 +135,13 @@ class OMNIBUS_API consumer {
  public:
   virtual ~consumer() = default;
   /// Up to `max` messages, waiting at most `timeout` for the first; empty when none came.
+  /// `max` is what the caller has room for now; a consumer may ask the broker ahead for up to
+  /// that many more, and hands them out on a later call.
   [[nodiscard]] virtual std::vector<std::unique_ptr<delivery>> fetch(std::size_t max,
                                                                       std::chrono::milliseconds timeout) = 0;
+  /// Returns to the broker, unhandled, what the consumer received ahead of fetch() (the worker
+  /// calls it while a listener is paused or its breaker is open). By default nothing is held.
+  virtual void give_back() {}
 };
 
 /// What the server knows of one consumer.
