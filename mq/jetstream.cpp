@@ -510,14 +510,23 @@ class jetstream_consumer final : public omnibus::consumer {
   }
 
   // Messages that came ahead of fetch() go back now: a paused listener does not hold them until
-  // their AckWait. (Requests still open may bring more: the next call gives those back.)
+  // their AckWait. They come back to a consumer once its open requests have ended, so that
+  // they are not delivered straight back into this one (each delivery counts). Requests still
+  // open may bring more: the next call gives those back.
   void give_back() override {
     std::deque<detail::msg_ptr> back;
+    nanoseconds delay{0};
     {
       std::lock_guard lock(state_->mutex);
       back.swap(state_->messages);
+      const auto now = steady_clock::now();
+      for (const pull_request& r : state_->open) delay = std::max(delay, duration_cast<nanoseconds>(r.ends - now));
+      // A request that ended in an error while the listener was paused (a replay deletes its
+      // consumer) says nothing of the next fetch.
+      state_->request_error.clear();
     }
-    for (const auto& m : back) (void)natsConnection_PublishString(conn_, natsMsg_GetReply(m.get()), "-NAK");
+    const std::string nak = delay.count() > 0 ? "-NAK {\"delay\": " + std::to_string(delay.count()) + "}" : "-NAK";
+    for (const auto& m : back) (void)natsConnection_PublishString(conn_, natsMsg_GetReply(m.get()), nak.c_str());
   }
 
   // The message as stored in the stream, byte-exact; nullopt when the stream no longer has it.

@@ -76,6 +76,11 @@ bool flow_gate::paused() const {
   return paused_;
 }
 
+bool flow_gate::holds_back() const {
+  std::lock_guard lock(mutex_);
+  return paused_ || breaker_ != breaker::closed;
+}
+
 bool flow_gate::enter_outage(const std::string& reason, clock::time_point started) {
   std::lock_guard lock(mutex_);
   if (outage_ || started < outage_ended_) return false;

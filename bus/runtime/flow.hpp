@@ -54,6 +54,10 @@ class flow_gate {
   void set_paused(bool paused, const std::string& reason);
   /// Whether an operator has paused it (as last read).
   [[nodiscard]] bool paused() const;
+  /// Whether an event fetched earlier must not start now: paused, or the breaker not closed
+  /// (the half-open trial excepted, which the caller knows). An outage does not hold back: its
+  /// events are held without spending attempts.
+  [[nodiscard]] bool holds_back() const;
   /// A call that started at `started` could not reach a dependency. Enters the outage unless
   /// the call began before the last outage ended (a late echo of it). Returns whether it did.
   bool enter_outage(const std::string& reason, clock::time_point started);

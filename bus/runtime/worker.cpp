@@ -78,20 +78,37 @@ struct listener_state {
   std::unique_ptr<detail::flow_gate> gate;  // pause, outage, breaker: whether to fetch
   int tokens = 0;  // the fetcher's: rate-limit tokens drawn and not yet spent
   std::chrono::milliseconds token_wait{0};  // the fetcher's: after a draw that got none
-  int in_flight = 0;  // slots taken, stuck ones included
+  int in_flight = 0;  // fetched and not finished: running (stuck ones included) or waiting for a slot
   int stuck = 0;      // past the deadline, handler still running
-  int refill_at = 0;  // the fetcher fetches again once in_flight is at or below this
+  int read_ahead = 0;  // events fetched beyond the slots, to wait for one (see set_read_ahead)
+  double mean_call_us = 0;  // handler calls' duration, a moving average; 0 until the first
   job_list jobs;
+  // The listener's handler slots: `concurrency` threads. Last: its threads go first.
+  std::unique_ptr<detail::slot_pool<std::shared_ptr<job>>> slots;
 
-  // Under mutex. Refill when a quarter of the usable slots is free: fewer, larger fetches than
-  // one per freed slot, and the next messages on their way while three quarters still run.
-  // Slots held by handlers stuck past their deadline are not usable, and do not stop the
-  // others from fetching.
+  // Under mutex. How many events may be in flight: the slots, and what waits for one.
+  [[nodiscard]] int capacity() const { return def->options.concurrency + read_ahead; }
+  // Under mutex. Refill when a quarter of the usable capacity is free: fewer, larger fetches
+  // than one per freed slot, and the next events on their way while the rest still run. Slots
+  // held by handlers stuck past their deadline are not usable, and do not stop the others from
+  // fetching.
   [[nodiscard]] bool may_fetch() const {
-    const int slots = def->options.concurrency;
-    const int free = slots - in_flight;
-    return free > 0 && free >= slots - stuck - refill_at;
+    const int free = capacity() - in_flight;
+    return free > 0 && free >= std::max(1, capacity() / 4 - stuck);
   }
+  // Under mutex. After a handler call of `us` microseconds: events may wait for a slot as long
+  // as the slots can start them all within `window` (worker_options::read_ahead_window) at the
+  // calls' average pace, up to read_ahead_max. Fast handlers so get batches as large as the
+  // broker's round trips need; slow ones none, so that another worker can take what this one
+  // would only hold. Ordered listeners never read ahead (one event in flight).
+  void set_read_ahead(double us, std::chrono::microseconds window) {
+    mean_call_us = mean_call_us == 0 ? us : 0.95 * mean_call_us + 0.05 * us;
+    if (def->options.ordered || window.count() <= 0) return;
+    const double fits = static_cast<double>(def->options.concurrency) * static_cast<double>(window.count()) /
+                        std::max(mean_call_us, 1.0);
+    read_ahead = static_cast<int>(std::min(fits, static_cast<double>(read_ahead_max)));
+  }
+  static constexpr int read_ahead_max = 1024;
 };
 
 std::string event_id_of(const delivery& d) {
@@ -136,7 +153,6 @@ struct worker::impl {
   worker_stats stats;
   std::vector<std::unique_ptr<listener_state>> listeners;
   std::unique_ptr<detail::store> db;  // given, or made from database_url by run()
-  std::unique_ptr<detail::slot_pool<std::shared_ptr<job>>> threads;
   std::atomic<bool> shutting_down{false};
   std::atomic<bool> gates_ready{false};  // listeners (and their gates) are built: never changed after
   clock::time_point next_prune{};
@@ -291,7 +307,6 @@ struct worker::impl {
   }
 
   void fetch_loop(listener_state& l, std::stop_token stop) {
-    const int slots = l.def->options.concurrency;
     const bool limited = l.def->options.rate.per_second > 0;
     bool failing = false;  // fetches fail (NATS unreachable?) since failing_since
     clock::time_point failing_since{};
@@ -301,7 +316,7 @@ struct worker::impl {
         // Never more messages than free slots (they would wait out their AckWait).
         std::unique_lock lock(l.mutex);
         if (!l.slot_freed.wait(lock, stop, [&] { return l.may_fetch(); })) break;
-        free = slots - l.in_flight;
+        free = l.capacity() - l.in_flight;
       }
       const detail::flow_gate::allowance may = l.gate->may_take(free, clock::now());
       int take = may.take;
@@ -364,7 +379,7 @@ struct worker::impl {
         j->l = &l;
         j->d = std::move(d);
         j->trial = may.trial;
-        j->deadline = clock::now() + l.def->options.deadline;
+        j->deadline = clock::time_point::max();  // set when a slot starts it: waiting is not late
         j->last_progress = clock::now();
         {
           std::lock_guard lock(l.mutex);
@@ -372,7 +387,7 @@ struct worker::impl {
         }
         ready.push_back(std::move(j));
       }
-      threads->push(ready);  // one hand-off for the batch
+      l.slots->push(ready);  // one hand-off for the batch
     }
   }
 
@@ -419,6 +434,27 @@ struct worker::impl {
 
   // One delivery, from the fetch to its settlement, told to the bus's observers.
   void run_job(job& j) {
+    listener_state& l = *j.l;
+    // Read ahead, and paused or its breaker opened meanwhile: back to the server, for later
+    // (after the consumer's open requests have ended, so that it does not come straight back).
+    if (!j.trial && l.gate->holds_back()) {
+      settle(j, "returning", [&](delivery& x) { x.nak(opts.fetch_wait); });
+      return;
+    }
+    const auto began = clock::now();
+    set_deadline(j, began + l.def->options.deadline);
+    run_observed(j);
+    const double us = std::chrono::duration<double, std::micro>(clock::now() - began).count();
+    std::lock_guard lock(l.mutex);
+    if (j.outcome == handle_outcome::handled || j.outcome == handle_outcome::skipped) {
+      l.set_read_ahead(us, std::chrono::duration_cast<std::chrono::microseconds>(opts.read_ahead_window));
+    } else {  // failing, or slow past its deadline: fetch only what the slots run until calls succeed
+      l.read_ahead = 0;
+      l.mean_call_us = 0;
+    }
+  }
+
+  void run_observed(job& j) {
     if (bus.observers().empty()) {
       process(j);
       return;
@@ -941,8 +977,10 @@ worker::worker(event_bus& bus, worker_options options, std::shared_ptr<spdlog::l
 }
 
 worker::~worker() {
-  // After an abandoned shutdown the pool's threads may be stuck in handlers: never join them.
-  if (impl_->threads && impl_->shutting_down && impl_->in_flight() > 0) (void)impl_->threads.release();
+  // After an abandoned shutdown the slots' threads may be stuck in handlers: never join them.
+  if (impl_->shutting_down && impl_->in_flight() > 0) {
+    for (auto& l : impl_->listeners) (void)l->slots.release();
+  }
 }
 
 const worker_stats& worker::stats() const noexcept { return impl_->stats; }
@@ -990,6 +1028,9 @@ void validate(const event_bus& bus, const worker_options& o) {
   }
   positive(o.stream_check_every, "stream_check_every");
   if (o.shutdown_grace.count() < 0) throw std::invalid_argument("worker_options::shutdown_grace must not be negative");
+  if (o.read_ahead_window.count() < 0) {
+    throw std::invalid_argument("worker_options::read_ahead_window must not be negative (0: no read-ahead)");
+  }
   if (any_inbox(bus) && o.inbox_retention <= bus.options().stream.max_age) {
     throw std::invalid_argument("worker: inbox_retention must exceed the stream's max_age: while the stream holds an "
                                 "event it can be delivered again, and only its inbox row stops a second run");
@@ -1013,7 +1054,6 @@ void worker::run(std::stop_token stop) {
   for (const async_listener& l : w.bus.async_listeners()) {
     auto st = std::make_unique<listener_state>();
     st->def = &l;
-    st->refill_at = l.options.concurrency - std::max(1, l.options.concurrency / 4);
     st->gate = std::make_unique<detail::flow_gate>(l.name, l.options, w.log);
     st->cons = w.bus.target()->open_consumer(w.bus.options().stream, l.consumer_name);
     w.listeners.push_back(std::move(st));
@@ -1023,11 +1063,13 @@ void worker::run(std::stop_token stop) {
       w.listeners.empty() ? nullptr : w.bus.target()->open_abandoned(w.bus.options().stream, w.bus.options().group);
   w.gates_ready.store(true, std::memory_order_release);
   (void)w.refresh_controls();  // a paused listener does not fetch even once at start
-  w.threads = std::make_unique<detail::slot_pool<std::shared_ptr<job>>>(std::max<std::size_t>(slots, 1),
-                                                                         [&w](std::shared_ptr<job>& j) {
-                                                                           w.run_job(*j);
-                                                                           w.finish(j);
-                                                                         });
+  for (auto& l : w.listeners) {
+    l->slots = std::make_unique<detail::slot_pool<std::shared_ptr<job>>>(
+        static_cast<std::size_t>(std::max(l->def->options.concurrency, 1)), [&w](std::shared_ptr<job>& j) {
+          w.run_job(*j);
+          w.finish(j);
+        });
+  }
   w.log->info("worker: {} listener(s), {} handler slot(s)", w.listeners.size(), slots);
 
   std::stop_source fetch_stop;
@@ -1082,7 +1124,7 @@ void worker::run(std::stop_token stop) {
     w.log->error("worker: flushing acks at shutdown failed: {}", e.what());
   }
   if (w.in_flight() == 0) {
-    w.threads->join();
+    for (auto& l : w.listeners) l->slots->join();
   } else {
     w.log->error("worker: {} handler(s) still running after the shutdown grace; their messages were returned",
                  w.in_flight());

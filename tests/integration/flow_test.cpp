@@ -106,6 +106,13 @@ TEST_CASE_METHOD(test_env::process_fixture,
     omnibus::context ctx;
     REQUIRE(b.publish_batch(ctx, std::span<const tool_event>(events)).ok());
   };
+  // As the worker reports it: until it reads a pause, it handles what comes.
+  const auto recorder_paused = [&] {
+    for (const auto& r : omnibus::list_listener_reports(db, opts.schema, 15s)) {
+      if (r.listener == "recorder") return r.state == "paused";
+    }
+    return false;
+  };
   publish_range(0, 1000);
   auto w = worker_process_ptr("w", {"OMNIBUS_TEST_INBOX=1", "OMNIBUS_TEST_BYSTANDER=1"});
   REQUIRE(test_env::eventually([&] { return count("worker = 'w'") == 1000 && count("worker = 'bystander'") == 1000; },
@@ -113,12 +120,7 @@ TEST_CASE_METHOD(test_env::process_fixture,
 
   // The recipe: pause the projection, reset it, replay it from the start; events keep coming.
   REQUIRE(omnibus::pause_listener(db, opts.schema, "recorder", "rebuilding the projection"));
-  REQUIRE(test_env::eventually([&] {
-    for (const auto& r : omnibus::list_listener_reports(db, opts.schema, 15s)) {
-      if (r.listener == "recorder") return r.state == "paused";
-    }
-    return false;
-  }, 30s));
+  REQUIRE(test_env::eventually(recorder_paused, 30s));
   {
     pqxx::work tx{db};
     tx.exec0("DELETE FROM \"" + opts.schema + "\".handled WHERE worker <> 'bystander'");
@@ -152,6 +154,7 @@ TEST_CASE_METHOD(test_env::process_fixture,
 
   // A point after events it has not handled yet is refused: the new consumer would skip them.
   REQUIRE(omnibus::pause_listener(db, opts.schema, "recorder", "behind"));
+  REQUIRE(test_env::eventually(recorder_paused, 30s));
   publish_range(3000, 10);
   omnibus::replay_request later;
   later.listener = "recorder";

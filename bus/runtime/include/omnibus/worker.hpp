@@ -38,6 +38,12 @@ struct OMNIBUS_API worker_options {
   std::string database_url;  ///< dead letters and handlers' connections; never logged
   std::size_t pool_size = 0;                                  ///< 0: one connection per handler slot
   std::chrono::milliseconds fetch_wait{500};                  ///< one fetch's long poll
+  /// Read-ahead: a listener fetches beyond its slots as many events as its slots start within
+  /// this window at its handlers' average pace (at most 1,024; ordered listeners never). Fast
+  /// handlers so drain in large batches; slow ones fetch only what they run, leaving the rest
+  /// to other workers. A waiting event is kept alive (in progress) and its deadline starts when
+  /// a slot starts it. 0: never more than the slots.
+  std::chrono::milliseconds read_ahead_window{20};
   std::chrono::milliseconds shutdown_grace{10000};            ///< how long in-flight handlers may finish
   std::chrono::milliseconds newer_version_delay{30000};       ///< nak delay for a version this build cannot read
   std::chrono::milliseconds tick{50};                         ///< deadline and in-progress granularity
