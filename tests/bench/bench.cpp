@@ -1,6 +1,6 @@
 // omnibus_bench: every benchmark measures Omnibus and its raw baseline in the same run and
 // prints one line per metric (see bench_support.hpp). Groups: sync, codec, publish, outbox,
-// worker, latency, memory, cluster, schedule. `scripts/bench` starts the servers and runs them all.
+// worker, latency, memory, cluster, schedule, scale. `scripts/bench` starts the servers and runs them all.
 
 #include <atomic>
 #include <cstdio>
@@ -21,7 +21,10 @@ void bench_metrics();
 void bench_flow();
 void bench_cluster();
 void bench_schedule();
+void bench_scale(const std::string& self);
+int drain_child(const std::string& stream, const std::string& prefix, const std::string& schema);
 void bench_latency(bool through_outbox);
+void bench_peers();
 int memory_child();
 }  // namespace bench
 
@@ -36,12 +39,13 @@ void operator delete(void* p, std::size_t) noexcept { std::free(p); }
 
 int main(int argc, char** argv) {
   if (argc < 2) {
-    std::fprintf(stderr, "usage: omnibus_bench sync|codec|publish|outbox|worker|metrics|flow|latency|memory|cluster|schedule\n");
+    std::fprintf(stderr, "usage: omnibus_bench sync|codec|publish|outbox|worker|metrics|flow|latency|memory|cluster|schedule|scale|peers\n");
     return 2;
   }
   const std::string group = argv[1];
   try {
     if (group == "inner" && argc == 4) return bench::inner(argv[2], std::atol(argv[3]));
+    if (group == "drain-child" && argc == 5) return bench::drain_child(argv[2], argv[3], argv[4]);
     if (group == "sync") bench::bench_sync(argv[0]);
     else if (group == "codec") bench::bench_codec();
     else if (group == "publish") bench::bench_publish();
@@ -51,6 +55,8 @@ int main(int argc, char** argv) {
     else if (group == "flow") bench::bench_flow();
     else if (group == "cluster") bench::bench_cluster();
     else if (group == "schedule") bench::bench_schedule();
+    else if (group == "scale") bench::bench_scale("/proc/self/exe");
+    else if (group == "peers") bench::bench_peers();  // scripts/bench peers: beside tests/bench/peers
     else if (group == "latency") {
       bench::bench_latency(false);
       bench::bench_latency(true);

@@ -3,8 +3,10 @@
 #include <algorithm>
 #include <cstdlib>
 #include <atomic>
+#include <cstdio>
 #include <fstream>
 #include <mutex>
+#include <optional>
 #include <span>
 #include <string>
 #include <thread>
@@ -17,6 +19,8 @@
 #include "bench_world.hpp"
 #include "metrics.hpp"
 #include "omnibus/bus_state.hpp"
+#include "omnibus/codec.hpp"
+#include "omnibus/envelope.hpp"
 #include "omnibus/relay.hpp"
 #include "omnibus/worker.hpp"
 
@@ -68,27 +72,10 @@ double drain_rate(const std::string& stem, const omnibus::listener_options& lo, 
   return rate;
 }
 
-}  // namespace
 
-void bench_drain() {
-  constexpr long n = 100000;
-  world w{"drain"};
-  std::atomic<long> handled{0};
-  omnibus::listener_options lo;
-  const char* conc = std::getenv("OMNIBUS_BENCH_CONCURRENCY");
-  lo.concurrency = conc != nullptr ? std::atoi(conc) : 256;  // fetch batches of up to 256, like the baseline
-  w.bus->add_async_listener<payload>("noop", [&](omnibus::context&, const payload&) { handled.fetch_add(1); }, lo);
-  w.bus->provision();
-  publish_events(w, n);
-  omnibus::worker worker{*w.bus, worker_opts(), w.log};
-  auto t = clock::now();
-  std::jthread run([&](std::stop_token st) { worker.run(st); });
-  await([&] { return handled.load() >= n; }, "the worker to drain");
-  const double ours = n / seconds_since(t);
-  run.request_stop();
-  run.join();
-
-  // Baseline: a durable pull consumer from the stream's start, Fetch(256) + natsMsg_Ack.
+// The raw baseline: a durable pull consumer from the start of `w`'s stream, Fetch(256) +
+// natsMsg_Ack, until `n` messages came; messages per second.
+double raw_drain_rate(world& w, long n) {
   natsConnection* nc = nullptr;
   natsConnection_ConnectTo(&nc, env("OMNIBUS_NATS_URL").c_str());
   jsCtx* js = nullptr;
@@ -104,7 +91,7 @@ void bench_drain() {
     throw std::runtime_error("js_PullSubscribe");
   }
   long got = 0;
-  t = clock::now();
+  const auto t = clock::now();
   while (got < n) {
     natsMsgList list{};
     static const int batch = std::getenv("OMNIBUS_BENCH_BASELINE_BATCH") ? std::atoi(std::getenv("OMNIBUS_BENCH_BASELINE_BATCH")) : 256;
@@ -113,10 +100,67 @@ void bench_drain() {
     got += list.Count;
     natsMsgList_Destroy(&list);
   }
-  const double base = n / seconds_since(t);
+  const double rate = static_cast<double>(n) / seconds_since(t);
   natsSubscription_Destroy(sub);
   jsCtx_Destroy(js);
   natsConnection_Destroy(nc);
+  return rate;
+}
+
+// The raw publish baseline: `n` copies of one encoded event, js_PublishMsgAsync pipelined
+// (NATS.c's default window), then every PubAck awaited; messages per second.
+double raw_publish_rate(world& w, long n) {
+  natsConnection* nc = nullptr;
+  natsConnection_ConnectTo(&nc, env("OMNIBUS_NATS_URL").c_str());
+  jsCtx* js = nullptr;
+  natsConnection_JetStream(&js, nc, nullptr);
+  omnibus::envelope env;
+  env.name = payload::name;
+  env.version = 1;
+  env.body = omnibus::detail::encode_body(payload{});
+  env.id = omnibus::event_id::generate();
+  const omnibus::message m = omnibus::encode(env, w.opts.stream.subject_prefix);
+  const auto t = clock::now();
+  for (long i = 0; i < n; ++i) {
+    natsMsg* msg = nullptr;
+    natsMsg_Create(&msg, m.subject.c_str(), nullptr, m.body.data(), static_cast<int>(m.body.size()));
+    for (const auto& [k, v] : m.headers) {
+      if (k != "Nats-Msg-Id") natsMsgHeader_Add(msg, k.c_str(), v.c_str());  // no dedup window lookups
+    }
+    if (js_PublishMsgAsync(js, &msg, nullptr) != NATS_OK) throw std::runtime_error("js_PublishMsgAsync");
+  }
+  jsPubOptions po;
+  jsPubOptions_Init(&po);
+  po.MaxWait = 60000;
+  if (js_PublishAsyncComplete(js, &po) != NATS_OK) throw std::runtime_error("js_PublishAsyncComplete");
+  const double rate = static_cast<double>(n) / seconds_since(t);
+  jsCtx_Destroy(js);
+  natsConnection_Destroy(nc);
+  return rate;
+}
+
+}  // namespace
+
+void bench_drain() {
+  constexpr long n = 100000;
+  world w{"drain"};
+  std::atomic<long> handled{0};
+  omnibus::listener_options lo;
+  // The listener's defaults (4 slots; the worker reads ahead for fast handlers), unless
+  // OMNIBUS_BENCH_CONCURRENCY says otherwise.
+  if (const char* conc = std::getenv("OMNIBUS_BENCH_CONCURRENCY")) lo.concurrency = std::atoi(conc);
+  w.bus->add_async_listener<payload>("noop", [&](omnibus::context&, const payload&) { handled.fetch_add(1); }, lo);
+  w.bus->provision();
+  publish_events(w, n);
+  omnibus::worker worker{*w.bus, worker_opts(), w.log};
+  auto t = clock::now();
+  std::jthread run([&](std::stop_token st) { worker.run(st); });
+  await([&] { return handled.load() >= n; }, "the worker to drain");
+  const double ours = n / seconds_since(t);
+  run.request_stop();
+  run.join();
+
+  const double base = raw_drain_rate(w, n);
   line("worker_drain_noop_handler", ours, "msg/s", base, ours / base, ">=", 0.7);
 }
 
@@ -186,7 +230,11 @@ void bench_flow() {
   line("worker_drain_with_flow_control", median(on), "msg/s", median(off), median(on) / median(off), ">=", 0.95);
 }
 
-void bench_latency(bool through_outbox) {
+namespace {
+
+// Publish-to-handler latency at `per_second` events/s for `seconds` s, one event per publish
+// (through the outbox: one event per transaction, the relay running): the 99th percentile, ms.
+double latency_p99(bool through_outbox, int per_second, int seconds) {
   world w{through_outbox ? "latout" : "latdir"};
   std::mutex m;
   std::vector<double> ms;
@@ -202,26 +250,25 @@ void bench_latency(bool through_outbox) {
   std::jthread run([&](std::stop_token st) { worker.run(st); });
   std::optional<omnibus::relay> relay;
   if (through_outbox) {
-    omnibus::relay_options ro;
-    ro.database_url = env("OMNIBUS_DATABASE_URL");
-    ro.schema = w.opts.schema;
-    ro.stream = w.opts.stream;
-    relay.emplace(w.js, ro, w.log);
+    relay.emplace(w.js, w.relay_options(), w.log);
     relay->start();
   }
+  const auto publish = [&](const payload& e) {
+    if (through_outbox) {
+      pqxx::work tx{w.db};
+      omnibus::context ctx{tx};
+      w.bus->publish(ctx, e);
+      tx.commit();
+    } else {
+      omnibus::context ctx;
+      w.bus->publish(ctx, e);
+    }
+  };
   // Warm up: one event end to end, so that start-up is not measured as latency.
   {
     payload warm;
     warm.sent_ns = now_ns();
-    if (through_outbox) {
-      pqxx::work tx{w.db};
-      omnibus::context ctx{tx};
-      w.bus->publish(ctx, warm);
-      tx.commit();
-    } else {
-      omnibus::context ctx;
-      w.bus->publish(ctx, warm);
-    }
+    publish(warm);
     await([&] {
       std::lock_guard lock(m);
       return !ms.empty();
@@ -229,23 +276,16 @@ void bench_latency(bool through_outbox) {
     std::lock_guard lock(m);
     ms.clear();
   }
-  constexpr int n = 5000;  // 5 s at 1,000 events/s
+  const int n = per_second * seconds;
+  const auto gap = std::chrono::nanoseconds(1'000'000'000 / per_second);
   auto next = clock::now();
   for (int i = 0; i < n; ++i) {
-    next += std::chrono::microseconds(1000);
-    std::this_thread::sleep_until(next);  // pace the publisher at 1,000 events/s
+    next += gap;
+    std::this_thread::sleep_until(next);  // pace the publisher
     payload e;
     e.n = i;
     e.sent_ns = now_ns();
-    if (through_outbox) {
-      pqxx::work tx{w.db};
-      omnibus::context ctx{tx};
-      w.bus->publish(ctx, e);
-      tx.commit();
-    } else {
-      omnibus::context ctx;
-      w.bus->publish(ctx, e);
-    }
+    publish(e);
   }
   await([&] {
     std::lock_guard lock(m);
@@ -255,10 +295,125 @@ void bench_latency(bool through_outbox) {
   run.request_stop();
   run.join();
   std::sort(ms.begin(), ms.end());
-  const double p99 = ms[ms.size() * 99 / 100];
+  return ms[ms.size() * 99 / 100];
+}
+
+}  // namespace
+
+void bench_latency(bool through_outbox) {
+  const double p99 = latency_p99(through_outbox, 1000, 5);
   const double budget = through_outbox ? 25.0 : 10.0;
   line(through_outbox ? "latency_p99_through_outbox_1000_per_s" : "latency_p99_direct_1000_per_s", p99, "ms", budget,
        p99 / budget, "<=", 1);
+}
+
+// Omnibus's row of the peers table (tests/bench/peers, `scripts/bench peers`): the same job the
+// peer programs run, printed in their line format. "direct": events published straight to the
+// stream; "outbox": committed through the outbox (batches of 1,000 per transaction) and sent on
+// by the relay, drained from commit to handled. Also raw NATS.c, the floor under both.
+void bench_peers() {
+  const long n = std::getenv("PEERS_EVENTS") != nullptr ? std::atol(std::getenv("PEERS_EVENTS")) : 100000;
+  const int per_second = std::getenv("PEERS_RATE") != nullptr ? std::atoi(std::getenv("PEERS_RATE")) : 1000;
+  const int seconds = std::getenv("PEERS_SECONDS") != nullptr ? std::atoi(std::getenv("PEERS_SECONDS")) : 5;
+  constexpr int tx_clients = 4;
+  constexpr long tx_count = 10000;
+
+  // BEGIN; INSERT a business row; publish one event; COMMIT: 4 clients, the relay running.
+  const auto tx_rate = [&](world& w) {
+    const std::string business = "\"" + w.opts.schema + "\".business";
+    {
+      pqxx::work tx{w.db};
+      tx.exec0("CREATE TABLE IF NOT EXISTS " + business + " (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, n bigint NOT NULL)");
+      tx.commit();
+    }
+    omnibus::relay relay{w.js, w.relay_options(), w.log};
+    relay.start();
+    const auto t = clock::now();
+    {
+      std::vector<std::jthread> clients;
+      for (int c = 0; c < tx_clients; ++c) {
+        clients.emplace_back([&] {
+          pqxx::connection db{env("OMNIBUS_DATABASE_URL")};
+          const payload e{};
+          for (long i = 0; i < tx_count / tx_clients; ++i) {
+            pqxx::work tx{db};
+            tx.exec_params0("INSERT INTO " + business + " (n) VALUES ($1)", i);
+            omnibus::context ctx{tx};
+            w.bus->publish(ctx, e);
+            tx.commit();
+          }
+        });
+      }
+    }
+    const double rate = static_cast<double>(tx_count) / seconds_since(t);
+    await([&] { return w.outbox_rows() == 0; }, "the relay to empty the outbox");
+    relay.stop();
+    return rate;
+  };
+
+  double direct_enqueue = 0, direct_drain = 0, tx = 0;
+  {
+    world w{"peerdir"};
+    std::atomic<long> handled{0};
+    w.bus->add_async_listener<payload>("noop", [&](omnibus::context&, const payload&) { handled.fetch_add(1); });
+    w.bus->provision();
+    auto t = clock::now();
+    publish_events(w, n);
+    direct_enqueue = static_cast<double>(n) / seconds_since(t);
+    omnibus::worker worker{*w.bus, worker_opts(), w.log};
+    t = clock::now();
+    {
+      std::jthread run([&](std::stop_token st) { worker.run(st); });
+      await([&] { return handled.load() >= n; }, "the worker to drain");
+      direct_drain = static_cast<double>(n) / seconds_since(t);
+    }
+  }
+  double outbox_enqueue = 0, outbox_drain = 0;
+  {
+    world w{"peerout"};
+    std::atomic<long> handled{0};
+    w.bus->add_async_listener<payload>("noop", [&](omnibus::context&, const payload&) { handled.fetch_add(1); });
+    w.bus->provision();
+    const std::vector<payload> chunk(1000, payload{});
+    auto t = clock::now();
+    for (long done = 0; done < n; done += static_cast<long>(chunk.size())) {
+      pqxx::work tx{w.db};
+      omnibus::context ctx{tx};
+      (void)w.bus->publish_batch(ctx, std::span<const payload>(chunk));
+      tx.commit();
+    }
+    outbox_enqueue = static_cast<double>(n) / seconds_since(t);
+    omnibus::relay relay{w.js, w.relay_options(), w.log};
+    omnibus::worker worker{*w.bus, worker_opts(), w.log};
+    t = clock::now();
+    relay.start();
+    {
+      std::jthread run([&](std::stop_token st) { worker.run(st); });
+      await([&] { return handled.load() >= n; }, "the relay and the worker to drain");
+      outbox_drain = static_cast<double>(n) / seconds_since(t);
+    }
+    relay.stop();
+    tx = tx_rate(w);
+  }
+  double raw_publish = 0, raw_drain = 0;
+  {
+    world w{"peerraw"};
+    w.bus->provision();
+    raw_publish = raw_publish_rate(w, n);
+    raw_drain = raw_drain_rate(w, n);
+  }
+  const double direct_p99 = latency_p99(false, per_second, seconds);
+  const double outbox_p99 = latency_p99(true, per_second, seconds);
+  std::printf("peer: system=omnibus setting=direct version=%s enqueue_per_s=%.1f drain_per_s=%.1f p99_ms=%.2f "
+              "tx_enqueue_per_s=%.1f\n",
+              OMNIBUS_BENCH_VERSION, direct_enqueue, direct_drain, direct_p99, tx);
+  std::printf("peer: system=omnibus setting=outbox version=%s enqueue_per_s=%.1f drain_per_s=%.1f p99_ms=%.2f "
+              "tx_enqueue_per_s=%.1f\n",
+              OMNIBUS_BENCH_VERSION, outbox_enqueue, outbox_drain, outbox_p99, tx);
+  std::printf("peer: system=raw-nats setting=NATS.c version=%s enqueue_per_s=%.1f drain_per_s=%.1f p99_ms=- "
+              "tx_enqueue_per_s=-\n",
+              nats_GetVersion(), raw_publish, raw_drain);
+  std::fflush(stdout);
 }
 
 // In a child process of its own (so that its high-water mark is the worker's alone): drain
