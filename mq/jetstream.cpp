@@ -490,10 +490,14 @@ class jetstream_consumer final : public omnibus::consumer {
       take(taken, max);
     }
     if (taken.empty()) {
-      // The server ends a request itself at `timeout` (408); the margin covers the trip.
+      // The server ends a request itself at `timeout` (408); the margin covers the trip. Once
+      // no request is open (all ended) the caller asks again at once: waiting on would leave the
+      // server nothing to deliver into while events arrive.
       const auto until = steady_clock::now() + timeout + request_margin;
       state_->waiting = true;
-      state_->arrived.wait_until(lock, until, [&] { return !state_->messages.empty() || !state_->request_error.empty(); });
+      state_->arrived.wait_until(lock, until, [&] {
+        return !state_->messages.empty() || !state_->request_error.empty() || state_->open.empty();
+      });
       state_->waiting = false;
       take(taken, max);
     }

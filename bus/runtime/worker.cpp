@@ -459,9 +459,13 @@ struct worker::impl {
       process(j);
       return;
     }
-    const std::string id = event_id_of(*j.d);
-    const std::string name = event_name_of(*j.d);
+    // Views into the message's headers, not copies: this runs for every event.
     const message& m = j.d->msg();
+    const std::string* msg_id = m.header(header::msg_id);
+    const std::string fallback_id = msg_id != nullptr && !msg_id->empty() ? std::string() : event_id_of(*j.d);
+    const std::string_view id = fallback_id.empty() ? std::string_view(*msg_id) : std::string_view(fallback_id);
+    const std::string* event = m.header(header::event);
+    const std::string_view name = event != nullptr ? std::string_view(*event) : std::string_view{};
     const std::string* trace = m.header(header::traceparent);
     const std::string* state = m.header(header::tracestate);
     const handle_info info{j.l->def->name, name, id, j.d->delivery_count(),
