@@ -73,13 +73,26 @@ double drain_rate(const std::string& stem, const omnibus::listener_options& lo, 
 }
 
 
+// A NATS.c connection and JetStream context of the baselines' own.
+struct raw_client {
+  natsConnection* nc = nullptr;
+  jsCtx* js = nullptr;
+  raw_client() {
+    if (natsConnection_ConnectTo(&nc, env("OMNIBUS_NATS_URL").c_str()) != NATS_OK) throw std::runtime_error("connect");
+    natsConnection_JetStream(&js, nc, nullptr);
+  }
+  ~raw_client() {
+    jsCtx_Destroy(js);
+    natsConnection_Destroy(nc);
+  }
+  raw_client(const raw_client&) = delete;
+  raw_client& operator=(const raw_client&) = delete;
+};
+
 // The raw baseline: a durable pull consumer from the start of `w`'s stream, Fetch(256) +
 // natsMsg_Ack, until `n` messages came; messages per second.
 double raw_drain_rate(world& w, long n) {
-  natsConnection* nc = nullptr;
-  natsConnection_ConnectTo(&nc, env("OMNIBUS_NATS_URL").c_str());
-  jsCtx* js = nullptr;
-  natsConnection_JetStream(&js, nc, nullptr);
+  raw_client raw;
   jsSubOptions so;
   jsSubOptions_Init(&so);
   so.Stream = w.opts.stream.name.c_str();
@@ -87,7 +100,7 @@ double raw_drain_rate(world& w, long n) {
   so.Config.AckPolicy = js_AckExplicit;
   natsSubscription* sub = nullptr;
   const std::string subject = w.opts.stream.subject_prefix + ".>";
-  if (js_PullSubscribe(&sub, js, subject.c_str(), "raw_baseline", nullptr, &so, nullptr) != NATS_OK) {
+  if (js_PullSubscribe(&sub, raw.js, subject.c_str(), "raw_baseline", nullptr, &so, nullptr) != NATS_OK) {
     throw std::runtime_error("js_PullSubscribe");
   }
   long got = 0;
@@ -102,18 +115,13 @@ double raw_drain_rate(world& w, long n) {
   }
   const double rate = static_cast<double>(n) / seconds_since(t);
   natsSubscription_Destroy(sub);
-  jsCtx_Destroy(js);
-  natsConnection_Destroy(nc);
   return rate;
 }
 
 // The raw publish baseline: `n` copies of one encoded event, js_PublishMsgAsync pipelined
 // (NATS.c's default window), then every PubAck awaited; messages per second.
 double raw_publish_rate(world& w, long n) {
-  natsConnection* nc = nullptr;
-  natsConnection_ConnectTo(&nc, env("OMNIBUS_NATS_URL").c_str());
-  jsCtx* js = nullptr;
-  natsConnection_JetStream(&js, nc, nullptr);
+  raw_client raw;
   omnibus::envelope env;
   env.name = payload::name;
   env.version = 1;
@@ -127,16 +135,13 @@ double raw_publish_rate(world& w, long n) {
     for (const auto& [k, v] : m.headers) {
       if (k != "Nats-Msg-Id") natsMsgHeader_Add(msg, k.c_str(), v.c_str());  // no dedup window lookups
     }
-    if (js_PublishMsgAsync(js, &msg, nullptr) != NATS_OK) throw std::runtime_error("js_PublishMsgAsync");
+    if (js_PublishMsgAsync(raw.js, &msg, nullptr) != NATS_OK) throw std::runtime_error("js_PublishMsgAsync");
   }
   jsPubOptions po;
   jsPubOptions_Init(&po);
   po.MaxWait = 60000;
-  if (js_PublishAsyncComplete(js, &po) != NATS_OK) throw std::runtime_error("js_PublishAsyncComplete");
-  const double rate = static_cast<double>(n) / seconds_since(t);
-  jsCtx_Destroy(js);
-  natsConnection_Destroy(nc);
-  return rate;
+  if (js_PublishAsyncComplete(raw.js, &po) != NATS_OK) throw std::runtime_error("js_PublishAsyncComplete");
+  return static_cast<double>(n) / seconds_since(t);
 }
 
 }  // namespace
