@@ -40,6 +40,21 @@ class slot_pool {
     wake_one_locked();
   }
 
+  /// Takes what is queued and not started, and lets each thread end after what it runs now
+  /// (a shutdown: the caller returns them). Nothing may be pushed after this.
+  [[nodiscard]] std::vector<T> take_queued() {
+    std::vector<T> out;
+    {
+      std::lock_guard lock(mutex_);
+      out.reserve(queue_.size());
+      for (T& item : queue_) out.push_back(std::move(item));
+      queue_.clear();
+      stopping_ = true;
+    }
+    ready_.notify_all();
+    return out;
+  }
+
   /// Runs what is queued, then ends the threads and waits for them. Idempotent.
   void join() {
     {

@@ -104,11 +104,16 @@ struct listener_state {
   void set_read_ahead(double us, std::chrono::microseconds window) {
     mean_call_us = mean_call_us == 0 ? us : 0.95 * mean_call_us + 0.05 * us;
     if (def->options.ordered || window.count() <= 0) return;
-    const double fits = static_cast<double>(def->options.concurrency) * static_cast<double>(window.count()) /
-                        std::max(mean_call_us, 1.0);
-    read_ahead = static_cast<int>(std::min(fits, static_cast<double>(read_ahead_max)));
+    const double fits = static_cast<double>(std::max(def->options.concurrency - stuck, 0)) *
+                        static_cast<double>(window.count()) / std::max(mean_call_us, 1.0);
+    read_ahead = static_cast<int>(std::min(fits, static_cast<double>(read_ahead_max())));
   }
-  static constexpr int read_ahead_max = 1024;
+  // At most 1,024, and half of what the server lets all workers hold (max_in_flight, or
+  // MaxAckPending's default 1,000): one worker's read-ahead never takes the others' share.
+  [[nodiscard]] int read_ahead_max() const {
+    const int budget = def->options.max_in_flight > 0 ? def->options.max_in_flight : 1000;
+    return std::min(1024, budget / 2);
+  }
 };
 
 std::string event_id_of(const delivery& d) {
@@ -307,15 +312,30 @@ struct worker::impl {
   }
 
   void fetch_loop(listener_state& l, std::stop_token stop) {
+    const auto hold_limit = std::clamp<std::chrono::milliseconds>(
+        std::chrono::duration_cast<std::chrono::milliseconds>(l.def->options.ack_wait / 4), opts.tick,
+        std::chrono::milliseconds(1000));
     const bool limited = l.def->options.rate.per_second > 0;
     bool failing = false;  // fetches fail (NATS unreachable?) since failing_since
     clock::time_point failing_since{};
     while (!stop.stop_requested()) {
       int free = 0;
       {
-        // Never more messages than free slots (they would wait out their AckWait).
+        // Never more messages than room for them (they would wait out their AckWait). No room for
+        // a while (slow handlers, read-ahead shrunk): what the consumer received ahead goes back
+        // rather than wait there, unsignalled, toward its AckWait.
         std::unique_lock lock(l.mutex);
-        if (!l.slot_freed.wait(lock, stop, [&] { return l.may_fetch(); })) break;
+        bool stopped = false;
+        while (!l.slot_freed.wait_for(lock, stop, hold_limit, [&] { return l.may_fetch(); })) {
+          if (stop.stop_requested()) {
+            stopped = true;
+            break;
+          }
+          lock.unlock();
+          l.cons->give_back();
+          lock.lock();
+        }
+        if (stopped) break;
         free = l.capacity() - l.in_flight;
       }
       const detail::flow_gate::allowance may = l.gate->may_take(free, clock::now());
@@ -438,7 +458,7 @@ struct worker::impl {
     // Read ahead, and paused or its breaker opened meanwhile: back to the server, for later
     // (after the consumer's open requests have ended, so that it does not come straight back).
     if (!j.trial && l.gate->holds_back()) {
-      settle(j, "returning", [&](delivery& x) { x.nak(opts.fetch_wait); });
+      settle(j, "returning", [&](delivery& x) { x.nak(opts.fetch_wait + std::chrono::milliseconds(500)); });
       return;
     }
     const auto began = clock::now();
@@ -918,6 +938,8 @@ struct worker::impl {
         if (now >= j.deadline) {
           j.timed_out = true;
           ++l.stuck;
+          l.read_ahead = 0;  // a handler past its deadline: fetch only what the slots run
+          l.mean_call_us = 0;
           l.slot_freed.notify_one();  // fewer usable slots: the fetcher may refill sooner
           stats.timed_out.fetch_add(1, std::memory_order_relaxed);
           const auto attempt = j.d->delivery_count();
@@ -1108,6 +1130,15 @@ void worker::run(std::stop_token stop) {
   fetch_stop.request_stop();
   for (auto& l : w.listeners) l->slot_freed.notify_all();
   fetchers.clear();  // joins: no fetch after this
+  // Fetched but not started (waiting for a slot): back at once (decision 14); the slots' threads
+  // end after what they run. What the consumers received ahead goes back as they close.
+  for (auto& l : w.listeners) {
+    for (std::shared_ptr<job>& j : l->slots->take_queued()) {
+      (void)w.settle(*j, "returning", [](delivery& x) { x.nak(std::chrono::milliseconds(0)); });
+      w.finish(j);
+    }
+    l->cons.reset();
+  }
   const auto grace_end = clock::now() + (stuck.empty() ? w.opts.shutdown_grace : std::chrono::milliseconds(0));
   // Handlers past their deadline were nak'd already: the grace is for the others only.
   while (w.running_in_time() > 0 && clock::now() < grace_end) {
@@ -1134,9 +1165,6 @@ void worker::run(std::stop_token stop) {
                  w.in_flight());
   }
   if (abandoned > 0) w.log->warn("worker: returned {} unfinished message(s) for redelivery", abandoned);
-  // What the consumers received ahead of the fetchers goes back: closing them drains their
-  // subscriptions (the requests still open end with them) and returns what came.
-  for (auto& l : w.listeners) l->cons.reset();
   // Only now, with nothing of ours running: a replay reads a worker without reports as done.
   try {
     w.db->forget_states(w.worker_id);

@@ -39,7 +39,8 @@ struct OMNIBUS_API worker_options {
   std::size_t pool_size = 0;                                  ///< 0: one connection per handler slot
   std::chrono::milliseconds fetch_wait{500};                  ///< one fetch's long poll
   /// Read-ahead: a listener fetches beyond its slots as many events as its slots start within
-  /// this window at its handlers' average pace (at most 1,024; ordered listeners never). Fast
+  /// this window at its handlers' average pace (at most 1,024 and half of the listener's
+  /// max_in_flight, 1,000 by default; ordered listeners never). Fast
   /// handlers so drain in large batches; slow ones fetch only what they run, leaving the rest
   /// to other workers. A waiting event is kept alive (in progress) and its deadline starts when
   /// a slot starts it. 0: never more than the slots.
