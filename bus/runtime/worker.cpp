@@ -1003,9 +1003,12 @@ worker::worker(event_bus& bus, worker_options options, std::shared_ptr<spdlog::l
 }
 
 worker::~worker() {
-  // After an abandoned shutdown the slots' threads may be stuck in handlers: never join them.
-  if (impl_->shutting_down && impl_->in_flight() > 0) {
-    for (auto& l : impl_->listeners) (void)l->slots.release();
+  // After an abandoned shutdown a listener's slots may be stuck in handlers: never join those
+  // (their threads keep the pool alive). The other listeners' slots have ended: joined here.
+  if (!impl_->shutting_down) return;
+  for (auto& l : impl_->listeners) {
+    std::lock_guard lock(l->mutex);
+    if (l->in_flight > 0) (void)l->slots.release();
   }
 }
 
