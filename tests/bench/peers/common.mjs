@@ -236,3 +236,33 @@ export async function runWithSchema(prefix, main, stopAll) {
   // Libraries leave timers behind (pg-boss' delay loops); exit rather than wait for them.
   process.exit(status);
 }
+
+// Phase 1 of every peer: config.events jobs through `addChunk(from, to)` (the library's bulk
+// path) in chunks of setting.chunk, setting.chunkParallel at a time, no worker running. Returns
+// jobs per second, after checking with `queued()` that every job is there.
+export async function measureEnqueue(setting, addChunk, queued) {
+  const N = config.events;
+  const startedAt = now();
+  await inParallel(chunks(N, setting.chunk), setting.chunkParallel, ([from, to]) => addChunk(from, to));
+  const rate = (N * 1000) / (now() - startedAt);
+  if ((await queued()) !== N) throw new Error('enqueue: not every job is queued');
+  return rate;
+}
+
+// Phase 2: `start(onHandled)` starts the library's worker with a no-op handler that calls
+// onHandled; done when every job was handled and `remaining()` (the library's own record of
+// unfinished jobs) is 0. Returns jobs per second, or the rate so far when the drain gives up
+// (config.drainDeadlineSeconds, config.drainStallSeconds), logged under `label`.
+export async function measureDrain(label, start, remaining) {
+  const N = config.events;
+  let handled = 0;
+  const startedAt = now();
+  await start(() => { handled++; });
+  const drained = await waitForCount(() => handled, N, startedAt, { deadlineS: config.drainDeadlineSeconds, stallS: config.drainStallSeconds });
+  if (drained.finished) {
+    await waitUntil(`${label} to record the drained jobs done`, async () => (await remaining()) === 0, 60_000, 5);
+    return (N * 1000) / (now() - startedAt);
+  }
+  log(`${label}: drain stopped after ${(drained.elapsed / 1000).toFixed(1)} s with ${drained.done} of ${N} completed; drain_per_s is the rate so far`);
+  return (drained.done * 1000) / drained.elapsed;
+}

@@ -4,8 +4,8 @@ import { readFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { Logger, makeWorkerUtils, run } from 'graphile-worker';
 import {
-  adminQuery, businessTable, chunks, config, connect, inParallel, log, measureLatency,
-  measureTxEnqueue, now, printLine, runWithSchema, waitForCount, waitUntil,
+  adminQuery, businessTable, config, connect, log, measureDrain, measureEnqueue, measureLatency,
+  measureTxEnqueue, now, printLine, runWithSchema,
 } from './common.mjs';
 
 const require = createRequire(import.meta.url);
@@ -88,30 +88,17 @@ async function phases(schema, settingName, setting, admin) {
     )).rows[0].n;
 
   // 1. Enqueue N jobs through addJobs (WorkerUtils' bulk path), no worker running.
-  const N = config.events;
-  let startedAt = now();
-  await inParallel(chunks(N, setting.chunk), setting.chunkParallel, async ([from, to]) => {
+  const enqueue = await measureEnqueue(setting, async (from, to) => {
     const specs = [];
     for (let i = from; i < to; i++) specs.push({ identifier: 'drain', payload: { i } });
     await utils.addJobs(specs);
-  });
-  const enqueue = (N * 1000) / (now() - startedAt);
-  if ((await queued('drain')) !== N) throw new Error('enqueue: not every job is queued');
+  }, () => queued('drain'));
 
   // 2. Drain them with a no-op task; done when graphile-worker has deleted every job (a job
   // is complete once its row is gone, which batched completion delays).
-  let handled = 0;
-  startedAt = now();
-  await startRunner(schema, setting, { drain: async () => { handled++; } });
-  const drained = await waitForCount(() => handled, N, startedAt, { deadlineS: config.drainDeadlineSeconds, stallS: config.drainStallSeconds });
-  let drain;
-  if (drained.finished) {
-    await waitUntil('graphile-worker to complete the drained jobs', async () => (await queued('drain')) === 0, 60_000, 5);
-    drain = (N * 1000) / (now() - startedAt);
-  } else {
-    drain = (drained.done * 1000) / drained.elapsed;
-    log(`graphile-worker ${settingName}: drain stopped after ${(drained.elapsed / 1000).toFixed(1)} s with ${drained.done} of ${N} completed; drain_per_s is the rate so far`);
-  }
+  const drain = await measureDrain(`graphile-worker ${settingName}`,
+                                   (onHandled) => startRunner(schema, setting, { drain: async () => { onHandled(); } }),
+                                   () => queued('drain'));
   await stopRunner();
   await admin.query(`DELETE FROM ${schema}._private_jobs`);
 

@@ -4,8 +4,8 @@ import { readFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import PgBoss from 'pg-boss';
 import {
-  adminQuery, businessTable, chunks, config, connect, inParallel, log, measureLatency, measureTxEnqueue,
-  now, printLine, runWithSchema, waitForCount, waitUntil,
+  adminQuery, businessTable, config, connect, log, measureDrain, measureEnqueue, measureLatency,
+  measureTxEnqueue, now, printLine, runWithSchema,
 } from './common.mjs';
 
 const require = createRequire(import.meta.url);
@@ -71,29 +71,15 @@ async function phases(schema, settingName, setting, admin) {
     (await admin.query(`SELECT count(*)::int AS n FROM ${schema}.job WHERE name = $1 AND state <> 'completed'`, [name])).rows[0].n;
 
   // 1. Enqueue N jobs through the bulk path, no worker running.
-  const N = config.events;
-  let startedAt = now();
-  await inParallel(chunks(N, setting.chunk), setting.chunkParallel, async ([from, to]) => {
+  const enqueue = await measureEnqueue(setting, async (from, to) => {
     const jobs = [];
     for (let i = from; i < to; i++) jobs.push({ name: 'drain', data: { i } });
     await boss.insert(jobs);
-  });
-  const enqueue = (N * 1000) / (now() - startedAt);
-  if ((await pending('drain')) !== N) throw new Error('enqueue: not every job is queued');
+  }, () => pending('drain'));
 
   // 2. Drain them with a no-op handler; done when pg-boss has marked every job completed.
-  let handled = 0;
-  startedAt = now();
-  await startWorkers('drain', setting, () => { handled++; });
-  const drained = await waitForCount(() => handled, N, startedAt, { deadlineS: config.drainDeadlineSeconds, stallS: config.drainStallSeconds });
-  let drain;
-  if (drained.finished) {
-    await waitUntil('pg-boss to mark the drained jobs completed', async () => (await pending('drain')) === 0, 60_000, 5);
-    drain = (N * 1000) / (now() - startedAt);
-  } else {
-    drain = (drained.done * 1000) / drained.elapsed;
-    log(`pg-boss ${settingName}: drain stopped after ${(drained.elapsed / 1000).toFixed(1)} s with ${drained.done} of ${N} completed; drain_per_s is the rate so far`);
-  }
+  const drain = await measureDrain(`pg-boss ${settingName}`, (onHandled) => startWorkers('drain', setting, onHandled),
+                                   () => pending('drain'));
   await boss.offWork('drain');
   await admin.query(`DELETE FROM ${schema}.job WHERE name = 'drain' AND state = 'created'`);
 
