@@ -1,7 +1,7 @@
 #include "omnibus/relay.hpp"
 
-#include <condition_variable>
-#include <mutex>
+#include <future>
+#include <limits>
 #include <stdexcept>
 #include <vector>
 
@@ -21,6 +21,12 @@ namespace {
 
 using clock = std::chrono::steady_clock;
 
+struct relay_statements {
+  std::string select_after;  // $1: the last id read
+  std::string delete_ids;    // $1: a bigint[] literal
+  std::string delete_range;  // $1, $2: the first and last id
+};
+
 class wake_flag final : public pqxx::notification_receiver {
  public:
   wake_flag(pqxx::connection_base& c, const std::string& channel) : notification_receiver(c, channel) {}
@@ -36,10 +42,10 @@ class relay::session {
   explicit session(const relay_options& o)
       : conn(o.database_url),
         lock_key("omnibus:relay:" + o.schema),
-        select_sql("SELECT id, subject, headers, body FROM " + detail::table_name(o.schema, "bus_outbox") + " ORDER BY id LIMIT " +
-                   std::to_string(o.batch_size)),
-        delete_sql("DELETE FROM " + detail::table_name(o.schema, "bus_outbox") + " WHERE id = ANY($1::bigint[])"),
-        delete_range_sql("DELETE FROM " + detail::table_name(o.schema, "bus_outbox") + " WHERE id BETWEEN $1 AND $2") {}
+        sql{"SELECT id, subject, headers, body FROM " + detail::table_name(o.schema, "bus_outbox") +
+                " WHERE id > $1 ORDER BY id LIMIT " + std::to_string(o.batch_size),
+            "DELETE FROM " + detail::table_name(o.schema, "bus_outbox") + " WHERE id = ANY($1::bigint[])",
+            "DELETE FROM " + detail::table_name(o.schema, "bus_outbox") + " WHERE id BETWEEN $1 AND $2"} {}
 
   bool try_lock() {
     pqxx::nontransaction tx{conn};
@@ -48,9 +54,7 @@ class relay::session {
 
   pqxx::connection conn;
   std::string lock_key;
-  std::string select_sql;
-  std::string delete_sql;
-  std::string delete_range_sql;
+  relay_statements sql;
 };
 
 relay::relay(queue& q, relay_options options, std::shared_ptr<spdlog::logger> log)
@@ -81,72 +85,107 @@ void relay::stop() {
   }
 }
 
+namespace {
+
+// Rows read from the outbox, in id order, ready to publish.
+struct outbox_batch {
+  std::vector<std::int64_t> ids;
+  std::vector<message> msgs;
+};
+
+// The rows after `after`, in id order, read in autocommit: no row lock is held while they are
+// on the network.
+outbox_batch read_after(pqxx::connection& conn, const std::string& sql, std::int64_t after) {
+  outbox_batch b;
+  pqxx::nontransaction tx{conn};
+  pqxx::result rows = tx.exec_params(sql, after);
+  b.ids.reserve(rows.size());
+  b.msgs.reserve(rows.size());
+  for (const auto& row : rows) {
+    b.ids.push_back(row[0].as<std::int64_t>());
+    message m;
+    m.subject = row[1].as<std::string>();
+    detail::split_headers(row[2].c_str(), m);
+    pqxx::binarystring body{row[3]};
+    m.body.assign(body.get(), body.size());
+    b.msgs.push_back(std::move(m));
+  }
+  return b;
+}
+
+// Deletes rows the stream has acked, as a range when they have no gap: every id in it is one
+// we sent, so a range cannot touch a row that committed after our read.
+void forget(pqxx::connection& conn, const relay_statements& sql, std::vector<std::int64_t>& ids) {
+  if (ids.empty()) return;
+  pqxx::nontransaction tx{conn};
+  if (ids.back() - ids.front() + 1 == static_cast<std::int64_t>(ids.size())) {
+    tx.exec_params0(sql.delete_range, ids.front(), ids.back());
+  } else {
+    std::string array = "{";
+    for (std::size_t i = 0; i < ids.size(); ++i) {
+      if (i > 0) array += ',';
+      array += std::to_string(ids[i]);
+    }
+    array += '}';
+    tx.exec_params0(sql.delete_ids, array);
+  }
+  ids.clear();
+}
+
+}  // namespace
+
 std::size_t relay::sweep(session& s) {
   std::size_t sent = 0;
   if (stats_.holding.load() && fill_->holding_fresh()) return 0;  // nothing would go: do not read the rows
-  for (;;) {
-    std::vector<std::int64_t> ids;
-    std::vector<message> msgs;
-    {
-      // Autocommit reads: no row lock is held while the batch is on the network.
-      pqxx::nontransaction tx{s.conn};
-      pqxx::result rows = tx.exec(s.select_sql);
-      ids.reserve(rows.size());
-      msgs.reserve(rows.size());
-      for (const auto& row : rows) {
-        ids.push_back(row[0].as<std::int64_t>());
-        message m;
-        m.subject = row[1].as<std::string>();
-        detail::split_headers(row[2].c_str(), m);
-        pqxx::binarystring body{row[3]};
-        m.body.assign(body.get(), body.size());
-        msgs.push_back(std::move(m));
-      }
-    }
-    if (msgs.empty()) return sent;
-
-    const std::size_t fit = room_for(msgs);
-    if (fit == 0) return sent;  // held: the next sweep looks again
-    const bool cut = fit < msgs.size();
-    msgs.resize(fit);
+  // Pipelined: while one batch is on the network, the database deletes the batch before it
+  // and reads the next. A batch is published only once the one before it is acked in full,
+  // so a row after a failed one waits and the stream keeps the outbox's order (a re-send of
+  // a stored row is dropped by the duplicate window).
+  outbox_batch batch = read_after(s.conn, s.sql.select_after, std::numeric_limits<std::int64_t>::min());
+  std::vector<std::int64_t> acked;  // on the stream, still in the outbox
+  auto settle = [&] {
+    const std::size_t n = acked.size();
+    forget(s.conn, s.sql, acked);
+    stats_.relayed.fetch_add(n, std::memory_order_relaxed);
+    sent += n;
+  };
+  while (!batch.msgs.empty()) {
+    const std::size_t fit = room_for(batch.msgs);
+    if (fit == 0) break;  // held: the next sweep looks again
+    const bool last = fit < batch.msgs.size() || batch.msgs.size() < options_.batch_size;
+    batch.msgs.resize(fit);
+    batch.ids.resize(fit);
     detail::failpoint("relay_before_publish");
-    std::vector<batch_result> results = queue_.publish_batch(msgs, options_.publish_timeout);
+    // The future's destructor waits for the publish, should the database throw meanwhile. With
+    // nothing to do on the database meanwhile (a sweep of one batch: the common case when
+    // events come one transaction at a time), the batch goes out from this thread.
+    const bool overlap = !last || !acked.empty();
+    auto sending = std::async(overlap ? std::launch::async : std::launch::deferred,
+                              [&] { return queue_.publish_batch(batch.msgs, options_.publish_timeout); });
+    settle();
+    outbox_batch next;
+    if (!last) next = read_after(s.conn, s.sql.select_after, batch.ids.back());
+    const std::vector<batch_result> results = sending.get();
     detail::failpoint("relay_after_pub_ack");
 
-    // Delete the acked prefix only: a row after a failed one waits, so the stream keeps the
-    // outbox's order (a re-send of an already-stored row is dropped by the duplicate window).
     std::size_t prefix = 0;
     while (prefix < results.size() && results[prefix].ack) {
       if (results[prefix].ack->duplicate) stats_.duplicates.fetch_add(1, std::memory_order_relaxed);
       ++prefix;
     }
-    if (prefix > 0) {
-      pqxx::nontransaction tx{s.conn};
-      if (ids[prefix - 1] - ids[0] + 1 == static_cast<std::int64_t>(prefix)) {
-        // No gap: every id in the range is one we sent, so a range delete cannot touch a row
-        // that committed after our read.
-        tx.exec_params0(s.delete_range_sql, ids[0], ids[prefix - 1]);
-      } else {
-        std::string array = "{";
-        for (std::size_t i = 0; i < prefix; ++i) {
-          if (i > 0) array += ',';
-          array += std::to_string(ids[i]);
-        }
-        array += '}';
-        tx.exec_params0(s.delete_sql, array);
-      }
-      stats_.relayed.fetch_add(prefix, std::memory_order_relaxed);
-      stats_.batches.fetch_add(1, std::memory_order_relaxed);
-      sent += prefix;
-    }
+    acked.assign(batch.ids.begin(), batch.ids.begin() + static_cast<std::ptrdiff_t>(prefix));
+    if (prefix > 0) stats_.batches.fetch_add(1, std::memory_order_relaxed);
     if (prefix < results.size()) {
+      settle();
       stats_.failures.fetch_add(1, std::memory_order_relaxed);
       throw error("relay: " + std::to_string(results.size() - prefix) + " of " + std::to_string(results.size()) +
                   " outbox rows did not reach the stream; they stay in the outbox. First error: " +
                   results[prefix].error);
     }
-    if (cut || msgs.size() < options_.batch_size) return sent;
+    batch = std::move(next);
   }
+  settle();
+  return sent;
 }
 
 std::size_t relay::room_for(std::span<const message> msgs) {

@@ -7,6 +7,7 @@
 #include <cstdlib>
 #include <stdexcept>
 #include <string>
+#include <string_view>
 #include <thread>
 #include <vector>
 
@@ -20,6 +21,12 @@ inline void line(const std::string& metric, double value, const std::string& uni
   std::printf("bench: %s value=%.6g %s baseline=%.6g %s ratio=%.3f target=%s%g\n", metric.c_str(), value, unit.c_str(),
               baseline, unit.c_str(), ratio, op, target);
   std::fflush(stdout);
+}
+
+/// OMNIBUS_BENCH_ONLY=<text> runs only the metrics whose name contains it (to profile one).
+inline bool wanted(const char* metric) {
+  const char* only = std::getenv("OMNIBUS_BENCH_ONLY");
+  return only == nullptr || *only == '\0' || std::string_view(metric).find(only) != std::string_view::npos;
 }
 
 inline double median(std::vector<double> v) {
