@@ -6,6 +6,8 @@
 #include <cstdlib>
 #include <cstring>
 #include <deque>
+#include <exception>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <thread>
@@ -816,11 +818,18 @@ omnibus::publish_ack jetstream::publish(const omnibus::message& m, std::chrono::
 
 std::vector<omnibus::batch_result> jetstream::publish_batch(std::span<const omnibus::message> msgs,
                                                         std::chrono::milliseconds timeout) {
-  std::vector<omnibus::batch_result> results(msgs.size());
-  if (msgs.empty()) return results;
+  return publish_each(msgs.size(), [&](std::size_t i) { return &msgs[i]; }, timeout);
+}
+
+std::vector<omnibus::batch_result> jetstream::publish_each(std::size_t count,
+                                                       const std::function<const omnibus::message*(std::size_t)>& next,
+                                                       std::chrono::milliseconds timeout) {
+  std::vector<omnibus::batch_result> results;
+  if (count == 0) return results;
+  results.reserve(count);
   batch_state st;
   st.results = &results;
-  st.index.reserve(msgs.size());
+  st.index.reserve(count);
 
   // A context of its own, so that this batch's acks reach this batch's handler.
   jsOptions jo;
@@ -834,22 +843,48 @@ std::vector<omnibus::batch_result> jetstream::publish_batch(std::span<const omni
   detail::js_ptr js{raw_js};
 
   const auto deadline = steady_clock::now() + timeout;
-  for (std::size_t i = 0; i < msgs.size(); ++i) {
-    detail::msg_ptr msg = to_nats(msgs[i]);
-    natsMsg* key = msg.get();
+  std::exception_ptr stopped;  // next() or a message threw: what was sent is waited for first
+  // Made and registered a group at a time: one lock per group, not per message, so the main
+  // thread and the ack handler seldom meet on the mutex.
+  constexpr std::size_t group = 64;
+  std::vector<detail::msg_ptr> made;
+  made.reserve(group);
+  bool ended = false;
+  for (std::size_t first = 0; first < count && !ended;) {
+    made.clear();
+    try {
+      while (made.size() < group && first + made.size() < count) {
+        const omnibus::message* m = next(first + made.size());
+        if (m == nullptr) {
+          ended = true;
+          break;
+        }
+        made.push_back(to_nats(*m));
+      }
+    } catch (...) {
+      stopped = std::current_exception();
+      ended = true;
+    }
     {
-      std::lock_guard lock(st.mutex);
-      st.index.emplace(key, i);  // before sending: the ack may come back at once
+      std::lock_guard lock(st.mutex);  // before sending: an ack may come back at once
+      for (std::size_t k = 0; k < made.size(); ++k) {
+        results.emplace_back();  // the handler may write it from now on: reserved, never moved
+        st.index.emplace(made[k].get(), first + k);
+      }
     }
-    natsMsg* handoff = msg.release();
-    natsStatus s = js_PublishMsgAsync(js.get(), &handoff, nullptr);
-    if (s != NATS_OK) {
-      natsMsg_Destroy(handoff);  // still ours: the library did not take it
-      std::lock_guard lock(st.mutex);
-      st.index.erase(key);
-      results[i].failure = omnibus::publish_error::outcome::not_sent;
-      results[i].error = describe(s, {}, nats_GetLastError(nullptr));
+    for (std::size_t k = 0; k < made.size(); ++k) {
+      natsMsg* key = made[k].get();
+      natsMsg* handoff = made[k].release();
+      natsStatus s = js_PublishMsgAsync(js.get(), &handoff, nullptr);
+      if (s != NATS_OK) {
+        natsMsg_Destroy(handoff);  // still ours: the library did not take it
+        std::lock_guard lock(st.mutex);
+        st.index.erase(key);
+        results[first + k].failure = omnibus::publish_error::outcome::not_sent;
+        results[first + k].error = describe(s, {}, nats_GetLastError(nullptr));
+      }
     }
+    first += made.size();
   }
 
   jsPubOptions po;
@@ -879,6 +914,7 @@ std::vector<omnibus::batch_result> jetstream::publish_batch(std::span<const omni
     results[i].failure = omnibus::publish_error::outcome::unknown;
     results[i].error = "no PubAck received";
   }
+  if (stopped) std::rethrow_exception(stopped);
   return results;
 }
 

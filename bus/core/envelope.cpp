@@ -47,11 +47,57 @@ void check_headers(const message& msg) {
   }
 }
 
-void add_header(message& m, std::string_view name, std::string_view value) {
-  if (!valid_header_value(value)) {
+// format_time's 27 characters, by hand rather than snprintf: every publish writes one. A year
+// outside 0000-9999 is kept in four digits modulo 10000 (the form has no room for more).
+constexpr std::size_t time_text_size = 27;
+void write_time(char* out, std::chrono::sys_time<std::chrono::microseconds> t) {
+  using namespace std::chrono;
+  const auto day = floor<days>(t);
+  const year_month_day ymd{day};
+  const hh_mm_ss<microseconds> hms{t - day};
+  auto put = [out](std::size_t at, long value, std::size_t width) {
+    for (std::size_t i = at + width; i-- > at; value /= 10) out[i] = static_cast<char>('0' + value % 10);
+  };
+  const long year = static_cast<long>(static_cast<int>(ymd.year())) % 10000;
+  put(0, year < 0 ? year + 10000 : year, 4);
+  out[4] = '-';
+  put(5, static_cast<long>(static_cast<unsigned>(ymd.month())), 2);
+  out[7] = '-';
+  put(8, static_cast<long>(static_cast<unsigned>(ymd.day())), 2);
+  out[10] = 'T';
+  put(11, static_cast<long>(hms.hours().count()), 2);
+  out[13] = ':';
+  put(14, static_cast<long>(hms.minutes().count()), 2);
+  out[16] = ':';
+  put(17, static_cast<long>(hms.seconds().count()), 2);
+  out[19] = '.';
+  put(20, static_cast<long>(hms.subseconds().count()), 6);
+  out[26] = 'Z';
+}
+
+// event_id::to_string's 36 characters, without a string of its own.
+constexpr std::size_t id_text_size = 36;
+void write_id(char* out, const event_id& id) {
+  static constexpr char digits[] = "0123456789abcdef";
+  std::size_t at = 0;
+  const auto& b = id.bytes();
+  for (std::size_t i = 0; i < b.size(); ++i) {
+    if (i == 4 || i == 6 || i == 8 || i == 10) out[at++] = '-';
+    out[at++] = digits[b[i] >> 4];
+    out[at++] = digits[b[i] & 0x0f];
+  }
+}
+
+// Header `at` of `m`, written over what a message encoded before left there (its memory is
+// reused). `checked`: a value from the caller, refused with CR, LF or bytes that are not UTF-8.
+void put_header(message& m, std::size_t& at, std::string_view name, std::string_view value, bool checked) {
+  if (checked && !valid_header_value(value)) {
     throw std::invalid_argument("header " + std::string(name) + " has a CR or LF, or bytes that are not UTF-8, in its value");
   }
-  m.headers.emplace_back(std::string(name), std::string(value));
+  if (at == m.headers.size()) m.headers.emplace_back();
+  m.headers[at].first.assign(name);
+  m.headers[at].second.assign(value);
+  ++at;
 }
 
 const std::string& required(const message& msg, std::string_view name) {
@@ -81,27 +127,42 @@ std::string subject_for(std::string_view prefix, std::string_view event_name) {
 }
 
 message encode(const envelope& env, std::string_view prefix, std::size_t max_body_bytes) {
+  message m;
+  encode_into(m, env, prefix, max_body_bytes);
+  return m;
+}
+
+void encode_into(message& m, const envelope& env, std::string_view prefix, std::size_t max_body_bytes) {
   if (env.body.size() > max_body_bytes) {
     throw event_too_large("event " + env.name + " " + env.id.to_string() + " has a " +
                           std::to_string(env.body.size()) + "-byte body; the limit is " +
                           std::to_string(max_body_bytes) + " bytes");
   }
-  message m;
-  m.subject = subject_for(prefix, env.name);
-  m.headers.reserve(4 + 3 + env.meta.values.size());
-  add_header(m, header::msg_id, env.id.to_string());
-  add_header(m, header::event, env.name);
-  add_header(m, header::version, std::to_string(env.version));
-  add_header(m, header::published, format_time(env.published_at));
-  if (!env.meta.correlation_id.empty()) add_header(m, header::correlation_id, env.meta.correlation_id);
-  if (!env.meta.traceparent.empty()) add_header(m, header::traceparent, env.meta.traceparent);
-  if (!env.meta.tracestate.empty()) add_header(m, header::tracestate, env.meta.tracestate);
   for (const auto& [k, v] : env.meta.values) {
     if (!valid_meta_key(k)) throw std::invalid_argument("metadata key '" + k + "' is not [A-Za-z0-9_-]+");
-    add_header(m, std::string(header::meta_prefix) + k, v);
   }
-  m.body = env.body;
-  return m;
+  m.subject.assign(prefix);
+  m.subject += '.';
+  m.subject += env.name;
+  std::size_t at = 0;
+  char id[id_text_size];
+  write_id(id, env.id);
+  put_header(m, at, header::msg_id, std::string_view(id, sizeof id), false);
+  put_header(m, at, header::event, env.name, true);
+  char version[16];
+  const auto [end, ec] = std::to_chars(version, version + sizeof version, env.version);
+  put_header(m, at, header::version, std::string_view(version, static_cast<std::size_t>(end - version)), false);
+  char published[time_text_size];
+  write_time(published, env.published_at);
+  put_header(m, at, header::published, std::string_view(published, sizeof published), false);
+  if (!env.meta.correlation_id.empty()) put_header(m, at, header::correlation_id, env.meta.correlation_id, true);
+  if (!env.meta.traceparent.empty()) put_header(m, at, header::traceparent, env.meta.traceparent, true);
+  if (!env.meta.tracestate.empty()) put_header(m, at, header::tracestate, env.meta.tracestate, true);
+  for (const auto& [k, v] : env.meta.values) {
+    put_header(m, at, std::string(header::meta_prefix) + k, v, true);
+  }
+  m.headers.resize(at);
+  m.body.assign(env.body);
 }
 
 envelope decode(const message& msg, std::string_view prefix, std::size_t max_body_bytes) {
@@ -163,16 +224,9 @@ void check_decodable(const envelope& env, std::string_view name, int version) {
 }  // namespace detail
 
 std::string format_time(std::chrono::sys_time<std::chrono::microseconds> t) {
-  using namespace std::chrono;
-  auto day = floor<days>(t);
-  year_month_day ymd{day};
-  hh_mm_ss<microseconds> hms{t - day};
-  char buf[40];
-  std::snprintf(buf, sizeof buf, "%04d-%02u-%02uT%02d:%02d:%02d.%06ldZ", static_cast<int>(ymd.year()),
-                static_cast<unsigned>(ymd.month()), static_cast<unsigned>(ymd.day()),
-                static_cast<int>(hms.hours().count()), static_cast<int>(hms.minutes().count()),
-                static_cast<int>(hms.seconds().count()), static_cast<long>(hms.subseconds().count()));
-  return buf;
+  char out[time_text_size];
+  write_time(out, t);
+  return std::string(out, sizeof out);
 }
 
 std::chrono::sys_time<std::chrono::microseconds> parse_time(std::string_view s) {

@@ -184,17 +184,37 @@ envelope event_bus::make_envelope(const context& ctx, std::string_view name, int
   return env;
 }
 
-batch_report event_bus::emit_batch(context& ctx, std::vector<envelope> envs) {
+batch_report event_bus::emit_batch(context& ctx, std::string_view name, int version, std::string_view bodies,
+                                   std::span<const std::size_t> ends) {
   batch_report report;
-  std::vector<message> msgs;
-  msgs.reserve(envs.size());
-  report.ids.reserve(envs.size());
-  for (const envelope& env : envs) {  // encode all first: an oversized event stops the batch before anything leaves
-    msgs.push_back(encode(env, options_.stream.subject_prefix, options_.max_body_bytes));
-    report.ids.push_back(env.id);
+  const std::size_t count = ends.size();
+  report.ids.reserve(count);
+  for (std::size_t i = 0; i < count; ++i) report.ids.push_back(event_id::generate());
+  auto body_of = [&](std::size_t i) {
+    const std::size_t from = i == 0 ? 0 : ends[i - 1];
+    return bodies.substr(from, ends[i] - from);
+  };
+  // One envelope, made into each event in turn (its memory reused), as one message is.
+  envelope env = make_envelope(ctx, name, version, {});
+  auto envelope_of = [&](std::size_t i) -> const envelope& {
+    env.id = report.ids[i];
+    env.published_at = std::chrono::time_point_cast<std::chrono::microseconds>(std::chrono::system_clock::now());
+    env.body.assign(body_of(i));
+    return env;
+  };
+  message current;
+  // Checked before anything is written or sent: an oversized event stops the batch. What else
+  // encoding checks (the name, the context's metadata) is the same for every event of a batch,
+  // so encoding the first checks it for all.
+  for (std::size_t i = 0; i < count; ++i) {
+    if (i == 0 || body_of(i).size() > options_.max_body_bytes) {
+      encode_into(current, envelope_of(i), options_.stream.subject_prefix, options_.max_body_bytes);
+    }
   }
-  const std::string_view name = envs.empty() ? std::string_view{} : std::string_view{envs.front().name};
   if (ctx.transaction() != nullptr) {
+    std::vector<message> msgs;
+    msgs.reserve(count);
+    for (std::size_t i = 0; i < count; ++i) msgs.push_back(encode(envelope_of(i), options_.stream.subject_prefix, options_.max_body_bytes));
     // All rows in one COPY; a batch_report of the rows written (the relay sends them after commit).
     try {
       outbox_insert_batch(*ctx.transaction(), options_.schema, msgs);
@@ -207,10 +227,22 @@ batch_report event_bus::emit_batch(context& ctx, std::vector<envelope> envs) {
     return report;
   }
   if (queue_ == nullptr) throw std::logic_error("bus: publish_batch() needs a queue: construct the bus with one");
-  const detail::fill_guard::verdict room = fill_->admit(msgs);
-  report.results = queue_->publish_batch(std::span<const message>(msgs).first(room.admitted), options_.publish_timeout);
-  for (std::size_t i = room.admitted; i < msgs.size(); ++i) {  // not sent: the stream is nearly full
-    report.results.push_back(batch_result{std::nullopt, publish_error::outcome::not_sent, room.why});
+  // Each is encoded just before it is sent: a large batch is never held twice in memory, and
+  // the stream starts storing while the rest are made.
+  std::string held;  // why the stream took no more
+  report.results = queue_->publish_each(
+      count,
+      [&](std::size_t i) -> const message* {
+        encode_into(current, envelope_of(i), options_.stream.subject_prefix, options_.max_body_bytes);
+        if (const detail::fill_guard::verdict room = fill_->admit(std::span<const message>(&current, 1)); room.admitted == 0) {
+          held = room.why;
+          return nullptr;
+        }
+        return &current;
+      },
+      options_.publish_timeout);
+  for (std::size_t i = report.results.size(); i < count; ++i) {  // not sent: the stream is nearly full
+    report.results.push_back(batch_result{std::nullopt, publish_error::outcome::not_sent, held});
   }
   if (!observers_.empty()) {
     for (const batch_result& r : report.results) {
@@ -234,7 +266,8 @@ event_id event_bus::emit(context& ctx, std::string_view name, int version, std::
   }
   try {
     if (path == publish_path::outbox) {
-      outbox_insert(*ctx.transaction(), options_.schema, msg);  // sent by the relay after commit
+      outbox_insert(*ctx.transaction(), options_.schema, msg,  // sent by the relay after commit
+                    options_.prepared_statements ? statement_mode::prepared : statement_mode::text);
     } else {
       if (const detail::fill_guard::verdict room = fill_->admit(std::span<const message>(&msg, 1)); room.admitted == 0) {
         throw publish_error(publish_error::outcome::not_sent, env.id, "bus: " + env.name + " not sent: " + room.why);

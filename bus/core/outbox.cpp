@@ -3,6 +3,8 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cstdint>
+#include <cstdio>
 #include <tuple>
 #include <vector>
 
@@ -94,14 +96,39 @@ void relay_destroyed() noexcept { relays_running.fetch_sub(1, std::memory_order_
 
 }  // namespace detail
 
-void outbox_insert(pqxx::transaction_base& tx, std::string_view schema, const message& msg) {
+namespace {
+
+// The INSERT and the NOTIFY in one statement: one round trip.
+std::string insert_sql(std::string_view schema) {
+  return "WITH row AS (INSERT INTO " + table(schema) +
+         " (event_id, subject, headers, body) VALUES ($1::uuid, $2, $3, $4) RETURNING 1) "
+         "SELECT pg_notify($5, '') FROM row";
+}
+
+// PostgreSQL keeps 63 bytes of a statement's name: a schema's name may be that long, so the
+// statement is named by a hash of it (a collision makes libpqxx refuse the second definition).
+std::string statement_name(std::string_view schema) {
+  std::uint64_t h = 14695981039346656037ull;  // FNV-1a
+  for (unsigned char c : schema) h = (h ^ c) * 1099511628211ull;
+  char name[40];
+  std::snprintf(name, sizeof name, "omnibus_outbox_%016llx", static_cast<unsigned long long>(h));
+  return name;
+}
+
+}  // namespace
+
+void outbox_insert(pqxx::transaction_base& tx, std::string_view schema, const message& msg, statement_mode mode) {
   detail::warn_if_no_relay(schema);
-  // The INSERT and the NOTIFY in one statement: one round trip.
-  tx.exec_params("WITH row AS (INSERT INTO " + table(schema) +
-                     " (event_id, subject, headers, body) VALUES ($1::uuid, $2, $3, $4) RETURNING 1) "
-                     "SELECT pg_notify($5, '') FROM row",
-                 id_text(msg), msg.subject, detail::join_headers(msg),
-                 pqxx::binarystring(msg.body.data(), msg.body.size()), outbox_channel(schema));
+  const pqxx::binarystring body(msg.body.data(), msg.body.size());
+  if (mode == statement_mode::text) {
+    tx.exec_params(insert_sql(schema), id_text(msg), msg.subject, detail::join_headers(msg), body, outbox_channel(schema));
+    return;
+  }
+  // libpqxx keeps the definition per connection and prepares it on the server at its first
+  // use there (again after a reconnect); defining it again is a lookup.
+  const std::string name = statement_name(schema);
+  tx.conn().prepare(name, insert_sql(schema));
+  tx.exec_prepared(name, id_text(msg), msg.subject, detail::join_headers(msg), body, outbox_channel(schema));
 }
 
 void outbox_insert_batch(pqxx::transaction_base& tx, std::string_view schema, std::span<const message> msgs) {

@@ -11,9 +11,16 @@
 
 namespace omnibus {
 
+/// How outbox_insert sends its statement.
+enum class statement_mode {
+  text,      ///< parsed and planned by the server at every call
+  prepared,  ///< a named statement on the connection, prepared at its first use there
+};
+
 /// INSERTs `msg` into <schema>.bus_outbox in `tx` and queues a NOTIFY that wakes the relay at
 /// commit. One round trip. Throws what pqxx throws (the caller's transaction is then aborted).
-void outbox_insert(pqxx::transaction_base& tx, std::string_view schema, const message& msg);
+void outbox_insert(pqxx::transaction_base& tx, std::string_view schema, const message& msg,
+                   statement_mode mode = statement_mode::text);
 
 /// Writes all of `msgs` in one COPY (pqxx::stream_to), in order, then one NOTIFY.
 void outbox_insert_batch(pqxx::transaction_base& tx, std::string_view schema, std::span<const message> msgs);
@@ -32,6 +39,7 @@ void split_headers(std::string_view text, message& out);
 /// A relay object exists in this process (constructed / destroyed). The first outbox write of a
 /// process with none logs, once, that another process must run one.
 void relay_created() noexcept;
-void relay_destroyed() noexcept;}  // namespace detail
+void relay_destroyed() noexcept;
+}  // namespace detail
 
 }  // namespace omnibus

@@ -46,15 +46,18 @@ void bench_publish() {
   omnibus::context ctx;
 
   std::vector<double> ours, base;
-  for (int round = 0; round < 3; ++round) {
-    auto t = clock::now();
+  // Fifteen rounds, each side first in turn: a round takes a fifteenth of a second, and one
+  // slow moment of the machine would decide three.
+  auto omnibus_round = [&] {
+    const auto t = clock::now();
     auto report = w.bus->publish_batch(ctx, std::span<const payload>(events));
     if (!report.ok()) throw std::runtime_error("publish_batch failed");
     ours.push_back(events.size() / seconds_since(t));
-
+  };
+  auto raw_round = [&] {
     std::vector<omnibus::message> msgs;  // prepared outside the timing: the baseline only sends
     for (const auto& e : events) msgs.push_back(same_bytes(w, e));
-    t = clock::now();
+    const auto t = clock::now();
     for (const auto& m : msgs) {
       natsMsg* msg = raw_message(m);
       if (js_PublishMsgAsync(js, &msg, nullptr) != NATS_OK) throw std::runtime_error("js_PublishMsgAsync");
@@ -64,13 +67,24 @@ void bench_publish() {
     po.MaxWait = 30000;
     if (js_PublishAsyncComplete(js, &po) != NATS_OK) throw std::runtime_error("js_PublishAsyncComplete");
     base.push_back(events.size() / seconds_since(t));
+  };
+  for (int round = 0; round < 15 && wanted("publish_batch_10000_no_tx"); ++round) {
+    if (round % 2 == 0) {
+      omnibus_round();
+      raw_round();
+    } else {
+      raw_round();
+      omnibus_round();
+    }
   }
-  line("publish_batch_10000_no_tx", median(ours), "msg/s", median(base), median(ours) / median(base), ">=", 0.8);
+  if (!ours.empty()) {
+    line("publish_batch_10000_no_tx", median(ours), "msg/s", median(base), median(ours) / median(base), ">=", 0.85);
+  }
 
   ours.clear();
   base.clear();
   constexpr int n = 2000;
-  for (int round = 0; round < 3; ++round) {
+  for (int round = 0; round < 3 && wanted("publish_one_at_a_time_with_puback"); ++round) {
     auto t = clock::now();
     for (int i = 0; i < n; ++i) w.bus->publish(ctx, events[0]);
     ours.push_back(n / seconds_since(t));
@@ -86,7 +100,9 @@ void bench_publish() {
     }
     base.push_back(n / seconds_since(t));
   }
-  line("publish_one_at_a_time_with_puback", median(ours), "msg/s", median(base), median(ours) / median(base), ">=", 0.9);
+  if (!ours.empty()) {
+    line("publish_one_at_a_time_with_puback", median(ours), "msg/s", median(base), median(ours) / median(base), ">=", 0.9);
+  }
   jsCtx_Destroy(js);
   natsConnection_Destroy(nc);
 }

@@ -234,6 +234,44 @@ TEST_CASE_METHOD(js_fixture, "publish_batch says exactly which events failed", "
   CHECK(report.results[failed[0]].failure == omnibus::publish_error::outcome::not_sent);
 }
 
+TEST_CASE_METHOD(js_fixture, "publish_each sends what it is given until told to stop, and waits for it even when making one throws",
+                 "[integration][nats][mq]") {
+  js.provision(opts.stream, {});
+  omnibus::event_bus b{js, opts};
+  b.freeze();
+  std::vector<omnibus::message> msgs;
+  for (int i = 0; i < 300; ++i) {
+    omnibus::envelope env;
+    env.id = omnibus::event_id::generate();
+    env.name = item_added::name;
+    env.version = item_added::version;
+    env.body = omnibus::detail::encode_body(item_added{i, ""});
+    msgs.push_back(omnibus::encode(env, opts.stream.subject_prefix));
+  }
+  std::size_t asked = 0;
+  SECTION("stopped by a null message") {
+    auto results = js.publish_each(
+        msgs.size(), [&](std::size_t i) { asked = i + 1; return i < 200 ? &msgs[i] : nullptr; }, std::chrono::seconds(5));
+    CHECK(asked == 201);  // never asked past the stop
+    REQUIRE(results.size() == 200);
+    for (const auto& r : results) REQUIRE(r.ack);
+    CHECK(js.last_sequence(opts.stream) == 200);
+  }
+  SECTION("stopped by a throw: the ones sent are acked before it comes through") {
+    CHECK_THROWS_WITH(js.publish_each(
+                          msgs.size(),
+                          [&](std::size_t i) -> const omnibus::message* {
+                            if (i == 150) throw std::runtime_error("cannot make message 150");
+                            return &msgs[i];
+                          },
+                          std::chrono::seconds(5)),
+                      "cannot make message 150");
+    CHECK(js.last_sequence(opts.stream) == 150);
+  }
+  auto stored = read_all(js.last_sequence(opts.stream));
+  for (std::size_t i = 0; i < stored.size(); ++i) REQUIRE(*stored[i].header("Nats-Msg-Id") == *msgs[i].header("Nats-Msg-Id"));
+}
+
 TEST_CASE_METHOD(js_fixture, "a publish no stream takes fails as not sent, carrying the event id",
                  "[integration][nats][mq]") {
   omnibus::event_bus b{js, opts};  // never provisioned: no stream takes the subject

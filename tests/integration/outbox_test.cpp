@@ -119,6 +119,45 @@ TEST_CASE_METHOD(outbox_fixture, "a rolled-back transaction's events never reach
   CHECK(outbox_rows() == 0);
 }
 
+TEST_CASE_METHOD(outbox_fixture, "the outbox INSERT is prepared once per connection, and not at all when turned off",
+                 "[integration][outbox]") {
+  auto prepared_here = [&](pqxx::connection& c) {
+    pqxx::nontransaction q{c};
+    return q.exec1("SELECT count(*) FROM pg_prepared_statements WHERE name LIKE 'omnibus_outbox_%'")[0].as<long>();
+  };
+  omnibus::relay r{js, relay_opts(), log};
+  r.start();
+  std::vector<omnibus::event_id> ids;
+  SECTION("prepared: the default") {
+    omnibus::event_bus b{js, opts};
+    b.freeze();
+    {  // its first use is in a transaction that rolls back: the statement stays
+      pqxx::work tx{db};
+      omnibus::context ctx{tx};
+      b.publish(ctx, tool_event{0});
+      tx.abort();
+    }
+    CHECK(prepared_here(db) == 1);
+    for (long k = 0; k < 3; ++k) {
+      auto some = commit_events(b, k * 10, 10);
+      ids.insert(ids.end(), some.begin(), some.end());
+    }
+    CHECK(prepared_here(db) == 1);
+  }
+  SECTION("turned off, as behind a transaction-pooling proxy") {
+    opts.prepared_statements = false;
+    omnibus::event_bus b{js, opts};
+    b.freeze();
+    for (long k = 0; k < 3; ++k) {
+      auto some = commit_events(b, k * 10, 10);
+      ids.insert(ids.end(), some.begin(), some.end());
+    }
+    CHECK(prepared_here(db) == 0);
+  }
+  REQUIRE(test_env::eventually([&] { return last_seq() >= ids.size(); }, 10s));
+  require_stream_holds(ids);
+}
+
 TEST_CASE_METHOD(outbox_fixture, "nothing reaches the stream before COMMIT", "[integration][outbox]") {
   omnibus::event_bus b{js, opts};
   b.freeze();

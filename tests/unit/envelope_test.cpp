@@ -318,4 +318,17 @@ TEST_CASE("publish times are RFC 3339 UTC with microseconds", "[bus][envelope]")
   CHECK(omnibus::parse_time("2025-11-22T18:51:32.1Z") == floor<seconds>(t) + milliseconds(100));
   CHECK_THROWS_AS(omnibus::parse_time("2025-11-22 18:51:32Z"), omnibus::decode_error);
   CHECK_THROWS_AS(omnibus::parse_time("2025-02-30T00:00:00Z"), omnibus::decode_error);
+  CHECK(omnibus::format_time(sys_time<microseconds>{}) == "1970-01-01T00:00:00.000000Z");
+  CHECK(omnibus::format_time(sys_days{2038y / 1 / 19} + 3h + 14min + 7s + 999999us) == "2038-01-19T03:14:07.999999Z");
+  CHECK(omnibus::format_time(sys_days{9999y / 12 / 31} + 23h + 59min + 59s + 999999us) == "9999-12-31T23:59:59.999999Z");
+  CHECK(omnibus::format_time(sys_days{2024y / 2 / 29} + 5us) == "2024-02-29T00:00:00.000005Z");
+  // Any time from 1970 to 2200 comes back exactly.
+  std::uint64_t x = 88172645463325252ull;  // xorshift: the same times every run
+  for (int i = 0; i < 10000; ++i) {
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    const sys_time<microseconds> r{microseconds{static_cast<std::int64_t>(x % 7258118400000000ull)}};
+    REQUIRE(omnibus::parse_time(omnibus::format_time(r)) == r);
+  }
 }

@@ -47,6 +47,11 @@ class OMNIBUS_API jetstream final : public omnibus::queue {
   /// js_PublishMsgAsync for all, in order, then waits up to `timeout` for every PubAck.
   std::vector<omnibus::batch_result> publish_batch(std::span<const omnibus::message> msgs,
                                                std::chrono::milliseconds timeout) override;
+  /// The same, asking for each message just before it is sent: only NATS.c's copies of the
+  /// messages awaiting their PubAcks are held at once.
+  std::vector<omnibus::batch_result> publish_each(std::size_t count,
+                                              const std::function<const omnibus::message*(std::size_t)>& next,
+                                              std::chrono::milliseconds timeout) override;
 
   std::unique_ptr<omnibus::consumer> open_consumer(const omnibus::stream_config& stream,
                                                const std::string& consumer_name) override;

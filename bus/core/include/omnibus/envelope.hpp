@@ -54,6 +54,11 @@ struct OMNIBUS_API envelope {
 /// bytes that are not UTF-8).
 [[nodiscard]] OMNIBUS_API message encode(const envelope& env, std::string_view prefix,
                              std::size_t max_body_bytes = default_max_body_bytes);
+/// encode() into `out`, reusing the memory of the message it held: encoding many events one
+/// after another into one message allocates nothing once it has grown. Throws as encode() does
+/// (`out` is then unspecified).
+OMNIBUS_API void encode_into(message& out, const envelope& env, std::string_view prefix,
+                             std::size_t max_body_bytes = default_max_body_bytes);
 
 /// Reads and checks the headers against the subject; the body stays encoded. Throws
 /// decode_error: too_many_headers past max_headers; bad_header for an empty header name, an

@@ -5,6 +5,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <span>
@@ -196,6 +197,20 @@ class OMNIBUS_API queue {
   /// failure: result i belongs to msgs[i].
   [[nodiscard]] virtual std::vector<batch_result> publish_batch(std::span<const message> msgs,
                                                                 std::chrono::milliseconds timeout) = 0;
+  /// publish_batch for messages made one at a time: next(i) returns message i (valid until the
+  /// next call), or nullptr to stop before it. One result per message made, in order. A batch
+  /// too large to hold twice in memory goes out this way; this default makes them all first.
+  [[nodiscard]] virtual std::vector<batch_result> publish_each(std::size_t count,
+                                                               const std::function<const message*(std::size_t)>& next,
+                                                               std::chrono::milliseconds timeout) {
+    std::vector<message> msgs;
+    for (std::size_t i = 0; i < count; ++i) {
+      const message* m = next(i);
+      if (m == nullptr) break;
+      msgs.push_back(*m);
+    }
+    return publish_batch(msgs, timeout);
+  }
   /// A pull subscription on an existing durable consumer of `stream`.
   [[nodiscard]] virtual std::unique_ptr<consumer> open_consumer(const stream_config& stream,
                                                                 const std::string& consumer_name) = 0;
