@@ -228,19 +228,23 @@ void relay::run(std::stop_token stop) {
       stats_.active = true;
       log_->info("relay for schema {}: active", options_.schema);
       wake_flag wake{s.conn, outbox_channel(options_.schema)};
-      sweep(s);  // a full sweep after every (re)connect: rows left by publishers that died
+      // A full sweep after every (re)connect: rows left by publishers that died.
+      std::size_t last_sent = sweep(s);
       auto next_sweep = clock::now() + options_.sweep_interval;
       while (!stop.stop_requested()) {
         // Short waits keep stop() prompt; a NOTIFY wakes the relay at once.
         constexpr auto slice = std::chrono::milliseconds(100);
         s.conn.await_notification(0, std::chrono::duration_cast<std::chrono::microseconds>(slice).count());
         if (wake.woken || clock::now() >= next_sweep) {
-          if (wake.woken && options_.coalesce.count() > 0) {
+          // Gathering NOTIFYs pays when events come a few per transaction; after a sweep that
+          // filled a batch, rows come in bulk (publish_batch, the scheduler), and waiting only
+          // leaves the stream idle.
+          if (wake.woken && options_.coalesce.count() > 0 && last_sent < options_.batch_size) {
             if (!detail::wait_until(stop, clock::now() + options_.coalesce)) break;
             s.conn.get_notifs();  // the ones that came meanwhile are served by this sweep
           }
           wake.woken = false;
-          sweep(s);
+          last_sent = sweep(s);
           next_sweep = clock::now() + options_.sweep_interval;
         }
       }

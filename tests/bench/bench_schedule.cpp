@@ -353,8 +353,8 @@ void scheduler_throughput() {
 }  // namespace
 
 void bench_schedule() {
-  lag_and_pending();
-  scheduler_throughput();
+  if (wanted("schedule_fire_lag")) lag_and_pending();
+  if (wanted("schedule_scheduler_throughput")) scheduler_throughput();
 }
 
 }  // namespace bench
