@@ -905,9 +905,16 @@ std::vector<omnibus::batch_result> jetstream::publish_each(std::size_t count,
       }
       natsMsgList_Destroy(&pending);
     }
+    // NATS.c takes a message off its pending list before calling the handler and counts it
+    // done after: taking the list leaves counted exactly the handlers running now, which may
+    // still write `st`. Wait for them before `st` goes.
+    jsPubOptions last;
+    jsPubOptions_Init(&last);
+    last.MaxWait = 10000;
+    (void)js_PublishAsyncComplete(js.get(), &last);
   }
-  // The handler touches `st` only while a message is pending; none is now. Destroying the
-  // context drops any ack still in flight.
+  // No handler runs now, and none will touch `st`: every message is acked or off the pending
+  // list. Destroying the context drops any ack still on its way.
   js.reset();
   std::lock_guard lock(st.mutex);
   for (const auto& [msg, i] : st.index) {

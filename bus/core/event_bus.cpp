@@ -227,22 +227,24 @@ batch_report event_bus::emit_batch(context& ctx, std::string_view name, int vers
     return report;
   }
   if (queue_ == nullptr) throw std::logic_error("bus: publish_batch() needs a queue: construct the bus with one");
-  // Each is encoded just before it is sent: a large batch is never held twice in memory, and
-  // the stream starts storing while the rest are made.
-  std::string held;  // why the stream took no more
+  // Admitted below the stream's hold line all at once, before anything is sent, as one batch:
+  // every event of it has the same subject and headers but for their values' fixed widths, so
+  // what the stream stores for each is what it stores for the first, less its body, plus its own.
+  const std::size_t around_body = count == 0 ? 0 : detail::stored_size(current) - current.body.size();
+  std::vector<std::size_t> sizes(count);
+  for (std::size_t i = 0; i < count; ++i) sizes[i] = around_body + body_of(i).size();
+  const detail::fill_guard::verdict room = fill_->admit_sizes(sizes);
+  // Then each is encoded just before it is sent: a large batch is never held twice in memory,
+  // and the stream starts storing while the rest are made.
   report.results = queue_->publish_each(
-      count,
+      room.admitted,
       [&](std::size_t i) -> const message* {
         encode_into(current, envelope_of(i), options_.stream.subject_prefix, options_.max_body_bytes);
-        if (const detail::fill_guard::verdict room = fill_->admit(std::span<const message>(&current, 1)); room.admitted == 0) {
-          held = room.why;
-          return nullptr;
-        }
         return &current;
       },
       options_.publish_timeout);
   for (std::size_t i = report.results.size(); i < count; ++i) {  // not sent: the stream is nearly full
-    report.results.push_back(batch_result{std::nullopt, publish_error::outcome::not_sent, held});
+    report.results.push_back(batch_result{std::nullopt, publish_error::outcome::not_sent, room.why});
   }
   if (!observers_.empty()) {
     for (const batch_result& r : report.results) {

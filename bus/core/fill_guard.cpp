@@ -2,6 +2,7 @@
 
 #include <cstdio>
 #include <utility>
+#include <vector>
 
 namespace omnibus::detail {
 
@@ -33,8 +34,8 @@ void fill_guard::read(clock::time_point now) {
   added_msgs_ = 0;
 }
 
-std::size_t fill_guard::fits(std::span<const message> msgs) const {
-  if (!seen_) return msgs.size();
+std::size_t fill_guard::fits(std::span<const std::size_t> sizes) const {
+  if (!seen_) return sizes.size();
   const double line = stream_.hold_above;
   const bool by_bytes = seen_->max_bytes > 0;
   const bool by_msgs = seen_->max_msgs > 0;
@@ -44,8 +45,8 @@ std::size_t fill_guard::fits(std::span<const message> msgs) const {
   double bytes = static_cast<double>(seen_->bytes + added_bytes_);
   double count = static_cast<double>(seen_->messages + added_msgs_);
   std::size_t n = 0;
-  for (const message& m : msgs) {
-    bytes += static_cast<double>(stored_size(m));
+  for (const std::size_t size : sizes) {
+    bytes += static_cast<double>(size);
     count += 1;
     // An empty stream takes one event whatever its size: the line must never hold for good.
     if ((by_bytes && bytes > byte_line) || (by_msgs && count > msg_line)) {
@@ -57,6 +58,13 @@ std::size_t fill_guard::fits(std::span<const message> msgs) const {
 }
 
 fill_guard::verdict fill_guard::admit(std::span<const message> msgs) {
+  std::vector<std::size_t> sizes;
+  sizes.reserve(msgs.size());
+  for (const message& m : msgs) sizes.push_back(stored_size(m));
+  return admit_sizes(sizes);
+}
+
+fill_guard::verdict fill_guard::admit_sizes(std::span<const std::size_t> msgs) {
   std::lock_guard lock(mutex_);
   if (off_ || msgs.empty()) return {msgs.size(), {}};
   const auto now = clock::now();
@@ -66,7 +74,7 @@ fill_guard::verdict fill_guard::admit(std::span<const message> msgs) {
     read(now);
     n = fits(msgs);
   }
-  for (std::size_t i = 0; i < n; ++i) added_bytes_ += stored_size(msgs[i]);
+  for (std::size_t i = 0; i < n; ++i) added_bytes_ += msgs[i];
   added_msgs_ += n;
   holding_ = n < msgs.size();
   if (!holding_) return {n, {}};
@@ -83,7 +91,7 @@ fill_guard::verdict fill_guard::admit(std::span<const message> msgs) {
                   100.0 * count / static_cast<double>(s.max_msgs));
   }
   return {n, "stream " + stream_.name + " is nearly full: " + fill + ", and an event of " +
-                 std::to_string(stored_size(msgs[n])) + " bytes would pass the line; publishers stop at " +
+                 std::to_string(msgs[n]) + " bytes would pass the line; publishers stop at " +
                  std::to_string(static_cast<int>(stream_.hold_above * 100 + 0.5)) +
                  "% (stream_config::hold_above), where nats-server 2.9 may drop the oldest events "
                  "(nats-io/nats-server#4771). Room comes back as events pass max_age, or when an operator "

@@ -33,6 +33,8 @@ class fill_guard {
   /// How many of `msgs`, in order, fit; counts those as published. Never throws: when the
   /// stream's state cannot be read, everything is admitted (the publish reports the trouble).
   [[nodiscard]] verdict admit(std::span<const message> msgs);
+  /// admit() for messages of these stored_size()s.
+  [[nodiscard]] verdict admit_sizes(std::span<const std::size_t> sizes);
   /// Whether the stream was last seen above the hold line (for the relay's log and stats).
   [[nodiscard]] bool holding() const;
   /// Holding, and too soon to read the stream's state again: admit() would refuse everything.
@@ -43,7 +45,7 @@ class fill_guard {
  private:
   using clock = std::chrono::steady_clock;
   void read(clock::time_point now);  // under mutex_
-  [[nodiscard]] std::size_t fits(std::span<const message> msgs) const;  // under mutex_
+  [[nodiscard]] std::size_t fits(std::span<const std::size_t> sizes) const;  // under mutex_
 
   queue& queue_;
   const stream_config stream_;

@@ -1,7 +1,7 @@
 #include "omnibus/relay.hpp"
 
 #include <future>
-#include <limits>
+#include <span>
 #include <stdexcept>
 #include <vector>
 
@@ -22,7 +22,9 @@ namespace {
 using clock = std::chrono::steady_clock;
 
 struct relay_statements {
-  std::string select_after;  // $1: the last id read
+  std::string select_first;      // the first rows
+  std::string select_but_range;  // $1, $2: the rows but those from $1 to $2 (the batch on the network)
+  std::string select_but_ids;    // $1: the rows but those in a bigint[] literal
   std::string delete_ids;    // $1: a bigint[] literal
   std::string delete_range;  // $1, $2: the first and last id
 };
@@ -42,10 +44,14 @@ class relay::session {
   explicit session(const relay_options& o)
       : conn(o.database_url),
         lock_key("omnibus:relay:" + o.schema),
-        sql{"SELECT id, subject, headers, body FROM " + detail::table_name(o.schema, "bus_outbox") +
-                " WHERE id > $1 ORDER BY id LIMIT " + std::to_string(o.batch_size),
+        sql{select(o, ""), select(o, "WHERE id NOT BETWEEN $1 AND $2 "), select(o, "WHERE id <> ALL($1::bigint[]) "),
             "DELETE FROM " + detail::table_name(o.schema, "bus_outbox") + " WHERE id = ANY($1::bigint[])",
             "DELETE FROM " + detail::table_name(o.schema, "bus_outbox") + " WHERE id BETWEEN $1 AND $2"} {}
+
+  static std::string select(const relay_options& o, const char* where) {
+    return "SELECT id, subject, headers, body FROM " + detail::table_name(o.schema, "bus_outbox") + " " + where +
+           "ORDER BY id LIMIT " + std::to_string(o.batch_size);
+  }
 
   bool try_lock() {
     pqxx::nontransaction tx{conn};
@@ -93,12 +99,31 @@ struct outbox_batch {
   std::vector<message> msgs;
 };
 
-// The rows after `after`, in id order, read in autocommit: no row lock is held while they are
-// on the network.
-outbox_batch read_after(pqxx::connection& conn, const std::string& sql, std::int64_t after) {
+// An id list as a bigint[] literal.
+std::string id_array(std::span<const std::int64_t> ids) {
+  std::string array = "{";
+  for (std::size_t i = 0; i < ids.size(); ++i) {
+    if (i > 0) array += ',';
+    array += std::to_string(ids[i]);
+  }
+  array += '}';
+  return array;
+}
+
+// Whether `ids` (ascending) are every id from the first to the last.
+bool no_gap(std::span<const std::int64_t> ids) {
+  return !ids.empty() && ids.back() - ids.front() + 1 == static_cast<std::int64_t>(ids.size());
+}
+
+// The first rows in id order, but those of `sending` (the batch on the network, still in the
+// outbox), read in autocommit: no row lock is held while they are on the network. Every read
+// starts from the lowest id, so a row that commits after rows above it waits one batch at most.
+outbox_batch read_batch(pqxx::connection& conn, const relay_statements& sql, std::span<const std::int64_t> sending) {
   outbox_batch b;
   pqxx::nontransaction tx{conn};
-  pqxx::result rows = tx.exec_params(sql, after);
+  pqxx::result rows = sending.empty()   ? tx.exec(sql.select_first)
+                      : no_gap(sending) ? tx.exec_params(sql.select_but_range, sending.front(), sending.back())
+                                        : tx.exec_params(sql.select_but_ids, id_array(sending));
   b.ids.reserve(rows.size());
   b.msgs.reserve(rows.size());
   for (const auto& row : rows) {
@@ -118,16 +143,10 @@ outbox_batch read_after(pqxx::connection& conn, const std::string& sql, std::int
 void forget(pqxx::connection& conn, const relay_statements& sql, std::vector<std::int64_t>& ids) {
   if (ids.empty()) return;
   pqxx::nontransaction tx{conn};
-  if (ids.back() - ids.front() + 1 == static_cast<std::int64_t>(ids.size())) {
+  if (no_gap(ids)) {
     tx.exec_params0(sql.delete_range, ids.front(), ids.back());
   } else {
-    std::string array = "{";
-    for (std::size_t i = 0; i < ids.size(); ++i) {
-      if (i > 0) array += ',';
-      array += std::to_string(ids[i]);
-    }
-    array += '}';
-    tx.exec_params0(sql.delete_ids, array);
+    tx.exec_params0(sql.delete_ids, id_array(ids));
   }
   ids.clear();
 }
@@ -141,7 +160,7 @@ std::size_t relay::sweep(session& s) {
   // and reads the next. A batch is published only once the one before it is acked in full,
   // so a row after a failed one waits and the stream keeps the outbox's order (a re-send of
   // a stored row is dropped by the duplicate window).
-  outbox_batch batch = read_after(s.conn, s.sql.select_after, std::numeric_limits<std::int64_t>::min());
+  outbox_batch batch = read_batch(s.conn, s.sql, {});
   std::vector<std::int64_t> acked;  // on the stream, still in the outbox
   auto settle = [&] {
     const std::size_t n = acked.size();
@@ -164,7 +183,7 @@ std::size_t relay::sweep(session& s) {
                               [&] { return queue_.publish_batch(batch.msgs, options_.publish_timeout); });
     settle();
     outbox_batch next;
-    if (!last) next = read_after(s.conn, s.sql.select_after, batch.ids.back());
+    if (!last) next = read_batch(s.conn, s.sql, batch.ids);
     const std::vector<batch_result> results = sending.get();
     detail::failpoint("relay_after_pub_ack");
 

@@ -60,7 +60,8 @@ struct OMNIBUS_API bus_options {
   /// publish() in a transaction writes its outbox row with a prepared statement, prepared on
   /// each connection at its first use there (about a fifth more one-event transactions per
   /// second). Set false when the connection goes through a proxy that does not keep session
-  /// state from one transaction to the next (PgBouncer in transaction pooling mode before 1.21).
+  /// state from one transaction to the next (PgBouncer in transaction pooling mode before 1.21),
+  /// or when something runs DISCARD ALL or DEALLOCATE ALL on the connections.
   bool prepared_statements = true;
 };
 
@@ -199,7 +200,8 @@ class OMNIBUS_API event_bus {
   /// Publishes many events of one type: each one's sync listeners run first, in order (the
   /// first throw stops everything, and nothing is sent). Then all leave together, pipelined,
   /// in order: without a transaction every PubAck is awaited and the report says which
-  /// events failed. Throws what a listener threw, event_too_large, std::logic_error.
+  /// events failed. Every event carries the context's metadata as it is once all the sync
+  /// listeners have run. Throws what a listener threw, event_too_large, std::logic_error.
   template <class E>
   [[nodiscard]] batch_report publish_batch(context& ctx, std::span<const E> events);
 
