@@ -4,8 +4,10 @@
 #include <chrono>
 #include <condition_variable>
 #include <cctype>
+#include <cmath>
 #include <csignal>
 #include <cstdio>
+#include <cstdlib>
 #include <ctime>
 #include <exception>
 #include <memory>
@@ -32,6 +34,7 @@
 #include "omnibus/migrations.hpp"
 #include "omnibus/nats_error.hpp"
 #include "omnibus/operations.hpp"
+#include "omnibus/redrive.hpp"
 #include "omnibus/relay.hpp"
 #include "omnibus/scheduler.hpp"
 #include "omnibus/schedules.hpp"
@@ -183,6 +186,25 @@ void print_letter(const omnibus::dead_letter& dl) {
   std::printf("\n");
 }
 
+// Who runs this command, for the redrives' audit.
+std::string operator_name() {
+  for (const char* var : {"OMNIBUS_OPERATOR", "USER", "LOGNAME"}) {
+    if (const char* v = std::getenv(var); v != nullptr && *v != '\0') return std::string("cli:") + v;
+  }
+  return "cli:uid " + std::to_string(::getuid());
+}
+
+void print_redrive(const omnibus::redrive_status& r) {
+  std::printf("redrive %lld: %s %s, %s at %s by %s; %s (last change by %s): %llu ok, %llu failed, %llu gone, "
+              "%llu interrupted, %llu pending of %llu\n",
+              static_cast<long long>(r.id), std::string(omnibus::to_string(r.action)).c_str(), shown(r.filter).c_str(),
+              r.rate > 0 ? (std::to_string(r.rate) + "/s").c_str() : "unlimited",
+              omnibus::to_iso8601(r.created_at).c_str(), shown(r.requested_by).c_str(), r.state.c_str(),
+              shown(r.updated_by).c_str(), static_cast<unsigned long long>(r.ok), static_cast<unsigned long long>(r.failed),
+              static_cast<unsigned long long>(r.gone), static_cast<unsigned long long>(r.interrupted),
+              static_cast<unsigned long long>(r.pending), static_cast<unsigned long long>(r.total));
+}
+
 int report(const std::vector<omnibus::retry_outcome>& outcomes) {
   int failed = 0;
   for (const auto& o : outcomes) {
@@ -218,6 +240,12 @@ struct worker_program::impl {
   std::int64_t id = 0;
   std::size_t limit = 100;
   bool retry_all = false, retry_confirmed = false, dry_run = false, purge_confirmed = false, prune_confirmed = false;
+  // Bulk retries and discards (redrives).
+  std::string f_error_like, f_since, f_until;
+  double redrive_rate = 0;
+  bool redrive_background = false;
+  CLI::Option* discard_id = nullptr;
+  CLI::App *redrives_cmd, *rd_list, *rd_show, *rd_pause, *rd_resume, *rd_cancel, *rd_run;
   std::string replay_from;
   std::uint64_t replay_from_seq = 0;
   bool replay_keep_inbox = false, replay_confirmed = false;
@@ -284,6 +312,7 @@ struct worker_program::impl {
     run_cmd = cli.add_subcommand("run", "Run every async listener until SIGINT or SIGTERM (and a relay)");
     run_cmd->add_flag("!--no-relay", c.relay, "do not run an outbox relay in this process");
     run_cmd->add_flag("!--no-scheduler", c.scheduler, "do not fire scheduled and recurring events in this process");
+    run_cmd->add_flag("!--no-redrives", c.redrives, "do not carry out bulk dead-letter retries and discards in this process");
     cli.add_option("--outbox-alert-after", outbox_alert_s,
                    "seconds outbox rows may wait with no relay before readiness fails and run warns")
         ->envname("OMNIBUS_OUTBOX_ALERT_AFTER")->capture_default_str();
@@ -305,15 +334,39 @@ struct worker_program::impl {
     dl_list->add_option("--limit", limit, "at most this many")->capture_default_str();
     dl_show = dl_cmd->add_subcommand("show", "Show one dead letter, headers and body included");
     dl_show->add_option("id", id, "dead letter id")->required();
-    dl_retry = dl_cmd->add_subcommand("retry", "Run dead letters through their own listener alone, in this process");
+    dl_retry = dl_cmd->add_subcommand(
+        "retry", "Run dead letters through their own listener alone: one by id, or all that match a filter (a redrive)");
     retry_id = dl_retry->add_option("id", id, "dead letter id");
-    auto* retry_all_flag = dl_retry->add_flag("--all", retry_all, "every dead letter matching --listener/--event");
-    dl_retry->add_option("--listener", f_listener, "with --all: only this listener's");
-    dl_retry->add_option("--event", f_event, "with --all: only this event name's");
-    dl_retry->add_flag("--yes", retry_confirmed, "with --all and no --listener/--event: confirm re-running every dead letter");
-    retry_id->excludes(retry_all_flag);
-    dl_discard = dl_cmd->add_subcommand("discard", "Delete one dead letter");
-    dl_discard->add_option("id", id, "dead letter id")->required();
+    dl_discard = dl_cmd->add_subcommand("discard", "Delete dead letters: one by id, or all that match a filter (a redrive)");
+    discard_id = dl_discard->add_option("id", id, "dead letter id");
+    for (CLI::App* bulk : {dl_retry, dl_discard}) {
+      CLI::Option* all = bulk->add_flag("--all", retry_all, "every dead letter matching the filters (or every one, with --yes)");
+      CLI::Option* filters[] = {
+          bulk->add_option("--listener", f_listener, "only this listener's"),
+          bulk->add_option("--event", f_event, "only this event name's"),
+          bulk->add_option("--error-like", f_error_like, "only those whose error matches this SQL LIKE pattern ('%timeout%')"),
+          bulk->add_option("--since", f_since, "only those that last failed at or after this time (2026-11-30T12:00:00Z)"),
+          bulk->add_option("--until", f_until, "only those that last failed before this time"),
+          bulk->add_option("--rate", redrive_rate, "dead letters per second (0: as fast as they go)")->capture_default_str(),
+          bulk->add_flag("--dry-run", dry_run, "say how many match, and change nothing"),
+          bulk->add_flag("--background", redrive_background, "leave it to the workers (omnibus-worker run) and return"),
+          bulk->add_flag("--yes", retry_confirmed, "with no filter: confirm every dead letter of every listener"),
+      };
+      CLI::Option* one = bulk == dl_retry ? retry_id : discard_id;
+      one->excludes(all);
+      for (CLI::Option* f : filters) one->excludes(f);
+    }
+
+    redrives_cmd = dl_cmd->add_subcommand("redrives", "Bulk retries and discards: list, show, pause, resume, cancel, run");
+    redrives_cmd->require_subcommand(1);
+    rd_list = redrives_cmd->add_subcommand("list", "The newest redrives, with their progress");
+    rd_list->add_option("--limit", limit, "at most this many")->capture_default_str();
+    rd_show = redrives_cmd->add_subcommand("show", "One redrive: its request, progress and audit");
+    rd_pause = redrives_cmd->add_subcommand("pause", "Stop a redrive where it is; resume carries on");
+    rd_resume = redrives_cmd->add_subcommand("resume", "Carry a paused redrive on (a worker picks it up)");
+    rd_cancel = redrives_cmd->add_subcommand("cancel", "Stop a redrive for good; what it did stays done");
+    rd_run = redrives_cmd->add_subcommand("run", "Carry a running redrive on in this process, with progress");
+    for (CLI::App* sub : {rd_show, rd_pause, rd_resume, rd_cancel, rd_run}) sub->add_option("id", id, "redrive id")->required();
 
     listeners_cmd = cli.add_subcommand("listeners", "Pause and resume listeners across every worker");
     listeners_cmd->require_subcommand(1);
@@ -458,6 +511,8 @@ struct worker_program::impl {
       so.database_url = c.database_url;
       sched.emplace(bus, so, log);
     }
+    std::optional<redrive_runner> redrives;
+    if (c.redrives) redrives.emplace(bus, redrive_runner_options{c.database_url}, log);
     worker_options wo;
     wo.database_url = c.database_url;
     wo.stream_check_every = std::chrono::milliseconds(static_cast<long>(stream_check_s * 1000));
@@ -479,6 +534,7 @@ struct worker_program::impl {
     }
     if (r) r->start();  // active or standby: any worker can be the relay
     if (sched) sched->start();  // every worker's scheduler shares the due rows (SKIP LOCKED)
+    if (redrives) redrives->start();  // one process carries each redrive at a time (an advisory lock)
     std::jthread outbox_watch([&](std::stop_token st) { watch_outbox(st, *log); });
     try {
       w.run(signals.token());
@@ -754,6 +810,72 @@ struct worker_program::impl {
     return 0;
   }
 
+  // dead-letters retry|discard with a filter: a dry run, or a redrive carried out here (or by
+  // the workers, with --background).
+  int redrive(pqxx::connection_base& db, redrive_action action, const setup_function& setup) {
+    const worker_config& c = config;
+    dead_letter_filter f;
+    f.listener = f_listener;
+    f.event_name = f_event;
+    f.error_like = f_error_like;
+    try {
+      if (!f_since.empty()) f.since = parse_iso8601(f_since);
+      if (!f_until.empty()) f.until = parse_iso8601(f_until);
+    } catch (const std::invalid_argument& e) {
+      throw config_error(std::string("--since/--until: ") + e.what());
+    }
+    if (!std::isfinite(redrive_rate) || redrive_rate < 0) throw config_error("--rate must be 0 (no limit) or more");
+    const std::string verb{to_string(action)};
+    const bool unfiltered = f.listener.empty() && f.event_name.empty() && f.error_like.empty() && !f.since && !f.until;
+    if (!retry_all && unfiltered) {
+      throw config_error("dead-letters " + verb + ": give an id, a filter (--listener, --event, --error-like, --since, "
+                         "--until), or --all");
+    }
+    const std::uint64_t matching = count_dead_letters(db, c.bus.schema, f);
+    if (dry_run) {
+      std::printf("dry run: this would %s %llu dead letter(s) (%s)%s\n", verb.c_str(), static_cast<unsigned long long>(matching),
+                  f.describe().c_str(),
+                  redrive_rate > 0 ? (" at " + std::to_string(redrive_rate) + " per second").c_str() : "");
+      return 0;
+    }
+    if (unfiltered && !retry_confirmed) {
+      throw config_error("dead-letters " + verb + " --all with no filter takes every dead letter of every listener (" +
+                         std::to_string(matching) + " now): add --yes to confirm, or narrow it");
+    }
+    const redrive_status started = start_redrive(db, c.bus.schema, {f, action, redrive_rate, operator_name()});
+    std::printf("redrive %lld: %s %llu dead letter(s) (%s)\n", static_cast<long long>(started.id), verb.c_str(),
+                static_cast<unsigned long long>(started.total), started.filter.c_str());
+    if (redrive_background) {
+      std::printf("left to the workers: follow it with dead-letters redrives show %lld\n", static_cast<long long>(started.id));
+      return 0;
+    }
+    return carry_out(db, started.id, setup);
+  }
+
+  // Runs redrive `id` here until it is done, paused or cancelled (or SIGINT: it stays running
+  // for the workers to carry on), printing its progress.
+  int carry_out(pqxx::connection_base& db, std::int64_t redrive_id, const setup_function& setup) {
+    const worker_config& c = config;
+    signal_stop signals;
+    event_bus local{c.bus};  // the listeners, without a queue: retries run here, alone
+    app a{local, c, "dead-letters redrive"};
+    setup(a);
+    auto last = std::chrono::steady_clock::now();
+    const redrive_status end = run_redrive(local, db, redrive_id, signals.token(), [&](const redrive_status& s) {
+      if (std::chrono::steady_clock::now() - last < std::chrono::seconds(1)) return;
+      last = std::chrono::steady_clock::now();
+      std::printf("redrive %lld: %llu of %llu done\n", static_cast<long long>(s.id),
+                  static_cast<unsigned long long>(s.total - s.pending), static_cast<unsigned long long>(s.total));
+      std::fflush(stdout);
+    });
+    print_redrive(end);
+    if (end.state == "running" && end.pending > 0) {
+      std::printf("stopped here; it stays running: a worker (or dead-letters redrives run %lld) carries it on\n",
+                  static_cast<long long>(end.id));
+    }
+    return end.failed == 0 && end.interrupted == 0 ? 0 : exit_failure;
+  }
+
   int database_command(const setup_function& setup) {
     const worker_config& c = config;
     pqxx::connection db{c.database_url};
@@ -771,23 +893,38 @@ struct worker_program::impl {
       print_letter(*dl);
       return 0;
     }
+    const bool bulk_retry = dl_retry->parsed() && retry_id->count() == 0;
+    const bool bulk_discard = dl_discard->parsed() && discard_id->count() == 0;
+    if (bulk_retry || bulk_discard) return redrive(db, bulk_retry ? redrive_action::retry : redrive_action::discard, setup);
     if (dl_discard->parsed()) {
       if (!discard_dead_letter(db, c.bus.schema, id)) throw error("no dead letter " + std::to_string(id));
       std::printf("discarded dead letter %lld\n", static_cast<long long>(id));
       return 0;
     }
     if (dl_retry->parsed()) {
-      if (!retry_all && retry_id->count() == 0) throw config_error("dead-letters retry: give an id, or --all");
-      if (retry_all && f_listener.empty() && f_event.empty() && !retry_confirmed) {
-        throw config_error("dead-letters retry --all with no --listener or --event re-runs every dead letter of every "
-                           "listener: add --yes to confirm, or narrow it");
-      }
       event_bus local{c.bus};  // the listeners, without a queue: retries run here, alone
       app a{local, c, "dead-letters retry"};
       setup(a);
-      if (retry_all) return report(retry_dead_letters(local, db, f_listener, f_event));
       return report({retry_dead_letter(local, db, id)});
     }
+    if (rd_list->parsed()) {
+      const auto all = list_redrives(db, c.bus.schema, limit);
+      for (const auto& r : all) print_redrive(r);
+      std::printf("%zu redrive(s)\n", all.size());
+      return 0;
+    }
+    if (rd_show->parsed()) {
+      const auto r = find_redrive(db, c.bus.schema, id);
+      if (!r) throw error("no redrive " + std::to_string(id));
+      print_redrive(*r);
+      return 0;
+    }
+    if (rd_pause->parsed() || rd_resume->parsed() || rd_cancel->parsed()) {
+      const char* state = rd_pause->parsed() ? "paused" : rd_resume->parsed() ? "running" : "cancelled";
+      print_redrive(set_redrive_state(db, c.bus.schema, id, state, operator_name()));
+      return 0;
+    }
+    if (rd_run->parsed()) return carry_out(db, id, setup);
     if (parked_list->parsed()) {
       auto all = list_parked(db, c.bus.schema);
       for (const auto& p : all) {

@@ -157,6 +157,32 @@ constexpr std::array migrations{
               "  PRIMARY KEY (name, occurrence)\n"
               ");\n"
               "CREATE INDEX bus_recurring_fired_at ON {s}.bus_recurring_fired (fired_at);\n"},
+    migration{10, "bulk retries and discards of dead letters (redrives), and their audit",
+              "CREATE TABLE {s}.bus_redrives (  -- one per bulk retry or discard: the audit of who did what\n"
+              "  id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,\n"
+              "  action text NOT NULL CHECK (action IN ('retry', 'discard')),\n"
+              "  filter text NOT NULL,  -- the filter as given, for people\n"
+              "  rate double precision NOT NULL,  -- dead letters per second; 0: as fast as they go\n"
+              "  requested_by text NOT NULL,\n"
+              "  state text NOT NULL DEFAULT 'running' CHECK (state IN ('running', 'paused', 'cancelled', 'done')),\n"
+              "  total bigint NOT NULL,  -- the dead letters matched when it was asked for: the snapshot\n"
+              "  created_at timestamptz NOT NULL DEFAULT now(),\n"
+              "  updated_at timestamptz NOT NULL DEFAULT now(),\n"
+              "  updated_by text NOT NULL,  -- who asked for the last state change\n"
+              "  finished_at timestamptz\n"
+              ");\n"
+              "CREATE TABLE {s}.bus_redrive_items (  -- the snapshot: each dead letter once, and what became of it\n"
+              "  redrive_id bigint NOT NULL REFERENCES {s}.bus_redrives (id) ON DELETE CASCADE,\n"
+              "  dead_letter_id bigint NOT NULL,\n"
+              "  state text NOT NULL DEFAULT 'pending'\n"
+              "    CHECK (state IN ('pending', 'started', 'ok', 'failed', 'gone', 'interrupted')),\n"
+              "  error text,\n"
+              "  done_at timestamptz,\n"
+              "  PRIMARY KEY (redrive_id, dead_letter_id)\n"
+              ");\n"
+              "CREATE INDEX bus_redrive_items_pending ON {s}.bus_redrive_items (redrive_id, dead_letter_id)\n"
+              "  WHERE state IN ('pending', 'started');\n"
+              "CREATE INDEX bus_dead_letters_last_failed ON {s}.bus_dead_letters (last_failed_at);\n"},
 };
 
 const char* version_table_sql =

@@ -12,7 +12,10 @@
 #include <spdlog/sinks/null_sink.h>
 #include <spdlog/spdlog.h>
 
+#include "omnibus/codec.hpp"
 #include "omnibus/dead_letters.hpp"
+#include "omnibus/envelope.hpp"
+#include "omnibus/redrive.hpp"
 #include "omnibus/migrations.hpp"
 #include "omnibus/relay.hpp"
 #include "omnibus/schedules.hpp"
@@ -60,12 +63,35 @@ struct shop_fixture {
     test_env::drop_schemas(db, {opts.schema, shop_opts.schema});
   }
   // omnibus-worker with this fixture's names, plus `args`.
-  test_env::child_process cli(std::vector<std::string> args) {
+  test_env::child_process cli(std::vector<std::string> args, std::vector<std::string> env = {}) {
     std::vector<std::string> argv{test_env::tool_path("OMNIBUS_WORKER_BIN"), "--group", opts.group, "--schema", opts.schema,
                                   "--shop-schema", shop_opts.schema, "--stream", opts.stream.name, "--subject-prefix",
                                   opts.stream.subject_prefix};
     argv.insert(argv.end(), args.begin(), args.end());
-    return test_env::child_process(argv);
+    return test_env::child_process(argv, std::move(env));
+  }
+  // `n` dead letters of `listener` for orders first..first+n-1, as the worker writes them.
+  void dead_letters(const std::string& listener, long first, long n, const std::string& error = "loyalty backend timed out") {
+    for (long i = first; i < first + n; ++i) {
+      omnibus::envelope env;
+      env.id = omnibus::event_id::generate();
+      env.name = models::order_placed::name;
+      env.version = models::order_placed::version;
+      env.body = omnibus::detail::encode_body(models::order_placed{i, "c" + std::to_string(i) + "@example.com", "mug", 1, 1200});
+      omnibus::dead_letter dl;
+      dl.listener = listener;
+      dl.event_id = env.id.to_string();
+      dl.event_name = env.name;
+      dl.msg = omnibus::encode(env, opts.stream.subject_prefix);
+      dl.reason = "handler_failed";
+      dl.error = error;
+      dl.attempts = 2;
+      omnibus::write_dead_letter(db, opts.schema, dl);
+    }
+  }
+  long items(std::int64_t redrive, const std::string& state) {
+    return count("SELECT count(*) FROM \"" + opts.schema + "\".bus_redrive_items WHERE redrive_id = " +
+                 std::to_string(redrive) + " AND state = '" + state + "'");
   }
   long count(const std::string& sql) {
     pqxx::nontransaction q{db};
@@ -229,9 +255,136 @@ TEST_CASE_METHOD(shop_fixture, "retrying every dead letter without a filter need
   CHECK_THAT(refused.output(), Catch::Contains("add --yes"));
   auto confirmed = cli({"--flaky-rate", "0", "dead-letters", "retry", "--all", "--yes"});
   CHECK(confirmed.wait(20s) == 0);
-  CHECK_THAT(confirmed.output(), Catch::Contains("0 retried"));
+  CHECK_THAT(confirmed.output(), Catch::Contains("retry 0 dead letter(s)") && Catch::Contains("done"));
   auto narrowed = cli({"--flaky-rate", "0", "dead-letters", "retry", "--all", "--listener", "loyalty"});
   CHECK(narrowed.wait(20s) == 0);
+}
+
+TEST_CASE_METHOD(shop_fixture, "a bulk retry by filter: a dry run first, then a redrive over a snapshot at its rate, audited",
+                 "[integration][cli][redrive]") {
+  dead_letters("loyalty", 1, 30);
+  dead_letters("loyalty", 100, 3, "card declined");  // the filter leaves these
+  dead_letters("emails", 200, 2);                      // and these
+
+  auto dry = cli({"dead-letters", "retry", "--listener", "loyalty", "--error-like", "%timed out%", "--rate", "20", "--dry-run"});
+  REQUIRE(dry.wait(20s) == 0);
+  CHECK_THAT(dry.output(), Catch::Contains("this would retry 30 dead letter(s)") &&
+                               Catch::Contains("listener=loyalty error~%timed out%"));
+  CHECK(omnibus::list_redrives(db, opts.schema).empty());  // a dry run changes nothing
+
+  const auto started = std::chrono::steady_clock::now();
+  auto run = cli({"--flaky-rate", "0", "dead-letters", "retry", "--listener", "loyalty", "--error-like", "%timed out%", "--rate",
+                  "20"},
+                 {"OMNIBUS_OPERATOR=ada"});
+  REQUIRE(test_env::eventually([&] { return !omnibus::list_redrives(db, opts.schema).empty(); }, 20s));
+  dead_letters("loyalty", 50, 5);  // after the snapshot: not swept in
+  REQUIRE(run.wait(30s) == 0);
+  // 30 at 20 per second: the first goes at once, the 30th a second and a half later.
+  CHECK(std::chrono::steady_clock::now() - started >= 1400ms);
+  CHECK_THAT(run.output(), Catch::Contains("30 ok, 0 failed, 0 gone, 0 interrupted, 0 pending of 30"));
+  CHECK(count("SELECT count(*) FROM \"" + shop_opts.schema + "\".loyalty WHERE order_id < 50") == 30);
+
+  const auto remaining = omnibus::list_dead_letters(db, opts.schema, {}, {}, 100);
+  CHECK(remaining.size() == 3 + 2 + 5);
+  const auto audit = omnibus::list_redrives(db, opts.schema);
+  REQUIRE(audit.size() == 1);
+  CHECK(audit[0].requested_by == "cli:ada");
+  CHECK(audit[0].filter == "listener=loyalty error~%timed out%");
+  CHECK(audit[0].state == "done");
+  CHECK(audit[0].rate == 20);
+  CHECK(audit[0].finished_at.has_value());
+}
+
+TEST_CASE_METHOD(shop_fixture, "a redrive killed mid-way carries on where it was, and no dead letter is retried twice",
+                 "[integration][cli][redrive]") {
+  dead_letters("loyalty", 1, 40);
+  auto first = cli({"--flaky-rate", "0", "dead-letters", "retry", "--listener", "loyalty", "--rate", "25"});
+  REQUIRE(test_env::eventually([&] { return !omnibus::list_redrives(db, opts.schema).empty(); }, 20s));
+  const std::int64_t id = omnibus::list_redrives(db, opts.schema)[0].id;
+  REQUIRE(test_env::eventually([&] { return items(id, "ok") >= 10; }, 20s));
+  first.signal(SIGKILL);
+  REQUIRE(first.wait(10s) == 128 + SIGKILL);
+  const long done_before = items(id, "ok");
+  const long started_before = items(id, "started");  // the one it was on, if any
+  CHECK(started_before <= 1);
+
+  auto second = cli({"--flaky-rate", "0", "dead-letters", "redrives", "run", std::to_string(id)});
+  const int code = second.wait(30s);
+  // loyalty has no inbox: a dead letter the killed run had started is left alone, not run again.
+  const long interrupted = items(id, "interrupted");
+  CHECK(code == (interrupted == 0 ? 0 : 1));
+  CHECK(interrupted <= started_before);
+  CHECK(items(id, "ok") + interrupted == 40);
+  CHECK(items(id, "ok") >= done_before);
+  CHECK(static_cast<long>(omnibus::list_dead_letters(db, opts.schema, {}, {}, 100).size()) == interrupted);
+  CHECK(count("SELECT count(*) FROM \"" + shop_opts.schema + "\".loyalty") >= 40 - interrupted);
+  CHECK(omnibus::find_redrive(db, opts.schema, id)->state == "done");
+}
+
+TEST_CASE_METHOD(shop_fixture, "a redrive pauses, resumes and cancels; a running worker carries one on",
+                 "[integration][cli][redrive]") {
+  dead_letters("loyalty", 1, 20);
+  auto request = [](omnibus::redrive_action action, double rate) {
+    omnibus::redrive_request req;
+    req.filter.listener = "loyalty";
+    req.action = action;
+    req.rate = rate;
+    req.requested_by = "test";
+    return req;
+  };
+  auto r = omnibus::start_redrive(db, opts.schema, request(omnibus::redrive_action::discard, 0));
+  CHECK(r.total == 20);
+  CHECK(r.state == "running");
+
+  r = omnibus::set_redrive_state(db, opts.schema, r.id, "paused", "test:bob");
+  CHECK(r.state == "paused");
+  CHECK(r.updated_by == "test:bob");
+  auto paused = cli({"dead-letters", "redrives", "run", std::to_string(r.id)});
+  REQUIRE(paused.wait(20s) == 0);
+  CHECK_THAT(paused.output(), Catch::Contains("paused") && Catch::Contains("20 pending of 20"));
+
+  auto resumed = cli({"dead-letters", "redrives", "resume", std::to_string(r.id)});
+  REQUIRE(resumed.wait(20s) == 0);
+  // A worker picks it up (its redrive runner), without anyone running it by hand.
+  auto worker = cli({"run", "--no-relay", "--no-scheduler"});
+  REQUIRE(test_env::eventually([&] { return omnibus::find_redrive(db, opts.schema, r.id)->state == "done"; }, 30s));
+  worker.signal(SIGTERM);
+  CHECK(worker.wait(20s) == 0);
+  CHECK(omnibus::find_redrive(db, opts.schema, r.id)->ok == 20);
+  CHECK(omnibus::list_dead_letters(db, opts.schema).empty());
+
+  dead_letters("loyalty", 100, 5);
+  auto cancelled = omnibus::start_redrive(db, opts.schema, request(omnibus::redrive_action::retry, 1));
+  auto cancel = cli({"dead-letters", "redrives", "cancel", std::to_string(cancelled.id)});
+  REQUIRE(cancel.wait(20s) == 0);
+  CHECK_THAT(cancel.output(), Catch::Contains("cancelled"));
+  CHECK_THROWS_WITH(omnibus::set_redrive_state(db, opts.schema, cancelled.id, "running", "test"),
+                    Catch::Contains("is cancelled"));
+  CHECK(omnibus::list_dead_letters(db, opts.schema).size() == 5);  // nothing of a cancelled redrive runs
+  auto list = cli({"dead-letters", "redrives", "list"});
+  REQUIRE(list.wait(20s) == 0);
+  CHECK_THAT(list.output(), Catch::Contains("2 redrive(s)"));
+}
+
+TEST_CASE_METHOD(shop_fixture, "bulk retries and discards refuse what they cannot do, with a clear error",
+                 "[integration][cli][redrive]") {
+  struct bad {
+    std::vector<std::string> args;
+    const char* says;
+  };
+  for (const bad& b : {bad{{"dead-letters", "retry", "--listener", "loyalty", "--rate", "-1"}, "--rate"},
+                       bad{{"dead-letters", "retry", "--listener", "loyalty", "--since", "yesterday"}, "--since"},
+                       bad{{"dead-letters", "retry"}, "give an id, a filter"},
+                       bad{{"dead-letters", "discard", "--all"}, "add --yes"},
+                       bad{{"dead-letters", "retry", "7", "--listener", "loyalty"}, "excludes"},
+                       bad{{"dead-letters", "redrives", "pause", "999999"}, "no redrive 999999"}}) {
+    auto p = cli(b.args);
+    const int code = p.wait(20s);
+    INFO(p.output());
+    CHECK(code != 0);  // 2 for configuration, 1 for an unknown redrive, CLI11's own for its rules
+    CHECK_THAT(p.output(), Catch::Contains(b.says));
+  }
+  CHECK(omnibus::list_redrives(db, opts.schema).empty());
 }
 
 TEST_CASE_METHOD(shop_fixture, "bad configuration gets a clear error and exit code 2", "[integration][cli]") {

@@ -45,6 +45,9 @@ struct OMNIBUS_API worker_config {
   /// run a scheduler in `run` (README "Scheduling"): moves due scheduled events to the outbox
   /// and fires recurring schedules; any number may run (--no-scheduler turns it off)
   bool scheduler = true;
+  /// carry out running redrives (bulk dead-letter retries and discards) in `run`
+  /// (--no-redrives turns it off)
+  bool redrives = true;
   /// text (the default) or json: one JSON object per line (--log-format, OMNIBUS_LOG_FORMAT).
   std::string log_format = "text";
   /// `run` serves /metrics, /healthz and /readyz on this host:port (--http, OMNIBUS_HTTP);

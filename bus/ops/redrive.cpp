@@ -1,0 +1,356 @@
+#include "omnibus/redrive.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <stdexcept>
+
+#include <pqxx/pqxx>
+#include <spdlog/spdlog.h>
+
+#include "omnibus/dead_letters.hpp"
+#include "omnibus/envelope.hpp"
+#include "omnibus/error.hpp"
+#include "omnibus/operations.hpp"
+#include "core/schema.hpp"
+#include "core/stop_wait.hpp"
+
+namespace omnibus {
+namespace {
+
+using clock = std::chrono::steady_clock;
+using sys_clock = std::chrono::system_clock;
+
+std::string t(std::string_view schema, std::string_view table) { return detail::table_name(schema, table); }
+
+std::string time_text(const std::optional<sys_clock::time_point>& tp) {
+  if (!tp) return {};
+  return format_time(std::chrono::time_point_cast<std::chrono::microseconds>(*tp));
+}
+
+// The filter's WHERE clause over bus_dead_letters d, its values in $1..$5.
+constexpr const char* filter_sql =
+    "($1 = '' OR d.listener = $1) AND ($2 = '' OR d.event_name = $2) AND ($3 = '' OR d.error LIKE $3) "
+    "AND d.last_failed_at >= coalesce(NULLIF($4, '')::timestamptz, '-infinity') "
+    "AND d.last_failed_at < coalesce(NULLIF($5, '')::timestamptz, 'infinity')";
+
+sys_clock::time_point from_micros(double us) {
+  return sys_clock::time_point{std::chrono::duration_cast<sys_clock::duration>(std::chrono::microseconds{std::llround(us)})};
+}
+
+// The status columns, in redrive_status's order, from bus_redrives r and its items i.
+constexpr const char* status_columns =
+    "r.id, r.action, r.filter, r.rate, r.requested_by, r.state, r.updated_by, r.total, "
+    "count(i.*) FILTER (WHERE i.state IN ('pending', 'started')), count(i.*) FILTER (WHERE i.state = 'ok'), "
+    "count(i.*) FILTER (WHERE i.state = 'failed'), count(i.*) FILTER (WHERE i.state = 'gone'), "
+    "count(i.*) FILTER (WHERE i.state = 'interrupted'), extract(epoch FROM r.created_at) * 1e6, "
+    "extract(epoch FROM r.finished_at) * 1e6";
+
+redrive_status status_of(const pqxx::row& r) {
+  redrive_status s;
+  s.id = r[0].as<std::int64_t>();
+  s.action = r[1].as<std::string>() == "discard" ? redrive_action::discard : redrive_action::retry;
+  s.filter = r[2].as<std::string>();
+  s.rate = r[3].as<double>();
+  s.requested_by = r[4].as<std::string>();
+  s.state = r[5].as<std::string>();
+  s.updated_by = r[6].as<std::string>();
+  s.total = r[7].as<std::uint64_t>();
+  s.pending = r[8].as<std::uint64_t>();
+  s.ok = r[9].as<std::uint64_t>();
+  s.failed = r[10].as<std::uint64_t>();
+  s.gone = r[11].as<std::uint64_t>();
+  s.interrupted = r[12].as<std::uint64_t>();
+  s.created_at = from_micros(r[13].as<double>());
+  if (!r[14].is_null()) s.finished_at = from_micros(r[14].as<double>());
+  return s;
+}
+
+std::vector<redrive_status> query_status(pqxx::connection_base& conn, std::string_view schema, const std::string& where,
+                                         std::int64_t id, std::size_t limit) {
+  pqxx::read_transaction tx{conn};
+  std::vector<redrive_status> out;
+  for (const auto& row : tx.exec_params(std::string("SELECT ") + status_columns + " FROM " + t(schema, "bus_redrives") +
+                                            " r LEFT JOIN " + t(schema, "bus_redrive_items") +
+                                            " i ON i.redrive_id = r.id " + where +
+                                            " GROUP BY r.id ORDER BY r.id DESC LIMIT $2",
+                                        id, static_cast<std::int64_t>(limit))) {
+    out.push_back(status_of(row));
+  }
+  return out;
+}
+
+// A session advisory lock on `conn` for one redrive, released when this goes.
+class run_lock {
+ public:
+  run_lock(pqxx::connection_base& conn, std::string key) : conn_(conn), key_(std::move(key)) {
+    pqxx::nontransaction tx{conn_};
+    held_ = tx.exec_params1("SELECT pg_try_advisory_lock(hashtextextended($1, 0))", key_)[0].as<bool>();
+  }
+  ~run_lock() {
+    if (!held_) return;
+    try {
+      pqxx::nontransaction tx{conn_};
+      tx.exec_params("SELECT pg_advisory_unlock(hashtextextended($1, 0))", key_);
+    } catch (const std::exception&) {  // a broken connection has dropped the lock with its session
+    }
+  }
+  run_lock(const run_lock&) = delete;
+  run_lock& operator=(const run_lock&) = delete;
+  [[nodiscard]] bool held() const noexcept { return held_; }
+
+ private:
+  pqxx::connection_base& conn_;
+  std::string key_;
+  bool held_ = false;
+};
+
+}  // namespace
+
+std::string dead_letter_filter::describe() const {
+  std::string out;
+  auto add = [&](std::string_view name, std::string_view op, const std::string& value) {
+    if (value.empty()) return;
+    if (!out.empty()) out += ' ';
+    out += name;
+    out += op;
+    out += value;
+  };
+  add("listener", "=", listener);
+  add("event", "=", event_name);
+  add("error", "~", error_like);
+  add("since", "=", time_text(since));
+  add("until", "=", time_text(until));
+  return out.empty() ? "every dead letter" : out;
+}
+
+std::string_view to_string(redrive_action a) noexcept { return a == redrive_action::discard ? "discard" : "retry"; }
+
+std::uint64_t count_dead_letters(pqxx::connection_base& conn, std::string_view schema, const dead_letter_filter& f) {
+  pqxx::read_transaction tx{conn};
+  return tx
+      .exec_params1("SELECT count(*) FROM " + t(schema, "bus_dead_letters") + " d WHERE " + filter_sql, f.listener,
+                    f.event_name, f.error_like, time_text(f.since), time_text(f.until))[0]
+      .as<std::uint64_t>();
+}
+
+redrive_status start_redrive(pqxx::connection_base& conn, std::string_view schema, const redrive_request& req) {
+  if (!std::isfinite(req.rate) || req.rate < 0) throw std::invalid_argument("a redrive's rate must be 0 (no limit) or more");
+  if (req.requested_by.empty()) throw std::invalid_argument("a redrive needs requested_by: who asks, for the audit");
+  const dead_letter_filter& f = req.filter;
+  pqxx::work tx{conn};
+  const auto id = tx.exec_params1("INSERT INTO " + t(schema, "bus_redrives") +
+                                      " (action, filter, rate, requested_by, total, updated_by) VALUES ($1, $2, $3, $4, 0, $4) "
+                                      "RETURNING id",
+                                  std::string(to_string(req.action)), f.describe(), req.rate, req.requested_by)[0]
+                      .as<std::int64_t>();
+  // The snapshot: these dead letters and no other, whatever arrives later.
+  const auto items = tx.exec_params("INSERT INTO " + t(schema, "bus_redrive_items") +
+                                        " (redrive_id, dead_letter_id) SELECT $6, d.id FROM " + t(schema, "bus_dead_letters") +
+                                        " d WHERE " + filter_sql,
+                                    f.listener, f.event_name, f.error_like, time_text(f.since), time_text(f.until), id);
+  tx.exec_params0("UPDATE " + t(schema, "bus_redrives") + " SET total = $2::bigint, state = CASE WHEN $2::bigint = 0 THEN 'done' ELSE state END, "
+                  "finished_at = CASE WHEN $2::bigint = 0 THEN now() END WHERE id = $1",
+                  id, static_cast<std::int64_t>(items.affected_rows()));
+  tx.commit();
+  return *find_redrive(conn, schema, id);
+}
+
+std::optional<redrive_status> find_redrive(pqxx::connection_base& conn, std::string_view schema, std::int64_t id) {
+  auto all = query_status(conn, schema, "WHERE r.id = $1", id, 1);
+  if (all.empty()) return std::nullopt;
+  return all.front();
+}
+
+std::vector<redrive_status> list_redrives(pqxx::connection_base& conn, std::string_view schema, std::size_t limit) {
+  return query_status(conn, schema, "WHERE $1::bigint IS NOT NULL", 0, limit);
+}
+
+redrive_status set_redrive_state(pqxx::connection_base& conn, std::string_view schema, std::int64_t id,
+                                 std::string_view state, std::string_view by) {
+  if (state != "paused" && state != "running" && state != "cancelled") {
+    throw error("a redrive can be set paused, running or cancelled, not '" + std::string(state) + "'");
+  }
+  if (by.empty()) throw error("set_redrive_state needs who asks, for the audit");
+  {
+    pqxx::work tx{conn};
+    const auto r = tx.exec_params("UPDATE " + t(schema, "bus_redrives") +
+                                      " SET state = $2, updated_by = $3, updated_at = now(), "
+                                      "finished_at = CASE WHEN $2 = 'cancelled' THEN now() END "
+                                      "WHERE id = $1 AND state IN ('running', 'paused')",
+                                  id, std::string(state), std::string(by));
+    tx.commit();
+    if (r.affected_rows() == 1) return *find_redrive(conn, schema, id);
+  }
+  const auto now = find_redrive(conn, schema, id);
+  if (!now) throw error("no redrive " + std::to_string(id) + " in schema " + std::string(schema));
+  throw error("redrive " + std::to_string(id) + " is " + now->state + ": it can no longer change");
+}
+
+redrive_status run_redrive(const event_bus& bus, pqxx::connection_base& conn, std::int64_t id, std::stop_token stop,
+                           const std::function<void(const redrive_status&)>& progress) {
+  const std::string schema = bus.options().schema;
+  const std::string items = t(schema, "bus_redrive_items");
+  const std::string redrives = t(schema, "bus_redrives");
+  auto status = find_redrive(conn, schema, id);
+  if (!status) throw error("no redrive " + std::to_string(id) + " in schema " + schema);
+  run_lock lock{conn, "omnibus:redrive:" + schema + ":" + std::to_string(id)};
+  if (!lock.held() || status->state != "running") return *status;
+
+  // What a run that stopped had started: run again only what cannot repeat an effect.
+  {
+    pqxx::work tx{conn};
+    for (const auto& row : tx.exec_params("SELECT i.dead_letter_id, d.listener FROM " + items + " i LEFT JOIN " +
+                                              t(schema, "bus_dead_letters") +
+                                              " d ON d.id = i.dead_letter_id WHERE i.redrive_id = $1 AND i.state = 'started'",
+                                          id)) {
+      const auto dl = row[0].as<std::int64_t>();
+      std::string state = "pending";
+      std::string why;
+      if (row[1].is_null()) {
+        state = "ok";  // gone: the stopped run finished it (a success deletes the dead letter)
+        why = "finished by a run that stopped before recording it";
+      } else if (status->action == redrive_action::retry) {
+        const std::string listener = row[1].as<std::string>();
+        const auto& all = bus.async_listeners();
+        const auto it = std::find_if(all.begin(), all.end(), [&](const async_listener& l) { return l.name == listener; });
+        if (it != all.end() && !it->options.inbox) {
+          state = "interrupted";
+          why = "a run stopped while retrying it: not run again, in case its effects were made (its listener has no "
+                "inbox); retry it by hand";
+        }
+      }
+      tx.exec_params0("UPDATE " + items + " SET state = $3, error = NULLIF($4, ''), done_at = CASE WHEN $3 = 'pending' "
+                      "THEN NULL ELSE now() END WHERE redrive_id = $1 AND dead_letter_id = $2",
+                      id, dl, state, why);
+    }
+    tx.commit();
+  }
+  status = find_redrive(conn, schema, id);
+
+  const auto gap = status->rate > 0 ? std::chrono::duration_cast<clock::duration>(std::chrono::duration<double>(1.0 / status->rate))
+                                    : clock::duration::zero();
+  auto next_at = clock::now();
+  auto checked_at = clock::now();
+  for (;;) {
+    std::vector<std::int64_t> batch;
+    {
+      pqxx::read_transaction tx{conn};
+      for (const auto& row : tx.exec_params("SELECT dead_letter_id FROM " + items +
+                                                " WHERE redrive_id = $1 AND state = 'pending' ORDER BY dead_letter_id LIMIT 100",
+                                            id)) {
+        batch.push_back(row[0].as<std::int64_t>());
+      }
+    }
+    if (batch.empty()) break;
+    for (const std::int64_t dl : batch) {
+      if (stop.stop_requested()) return *find_redrive(conn, schema, id);
+      // An operator's pause or cancel, seen within a quarter of a second.
+      if (clock::now() - checked_at >= std::chrono::milliseconds(250)) {
+        checked_at = clock::now();
+        pqxx::read_transaction tx{conn};
+        const std::string state = tx.exec_params1("SELECT state FROM " + redrives + " WHERE id = $1", id)[0].as<std::string>();
+        if (state != "running") {
+          tx.commit();
+          return *find_redrive(conn, schema, id);
+        }
+      }
+      if (!detail::wait_until(stop, next_at)) return *find_redrive(conn, schema, id);
+      next_at = std::max(next_at + gap, clock::now() - gap);  // no burst to catch up after a slow one
+      {
+        pqxx::work tx{conn};
+        const auto taken = tx.exec_params("UPDATE " + items + " SET state = 'started' WHERE redrive_id = $1 AND "
+                                          "dead_letter_id = $2 AND state = 'pending'",
+                                          id, dl);
+        tx.commit();
+        if (taken.affected_rows() != 1) continue;
+      }
+      std::string state;
+      std::string why;
+      if (status->action == redrive_action::discard) {
+        state = discard_dead_letter(conn, schema, dl) ? "ok" : "gone";
+      } else if (!find_dead_letter(conn, schema, dl)) {
+        state = "gone";
+      } else {
+        try {
+          const retry_outcome r = retry_dead_letter(bus, conn, dl);
+          state = r.ok ? "ok" : "failed";
+          why = r.error;
+        } catch (const error& e) {  // retried or discarded by somebody else meanwhile
+          if (find_dead_letter(conn, schema, dl)) throw;
+          state = "gone";
+        }
+      }
+      {
+        pqxx::work tx{conn};
+        tx.exec_params0("UPDATE " + items + " SET state = $3, error = NULLIF($4, ''), done_at = now() WHERE redrive_id = $1 "
+                        "AND dead_letter_id = $2",
+                        id, dl, state, why);
+        tx.commit();
+      }
+      --status->pending;
+      if (state == "ok") ++status->ok;
+      if (state == "failed") ++status->failed;
+      if (state == "gone") ++status->gone;
+      if (progress) progress(*status);
+    }
+  }
+  {
+    pqxx::work tx{conn};
+    tx.exec_params0("UPDATE " + redrives + " SET state = 'done', finished_at = now(), updated_at = now() WHERE id = $1 AND "
+                    "state = 'running'",
+                    id);
+    tx.commit();
+  }
+  return *find_redrive(conn, schema, id);
+}
+
+redrive_runner::redrive_runner(const event_bus& bus, redrive_runner_options options, std::shared_ptr<spdlog::logger> log)
+    : bus_(bus), options_(std::move(options)), log_(std::move(log)) {
+  if (!log_) throw std::invalid_argument("omnibus::redrive_runner needs a logger");
+  if (options_.database_url.empty()) throw std::invalid_argument("omnibus::redrive_runner needs a database_url");
+  if (options_.poll.count() <= 0) throw std::invalid_argument("omnibus::redrive_runner needs a positive poll");
+}
+
+redrive_runner::~redrive_runner() { stop(); }
+
+void redrive_runner::start() {
+  thread_ = std::jthread([this](std::stop_token st) { run(st); });
+}
+
+void redrive_runner::stop() {
+  if (thread_.joinable()) {
+    thread_.request_stop();
+    thread_.join();
+  }
+}
+
+void redrive_runner::run(std::stop_token stop) {
+  const std::string& schema = bus_.options().schema;
+  while (!stop.stop_requested()) {
+    try {
+      pqxx::connection conn{options_.database_url};
+      while (!stop.stop_requested()) {
+        std::vector<std::int64_t> running;
+        {
+          pqxx::read_transaction tx{conn};
+          for (const auto& row : tx.exec("SELECT id FROM " + t(schema, "bus_redrives") + " WHERE state = 'running' ORDER BY id")) {
+            running.push_back(row[0].as<std::int64_t>());
+          }
+        }
+        for (const std::int64_t id : running) {
+          const redrive_status s = run_redrive(bus_, conn, id, stop);
+          if (s.state != "running") {
+            log_->info("redrive {} ({} {}): {}; {} ok, {} failed, {} gone, {} interrupted of {}", s.id, to_string(s.action),
+                       s.filter, s.state, s.ok, s.failed, s.gone, s.interrupted, s.total);
+          }
+        }
+        if (!detail::wait_until(stop, clock::now() + options_.poll)) return;
+      }
+    } catch (const std::exception& e) {
+      log_->error("redrives of schema {}: {}; trying again in {} ms", schema, e.what(), options_.poll.count());
+      if (!detail::wait_until(stop, clock::now() + options_.poll)) return;
+    }
+  }
+}
+
+}  // namespace omnibus
