@@ -824,7 +824,9 @@ struct worker_program::impl {
     } catch (const std::invalid_argument& e) {
       throw config_error(std::string("--since/--until: ") + e.what());
     }
-    if (!std::isfinite(redrive_rate) || redrive_rate < 0) throw config_error("--rate must be 0 (no limit) or more");
+    if (!std::isfinite(redrive_rate) || redrive_rate < 0 || (redrive_rate > 0 && redrive_rate < 0.001) || redrive_rate > 1e6) {
+      throw config_error("--rate must be 0 (no limit) or from 0.001 to 1000000 per second");
+    }
     const std::string verb{to_string(action)};
     const bool unfiltered = f.listener.empty() && f.event_name.empty() && f.error_like.empty() && !f.since && !f.until;
     if (!retry_all && unfiltered) {
@@ -842,7 +844,12 @@ struct worker_program::impl {
       throw config_error("dead-letters " + verb + " --all with no filter takes every dead letter of every listener (" +
                          std::to_string(matching) + " now): add --yes to confirm, or narrow it");
     }
-    const redrive_status started = start_redrive(db, c.bus.schema, {f, action, redrive_rate, operator_name()});
+    redrive_request request;
+    request.filter = f;
+    request.action = action;
+    request.rate = redrive_rate;
+    request.requested_by = operator_name();
+    const redrive_status started = start_redrive(db, c.bus.schema, request);
     std::printf("redrive %lld: %s %llu dead letter(s) (%s)\n", static_cast<long long>(started.id), verb.c_str(),
                 static_cast<unsigned long long>(started.total), started.filter.c_str());
     if (redrive_background) {
@@ -853,7 +860,8 @@ struct worker_program::impl {
   }
 
   // Runs redrive `id` here until it is done, paused or cancelled (or SIGINT: it stays running
-  // for the workers to carry on), printing its progress.
+  // for the workers to carry on), printing its progress. While another process (a worker) runs
+  // it, follows that one's progress, and takes over should it stop.
   int carry_out(pqxx::connection_base& db, std::int64_t redrive_id, const setup_function& setup) {
     const worker_config& c = config;
     signal_stop signals;
@@ -861,15 +869,25 @@ struct worker_program::impl {
     app a{local, c, "dead-letters redrive"};
     setup(a);
     auto last = std::chrono::steady_clock::now();
-    const redrive_status end = run_redrive(local, db, redrive_id, signals.token(), [&](const redrive_status& s) {
+    auto show = [&](const redrive_status& s, const char* where) {
       if (std::chrono::steady_clock::now() - last < std::chrono::seconds(1)) return;
       last = std::chrono::steady_clock::now();
-      std::printf("redrive %lld: %llu of %llu done\n", static_cast<long long>(s.id),
-                  static_cast<unsigned long long>(s.total - s.pending), static_cast<unsigned long long>(s.total));
+      std::printf("redrive %lld: %llu of %llu done%s\n", static_cast<long long>(s.id),
+                  static_cast<unsigned long long>(s.total - s.pending), static_cast<unsigned long long>(s.total), where);
       std::fflush(stdout);
-    });
+    };
+    redrive_status end;
+    for (;;) {
+      end = run_redrive(local, db, redrive_id, signals.token(), [&](const redrive_status& s) { show(s, ""); });
+      if (end.state != "running" || !end.busy || signals.token().stop_requested()) break;
+      show(end, " (by another process)");
+      if (!wait_for(signals.token(), std::chrono::seconds(1))) break;
+    }
     print_redrive(end);
-    if (end.state == "running" && end.pending > 0) {
+    if (end.state == "running" && end.skipped > 0) {
+      std::printf("%llu dead letter(s) wait for a process with their listener, or one retrying it by hand to finish\n",
+                  static_cast<unsigned long long>(end.skipped));
+    } else if (end.state == "running" && end.pending > 0) {
       std::printf("stopped here; it stays running: a worker (or dead-letters redrives run %lld) carries it on\n",
                   static_cast<long long>(end.id));
     }

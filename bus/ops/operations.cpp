@@ -15,6 +15,7 @@
 #include "core/context_access.hpp"
 #include "pg/store.hpp"
 #include "runtime/loss_check.hpp"
+#include "ops/session_lock.hpp"
 
 namespace omnibus {
 namespace {
@@ -39,7 +40,15 @@ retry_outcome retry_dead_letter(const event_bus& bus, pqxx::connection_base& con
   const std::string& schema = bus.options().schema;
   auto dl = find_dead_letter(conn, schema, id);
   if (!dl) throw error("no dead letter " + std::to_string(id) + " in schema " + schema);
-  retry_outcome out{id, dl->listener, dl->event_id, false, {}};
+  retry_outcome out{id, dl->listener, dl->event_id, false, {}, false};
+  // One retry of a dead letter at a time, whoever asks (two redrives, a redrive and a retry by
+  // hand): a listener without an inbox would otherwise run twice.
+  const detail::session_lock one_at_a_time{conn, "omnibus:dead_letter:" + schema + ":" + std::to_string(id)};
+  if (!one_at_a_time.held()) {
+    out.error = "another process is retrying it now";
+    out.busy = true;
+    return out;
+  }
   const auto& listeners = bus.async_listeners();
   auto it = std::find_if(listeners.begin(), listeners.end(), [&](const async_listener& l) { return l.name == dl->listener; });
   if (it == listeners.end()) {

@@ -2,6 +2,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
+#include <utility>
 #include <stdexcept>
 
 #include <pqxx/pqxx>
@@ -12,7 +14,9 @@
 #include "omnibus/error.hpp"
 #include "omnibus/operations.hpp"
 #include "core/schema.hpp"
+#include "core/failpoint.hpp"
 #include "core/stop_wait.hpp"
+#include "ops/session_lock.hpp"
 
 namespace omnibus {
 namespace {
@@ -79,31 +83,6 @@ std::vector<redrive_status> query_status(pqxx::connection_base& conn, std::strin
   return out;
 }
 
-// A session advisory lock on `conn` for one redrive, released when this goes.
-class run_lock {
- public:
-  run_lock(pqxx::connection_base& conn, std::string key) : conn_(conn), key_(std::move(key)) {
-    pqxx::nontransaction tx{conn_};
-    held_ = tx.exec_params1("SELECT pg_try_advisory_lock(hashtextextended($1, 0))", key_)[0].as<bool>();
-  }
-  ~run_lock() {
-    if (!held_) return;
-    try {
-      pqxx::nontransaction tx{conn_};
-      tx.exec_params("SELECT pg_advisory_unlock(hashtextextended($1, 0))", key_);
-    } catch (const std::exception&) {  // a broken connection has dropped the lock with its session
-    }
-  }
-  run_lock(const run_lock&) = delete;
-  run_lock& operator=(const run_lock&) = delete;
-  [[nodiscard]] bool held() const noexcept { return held_; }
-
- private:
-  pqxx::connection_base& conn_;
-  std::string key_;
-  bool held_ = false;
-};
-
 }  // namespace
 
 std::string dead_letter_filter::describe() const {
@@ -134,7 +113,9 @@ std::uint64_t count_dead_letters(pqxx::connection_base& conn, std::string_view s
 }
 
 redrive_status start_redrive(pqxx::connection_base& conn, std::string_view schema, const redrive_request& req) {
-  if (!std::isfinite(req.rate) || req.rate < 0) throw std::invalid_argument("a redrive's rate must be 0 (no limit) or more");
+  if (!std::isfinite(req.rate) || req.rate < 0 || (req.rate > 0 && req.rate < 0.001) || req.rate > 1e6) {
+    throw std::invalid_argument("a redrive's rate must be 0 (no limit) or from 0.001 to 1,000,000 per second");
+  }
   if (req.requested_by.empty()) throw std::invalid_argument("a redrive needs requested_by: who asks, for the audit");
   const dead_letter_filter& f = req.filter;
   pqxx::work tx{conn};
@@ -145,8 +126,11 @@ redrive_status start_redrive(pqxx::connection_base& conn, std::string_view schem
                       .as<std::int64_t>();
   // The snapshot: these dead letters and no other, whatever arrives later.
   const auto items = tx.exec_params("INSERT INTO " + t(schema, "bus_redrive_items") +
-                                        " (redrive_id, dead_letter_id) SELECT $6, d.id FROM " + t(schema, "bus_dead_letters") +
-                                        " d WHERE " + filter_sql,
+                                        " (redrive_id, dead_letter_id) SELECT $6::bigint, d.id FROM " + t(schema, "bus_dead_letters") +
+                                        " d WHERE " + filter_sql + " AND NOT EXISTS (SELECT 1 FROM " + t(schema, "bus_redrive_items") +
+                                        " o JOIN " + t(schema, "bus_redrives") +
+                                        " r ON r.id = o.redrive_id WHERE o.dead_letter_id = d.id AND o.state IN ('pending', "
+                                        "'started') AND r.state IN ('running', 'paused'))",
                                     f.listener, f.event_name, f.error_like, time_text(f.since), time_text(f.until), id);
   tx.exec_params0("UPDATE " + t(schema, "bus_redrives") + " SET total = $2::bigint, state = CASE WHEN $2::bigint = 0 THEN 'done' ELSE state END, "
                   "finished_at = CASE WHEN $2::bigint = 0 THEN now() END WHERE id = $1",
@@ -191,10 +175,22 @@ redrive_status run_redrive(const event_bus& bus, pqxx::connection_base& conn, st
   const std::string schema = bus.options().schema;
   const std::string items = t(schema, "bus_redrive_items");
   const std::string redrives = t(schema, "bus_redrives");
+  auto current = [&] { return *find_redrive(conn, schema, id); };
   auto status = find_redrive(conn, schema, id);
   if (!status) throw error("no redrive " + std::to_string(id) + " in schema " + schema);
-  run_lock lock{conn, "omnibus:redrive:" + schema + ":" + std::to_string(id)};
-  if (!lock.held() || status->state != "running") return *status;
+  const detail::session_lock lock{conn, "omnibus:redrive:" + schema + ":" + std::to_string(id)};
+  if (!lock.held()) {
+    status->busy = true;
+    return *status;
+  }
+  if (status->state != "running") return *status;
+  // The session the lock is on: libpqxx reconnects a broken connection on its own, without it.
+  const int session = conn.backendpid();
+  const auto& listeners = bus.async_listeners();
+  auto listener_of = [&](const std::string& name) -> const async_listener* {
+    const auto it = std::find_if(listeners.begin(), listeners.end(), [&](const async_listener& l) { return l.name == name; });
+    return it == listeners.end() ? nullptr : &*it;
+  };
 
   // What a run that stopped had started: run again only what cannot repeat an effect.
   {
@@ -203,67 +199,86 @@ redrive_status run_redrive(const event_bus& bus, pqxx::connection_base& conn, st
                                               t(schema, "bus_dead_letters") +
                                               " d ON d.id = i.dead_letter_id WHERE i.redrive_id = $1 AND i.state = 'started'",
                                           id)) {
-      const auto dl = row[0].as<std::int64_t>();
       std::string state = "pending";
       std::string why;
       if (row[1].is_null()) {
-        state = "ok";  // gone: the stopped run finished it (a success deletes the dead letter)
-        why = "finished by a run that stopped before recording it";
+        state = "ok";
+        why = "gone when a later run looked: finished by the run that stopped (a success deletes the dead letter), or "
+              "retried or discarded by someone else meanwhile";
       } else if (status->action == redrive_action::retry) {
-        const std::string listener = row[1].as<std::string>();
-        const auto& all = bus.async_listeners();
-        const auto it = std::find_if(all.begin(), all.end(), [&](const async_listener& l) { return l.name == listener; });
-        if (it != all.end() && !it->options.inbox) {
+        const async_listener* l = listener_of(row[1].as<std::string>());
+        if (l == nullptr || !l->options.inbox) {
           state = "interrupted";
           why = "a run stopped while retrying it: not run again, in case its effects were made (its listener has no "
-                "inbox); retry it by hand";
+                "inbox, or this build does not have it); retry it by hand";
         }
       }
       tx.exec_params0("UPDATE " + items + " SET state = $3, error = NULLIF($4, ''), done_at = CASE WHEN $3 = 'pending' "
                       "THEN NULL ELSE now() END WHERE redrive_id = $1 AND dead_letter_id = $2",
-                      id, dl, state, why);
+                      id, row[0].as<std::int64_t>(), state, why);
     }
     tx.commit();
   }
-  status = find_redrive(conn, schema, id);
+  status = current();
 
   const auto gap = status->rate > 0 ? std::chrono::duration_cast<clock::duration>(std::chrono::duration<double>(1.0 / status->rate))
                                     : clock::duration::zero();
   auto next_at = clock::now();
   auto checked_at = clock::now();
+  // Whether an operator paused or cancelled it: looked at every quarter of a second at most.
+  auto still_running = [&](bool now) {
+    if (!now && clock::now() - checked_at < std::chrono::milliseconds(250)) return true;
+    checked_at = clock::now();
+    pqxx::read_transaction tx{conn};
+    return tx.exec_params1("SELECT state FROM " + redrives + " WHERE id = $1", id)[0].as<std::string>() == "running";
+  };
+  std::int64_t after = std::numeric_limits<std::int64_t>::min();
+  std::uint64_t skipped = 0;
   for (;;) {
-    std::vector<std::int64_t> batch;
+    std::vector<std::pair<std::int64_t, std::string>> batch;  // dead letter, its listener ("" when gone)
     {
       pqxx::read_transaction tx{conn};
-      for (const auto& row : tx.exec_params("SELECT dead_letter_id FROM " + items +
-                                                " WHERE redrive_id = $1 AND state = 'pending' ORDER BY dead_letter_id LIMIT 100",
-                                            id)) {
-        batch.push_back(row[0].as<std::int64_t>());
+      for (const auto& row : tx.exec_params("SELECT i.dead_letter_id, coalesce(d.listener, '') FROM " + items + " i LEFT JOIN " +
+                                                t(schema, "bus_dead_letters") +
+                                                " d ON d.id = i.dead_letter_id WHERE i.redrive_id = $1 AND i.state = 'pending' "
+                                                "AND i.dead_letter_id > $2 ORDER BY i.dead_letter_id LIMIT 100",
+                                            id, after)) {
+        batch.emplace_back(row[0].as<std::int64_t>(), row[1].as<std::string>());
       }
     }
     if (batch.empty()) break;
-    for (const std::int64_t dl : batch) {
-      if (stop.stop_requested()) return *find_redrive(conn, schema, id);
-      // An operator's pause or cancel, seen within a quarter of a second.
-      if (clock::now() - checked_at >= std::chrono::milliseconds(250)) {
-        checked_at = clock::now();
-        pqxx::read_transaction tx{conn};
-        const std::string state = tx.exec_params1("SELECT state FROM " + redrives + " WHERE id = $1", id)[0].as<std::string>();
-        if (state != "running") {
-          tx.commit();
-          return *find_redrive(conn, schema, id);
-        }
+    for (const auto& [dl, listener] : batch) {
+      after = dl;
+      if (status->action == redrive_action::retry && !listener.empty() && listener_of(listener) == nullptr) {
+        ++skipped;  // another build's listener: left pending for a worker that has it
+        continue;
       }
-      if (!detail::wait_until(stop, next_at)) return *find_redrive(conn, schema, id);
-      next_at = std::max(next_at + gap, clock::now() - gap);  // no burst to catch up after a slow one
+      // Wait for its turn in slices, so that a pause or cancel is seen while waiting.
+      for (;;) {
+        if (stop.stop_requested()) return current();
+        if (!still_running(false)) return current();
+        const auto now = clock::now();
+        if (now >= next_at) break;
+        if (!detail::wait_until(stop, std::min(next_at, now + std::chrono::milliseconds(250)))) return current();
+      }
+      if (!still_running(gap >= std::chrono::milliseconds(250))) return current();
+      next_at = std::max(next_at, clock::now()) + gap;
       {
         pqxx::work tx{conn};
+        // On the lock's session only: after a silent reconnect another run may hold it now.
         const auto taken = tx.exec_params("UPDATE " + items + " SET state = 'started' WHERE redrive_id = $1 AND "
-                                          "dead_letter_id = $2 AND state = 'pending'",
-                                          id, dl);
+                                          "dead_letter_id = $2 AND state = 'pending' AND pg_backend_pid() = $3",
+                                          id, dl, session);
         tx.commit();
-        if (taken.affected_rows() != 1) continue;
+        if (taken.affected_rows() != 1) {
+          if (conn.backendpid() != session) {
+            throw error("redrive " + std::to_string(id) + ": the database connection was re-established, and its lock "
+                        "with the old session; stopping (a later run carries it on)");
+          }
+          continue;
+        }
       }
+      detail::failpoint("redrive_after_start");
       std::string state;
       std::string why;
       if (status->action == redrive_action::discard) {
@@ -271,15 +286,24 @@ redrive_status run_redrive(const event_bus& bus, pqxx::connection_base& conn, st
       } else if (!find_dead_letter(conn, schema, dl)) {
         state = "gone";
       } else {
+        retry_outcome r;
         try {
-          const retry_outcome r = retry_dead_letter(bus, conn, dl);
-          state = r.ok ? "ok" : "failed";
-          why = r.error;
-        } catch (const error& e) {  // retried or discarded by somebody else meanwhile
+          r = retry_dead_letter(bus, conn, dl);
+        } catch (const error&) {  // retried or discarded by somebody else meanwhile
           if (find_dead_letter(conn, schema, dl)) throw;
-          state = "gone";
+          r.error = "gone";
         }
+        if (r.busy) {  // someone retries it by hand right now: its turn comes again in a later run
+          pqxx::work tx{conn};
+          tx.exec_params0("UPDATE " + items + " SET state = 'pending' WHERE redrive_id = $1 AND dead_letter_id = $2", id, dl);
+          tx.commit();
+          ++skipped;
+          continue;
+        }
+        state = r.ok ? "ok" : r.error == "gone" ? "gone" : "failed";
+        if (state == "failed") why = r.error;
       }
+      detail::failpoint("redrive_after_run");
       {
         pqxx::work tx{conn};
         tx.exec_params0("UPDATE " + items + " SET state = $3, error = NULLIF($4, ''), done_at = now() WHERE redrive_id = $1 "
@@ -294,14 +318,17 @@ redrive_status run_redrive(const event_bus& bus, pqxx::connection_base& conn, st
       if (progress) progress(*status);
     }
   }
-  {
+  if (skipped == 0) {
     pqxx::work tx{conn};
     tx.exec_params0("UPDATE " + redrives + " SET state = 'done', finished_at = now(), updated_at = now() WHERE id = $1 AND "
-                    "state = 'running'",
+                    "state = 'running' AND NOT EXISTS (SELECT 1 FROM " + items +
+                    " WHERE redrive_id = $1 AND state IN ('pending', 'started'))",
                     id);
     tx.commit();
   }
-  return *find_redrive(conn, schema, id);
+  redrive_status end = current();
+  end.skipped = skipped;
+  return end;
 }
 
 redrive_runner::redrive_runner(const event_bus& bus, redrive_runner_options options, std::shared_ptr<spdlog::logger> log)
@@ -326,6 +353,7 @@ void redrive_runner::stop() {
 
 void redrive_runner::run(std::stop_token stop) {
   const std::string& schema = bus_.options().schema;
+  auto backoff = options_.poll;  // doubles while errors repeat, up to a minute: no tight loop, no log flood
   while (!stop.stop_requested()) {
     try {
       pqxx::connection conn{options_.database_url};
@@ -344,11 +372,13 @@ void redrive_runner::run(std::stop_token stop) {
                        s.filter, s.state, s.ok, s.failed, s.gone, s.interrupted, s.total);
           }
         }
+        backoff = options_.poll;
         if (!detail::wait_until(stop, clock::now() + options_.poll)) return;
       }
     } catch (const std::exception& e) {
-      log_->error("redrives of schema {}: {}; trying again in {} ms", schema, e.what(), options_.poll.count());
-      if (!detail::wait_until(stop, clock::now() + options_.poll)) return;
+      log_->error("redrives of schema {}: {}; trying again in {} ms", schema, e.what(), backoff.count());
+      if (!detail::wait_until(stop, clock::now() + backoff)) return;
+      backoff = std::min<std::chrono::milliseconds>(backoff * 2, std::chrono::minutes(1));
     }
   }
 }

@@ -316,9 +316,61 @@ TEST_CASE_METHOD(shop_fixture, "a redrive killed mid-way carries on where it was
   CHECK(interrupted <= started_before);
   CHECK(items(id, "ok") + interrupted == 40);
   CHECK(items(id, "ok") >= done_before);
-  CHECK(static_cast<long>(omnibus::list_dead_letters(db, opts.schema, {}, {}, 100).size()) == interrupted);
+  const auto left = omnibus::list_dead_letters(db, opts.schema, {}, {}, 100);
+  CHECK(static_cast<long>(left.size()) == interrupted);
+  for (const auto& dl : left) CHECK(dl.attempts == 2);  // never retried again after the kill
   CHECK(count("SELECT count(*) FROM \"" + shop_opts.schema + "\".loyalty") >= 40 - interrupted);
   CHECK(omnibus::find_redrive(db, opts.schema, id)->state == "done");
+}
+
+TEST_CASE_METHOD(shop_fixture, "a crash between taking a dead letter and recording it: never run twice, with or without an inbox",
+                 "[integration][cli][redrive]") {
+  // The crash comes at the 5th dead letter: after marking it started (before running it), or
+  // after running it (before recording how it went).
+  const std::string point = GENERATE(as<std::string>{}, "redrive_after_start@5", "redrive_after_run@5");
+  const std::string listener = GENERATE(as<std::string>{}, "loyalty", "customer_stats");
+  INFO(point << " " << listener);
+  dead_letters(listener, 1, 12);
+  auto crashed = cli({"--flaky-rate", "0", "dead-letters", "retry", "--listener", listener}, {"OMNIBUS_FAILPOINT=" + point});
+  REQUIRE(crashed.wait(30s) == 86);
+  const std::int64_t id = omnibus::list_redrives(db, opts.schema)[0].id;
+  CHECK(items(id, "started") == 1);
+  CHECK(items(id, "ok") == 4);
+
+  auto resumed = cli({"--flaky-rate", "0", "dead-letters", "redrives", "run", std::to_string(id)});
+  const int code = resumed.wait(30s);
+  INFO(resumed.output());
+  const bool ran = point == "redrive_after_run@5";
+  const bool again = listener == "customer_stats";  // an inbox listener: safe to run again
+  // loyalty: the one taken before it ran is left alone (interrupted), the one that ran is
+  // found gone and counted ok. customer_stats: run again under its inbox.
+  const long interrupted = !ran && !again ? 1 : 0;
+  CHECK(code == (interrupted == 0 ? 0 : 1));
+  CHECK(items(id, "interrupted") == interrupted);
+  CHECK(items(id, "ok") == 12 - interrupted);
+  CHECK(static_cast<long>(omnibus::list_dead_letters(db, opts.schema).size()) == interrupted);
+  if (listener == "loyalty") {
+    CHECK(count("SELECT count(*) FROM \"" + shop_opts.schema + "\".loyalty") == 12 - interrupted);
+  } else {  // every order counted once: the inbox kept a second run from counting it again
+    CHECK(count("SELECT count(*) FROM \"" + shop_opts.schema + "\".customer_stats WHERE orders = 1") == 12);
+  }
+}
+
+TEST_CASE_METHOD(shop_fixture, "a redrive paused while it runs stops there, and the process that ran it exits",
+                 "[integration][cli][redrive]") {
+  dead_letters("loyalty", 1, 40);
+  auto run = cli({"--flaky-rate", "0", "dead-letters", "retry", "--listener", "loyalty", "--rate", "10"});
+  REQUIRE(test_env::eventually([&] { return !omnibus::list_redrives(db, opts.schema).empty(); }, 20s));
+  const std::int64_t id = omnibus::list_redrives(db, opts.schema)[0].id;
+  REQUIRE(test_env::eventually([&] { return items(id, "ok") >= 2; }, 20s));
+  (void)omnibus::set_redrive_state(db, opts.schema, id, "paused", "test:carol");
+  REQUIRE(run.wait(10s) == 0);
+  CHECK_THAT(run.output(), Catch::Contains("paused (last change by test:carol)"));
+  const auto r = *omnibus::find_redrive(db, opts.schema, id);
+  CHECK(r.state == "paused");
+  CHECK(r.pending > 0);
+  CHECK(r.ok + r.pending == 40);
+  CHECK(items(id, "started") == 0);
 }
 
 TEST_CASE_METHOD(shop_fixture, "a redrive pauses, resumes and cancels; a running worker carries one on",
@@ -360,6 +412,8 @@ TEST_CASE_METHOD(shop_fixture, "a redrive pauses, resumes and cancels; a running
   CHECK_THAT(cancel.output(), Catch::Contains("cancelled"));
   CHECK_THROWS_WITH(omnibus::set_redrive_state(db, opts.schema, cancelled.id, "running", "test"),
                     Catch::Contains("is cancelled"));
+  auto after_cancel = cli({"--flaky-rate", "0", "dead-letters", "redrives", "run", std::to_string(cancelled.id)});
+  REQUIRE(after_cancel.wait(20s) == 0);
   CHECK(omnibus::list_dead_letters(db, opts.schema).size() == 5);  // nothing of a cancelled redrive runs
   auto list = cli({"dead-letters", "redrives", "list"});
   REQUIRE(list.wait(20s) == 0);

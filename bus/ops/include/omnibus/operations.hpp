@@ -23,11 +23,15 @@ struct OMNIBUS_API retry_outcome {
   std::string event_id;  ///< the event's id, in canonical form
   bool ok = false;    ///< the handler returned: the dead letter is gone
   std::string error;  ///< why not (the dead letter stays, with this error and one more attempt)
+  /// Another process was retrying it at that moment: nothing was run or changed.
+  bool busy = false;
 };
 
 /// Runs dead letter `id` through **its own listener alone**, on the stored message, in this
 /// process (a republish would re-run every listener of the event: 2.9 consumers take one
 /// filter). `bus` must hold the services' listeners. On success the dead letter is deleted.
+/// One retry of a dead letter runs at a time across processes (an advisory lock on `conn`):
+/// while another runs, this returns `busy` and changes nothing.
 /// Throws omnibus::error when there is no such dead letter.
 OMNIBUS_API retry_outcome retry_dead_letter(const event_bus& bus, pqxx::connection_base& conn, std::int64_t id);
 

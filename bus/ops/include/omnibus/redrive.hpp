@@ -73,6 +73,11 @@ struct OMNIBUS_API redrive_status {
   /// A run stopped (killed) while retrying it, for a listener without an inbox: it is not run a
   /// second time, in case its effects were made; its dead letter stays for a retry by hand.
   std::uint64_t interrupted = 0;
+  /// In run_redrive's result: another process was running it, so this one did not.
+  bool busy = false;
+  /// In run_redrive's result: dead letters of listeners this build does not have, left pending
+  /// for a worker that has them.
+  std::uint64_t skipped = 0;
   std::chrono::system_clock::time_point created_at{};  ///< when it was asked for
   std::optional<std::chrono::system_clock::time_point> finished_at;  ///< when it was done or cancelled
 };
@@ -81,8 +86,10 @@ struct OMNIBUS_API redrive_status {
 [[nodiscard]] OMNIBUS_API std::string_view to_string(redrive_action a) noexcept;
 
 /// Starts a redrive: snapshots the dead letters matching the filter and records the request,
-/// in one transaction. It is then `running`: a worker (or run_redrive) carries it out. Throws
-/// std::invalid_argument for a negative or non-finite rate or an empty requested_by.
+/// in one transaction. It is then `running`: a worker (or run_redrive) carries it out. A dead
+/// letter still pending in another running or paused redrive is left out: it belongs to that
+/// one. Throws std::invalid_argument for a rate that is not 0 or within [0.001, 1,000,000], or
+/// an empty requested_by.
 [[nodiscard]] OMNIBUS_API redrive_status start_redrive(pqxx::connection_base& conn, std::string_view schema,
                                                        const redrive_request& request);
 
@@ -94,17 +101,20 @@ struct OMNIBUS_API redrive_status {
                                                                     std::size_t limit = 20);
 
 /// Pauses, resumes or cancels a redrive ("paused", "running", "cancelled"); `by` goes into the
-/// audit. A run in progress sees it within a quarter of a second. Throws omnibus::error for an
-/// unknown redrive, one already done or cancelled, or another state.
+/// audit. A run in progress sees it within a quarter of a second, or once the dead letter it is
+/// retrying returns. Throws omnibus::error for an unknown redrive, one already done or
+/// cancelled, or another state.
 OMNIBUS_API redrive_status set_redrive_state(pqxx::connection_base& conn, std::string_view schema, std::int64_t id,
                                              std::string_view state, std::string_view by);
 
 /// Carries out redrive `id` in this process until it is done, paused or cancelled, or `stop`
-/// is requested, at its rate: retries run each dead letter through its own listener alone
-/// (retry_dead_letter), discards delete it. Only one run at a time per redrive, across
-/// processes (a PostgreSQL advisory lock on `conn`'s session): another returns at once. A
-/// dead letter a killed run had started is run again only when that cannot repeat its effects
-/// (its listener has an inbox, or the action is discard); otherwise it is `interrupted`.
+/// is requested, at its rate, oldest first: retries run each dead letter through its own
+/// listener alone (retry_dead_letter), discards delete it. Only one run at a time per redrive,
+/// across processes (a PostgreSQL advisory lock on `conn`'s session): another returns at once
+/// with `busy`. Dead letters of listeners this build lacks stay pending (`skipped`). A dead
+/// letter a killed run had started is run again only when that cannot repeat its effects (its
+/// listener has an inbox, or the action is discard); otherwise it is `interrupted`. Should
+/// `conn` reconnect (losing the lock with its session), the run stops before the next one.
 /// `progress` (may be empty) is called after each dead letter. Returns the status it left.
 OMNIBUS_API redrive_status run_redrive(const event_bus& bus, pqxx::connection_base& conn, std::int64_t id,
                                        std::stop_token stop,
