@@ -356,6 +356,34 @@ TEST_CASE_METHOD(shop_fixture, "a crash between taking a dead letter and recordi
   }
 }
 
+TEST_CASE_METHOD(shop_fixture, "a worker killed with SIGKILL mid-redrive: the next worker carries it on, nothing run twice",
+                 "[integration][cli][redrive]") {
+  dead_letters("loyalty", 1, 30);
+  omnibus::redrive_request req;
+  req.filter.listener = "loyalty";
+  req.rate = 10;
+  req.requested_by = "test";
+  const std::int64_t id = omnibus::start_redrive(db, opts.schema, req).id;
+  auto first = cli({"--flaky-rate", "0", "run", "--no-relay", "--no-scheduler"});
+  REQUIRE(test_env::eventually([&] { return items(id, "ok") >= 5; }, 30s));
+  first.signal(SIGKILL);
+  REQUIRE(first.wait(10s) == 128 + SIGKILL);
+  const long done_before = items(id, "ok");
+
+  auto second = cli({"--flaky-rate", "0", "run", "--no-relay", "--no-scheduler"});
+  REQUIRE(test_env::eventually([&] { return omnibus::find_redrive(db, opts.schema, id)->state == "done"; }, 30s));
+  second.signal(SIGTERM);
+  CHECK(second.wait(20s) == 0);
+  const long interrupted = items(id, "interrupted");
+  CHECK(interrupted <= 1);
+  CHECK(items(id, "ok") >= done_before);
+  CHECK(items(id, "ok") + interrupted == 30);
+  const auto left = omnibus::list_dead_letters(db, opts.schema, {}, {}, 100);
+  CHECK(static_cast<long>(left.size()) == interrupted);
+  for (const auto& dl : left) CHECK(dl.attempts == 2);
+  CHECK(count("SELECT count(*) FROM \"" + shop_opts.schema + "\".loyalty") >= 30 - interrupted);
+}
+
 TEST_CASE_METHOD(shop_fixture, "a redrive paused while it runs stops there, and the process that ran it exits",
                  "[integration][cli][redrive]") {
   dead_letters("loyalty", 1, 40);
