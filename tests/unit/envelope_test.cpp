@@ -309,6 +309,35 @@ TEST_CASE("metadata that cannot be a header is refused", "[bus][envelope]") {
   CHECK_THROWS_AS(omnibus::encode(env, "shop"), std::invalid_argument);
 }
 
+namespace {
+struct measured {
+  static constexpr std::string_view name = "m.measured";
+  static constexpr int version = 1;
+  double value = 0;
+  float small = 0;
+  std::optional<double> maybe;
+  OMNIBUS_FIELDS(value, small, maybe);
+};
+}  // namespace
+
+TEST_CASE("2^64 in a double or float field packs as the float it is (msgpack-c would convert it, undefined)",
+          "[bus][envelope]") {
+  const double big = 18446744073709551616.0;
+  for (const measured& m : {measured{big, 1.5f, big}, measured{big, static_cast<float>(big), std::nullopt},
+                            measured{-big, 0, 3.0}, measured{1e300, 2.0f, 4.0}}) {
+    const std::string body = omnibus::detail::encode_body(m);
+    omnibus::envelope env;
+    env.name = measured::name;
+    env.version = 1;
+    env.body = body;
+    const measured back = omnibus::decode_event<measured>(env);
+    CHECK(back.value == m.value);
+    CHECK(back.small == m.small);
+    CHECK(back.maybe == m.maybe);
+    CHECK(omnibus::detail::encode_body(back) == body);
+  }
+}
+
 TEST_CASE("publish times are RFC 3339 UTC with microseconds", "[bus][envelope]") {
   using namespace std::chrono;
   sys_time<microseconds> t{microseconds{1763837492123456}};

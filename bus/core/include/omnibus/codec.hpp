@@ -50,10 +50,38 @@
 
 namespace omnibus::detail {
 
+// msgpack-c 4 packs a whole-number float or double as an integer after testing it against
+// double(UINT64_MAX), which rounds to 2^64: 2^64 itself passes, and converting it to uint64_t is
+// undefined behaviour (found by the envelope fuzzer). That one value goes out as the float64 it
+// is, written by hand: a float64 marker and its 8 bytes, big-endian.
+template <class Packer>
+void pack_two_to_the_64(Packer& pk) {
+  constexpr double d = 18446744073709551616.0;
+  std::uint64_t bits = 0;
+  static_assert(sizeof bits == sizeof d);
+  __builtin_memcpy(&bits, &d, sizeof bits);
+  char raw[9];
+  raw[0] = static_cast<char>(0xcb);
+  for (int i = 0; i < 8; ++i) raw[1 + i] = static_cast<char>(bits >> (56 - 8 * i));
+  pk.pack_str_body(raw, sizeof raw);  // raw bytes, no header of its own
+}
+
 template <class Packer, class V>
 void pack_value(Packer& pk, const V& v) {
   if constexpr (std::is_enum_v<V>) {
     pk.pack(static_cast<std::underlying_type_t<V>>(v));
+  } else if constexpr (std::is_floating_point_v<V>) {
+    if (static_cast<double>(v) == 18446744073709551616.0) {
+      pack_two_to_the_64(pk);
+    } else {
+      pk.pack(v);
+    }
+  } else if constexpr (std::is_same_v<V, std::optional<double>> || std::is_same_v<V, std::optional<float>>) {
+    if (v) {
+      pack_value(pk, *v);
+    } else {
+      pk.pack_nil();
+    }
   } else {
     pk.pack(v);
   }
