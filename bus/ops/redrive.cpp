@@ -31,11 +31,26 @@ std::string time_text(const std::optional<sys_clock::time_point>& tp) {
   return format_time(std::chrono::time_point_cast<std::chrono::microseconds>(*tp));
 }
 
-// The filter's WHERE clause over bus_dead_letters d, its values in $1..$5.
+// The filter's WHERE clause over bus_dead_letters d, its values in $1..$6 (filter_values).
 constexpr const char* filter_sql =
     "($1 = '' OR d.listener = $1) AND ($2 = '' OR d.event_name = $2) AND ($3 = '' OR d.error LIKE $3) "
     "AND d.last_failed_at >= coalesce(NULLIF($4, '')::timestamptz, '-infinity') "
-    "AND d.last_failed_at < coalesce(NULLIF($5, '')::timestamptz, 'infinity')";
+    "AND d.last_failed_at < coalesce(NULLIF($5, '')::timestamptz, 'infinity') "
+    "AND ($6 = '' OR d.id = ANY(string_to_array($6, ',')::bigint[]))";
+
+constexpr std::size_t max_filter_ids = 1000;
+
+std::string ids_text(const std::vector<std::int64_t>& ids) {
+  if (ids.size() > max_filter_ids) {
+    throw std::invalid_argument("a dead-letter filter takes at most 1,000 ids; filter by listener, event or error instead");
+  }
+  std::string out;
+  for (const auto id : ids) {
+    if (!out.empty()) out += ',';
+    out += std::to_string(id);
+  }
+  return out;
+}
 
 sys_clock::time_point from_micros(double us) {
   return sys_clock::time_point{std::chrono::duration_cast<sys_clock::duration>(std::chrono::microseconds{std::llround(us)})};
@@ -99,6 +114,7 @@ std::string dead_letter_filter::describe() const {
   add("error", "~", error_like);
   add("since", "=", time_text(since));
   add("until", "=", time_text(until));
+  add("ids", "=", ids.size() > 10 ? std::to_string(ids.size()) + " chosen" : ids_text(ids));
   return out.empty() ? "every dead letter" : out;
 }
 
@@ -108,8 +124,46 @@ std::uint64_t count_dead_letters(pqxx::connection_base& conn, std::string_view s
   pqxx::read_transaction tx{conn};
   return tx
       .exec_params1("SELECT count(*) FROM " + t(schema, "bus_dead_letters") + " d WHERE " + filter_sql, f.listener,
-                    f.event_name, f.error_like, time_text(f.since), time_text(f.until))[0]
+                    f.event_name, f.error_like, time_text(f.since), time_text(f.until), ids_text(f.ids))[0]
       .as<std::uint64_t>();
+}
+
+dead_letter_page list_dead_letter_page(pqxx::connection_base& conn, std::string_view schema, const dead_letter_filter& f,
+                                       std::optional<std::int64_t> before_id, std::size_t limit) {
+  if (limit < 1 || limit > 1000) throw std::invalid_argument("a page of dead letters holds 1 to 1,000 rows");
+  pqxx::read_transaction tx{conn};
+  const auto rows = tx.exec_params(
+      "SELECT d.id, d.listener, d.event_id, d.event_name, d.subject, d.reason, left(d.error, 300), d.attempts, "
+      "extract(epoch FROM d.first_failed_at)::float8, extract(epoch FROM d.last_failed_at)::float8, d.stream_sequence FROM " +
+          t(schema, "bus_dead_letters") + " d WHERE " + filter_sql +
+          " AND d.id < $7::bigint ORDER BY d.id DESC LIMIT $8",
+      f.listener, f.event_name, f.error_like, time_text(f.since), time_text(f.until), ids_text(f.ids), before_id.value_or(std::numeric_limits<std::int64_t>::max()),
+      static_cast<std::int64_t>(limit + 1));
+  dead_letter_page page;
+  for (const auto& r : rows) {
+    if (page.rows.size() == limit) {
+      page.more = true;
+      break;
+    }
+    dead_letter d;
+    d.id = r[0].as<std::int64_t>();
+    d.listener = r[1].as<std::string>();
+    d.event_id = r[2].as<std::string>();
+    d.event_name = r[3].is_null() ? std::string() : r[3].as<std::string>();
+    d.msg.subject = r[4].as<std::string>();
+    d.reason = r[5].is_null() ? std::string() : r[5].as<std::string>();
+    d.error = r[6].is_null() ? std::string() : r[6].as<std::string>();
+    d.attempts = r[7].as<int>();
+    auto at = [](double epoch) {
+      return std::chrono::system_clock::time_point(
+          std::chrono::duration_cast<std::chrono::system_clock::duration>(std::chrono::duration<double>(epoch)));
+    };
+    d.first_failed_at = at(r[8].as<double>());
+    d.last_failed_at = at(r[9].as<double>());
+    d.stream_sequence = r[10].is_null() ? 0 : r[10].as<std::uint64_t>();
+    page.rows.push_back(std::move(d));
+  }
+  return page;
 }
 
 redrive_status start_redrive(pqxx::connection_base& conn, std::string_view schema, const redrive_request& req) {
@@ -126,12 +180,13 @@ redrive_status start_redrive(pqxx::connection_base& conn, std::string_view schem
                       .as<std::int64_t>();
   // The snapshot: these dead letters and no other, whatever arrives later.
   const auto items = tx.exec_params("INSERT INTO " + t(schema, "bus_redrive_items") +
-                                        " (redrive_id, dead_letter_id) SELECT $6::bigint, d.id FROM " + t(schema, "bus_dead_letters") +
+                                        " (redrive_id, dead_letter_id) SELECT $7::bigint, d.id FROM " + t(schema, "bus_dead_letters") +
                                         " d WHERE " + filter_sql + " AND NOT EXISTS (SELECT 1 FROM " + t(schema, "bus_redrive_items") +
                                         " o JOIN " + t(schema, "bus_redrives") +
                                         " r ON r.id = o.redrive_id WHERE o.dead_letter_id = d.id AND o.state IN ('pending', "
                                         "'started') AND r.state IN ('running', 'paused'))",
-                                    f.listener, f.event_name, f.error_like, time_text(f.since), time_text(f.until), id);
+                                    f.listener, f.event_name, f.error_like, time_text(f.since), time_text(f.until),
+                                    ids_text(f.ids), id);
   tx.exec_params0("UPDATE " + t(schema, "bus_redrives") + " SET total = $2::bigint, state = CASE WHEN $2::bigint = 0 THEN 'done' ELSE state END, "
                   "finished_at = CASE WHEN $2::bigint = 0 THEN now() END WHERE id = $1",
                   id, static_cast<std::int64_t>(items.affected_rows()));

@@ -183,6 +183,9 @@ constexpr std::array migrations{
               "CREATE INDEX bus_redrive_items_pending ON {s}.bus_redrive_items (redrive_id, dead_letter_id)\n"
               "  WHERE state IN ('pending', 'started');\n"
               "CREATE INDEX bus_dead_letters_last_failed ON {s}.bus_dead_letters (last_failed_at);\n"},
+    migration{11, "dead letters listed by listener or event name, newest first (the dashboard's pages)",
+              "CREATE INDEX bus_dead_letters_listener_id ON {s}.bus_dead_letters (listener, id);\n"
+              "CREATE INDEX bus_dead_letters_event_id_order ON {s}.bus_dead_letters (event_name, id);\n"},
 };
 
 const char* version_table_sql =

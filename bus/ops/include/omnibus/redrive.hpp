@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "omnibus/event_bus.hpp"
+#include "omnibus/dead_letters.hpp"
 #include "omnibus/export.hpp"
 #include "omnibus/fwd.hpp"
 
@@ -33,10 +34,26 @@ struct OMNIBUS_API dead_letter_filter {
   std::string error_like;  ///< the error text matches this SQL LIKE pattern ("%timeout%")
   std::optional<std::chrono::system_clock::time_point> since;  ///< last failed at or after
   std::optional<std::chrono::system_clock::time_point> until;  ///< last failed before
+  /// Only these dead letters (ids); empty: any. At most 1,000 (std::invalid_argument beyond).
+  std::vector<std::int64_t> ids;
 
   /// The filter as people read it: "listener=loyalty error~%timeout%", or "every dead letter".
   [[nodiscard]] std::string describe() const;
 };
+
+/// One page of the dead letters matching a filter, newest (highest id) first.
+struct OMNIBUS_API dead_letter_page {
+  /// Each without its body and headers (find_dead_letter has them); error cut at 300 bytes.
+  std::vector<dead_letter> rows;
+  bool more = false;  ///< more match below the last row's id
+};
+
+/// The dead letters matching `filter` with ids below `before_id` (none: from the newest), at
+/// most `limit` (1 to 1,000; std::invalid_argument otherwise). Pages are read by id, so
+/// following `rows.back().id` visits each dead letter once even while new ones arrive.
+[[nodiscard]] OMNIBUS_API dead_letter_page list_dead_letter_page(pqxx::connection_base& conn, std::string_view schema,
+                                                                 const dead_letter_filter& filter,
+                                                                 std::optional<std::int64_t> before_id, std::size_t limit);
 
 /// How many dead letters match, now. A dry run of a redrive.
 [[nodiscard]] OMNIBUS_API std::uint64_t count_dead_letters(pqxx::connection_base& conn, std::string_view schema,
