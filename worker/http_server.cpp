@@ -1,12 +1,15 @@
 #include "http_server.hpp"
 
+#include <algorithm>
 #include <atomic>
 #include <optional>
 #include <stdexcept>
 #include <thread>
 
 #include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/post.hpp>
 #include <boost/asio/strand.hpp>
+#include <boost/asio/thread_pool.hpp>
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
 #include <spdlog/spdlog.h>
@@ -48,9 +51,63 @@ tcp::endpoint parse_address(const std::string& address) {
 
 void check_http_address(const std::string& address) { (void)parse_address(address); }
 
+bool is_loopback_address(const std::string& address) { return parse_address(address).address().is_loopback(); }
+
+namespace {
+
+// Sent with every answer, errors included. The dashboard's pages need nothing inline: scripts,
+// styles and images come from the worker itself, so the policy forbids everything else.
+constexpr std::pair<const char*, const char*> security_headers[] = {
+    {"Content-Security-Policy",
+     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
+     "form-action 'self'; frame-ancestors 'none'; base-uri 'none'"},
+    {"X-Content-Type-Options", "nosniff"},
+    {"Referrer-Policy", "no-referrer"},
+    {"X-Frame-Options", "DENY"},
+    {"Cross-Origin-Opener-Policy", "same-origin"},
+    {"Cache-Control", "no-store"},
+};
+
+int hex_value(char c) {
+  if (c >= '0' && c <= '9') return c - '0';
+  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+  return -1;
+}
+
+// A path the routes may look at: absolute, and no segment that climbs or hides a byte a file
+// system or a proxy could read differently ("..", ".", "\", NUL), raw or percent-decoded.
+bool acceptable_path(std::string_view path) {
+  if (path.empty() || path.front() != '/') return false;
+  std::string decoded;
+  for (std::size_t i = 0; i < path.size(); ++i) {
+    if (path[i] == '%') {
+      if (i + 2 >= path.size() || hex_value(path[i + 1]) < 0 || hex_value(path[i + 2]) < 0) return false;
+      decoded += static_cast<char>(hex_value(path[i + 1]) * 16 + hex_value(path[i + 2]));
+      i += 2;
+    } else {
+      decoded += path[i];
+    }
+  }
+  for (const std::string_view s : {std::string_view(path), std::string_view(decoded)}) {
+    if (s.find('\\') != std::string_view::npos || s.find('\0') != std::string_view::npos) return false;
+    std::size_t at = 0;
+    while (at <= s.size()) {
+      const auto slash = s.find('/', at);
+      const auto seg = s.substr(at, slash == std::string_view::npos ? std::string_view::npos : slash - at);
+      if (seg == ".." || seg == ".") return false;
+      if (slash == std::string_view::npos) break;
+      at = slash + 1;
+    }
+  }
+  return true;
+}
+
+}  // namespace
+
 struct http_server::impl {
   impl(route_function r, std::shared_ptr<spdlog::logger> l, http_limits lim)
-      : route(std::move(r)), log(std::move(l)), limits(lim), acceptor(io) {}
+      : route(std::move(r)), log(std::move(l)), limits(lim), acceptor(io), pool(std::max<std::size_t>(1, lim.handler_threads)) {}
 
   route_function route;
   std::shared_ptr<spdlog::logger> log;
@@ -58,15 +115,21 @@ struct http_server::impl {
   std::atomic<std::size_t> connections{0};  // before io: sessions destroyed with io count down
   asio::io_context io;
   tcp::acceptor acceptor;
+  asio::thread_pool pool;  // after io: handlers it drops on stop release sessions while io lives
   std::thread thread;
 
   // One connection: read a request, answer it, repeat while the client keeps it alive.
   struct session : std::enable_shared_from_this<session> {
-    session(impl& s, tcp::socket socket) : server(s), stream(std::move(socket)) {}
+    session(impl& s, tcp::socket socket) : server(s), stream(std::move(socket)) {
+      beast::error_code ec;
+      const auto peer = stream.socket().remote_endpoint(ec);
+      peer_loopback = !ec && peer.address().is_loopback();
+    }
     ~session() { server.connections.fetch_sub(1, std::memory_order_relaxed); }
 
     impl& server;
     beast::tcp_stream stream;
+    bool peer_loopback = false;
     beast::flat_buffer buffer{8 * 1024};
     std::optional<http::request_parser<http::string_body>> parser;
     http::response<http::string_body> response;
@@ -74,48 +137,102 @@ struct http_server::impl {
     void read() {
       parser.emplace();
       parser->header_limit(static_cast<std::uint32_t>(server.limits.max_header_bytes));
-      parser->body_limit(server.limits.max_body_bytes);
       stream.expires_after(server.limits.read_timeout);
+      http::async_read_header(stream, buffer, *parser,
+                              [self = shared_from_this()](beast::error_code ec, std::size_t) { self->on_header(ec); });
+    }
+
+    // The header decides how much body may follow: none to speak of for GET, a form for POST.
+    void on_header(beast::error_code ec) {
+      if (ec) return on_error(ec);
+      const auto method = parser->get().method();
+      const std::size_t limit = method == http::verb::post ? server.limits.max_post_bytes : server.limits.max_body_bytes;
+      // The parser checked the announced length against its limit before it was lowered here.
+      if (const auto length = parser->content_length(); length && *length > limit) {
+        return reply_error(413, "request body too large", false);
+      }
+      parser->body_limit(limit);
       http::async_read(stream, buffer, *parser,
                        [self = shared_from_this()](beast::error_code ec, std::size_t) { self->on_read(ec); });
     }
 
-    void on_read(beast::error_code ec) {
+    void on_error(beast::error_code ec) {
       if (ec == http::error::end_of_stream || ec == beast::error::timeout || ec == asio::error::operation_aborted) {
         return close();
       }
       if (ec == http::error::header_limit) return reply_error(431, "request headers too large", false);
       if (ec == http::error::body_limit) return reply_error(413, "request body too large", false);
-      if (ec) return reply_error(400, "malformed request", false);
+      return reply_error(400, "malformed request", false);
+    }
+
+    void on_read(beast::error_code ec) {
+      if (ec) return on_error(ec);
       const auto& req = parser->get();
-      if (req.method() != http::verb::get && req.method() != http::verb::head) {
+      if (req.method() != http::verb::get && req.method() != http::verb::head && req.method() != http::verb::post) {
         response = {};
-        response.set(http::field::allow, "GET, HEAD");
-        return reply_error(405, "only GET and HEAD", req.keep_alive());
+        response.set(http::field::allow, "GET, HEAD, POST");
+        return reply_error(405, "only GET, HEAD and POST", req.keep_alive());
       }
-      std::string path(req.target());
-      if (const auto q = path.find('?'); q != std::string::npos) path.resize(q);
-      http_reply r;
-      try {
-        r = server.route(path);
-      } catch (const std::exception& e) {
-        server.log->warn("http: {} failed: {}", path, e.what());
-        r = {500, "text/plain; charset=utf-8", "internal error\n"};
-      }
+      const std::string_view target(req.target().data(), req.target().size());
+      if (target.size() > server.limits.max_target_bytes) return reply_error(414, "request target too long", false);
+      http_request r;
+      r.method = std::string(req.method_string());
+      const auto q = target.find('?');
+      r.path = std::string(target.substr(0, q));
+      if (q != std::string_view::npos) r.query = std::string(target.substr(q + 1));
+      if (!acceptable_path(r.path)) return reply_error(400, "bad request path", req.keep_alive());
+      auto header = [&](http::field f) {
+        const auto it = req.find(f);
+        return it == req.end() ? std::string() : std::string(it->value());
+      };
+      r.host = header(http::field::host);
+      r.origin = header(http::field::origin);
+      r.cookie = header(http::field::cookie);
+      r.authorization = header(http::field::authorization);
+      r.content_type = header(http::field::content_type);
+      r.forwarded = req.find("X-Forwarded-For") != req.end() || req.find(http::field::forwarded) != req.end();
+      r.peer_loopback = peer_loopback;
+      if (req.method() == http::verb::post) r.body = req.body();
+      const bool head = req.method() == http::verb::head;
+      const unsigned version = req.version();
+      const bool keep_alive = req.keep_alive();
+      // The route may read the database: on the pool, and the answer goes back to this
+      // connection's strand.
+      asio::post(server.pool, [self = shared_from_this(), r = std::move(r), head, version, keep_alive]() mutable {
+        http_reply out;
+        try {
+          out = self->server.route(r);
+        } catch (const std::exception& e) {
+          self->server.log->warn("http: {} {} failed: {}", r.method, r.path, e.what());
+          out = {500, "text/plain; charset=utf-8", "internal error\n", {}};
+        }
+        asio::post(self->stream.get_executor(), [self, out = std::move(out), head, version, keep_alive]() mutable {
+          self->answer(std::move(out), head, version, keep_alive);
+        });
+      });
+    }
+
+    void answer(http_reply r, bool head, unsigned version, bool keep_alive) {
       response = {};
       response.result(static_cast<unsigned>(r.status));
-      response.version(req.version());
+      response.version(version);
+      add_security_headers();
       response.set(http::field::content_type, r.content_type);
-      response.set(http::field::cache_control, "no-store");
-      response.keep_alive(req.keep_alive());
-      response.body() = req.method() == http::verb::head ? std::string() : std::move(r.body);
+      for (auto& [name, value] : r.headers) response.insert(name, value);
+      response.keep_alive(keep_alive);
+      response.body() = head ? std::string() : std::move(r.body);
       response.prepare_payload();
       write();
+    }
+
+    void add_security_headers() {
+      for (const auto& [name, value] : security_headers) response.set(name, value);
     }
 
     void reply_error(unsigned status, const char* why, bool keep_alive) {
       response.result(status);
       response.version(11);
+      add_security_headers();
       response.set(http::field::content_type, "text/plain; charset=utf-8");
       response.keep_alive(keep_alive);
       response.body() = std::string(why) + "\n";
@@ -172,6 +289,7 @@ http_server::http_server(const std::string& address, route_function route, std::
 http_server::~http_server() {
   impl_->io.stop();
   if (impl_->thread.joinable()) impl_->thread.join();
+  impl_->pool.join();  // routes that are running finish; their answers are dropped with io
 }
 
 unsigned short http_server::port() const noexcept { return impl_->acceptor.local_endpoint().port(); }

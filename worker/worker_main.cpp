@@ -25,6 +25,7 @@
 #include <spdlog/sinks/stdout_sinks.h>
 #include <spdlog/spdlog.h>
 
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "omnibus/bus_state.hpp"
@@ -41,6 +42,9 @@
 #include "omnibus/text.hpp"
 #include "omnibus/worker.hpp"
 #include "http_server.hpp"
+#include "dashboard/access.hpp"
+#include "dashboard/dashboard.hpp"
+#include "dashboard/msgpack_json.hpp"
 #include "json_log.hpp"
 #include "metrics.hpp"
 #include "stats.hpp"
@@ -68,17 +72,6 @@ std::shared_ptr<spdlog::logger> make_logger(const worker_config& c, const std::s
   }
   log->set_level(lvl);
   return log;
-}
-
-// /metrics, /healthz, /readyz over the worker's metrics.
-detail::http_reply route(detail::worker_metrics& metrics, const std::string& path) {
-  if (path == "/metrics") return {200, "text/plain; version=0.0.4; charset=utf-8", metrics.scrape()};
-  if (path == "/healthz") return {200, "text/plain; charset=utf-8", "ok\n"};
-  if (path == "/readyz") {
-    auto [ready, body] = metrics.readiness();
-    return {ready ? 200 : 503, "application/json", std::move(body)};
-  }
-  return {404, "text/plain; charset=utf-8", "not found: try /metrics, /healthz or /readyz\n"};
 }
 
 std::string when(std::chrono::system_clock::time_point t) {
@@ -179,6 +172,12 @@ void print_letter(const omnibus::dead_letter& dl) {
     std::printf("raw header block (%zu bytes, did not parse):\n  %s\n", dl.raw_header_block.size(),
                 shown(dl.raw_header_block).c_str());
   }
+  // The body as JSON when it is msgpack (any producer's), then its bytes.
+  const auto json = detail::msgpack_to_json(dl.msg.body);
+  if (json.decoded) {
+    std::printf("body as JSON%s%s:\n%s\n", json.note.empty() ? "" : " (", json.note.empty() ? "" : (shown(json.note) + ")").c_str(),
+                shown(json.text).c_str());
+  }
   std::printf("body (%zu bytes):", dl.msg.body.size());
   for (std::size_t i = 0; i < dl.msg.body.size(); ++i) {
     std::printf("%s%02x", i % 32 == 0 ? "\n  " : " ", static_cast<unsigned char>(dl.msg.body[i]));
@@ -242,6 +241,7 @@ struct worker_program::impl {
   bool retry_all = false, retry_confirmed = false, dry_run = false, purge_confirmed = false, prune_confirmed = false;
   // Bulk retries and discards (redrives).
   std::string f_error_like, f_since, f_until;
+  std::string http_token_file;
   double redrive_rate = 0;
   bool redrive_background = false;
   CLI::Option* discard_id = nullptr;
@@ -319,8 +319,18 @@ struct worker_program::impl {
     run_cmd->add_option("--stream-check-every", stream_check_s,
                         "seconds between reads of the stream's fill and checks for events that left it unhandled")
         ->envname("OMNIBUS_STREAM_CHECK_EVERY")->capture_default_str();
-    run_cmd->add_option("--http", c.http, "serve /metrics, /healthz and /readyz on host:port, e.g. 127.0.0.1:9464")
+    run_cmd->add_option("--http", c.http,
+                        "serve the dashboard, /metrics, /healthz and /readyz on host:port, e.g. 127.0.0.1:9464 (an "
+                        "address other than loopback needs a token)")
         ->envname("OMNIBUS_HTTP");
+    run_cmd->add_option("--http-token-file", http_token_file,
+                        "a file holding the dashboard's token (16 bytes or more; or set OMNIBUS_HTTP_TOKEN)")
+        ->envname("OMNIBUS_HTTP_TOKEN_FILE");
+    run_cmd->add_flag("--http-read-only", c.http_read_only, "the dashboard shows and accepts no action")
+        ->envname("OMNIBUS_HTTP_READ_ONLY");
+    run_cmd->add_option("--http-origin", c.http_origins,
+                        "an origin a reverse proxy serves the dashboard under, e.g. https://ops.example.com (repeatable)")
+        ->envname("OMNIBUS_HTTP_ORIGIN");
 
     stats_cmd = cli.add_subcommand("stats", "Every listener's backlog, dead letters and parking; the outbox, relay and stream");
     stats_cmd->add_flag("--json", stats_json, "one JSON object, for scripts");
@@ -480,8 +490,48 @@ struct worker_program::impl {
       } catch (const std::invalid_argument& e) {
         throw config_error(e.what());
       }
+      load_http_token(c);
     }
     for (const auto& check : checks) check(c);
+  }
+
+  // The token from --http-token-file or OMNIBUS_HTTP_TOKEN; a bind beyond loopback needs one.
+  // Messages name where the token comes from, never the token.
+  void load_http_token(worker_config& c) {
+    if (!http_token_file.empty()) {
+      std::FILE* f = std::fopen(http_token_file.c_str(), "rb");
+      if (!f) throw config_error("--http-token-file " + http_token_file + ": cannot be read");
+      char buf[4096];
+      const std::size_t n = std::fread(buf, 1, sizeof buf, f);
+      std::fclose(f);
+      c.http_token.assign(buf, n);
+      while (!c.http_token.empty() && (c.http_token.back() == '\n' || c.http_token.back() == '\r')) c.http_token.pop_back();
+      struct stat st{};
+      if (::stat(http_token_file.c_str(), &st) == 0 && (st.st_mode & 077) != 0) {
+        std::fprintf(stderr, "%s: warning: --http-token-file %s can be read by other users (chmod 600 it)\n",
+                     name.c_str(), http_token_file.c_str());
+      }
+    } else if (const char* env = std::getenv("OMNIBUS_HTTP_TOKEN"); env && *env) {
+      c.http_token = env;
+    }
+    const char* from = http_token_file.empty() ? "OMNIBUS_HTTP_TOKEN" : "--http-token-file";
+    if (!c.http_token.empty() && c.http_token.size() < 16) {
+      throw config_error(std::string(from) + ": the token must be 16 bytes or more (e.g. openssl rand -hex 32)");
+    }
+    for (const unsigned char ch : c.http_token) {
+      if (ch <= ' ' || ch >= 0x7f) throw config_error(std::string(from) + ": the token must be printable ASCII without spaces");
+    }
+    if (c.http_token.empty() && !detail::is_loopback_address(c.http)) {
+      throw config_error("--http " + c.http + " listens beyond loopback: set OMNIBUS_HTTP_TOKEN or --http-token-file "
+                         "(the dashboard can change the bus), or bind 127.0.0.1");
+    }
+    for (const auto& o : c.http_origins) {
+      const bool scheme = o.rfind("http://", 0) == 0 || o.rfind("https://", 0) == 0;
+      const auto host_at = o.find("://") + 3;
+      if (!scheme || o.size() == host_at || o.find('/', host_at) != std::string::npos) {
+        throw config_error("--http-origin '" + o + "': expected scheme://host[:port], e.g. https://ops.example.com");
+      }
+    }
   }
 
   int run(const setup_function& setup) {
@@ -518,6 +568,8 @@ struct worker_program::impl {
     wo.stream_check_every = std::chrono::milliseconds(static_cast<long>(stream_check_s * 1000));
     worker w{bus, wo, log};
     std::shared_ptr<detail::worker_metrics> metrics;
+    std::optional<detail::access_control> access;
+    std::optional<detail::dashboard> board;
     std::optional<detail::http_server> http;
     if (!c.http.empty()) {
       metrics = std::make_shared<detail::worker_metrics>(
@@ -525,8 +577,16 @@ struct worker_program::impl {
                                   c.outbox_alert_after},
           log);
       bus.add_observer(metrics);
-      http.emplace(c.http, [&m = *metrics](const std::string& path) { return route(m, path); }, log);
-      log->info("http: serving /metrics, /healthz and /readyz on port {}", http->port());
+      access.emplace(detail::access_config{c.http_token, c.http_read_only, detail::is_loopback_address(c.http),
+                                           c.http_origins});
+      detail::dashboard_options dopt;
+      dopt.database_url = c.database_url;
+      dopt.alert_after = c.outbox_alert_after;
+      dopt.redrives_here = c.redrives;
+      board.emplace(bus, metrics.get(), *access, std::move(dopt), log);
+      http.emplace(c.http, [&d = *board](const detail::http_request& req) { return d.handle(req); }, log);
+      log->info("http: serving the dashboard, /metrics, /healthz and /readyz on port {}{}{}", http->port(),
+                c.http_token.empty() ? "" : " (token required)", c.http_read_only ? " (read-only)" : "");
     }
     {
       pqxx::connection db{c.database_url};

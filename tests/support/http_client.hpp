@@ -3,8 +3,10 @@
 // (GET), and raw bytes for the hostile-input tests.
 
 #include <chrono>
+#include <cctype>
 #include <cstring>
 #include <string>
+#include <vector>
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
@@ -63,6 +65,40 @@ inline http_result raw_request(int port, const std::string& request,
   if (r.raw.rfind("HTTP/1.", 0) == 0 && r.raw.size() >= 12) r.status = std::atoi(r.raw.c_str() + 9);
   if (const auto at = r.raw.find("\r\n\r\n"); at != std::string::npos) r.body = r.raw.substr(at + 4);
   return r;
+}
+
+/// The value of response header `name` (case-insensitive) in `raw`, or empty.
+inline std::string header_of(const std::string& raw, std::string name) {
+  for (auto& c : name) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  const auto end = raw.find("\r\n\r\n");
+  std::size_t at = raw.find("\r\n");
+  while (at != std::string::npos && at < end) {
+    const auto next = raw.find("\r\n", at + 2);
+    std::string line = raw.substr(at + 2, next - at - 2);
+    const auto colon = line.find(':');
+    if (colon != std::string::npos) {
+      std::string key = line.substr(0, colon);
+      for (auto& c : key) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+      if (key == name) {
+        std::string v = line.substr(colon + 1);
+        while (!v.empty() && v.front() == ' ') v.erase(0, 1);
+        return v;
+      }
+    }
+    at = next;
+  }
+  return {};
+}
+
+/// `method` `path` with `headers` ("Name: value" each) and `body`, one request per connection.
+inline http_result http_send(int port, const std::string& method, const std::string& path,
+                             const std::vector<std::string>& headers = {}, const std::string& body = {},
+                             const std::string& host = "127.0.0.1") {
+  std::string req = method + " " + path + " HTTP/1.1\r\nHost: " + host + "\r\nConnection: close\r\n";
+  for (const auto& h : headers) req += h + "\r\n";
+  if (!body.empty() || method == "POST") req += "Content-Length: " + std::to_string(body.size()) + "\r\n";
+  req += "\r\n" + body;
+  return raw_request(port, req);
 }
 
 /// GET `path`, one request per connection.

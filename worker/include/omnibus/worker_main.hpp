@@ -53,6 +53,15 @@ struct OMNIBUS_API worker_config {
   /// `run` serves /metrics, /healthz and /readyz on this host:port (--http, OMNIBUS_HTTP);
   /// empty: no HTTP endpoint. Give a loopback address unless something else must scrape it.
   std::string http;
+  /// The dashboard's and endpoint's token (OMNIBUS_HTTP_TOKEN or --http-token-file; never
+  /// printed). Required when `http` is not a loopback address; with it, pages need a login or
+  /// `Authorization: Bearer`, and so do /metrics, /healthz and /readyz except from loopback.
+  std::string http_token;
+  /// The dashboard shows no actions and refuses every POST (--http-read-only).
+  bool http_read_only = false;
+  /// More origins whose pages may POST to the dashboard, as a reverse proxy serves it
+  /// ("https://ops.example.com"; --http-origin).
+  std::vector<std::string> http_origins;
   /// Outbox rows older than this with no relay running fail /readyz, show in `stats` and the
   /// metrics, and make `run` warn every minute (--outbox-alert-after, in seconds).
   std::chrono::seconds outbox_alert_after{60};
