@@ -62,7 +62,9 @@ constexpr std::pair<const char*, const char*> security_headers[] = {
      "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
      "form-action 'self'; frame-ancestors 'none'; base-uri 'none'"},
     {"X-Content-Type-Options", "nosniff"},
-    {"Referrer-Policy", "no-referrer"},
+    // same-origin, not no-referrer: under no-referrer a browser sends "Origin: null" with a form
+    // POST, and the dashboard's actions check Origin. Other sites still get no referrer.
+    {"Referrer-Policy", "same-origin"},
     {"X-Frame-Options", "DENY"},
     {"Cross-Origin-Opener-Policy", "same-origin"},
     {"Cache-Control", "no-store"},

@@ -105,7 +105,7 @@ TEST_CASE_METHOD(dashboard_fixture, "every dashboard page answers with its secur
     CHECK(r.status == 200);
     CHECK(test_env::header_of(r.raw, "Content-Security-Policy") == csp);
     CHECK(test_env::header_of(r.raw, "X-Content-Type-Options") == "nosniff");
-    CHECK(test_env::header_of(r.raw, "Referrer-Policy") == "no-referrer");
+    CHECK(test_env::header_of(r.raw, "Referrer-Policy") == "same-origin");
     CHECK(test_env::header_of(r.raw, "Content-Type") == "text/html; charset=utf-8");
     CHECK_THAT(r.body, Catch::Contains("<script src=\"/assets/app.js\" defer></script>"));
     CHECK_THAT(r.body, !Catch::Contains("<script>"));  // no inline script: the CSP would block it
@@ -355,4 +355,61 @@ TEST_CASE_METHOD(dashboard_fixture, "a bulk retry from the dashboard: dry run, a
   CHECK(count("SELECT count(*) FROM \"" + shop_opts.schema + "\".customer_stats WHERE orders <> 1") == 0);
   CHECK(omnibus::list_dead_letters(db, opts.schema, "customer_stats", {}, 100).size() == 3);
   CHECK(omnibus::list_dead_letters(db, opts.schema, "loyalty", {}, 100).size() == 7);
+}
+
+// A real browser (Debian's chromium through playwright-core, tests/browser/dashboard.mjs) on a
+// seeded run; registered only in the unsanitized tree (meson test dashboard_browser).
+TEST_CASE_METHOD(dashboard_fixture, "in a real browser: overview, filter, decoded body, retry one, bulk retry with "
+                                    "progress, markup shown as text, a cross-site form refused",
+                 "[browser]") {
+  dead_letters("loyalty", 1, 20, "loyalty backend timed out");
+  dead_letters("loyalty", 100, 5, "loyalty rejected the card");
+  dead_letters("customer_stats", 1000, 1000);
+  const std::int64_t hostile = hostile_dead_letter();
+  const std::string root = test_env::tool_path("OMNIBUS_SOURCE_ROOT");
+  const std::string artifacts = test_env::tool_path("OMNIBUS_BROWSER_ARTIFACTS");
+  {
+    test_env::child_process install({root + "/tests/browser/install"});
+    INFO(install.output());
+    REQUIRE(install.wait(300s) == 0);  // node, npm, chromium and playwright-core: never skipped
+  }
+  auto w = cli({"--flaky-rate", "0", "run", "--http", "127.0.0.1:0"});
+  const int port = http_port(w);
+  test_env::child_process browser({"/usr/bin/env", "node", root + "/tests/browser/dashboard.mjs", "--base",
+                                   "http://127.0.0.1:" + std::to_string(port), "--artifacts", artifacts, "--hostile",
+                                   std::to_string(hostile)});
+  const int code = browser.wait(300s);
+  const std::string out = browser.output();
+  INFO(out);
+  CHECK(code == 0);
+  const auto at = out.find("result: ");
+  REQUIRE(at != std::string::npos);
+  const std::string result = out.substr(at);
+  CHECK_THAT(result, Catch::Contains("\"ok\":true"));
+  CHECK_THAT(result, Catch::Contains("\"foreign_requests\":[]"));  // offline: no CDN, nothing beyond loopback
+  CHECK_THAT(result, Catch::Contains("\"dialogs\":0"));           // no markup from an event ever ran
+  CHECK_THAT(result, Catch::Contains("\"page_errors\":[]"));      // nothing the CSP blocked, no script error
+  CHECK_THAT(result, Catch::Contains("{\"name\":\"overview\",\"dead_letters\":\"1,026\",\"listeners\":["));
+  CHECK_THAT(result, Catch::Contains("{\"name\":\"filter\",\"rows\":20,\"listeners\":[\"loyalty\"],"
+                                     "\"errors\":[\"loyalty backend timed out\"]}"));
+  CHECK_THAT(result, Catch::Contains("\"body\":{\"order_id\":20,\"customer\":\"c20@example.com\""));
+  CHECK_THAT(result, Catch::Contains("\"state\":\"done: 1 ok, 0 failed"));
+  CHECK_THAT(result, Catch::Contains("\"dry_run\":\"This will retry 1,000 dead letters (listener=customer_stats)."));
+  CHECK_THAT(result, Catch::Contains("\"state\":\"done: 1,000 ok, 0 failed, 0 gone, 0 interrupted, 0 pending of 1,000\""));
+  CHECK_THAT(result, Catch::Contains("\"error\":\"<script>alert('error')</script> & \\\"quotes\\\"\""));
+  CHECK_THAT(result, Catch::Contains("\"images\":0,\"scripts\":1"));  // only app.js
+  CHECK_THAT(result, Catch::Contains("{\"name\":\"csrf\",\"status\":403}"));
+
+  // What the browser did, in the database: one loyalty dead letter retried, customer_stats all.
+  CHECK(omnibus::list_dead_letters(db, opts.schema, "loyalty", {}, 100).size() == 25);  // 24 + the hostile one
+  CHECK(omnibus::list_dead_letters(db, opts.schema, "customer_stats", {}, 100).empty());
+  CHECK(count("SELECT count(*) FROM \"" + shop_opts.schema + "\".customer_stats WHERE orders = 1") == 1000);
+  CHECK(count("SELECT count(*) FROM \"" + shop_opts.schema + "\".loyalty") == 1);
+  CHECK_FALSE(paused(db, opts.schema, "loyalty"));  // the cross-site form changed nothing
+  w.signal(SIGTERM);
+  CHECK(w.wait(30s) == 0);
+  // Screenshots for the README: OMNIBUS_SCREENSHOTS=docs/dashboard copies them there.
+  if (const char* keep = std::getenv("OMNIBUS_SCREENSHOTS"); keep && *keep) {
+    CHECK(std::system(("cp " + artifacts + "/*.png '" + keep + "/'").c_str()) == 0);
+  }
 }
