@@ -51,7 +51,16 @@ tcp::endpoint parse_address(const std::string& address) {
 
 void check_http_address(const std::string& address) { (void)parse_address(address); }
 
-bool is_loopback_address(const std::string& address) { return parse_address(address).address().is_loopback(); }
+namespace {
+// 127.0.0.0/8, ::1, and IPv4 loopback seen through an IPv6 socket (::ffff:127.x.y.z).
+bool loopback(const asio::ip::address& a) {
+  if (a.is_loopback()) return true;
+  return a.is_v6() && a.to_v6().is_v4_mapped() &&
+         asio::ip::make_address_v4(asio::ip::v4_mapped, a.to_v6()).is_loopback();
+}
+}  // namespace
+
+bool is_loopback_address(const std::string& address) { return loopback(parse_address(address).address()); }
 
 namespace {
 
@@ -125,13 +134,15 @@ struct http_server::impl {
     session(impl& s, tcp::socket socket) : server(s), stream(std::move(socket)) {
       beast::error_code ec;
       const auto peer = stream.socket().remote_endpoint(ec);
-      peer_loopback = !ec && peer.address().is_loopback();
+      peer_loopback = !ec && loopback(peer.address());
+      if (!ec) peer_address = peer.address().to_string();
     }
     ~session() { server.connections.fetch_sub(1, std::memory_order_relaxed); }
 
     impl& server;
     beast::tcp_stream stream;
     bool peer_loopback = false;
+    std::string peer_address;
     beast::flat_buffer buffer{8 * 1024};
     std::optional<http::request_parser<http::string_body>> parser;
     http::response<http::string_body> response;
@@ -171,9 +182,7 @@ struct http_server::impl {
       if (ec) return on_error(ec);
       const auto& req = parser->get();
       if (req.method() != http::verb::get && req.method() != http::verb::head && req.method() != http::verb::post) {
-        response = {};
-        response.set(http::field::allow, "GET, HEAD, POST");
-        return reply_error(405, "only GET, HEAD and POST", req.keep_alive());
+        return reply_error(405, "only GET, HEAD and POST", req.keep_alive(), "GET, HEAD, POST");
       }
       const std::string_view target(req.target().data(), req.target().size());
       if (target.size() > server.limits.max_target_bytes) return reply_error(414, "request target too long", false);
@@ -192,26 +201,35 @@ struct http_server::impl {
       r.cookie = header(http::field::cookie);
       r.authorization = header(http::field::authorization);
       r.content_type = header(http::field::content_type);
-      r.forwarded = req.find("X-Forwarded-For") != req.end() || req.find(http::field::forwarded) != req.end();
+      r.forwarded = req.find("X-Forwarded-For") != req.end() || req.find(http::field::forwarded) != req.end() ||
+                    req.find("X-Real-IP") != req.end();
       r.peer_loopback = peer_loopback;
+      r.peer = peer_address;
       if (req.method() == http::verb::post) r.body = req.body();
       const bool head = req.method() == http::verb::head;
       const unsigned version = req.version();
       const bool keep_alive = req.keep_alive();
+      const auto& inline_paths = server.limits.inline_paths;
+      if (std::find(inline_paths.begin(), inline_paths.end(), r.path) != inline_paths.end()) {
+        return answer(call_route(r), head, version, keep_alive);
+      }
       // The route may read the database: on the pool, and the answer goes back to this
       // connection's strand.
       asio::post(server.pool, [self = shared_from_this(), r = std::move(r), head, version, keep_alive]() mutable {
-        http_reply out;
-        try {
-          out = self->server.route(r);
-        } catch (const std::exception& e) {
-          self->server.log->warn("http: {} {} failed: {}", r.method, r.path, e.what());
-          out = {500, "text/plain; charset=utf-8", "internal error\n", {}};
-        }
+        http_reply out = self->call_route(r);
         asio::post(self->stream.get_executor(), [self, out = std::move(out), head, version, keep_alive]() mutable {
           self->answer(std::move(out), head, version, keep_alive);
         });
       });
+    }
+
+    http_reply call_route(const http_request& r) {
+      try {
+        return server.route(r);
+      } catch (const std::exception& e) {
+        server.log->warn("http: {} {} failed: {}", r.method, r.path, e.what());
+        return {500, "text/plain; charset=utf-8", "internal error\n", {}};
+      }
     }
 
     void answer(http_reply r, bool head, unsigned version, bool keep_alive) {
@@ -222,8 +240,10 @@ struct http_server::impl {
       response.set(http::field::content_type, r.content_type);
       for (auto& [name, value] : r.headers) response.insert(name, value);
       response.keep_alive(keep_alive);
+      const std::size_t length = r.body.size();
       response.body() = head ? std::string() : std::move(r.body);
       response.prepare_payload();
+      if (head) response.content_length(length);  // what a GET would send
       write();
     }
 
@@ -231,8 +251,10 @@ struct http_server::impl {
       for (const auto& [name, value] : security_headers) response.set(name, value);
     }
 
-    void reply_error(unsigned status, const char* why, bool keep_alive) {
+    void reply_error(unsigned status, const char* why, bool keep_alive, const char* allow = nullptr) {
+      response = {};  // nothing of an earlier answer on this connection (Location, Set-Cookie)
       response.result(status);
+      if (allow) response.set(http::field::allow, allow);
       response.version(11);
       add_security_headers();
       response.set(http::field::content_type, "text/plain; charset=utf-8");
@@ -291,7 +313,8 @@ http_server::http_server(const std::string& address, route_function route, std::
 http_server::~http_server() {
   impl_->io.stop();
   if (impl_->thread.joinable()) impl_->thread.join();
-  impl_->pool.join();  // routes that are running finish; their answers are dropped with io
+  impl_->pool.stop();  // queued routes never run
+  impl_->pool.join();  // running ones finish; their answers are dropped with io
 }
 
 unsigned short http_server::port() const noexcept { return impl_->acceptor.local_endpoint().port(); }

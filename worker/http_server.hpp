@@ -29,7 +29,8 @@ struct http_request {
   std::string authorization;  ///< the Authorization header
   std::string content_type;   ///< the Content-Type header
   bool forwarded = false;     ///< X-Forwarded-For or Forwarded present: it came through a proxy
-  bool peer_loopback = false; ///< the TCP peer is 127.0.0.0/8 or ::1
+  bool peer_loopback = false; ///< the TCP peer is 127.0.0.0/8 or ::1 (or ::ffff:127.0.0.0/104)
+  std::string peer;           ///< the TCP peer's address, for throttling (never trusted for access)
 };
 
 /// One answer.
@@ -48,6 +49,9 @@ struct http_limits {
   std::size_t max_body_bytes = 1024;                       ///< a GET or HEAD needs none (413 beyond)
   std::size_t max_post_bytes = 16 * 1024;                  ///< a form POST (413 beyond)
   std::size_t handler_threads = 2;                         ///< routes run here, not on the I/O thread
+  /// Paths answered on the I/O thread itself (health probes, metrics): never queued behind
+  /// slow pages, so a stalled database cannot fail a liveness probe.
+  std::vector<std::string> inline_paths;
   std::chrono::milliseconds read_timeout{5000};            ///< to receive one whole request
   std::chrono::milliseconds write_timeout{10000};          ///< to send one answer
 };
@@ -58,7 +62,8 @@ void check_http_address(const std::string& address);
 [[nodiscard]] bool is_loopback_address(const std::string& address);
 
 /// Serves requests on its own I/O thread and `limits.handler_threads` handler threads until
-/// destroyed. `route` runs on a handler thread, possibly on several at once.
+/// destroyed. `route` runs on a handler thread, possibly on several at once (on the I/O thread
+/// for `limits.inline_paths`).
 class http_server {
  public:
   using route_function = std::function<http_reply(const http_request&)>;
@@ -66,7 +71,8 @@ class http_server {
   /// an address that does not parse, omnibus::error naming it when it cannot be bound.
   http_server(const std::string& address, route_function route, std::shared_ptr<spdlog::logger> log,
               http_limits limits = {});
-  /// Stops accepting, waits for routes that are running, closes every connection.
+  /// Stops accepting, waits for routes that are running (queued ones never run), closes every
+  /// connection.
   ~http_server();
   http_server(const http_server&) = delete;
   http_server& operator=(const http_server&) = delete;

@@ -525,6 +525,10 @@ struct worker_program::impl {
       throw config_error("--http " + c.http + " listens beyond loopback: set OMNIBUS_HTTP_TOKEN or --http-token-file "
                          "(the dashboard can change the bus), or bind 127.0.0.1");
     }
+    if (!c.http_origins.empty() && c.http_token.empty()) {
+      throw config_error("--http-origin: a dashboard served through a reverse proxy needs a token (OMNIBUS_HTTP_TOKEN or "
+                         "--http-token-file; the proxy sends it as Authorization: Bearer)");
+    }
     for (const auto& o : c.http_origins) {
       const bool scheme = o.rfind("http://", 0) == 0 || o.rfind("https://", 0) == 0;
       const auto host_at = o.find("://") + 3;
@@ -577,14 +581,17 @@ struct worker_program::impl {
                                   c.outbox_alert_after},
           log);
       bus.add_observer(metrics);
-      access.emplace(detail::access_config{c.http_token, c.http_read_only, detail::is_loopback_address(c.http),
-                                           c.http_origins});
+      detail::access_config ac{c.http_token, c.http_read_only, detail::is_loopback_address(c.http), c.http_origins};
+      ac.cookie_name = "omnibus_session_" + c.http.substr(c.http.rfind(':') + 1);  // one per port
+      access.emplace(std::move(ac));
       detail::dashboard_options dopt;
       dopt.database_url = c.database_url;
       dopt.alert_after = c.outbox_alert_after;
       dopt.redrives_here = c.redrives;
       board.emplace(bus, metrics.get(), *access, std::move(dopt), log);
-      http.emplace(c.http, [&d = *board](const detail::http_request& req) { return d.handle(req); }, log);
+      detail::http_limits limits;
+      limits.inline_paths = {"/metrics", "/healthz", "/readyz"};  // never queued behind a slow page
+      http.emplace(c.http, [&d = *board](const detail::http_request& req) { return d.handle(req); }, log, limits);
       log->info("http: serving the dashboard, /metrics, /healthz and /readyz on port {}{}{}", http->port(),
                 c.http_token.empty() ? "" : " (token required)", c.http_read_only ? " (read-only)" : "");
     }

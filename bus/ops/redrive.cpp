@@ -40,6 +40,13 @@ constexpr const char* filter_sql =
 
 constexpr std::size_t max_filter_ids = 1000;
 
+// Leaves out dead letters still pending in a running or paused redrive: they belong to it.
+std::string not_held(std::string_view schema) {
+  return " AND NOT EXISTS (SELECT 1 FROM " + t(schema, "bus_redrive_items") + " o JOIN " + t(schema, "bus_redrives") +
+         " r ON r.id = o.redrive_id WHERE o.dead_letter_id = d.id AND o.state IN ('pending', 'started') AND r.state IN "
+         "('running', 'paused'))";
+}
+
 std::string ids_text(const std::vector<std::int64_t>& ids) {
   if (ids.size() > max_filter_ids) {
     throw std::invalid_argument("a dead-letter filter takes at most 1,000 ids; filter by listener, event or error instead");
@@ -123,7 +130,8 @@ std::string_view to_string(redrive_action a) noexcept { return a == redrive_acti
 std::uint64_t count_dead_letters(pqxx::connection_base& conn, std::string_view schema, const dead_letter_filter& f) {
   pqxx::read_transaction tx{conn};
   return tx
-      .exec_params1("SELECT count(*) FROM " + t(schema, "bus_dead_letters") + " d WHERE " + filter_sql, f.listener,
+      .exec_params1("SELECT count(*) FROM " + t(schema, "bus_dead_letters") + " d WHERE " + filter_sql + not_held(schema),
+                    f.listener,
                     f.event_name, f.error_like, time_text(f.since), time_text(f.until), ids_text(f.ids))[0]
       .as<std::uint64_t>();
 }
@@ -181,10 +189,7 @@ redrive_status start_redrive(pqxx::connection_base& conn, std::string_view schem
   // The snapshot: these dead letters and no other, whatever arrives later.
   const auto items = tx.exec_params("INSERT INTO " + t(schema, "bus_redrive_items") +
                                         " (redrive_id, dead_letter_id) SELECT $7::bigint, d.id FROM " + t(schema, "bus_dead_letters") +
-                                        " d WHERE " + filter_sql + " AND NOT EXISTS (SELECT 1 FROM " + t(schema, "bus_redrive_items") +
-                                        " o JOIN " + t(schema, "bus_redrives") +
-                                        " r ON r.id = o.redrive_id WHERE o.dead_letter_id = d.id AND o.state IN ('pending', "
-                                        "'started') AND r.state IN ('running', 'paused'))",
+                                        " d WHERE " + filter_sql + not_held(schema),
                                     f.listener, f.event_name, f.error_like, time_text(f.since), time_text(f.until),
                                     ids_text(f.ids), id);
   tx.exec_params0("UPDATE " + t(schema, "bus_redrives") + " SET total = $2::bigint, state = CASE WHEN $2::bigint = 0 THEN 'done' ELSE state END, "

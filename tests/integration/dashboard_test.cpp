@@ -151,7 +151,8 @@ TEST_CASE_METHOD(dashboard_fixture, "every dashboard page answers with its secur
                                 "/dead-letters?since=yesterday", "/dead-letters?listener=" + std::string(201, 'x'),
                                 "/dead-letters?limit=1&limit=2", "/dead-letters?listener=%ZZ", "/dead-letters?event=%FF",
                                 "/dead-letters/abc", "/dead-letters/0", "/dead-letters/bulk?action=explode",
-                                "/redrives/12x"}) {
+                                "/redrives/12x", "/dead-letters?lisener=loyalty",
+                                "/dead-letters/bulk?action=discard&lisener=loyalty"}) {
     INFO(bad);
     CHECK(http_get(port, bad).status == 400);
   }
@@ -207,6 +208,9 @@ TEST_CASE_METHOD(dashboard_fixture, "hostile HTTP requests get a clear 4xx and t
   // A page on another name that rebinds it to 127.0.0.1 sends its own Host: refused.
   CHECK(http_send(port, "GET", "/", {}, {}, "evil.example:80").status == 421);
   CHECK(http_send(port, "GET", "/", {}, {}, "localhost:" + std::to_string(port)).status == 200);
+  // Through a reverse proxy on this machine, a worker without a token opens nothing.
+  CHECK(http_send(port, "GET", "/", {"X-Forwarded-For: 203.0.113.9"}).status == 401);
+  CHECK(http_send(port, "GET", "/metrics", {"X-Real-IP: 203.0.113.9"}).status == 401);
   CHECK(http_get(port, "/healthz").status == 200);
   CHECK(http_get(port, "/").status == 200);
   w.signal(SIGTERM);
@@ -253,12 +257,12 @@ TEST_CASE_METHOD(dashboard_fixture, "with a token: pages need it or a login, pro
   CHECK(http_get(port, "/").status == 401);
   CHECK_THAT(http_get(port, "/").body, Catch::Contains("Sign in"));
   CHECK(http_get(port, "/dead-letters").status == 401);
-  CHECK(http_send(port, "GET", "/", {"Authorization: Bearer wrong-token-wrong-token"}).status == 401);
   CHECK(http_send(port, "GET", "/", {"Authorization: Bearer " + token}).status == 200);
   CHECK(http_get(port, "/healthz").status == 200);  // a probe on the same machine
   CHECK(http_get(port, "/metrics").status == 200);
   CHECK(http_send(port, "GET", "/metrics", {"X-Forwarded-For: 203.0.113.9"}).status == 401);  // through a proxy
   CHECK(http_send(port, "GET", "/metrics", {"X-Forwarded-For: 203.0.113.9", "Authorization: Bearer " + token}).status == 200);
+  CHECK(http_send(port, "GET", "/", {"Authorization: Bearer wrong-token-wrong-token"}).status == 401);
   // A login sets a session cookie; the cookie opens the pages, and logging out closes them.
   CHECK(post(port, "/login", "token=wrong", {origin(port)}).status == 401);
   // Within a second of a wrong token even the right one is refused unchecked (one guess a second).
@@ -272,6 +276,7 @@ TEST_CASE_METHOD(dashboard_fixture, "with a token: pages need it or a login, pro
   const std::string cookie = test_env::header_of(login.raw, "Set-Cookie");
   CHECK_THAT(cookie, Catch::Contains("HttpOnly"));
   CHECK_THAT(cookie, Catch::Contains("SameSite=Strict"));
+  CHECK(cookie.rfind("omnibus_session_0=", 0) == 0);  // one name per --http port (here 0: any)
   const std::string session = cookie.substr(0, cookie.find(';'));
   const auto page = http_send(port, "GET", "/", {"Cookie: " + session});
   CHECK(page.status == 200);
@@ -285,6 +290,9 @@ TEST_CASE_METHOD(dashboard_fixture, "with a token: pages need it or a login, pro
   auto open = cli({"run", "--http", "0.0.0.0:0"});
   CHECK(open.wait(30s) == 2);
   CHECK_THAT(open.output(), Catch::Contains("listens beyond loopback: set OMNIBUS_HTTP_TOKEN"));
+  auto proxied = cli({"run", "--http", "127.0.0.1:0", "--http-origin", "https://ops.example.com"});
+  CHECK(proxied.wait(30s) == 2);
+  CHECK_THAT(proxied.output(), Catch::Contains("needs a token"));
   auto weak = cli({"run", "--http", "127.0.0.1:0"}, {"OMNIBUS_HTTP_TOKEN=short"});
   CHECK(weak.wait(30s) == 2);
   CHECK_THAT(weak.output(), Catch::Contains("16 bytes or more"));
@@ -332,7 +340,14 @@ TEST_CASE_METHOD(dashboard_fixture, "a bulk retry from the dashboard: dry run, a
   CHECK_THAT(dry.body, Catch::Contains("This will retry <strong>200</strong> dead letters (listener=customer_stats)"));
   // Without a filter the form must say "all" (the dry-run page adds it): a bare POST is refused.
   CHECK(post(port, "/redrives", "csrf=" + csrf_of(dry.body) + "&action=retry", {origin(port)}).status == 400);
-  const auto started = post(port, "/redrives", "csrf=" + csrf_of(dry.body) + "&action=retry&listener=customer_stats&rate=50",
+  // The dry run's count travels with the form: when it no longer holds, nothing starts.
+  const auto changed = post(port, "/redrives", "csrf=" + csrf_of(dry.body) + "&action=retry&listener=customer_stats&expected=150",
+                            {origin(port)});
+  CHECK(changed.status == 409);
+  CHECK_THAT(changed.body, Catch::Contains("The dry run showed 150; 200 match now. Nothing was started."));
+  CHECK(omnibus::list_redrives(db, opts.schema).empty());
+  const auto started = post(port, "/redrives",
+                            "csrf=" + csrf_of(dry.body) + "&action=retry&listener=customer_stats&rate=50&expected=200",
                             {origin(port)});
   REQUIRE(started.status == 303);
   const std::int64_t id = std::atoll(test_env::header_of(started.raw, "Location").c_str() + 10);

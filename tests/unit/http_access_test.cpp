@@ -3,13 +3,16 @@
 
 #include "dashboard/access.hpp"
 
+#include <string>
+#include <vector>
+
 #include <catch2/catch.hpp>
 
 using omnibus::detail::access_config;
 using omnibus::detail::access_control;
 using omnibus::detail::access_verdict;
 using omnibus::detail::constant_time_equal;
-using omnibus::detail::cookie_value;
+using omnibus::detail::cookie_values;
 using omnibus::detail::http_request;
 
 namespace {
@@ -43,11 +46,12 @@ TEST_CASE("constant_time_equal compares contents and lengths", "[unit][dashboard
   CHECK_FALSE(constant_time_equal(std::string_view("a\0b", 3), std::string_view("a\0c", 3)));
 }
 
-TEST_CASE("cookie_value finds one cookie among several", "[unit][dashboard]") {
-  CHECK(cookie_value("a=1; omnibus_session=xyz; b=2", "omnibus_session") == "xyz");
-  CHECK(cookie_value("omnibus_session=xyz", "omnibus_session") == "xyz");
-  CHECK(cookie_value("xomnibus_session=1", "omnibus_session").empty());
-  CHECK(cookie_value("", "omnibus_session").empty());
+TEST_CASE("cookie_values finds every cookie of a name among several", "[unit][dashboard]") {
+  using v = std::vector<std::string>;
+  CHECK(cookie_values("a=1; omnibus_session=xyz; b=2", "omnibus_session") == v{"xyz"});
+  CHECK(cookie_values("omnibus_session=planted; omnibus_session=xyz", "omnibus_session") == v{"planted", "xyz"});
+  CHECK(cookie_values("xomnibus_session=1", "omnibus_session").empty());
+  CHECK(cookie_values("", "omnibus_session").empty());
 }
 
 TEST_CASE("without a token, on loopback: pages open, actions need the CSRF token and our Origin", "[unit][dashboard]") {
@@ -59,7 +63,13 @@ TEST_CASE("without a token, on loopback: pages open, actions need the CSRF token
   CHECK(a.decide(get("/", "[::1]:9464"), "") == access_verdict::allow);
   CHECK(a.decide(get("/", "evil.example"), "") == access_verdict::misdirected);
   CHECK(a.decide(get("/", "127.0.0.1.evil.example:9464"), "") == access_verdict::misdirected);
-  CHECK(a.decide(get("/metrics", "evil.example"), "") == access_verdict::allow);  // scrapers name the host they like
+  CHECK(a.decide(get("/metrics", "evil.example"), "") == access_verdict::misdirected);  // a rebinding page reads nothing
+  CHECK(a.decide(get("/metrics", "127.0.0.1:9464"), "") == access_verdict::allow);
+  auto proxied = get("/");
+  proxied.forwarded = true;  // a reverse proxy on this machine: without a token nothing is open that way
+  CHECK(a.decide(proxied, "") == access_verdict::unauthorized);
+  proxied.path = "/healthz";
+  CHECK(a.decide(proxied, "") == access_verdict::unauthorized);
   CHECK(a.decide(post("/listeners/x/pause"), csrf) == access_verdict::allow);
   CHECK(a.decide(post("/listeners/x/pause"), "") == access_verdict::forbidden);
   CHECK(a.decide(post("/listeners/x/pause"), csrf.substr(1)) == access_verdict::forbidden);
@@ -90,7 +100,9 @@ TEST_CASE("with a token: Bearer or a session for pages; probes free from loopbac
   };
   CHECK(a.decide(get("/"), "") == access_verdict::unauthorized);
   CHECK(a.decide(with(get("/"), "Bearer 0123456789abcdef0123"), "") == access_verdict::allow);
-  CHECK(a.decide(with(get("/"), "Bearer 0123456789abcdef012"), "") == access_verdict::unauthorized);
+  auto guesser = with(get("/"), "Bearer 0123456789abcdef012");
+  guesser.peer = "198.51.100.7";
+  CHECK(a.decide(guesser, "") == access_verdict::unauthorized);
   CHECK(a.decide(with(get("/"), "Basic 0123456789abcdef0123"), "") == access_verdict::unauthorized);
   CHECK(a.decide(get("/login"), "") == access_verdict::allow);
   CHECK(a.decide(get("/assets/style.css"), "") == access_verdict::allow);
@@ -101,9 +113,9 @@ TEST_CASE("with a token: Bearer or a session for pages; probes free from loopbac
   far.peer_loopback = false;
   CHECK(a.decide(far, "") == access_verdict::unauthorized);
   CHECK(a.decide(with(far, "Bearer 0123456789abcdef0123"), "") == access_verdict::allow);
-  auto proxied = get("/healthz");
-  proxied.forwarded = true;
-  CHECK(a.decide(proxied, "") == access_verdict::unauthorized);
+  auto via_proxy = get("/healthz");
+  via_proxy.forwarded = true;
+  CHECK(a.decide(via_proxy, "") == access_verdict::unauthorized);
 
   // Logins: the right token opens a session, a wrong one is refused and holds the door a second.
   auto session_request = [](const std::string& id) {
@@ -111,12 +123,21 @@ TEST_CASE("with a token: Bearer or a session for pages; probes free from loopbac
     r.cookie = "omnibus_session=" + id;
     return r;
   };
-  const std::string id = a.login("0123456789abcdef0123");
+  http_request from_a = get("/login");
+  from_a.peer = "192.0.2.1";
+  http_request from_b = get("/login");
+  from_b.peer = "192.0.2.2";
+  const std::string id = a.login(from_a, "0123456789abcdef0123");
   REQUIRE(id.size() == 64);
   CHECK(a.decide(session_request(id), "") == access_verdict::allow);
   CHECK(a.decide(session_request(id + "0"), "") == access_verdict::unauthorized);
-  CHECK(a.login("wrong").empty());
-  CHECK(a.login("0123456789abcdef0123").empty());  // within a second of a wrong one: not looked at
+  CHECK(a.decide(session_request("planted; omnibus_session=" + id), "") == access_verdict::allow);
+  CHECK(a.login(from_a, "wrong").empty());
+  CHECK(a.login(from_a, "0123456789abcdef0123").empty());  // within a second of a wrong one: not looked at
+  auto page_a = with(from_a, "Bearer 0123456789abcdef0123");
+  page_a.path = "/";
+  CHECK(a.decide(page_a, "") == access_verdict::unauthorized);  // Bearer too
+  CHECK(a.login(from_b, "0123456789abcdef0123").size() == 64);  // another address is not held up
   a.logout("omnibus_session=" + id);
   CHECK(a.decide(session_request(id), "") == access_verdict::unauthorized);
 

@@ -12,6 +12,7 @@ namespace {
 
 constexpr std::size_t max_sessions = 256;
 constexpr auto session_life = std::chrono::hours(12);
+constexpr std::size_t max_throttled_peers = 4096;
 
 std::string_view trim(std::string_view s) {
   while (!s.empty() && (s.front() == ' ' || s.front() == '\t')) s.remove_prefix(1);
@@ -63,17 +64,18 @@ std::string random_hex(std::size_t n) {
   return out;
 }
 
-std::string cookie_value(std::string_view header, std::string_view name) {
-  while (!header.empty()) {
+std::vector<std::string> cookie_values(std::string_view header, std::string_view name) {
+  std::vector<std::string> out;
+  while (!header.empty() && out.size() < 8) {
     const auto semi = header.find(';');
     const std::string_view part = trim(header.substr(0, semi));
     if (const auto eq = part.find('='); eq != std::string_view::npos && part.substr(0, eq) == name) {
-      return std::string(part.substr(eq + 1));
+      out.emplace_back(part.substr(eq + 1));
     }
     if (semi == std::string_view::npos) break;
     header.remove_prefix(semi + 1);
   }
-  return {};
+  return out;
 }
 
 access_control::access_control(access_config config) : config_(std::move(config)), csrf_(random_hex(32)) {}
@@ -82,13 +84,17 @@ bool access_control::is_probe(std::string_view path) noexcept {
   return path == "/metrics" || path == "/healthz" || path == "/readyz";
 }
 
+// Every cookie of our name counts: another service on the host may have planted one with a
+// narrower path, which the browser sends first.
 bool access_control::has_session(std::string_view cookie_header) const {
-  const std::string id = cookie_value(cookie_header, "omnibus_session");
-  if (id.empty()) return false;
+  const auto ids = cookie_values(cookie_header, config_.cookie_name);
+  if (ids.empty()) return false;
   std::lock_guard lock(mutex_);
   const auto now = std::chrono::steady_clock::now();
-  for (const auto& [sid, expiry] : sessions_) {
-    if (expiry > now && constant_time_equal(sid, id)) return true;
+  for (const auto& id : ids) {
+    for (const auto& [sid, expiry] : sessions_) {
+      if (expiry > now && constant_time_equal(sid, id)) return true;
+    }
   }
   return false;
 }
@@ -114,11 +120,38 @@ bool access_control::origin_allowed(const http_request& r) const {
   return std::find(config_.origins.begin(), config_.origins.end(), r.origin) != config_.origins.end();
 }
 
+// Under the lock: whether `peer` failed a token check less than a second ago, forgetting old
+// failures (the map stays small: one entry per peer for a second).
+bool access_control::throttled(const std::string& peer, std::chrono::steady_clock::time_point now) const {
+  std::erase_if(failures_, [&](const auto& f) { return now - f.second >= std::chrono::seconds(1); });
+  return failures_.count(peer) != 0;
+}
+
+void access_control::record_failure(const std::string& peer, std::chrono::steady_clock::time_point now) const {
+  if (failures_.size() < max_throttled_peers) failures_[peer] = now;
+}
+
+bool access_control::token_matches(const http_request& r, std::string_view token) const {
+  const auto now = std::chrono::steady_clock::now();
+  std::lock_guard lock(mutex_);
+  // A peer that gave a wrong token within the last second is not even checked: one guess a
+  // second per address. Other peers are not held up by it.
+  if (throttled(r.peer, now)) return false;
+  if (constant_time_equal(token, config_.token)) return true;
+  record_failure(r.peer, now);
+  return false;
+}
+
 access_verdict access_control::decide(const http_request& r, std::string_view form_csrf) const {
+  // A loopback endpoint answers only to loopback's names, probes included: a page elsewhere
+  // that rebinds its own name to 127.0.0.1 would otherwise read it from the victim's browser.
+  if (!host_allowed(r.host)) return access_verdict::misdirected;
   const bool authorized = [&] {
-    if (config_.token.empty()) return true;
+    // Without a token only this machine's clients reach a loopback bind; through a reverse
+    // proxy (a forwarding header) anyone could, so nothing is open that way.
+    if (config_.token.empty()) return !r.forwarded;
     const std::string_view auth = r.authorization;
-    if (auth.substr(0, 7) == "Bearer " && constant_time_equal(trim(auth.substr(7)), config_.token)) return true;
+    if (auth.substr(0, 7) == "Bearer ") return token_matches(r, trim(auth.substr(7)));
     return has_session(r.cookie);
   }();
   if (is_probe(r.path)) {
@@ -126,29 +159,22 @@ access_verdict access_control::decide(const http_request& r, std::string_view fo
     if (authorized || (r.peer_loopback && !r.forwarded)) return access_verdict::allow;
     return access_verdict::unauthorized;
   }
-  if (!host_allowed(r.host)) return access_verdict::misdirected;
   const bool login_page = r.path == "/login";
   const bool asset = r.path.rfind("/assets/", 0) == 0;
   if (!authorized && !login_page && !asset) return access_verdict::unauthorized;
   if (r.method == "POST") {
     if (!origin_allowed(r)) return access_verdict::forbidden;
-    if (login_page) return access_verdict::allow;  // the token itself is the proof
-    if (config_.read_only) return access_verdict::forbidden;
+    if (login_page) return access_verdict::allow;  // the token itself is the proof (login() checks it)
+    if (config_.read_only && r.path != "/logout") return access_verdict::forbidden;
     if (!constant_time_equal(form_csrf, csrf_)) return access_verdict::forbidden;
   }
   return access_verdict::allow;
 }
 
-std::string access_control::login(std::string_view token) {
-  std::lock_guard lock(mutex_);
+std::string access_control::login(const http_request& r, std::string_view token) {
+  if (config_.token.empty() || !token_matches(r, token)) return {};
   const auto now = std::chrono::steady_clock::now();
-  // Within a second of a wrong token no guess is even looked at: a token of 16 bytes or more
-  // cannot be found by trying, and no handler thread waits to enforce it.
-  if (now - last_failed_login_ < std::chrono::seconds(1)) return {};
-  if (config_.token.empty() || !constant_time_equal(token, config_.token)) {
-    last_failed_login_ = now;
-    return {};
-  }
+  std::lock_guard lock(mutex_);
   std::erase_if(sessions_, [&](const auto& s) { return s.second <= now; });
   if (sessions_.size() >= max_sessions) {
     sessions_.erase(std::min_element(sessions_.begin(), sessions_.end(),
@@ -160,9 +186,8 @@ std::string access_control::login(std::string_view token) {
 }
 
 void access_control::logout(std::string_view cookie_header) {
-  const std::string id = cookie_value(cookie_header, "omnibus_session");
   std::lock_guard lock(mutex_);
-  sessions_.erase(id);
+  for (const auto& id : cookie_values(cookie_header, config_.cookie_name)) sessions_.erase(id);
 }
 
 }  // namespace omnibus::detail

@@ -26,6 +26,8 @@ struct access_config {
   bool read_only = false;            ///< no action is shown or accepted
   bool loopback_bind = true;         ///< the endpoint listens on loopback only
   std::vector<std::string> origins;  ///< more origins allowed to POST ("https://ops.example.com")
+  /// The session cookie's name: one per port (browsers do not keep cookies apart by port).
+  std::string cookie_name = "omnibus_session";
 };
 
 /// What to do with a request before its route runs.
@@ -53,13 +55,17 @@ class access_control {
   [[nodiscard]] const access_config& config() const noexcept { return config_; }
 
   /// Checks a login's token; on success returns a new session id for the cookie, else empty.
-  /// Within a second of a wrong token, every login fails unchecked: one guess a second.
-  [[nodiscard]] std::string login(std::string_view token);
+  /// Within a second of a wrong token (at login or as Bearer) from the same peer address, its
+  /// tokens are refused unchecked: one guess a second per address.
+  [[nodiscard]] std::string login(const http_request& r, std::string_view token);
   /// Forgets the session named in `cookie_header`.
   void logout(std::string_view cookie_header);
 
  private:
   [[nodiscard]] bool has_session(std::string_view cookie_header) const;
+  [[nodiscard]] bool token_matches(const http_request& r, std::string_view token) const;
+  [[nodiscard]] bool throttled(const std::string& peer, std::chrono::steady_clock::time_point now) const;
+  void record_failure(const std::string& peer, std::chrono::steady_clock::time_point now) const;
   [[nodiscard]] bool host_allowed(std::string_view host) const;
   [[nodiscard]] bool origin_allowed(const http_request& r) const;
 
@@ -67,10 +73,10 @@ class access_control {
   std::string csrf_;
   mutable std::mutex mutex_;
   std::map<std::string, std::chrono::steady_clock::time_point> sessions_;  // id -> expiry
-  std::chrono::steady_clock::time_point last_failed_login_{};
+  mutable std::map<std::string, std::chrono::steady_clock::time_point> failures_;  // peer -> last wrong token
 };
 
-/// The value of cookie `name` in a Cookie header, or empty.
-[[nodiscard]] std::string cookie_value(std::string_view cookie_header, std::string_view name);
+/// The values of every cookie called `name` in a Cookie header (at most 8), in order.
+[[nodiscard]] std::vector<std::string> cookie_values(std::string_view cookie_header, std::string_view name);
 
 }  // namespace omnibus::detail

@@ -8,6 +8,8 @@
 #include <map>
 #include <mutex>
 #include <optional>
+#include <initializer_list>
+#include <limits>
 #include <set>
 #include <stdexcept>
 #include <string_view>
@@ -85,6 +87,14 @@ class params {
       if (!values_.emplace(p.name, p.value).second) throw bad_request("parameter '" + p.name + "' is given twice");
     }
   }
+  // Refuses a parameter the page does not take: a misspelled filter must not widen a bulk action.
+  void only(std::initializer_list<std::string_view> names) const {
+    for (const auto& [name, value] : values_) {
+      if (std::find(names.begin(), names.end(), name) == names.end()) {
+        throw bad_request("unknown parameter '" + name + "'");
+      }
+    }
+  }
   [[nodiscard]] std::string text(const std::string& name, std::size_t max = max_filter_text) const {
     const auto it = values_.find(name);
     if (it == values_.end()) return {};
@@ -136,8 +146,19 @@ dead_letter_filter filter_from(const params& p) {
   dead_letter_filter f;
   f.listener = p.text("listener");
   f.event_name = p.text("event");
+  // "error contains": the text as typed (LIKE's \\, % and _ escaped), unless it holds a % of
+  // its own, then it is a LIKE pattern.
   const std::string error = p.text("error");
-  if (!error.empty()) f.error_like = error.find('%') == std::string::npos ? "%" + error + "%" : error;
+  if (!error.empty() && error.find('%') != std::string::npos) {
+    f.error_like = error;
+  } else if (!error.empty()) {
+    f.error_like = "%";
+    for (const char c : error) {
+      if (c == '\\' || c == '%' || c == '_') f.error_like += '\\';
+      f.error_like += c;
+    }
+    f.error_like += '%';
+  }
   f.since = p.instant("since");
   f.until = p.instant("until");
   return f;
@@ -183,6 +204,16 @@ std::vector<std::string_view> split_path(std::string_view path) {
   return out;
 }
 
+// The URL with connect_timeout=5 unless it names one: a database that drops packets must not
+// hold a handler thread for minutes (statement_timeout only starts once connected).
+std::string with_connect_timeout(const std::string& url) {
+  if (url.find("connect_timeout") != std::string::npos) return url;
+  if (url.rfind("postgres://", 0) == 0 || url.rfind("postgresql://", 0) == 0) {
+    return url + (url.find('?') == std::string::npos ? "?" : "&") + "connect_timeout=5";
+  }
+  return url + " connect_timeout=5";
+}
+
 // A few connections, reused by the handler threads; a broken one is dropped, not returned.
 class connection_pool {
  public:
@@ -213,7 +244,7 @@ class connection_pool {
         return {*this, std::move(c)};
       }
     }
-    auto c = std::make_unique<pqxx::connection>(url_);
+    auto c = std::make_unique<pqxx::connection>(with_connect_timeout(url_));
     pqxx::nontransaction(*c).exec0("SET statement_timeout = '5s'");  // a page never waits long
     return {*this, std::move(c)};
   }
@@ -290,6 +321,11 @@ struct dashboard::impl {
     }
     h.raw("</nav>");
     if (access.config().read_only) h.raw("<span class=\"badge\">read-only</span>");
+    if (!access.config().token.empty() && nav != "") {  // signed in (or Bearer): a way out
+      h.raw("<form class=\"inline logout\" method=\"post\" action=\"/logout\">");
+      csrf_field(h);
+      h.raw("<button type=\"submit\">sign out</button></form>");
+    }
     h.raw("</header><main id=\"main\"");
     if (!refresh_ms.empty()) h.raw(" data-refresh=\"").attr(refresh_ms).raw("\"");
     h.raw(">");
@@ -420,6 +456,7 @@ struct dashboard::impl {
   }
 
   http_reply dead_letters_page(const params& p) {
+    p.only({"listener", "event", "error", "since", "until", "limit", "before"});
     const dead_letter_filter f = filter_from(p);
     const auto limit = static_cast<std::size_t>(p.integer("limit", 1, max_page).value_or(default_page));
     const auto before = p.integer("before", 1, std::numeric_limits<std::int64_t>::max());
@@ -446,7 +483,9 @@ struct dashboard::impl {
     if (rows.rows.empty()) b.raw("<tr><td colspan=\"6\" class=\"empty\">No dead letter matches.</td></tr>");
     b.raw("</tbody></table><p class=\"pager\">");
     if (before) {
-      b.raw("<a href=\"/dead-letters").attr(q.empty() ? std::string() : "?" + q).raw("\">newest</a> ");
+      std::string newest = q;
+      if (limit != default_page) newest += (newest.empty() ? "limit=" : "&limit=") + std::to_string(limit);
+      b.raw("<a href=\"/dead-letters").attr(newest.empty() ? std::string() : "?" + newest).raw("\">newest</a> ");
     }
     if (rows.more) {
       b.raw("<a rel=\"next\" href=\"/dead-letters?").attr(q.empty() ? std::string() : q + "&").raw("before=")
@@ -500,6 +539,7 @@ struct dashboard::impl {
   http_reply bulk_page(const params& p) {
     const std::string action = p.text("action", 16);
     if (action != "retry" && action != "discard") throw bad_request("action must be retry or discard");
+    p.only({"action", "listener", "event", "error", "since", "until", "rate"});
     if (!actions()) return error_page(403, "this dashboard is read-only (--http-read-only)");
     const dead_letter_filter f = filter_from(p);
     const double rate = p.number("rate").value_or(0);
@@ -556,6 +596,7 @@ struct dashboard::impl {
       "<th>ok</th><th>failed</th><th>rate</th><th>by</th><th>started (UTC)</th></tr></thead><tbody>";
 
   http_reply redrives_page(const params& p) {
+    p.only({"limit"});
     const auto limit = static_cast<std::size_t>(p.integer("limit", 1, 100).value_or(20));
     auto conn = pool.take();
     const auto all = list_redrives(*conn, schema(), limit);
@@ -621,6 +662,7 @@ struct dashboard::impl {
   }
 
   http_reply schedules_page(const params& p) {
+    p.only({"limit"});
     const auto limit = static_cast<std::size_t>(p.integer("limit", 1, max_page).value_or(default_page));
     auto conn = pool.take();
     const auto counts = count_scheduled(*conn, schema());
@@ -704,6 +746,20 @@ struct dashboard::impl {
       }
       req.rate = form.number("rate").value_or(0);
       req.requested_by = by;
+      // The dry run said how many; when that changed meanwhile, show it again rather than act
+      // on a set the operator did not see.
+      if (const auto expected = form.integer("expected", 0, std::numeric_limits<std::int64_t>::max())) {
+        const std::uint64_t now_matching = count_dead_letters(*conn, schema(), req.filter);
+        if (now_matching != static_cast<std::uint64_t>(*expected)) {
+          html b;
+          b.raw("<h1>The count changed</h1><p class=\"warn\" id=\"changed\">The dry run showed ")
+              .text(format_count(static_cast<std::uint64_t>(*expected))).raw("; ").text(format_count(now_matching))
+              .raw(" match now. Nothing was started.</p><p><a href=\"/dead-letters/bulk?action=").attr(action)
+              .attr(filter_query(form).empty() ? std::string() : "&" + filter_query(form))
+              .raw("\">See the dry run again</a></p>");
+          return page("Count changed", "Dead letters", b, 409);
+        }
+      }
       try {
         const redrive_status s = start_redrive(*conn, schema(), req);
         return redirect("/redrives/" + std::to_string(s.id));
@@ -796,10 +852,10 @@ struct dashboard::impl {
     if (r.method == "POST") {
       const params form(r.body);
       if (r.path == "/login") {
-        const std::string session = access.login(form.text("token", 4096));
+        const std::string session = access.login(r, form.text("token", 4096));
         if (session.empty()) return login_page(401, true);
         http_reply out = redirect("/");
-        out.headers.emplace_back("Set-Cookie", "omnibus_session=" + session + "; HttpOnly; SameSite=Strict; Path=/" +
+        out.headers.emplace_back("Set-Cookie", access.config().cookie_name + "=" + session + "; HttpOnly; SameSite=Strict; Path=/" +
                                                    std::string(access.config().origins.empty() ||
                                                                        access.config().origins.front().rfind("https:", 0) != 0
                                                                    ? ""
@@ -809,7 +865,7 @@ struct dashboard::impl {
       if (r.path == "/logout") {
         access.logout(r.cookie);
         http_reply out = redirect("/login");
-        out.headers.emplace_back("Set-Cookie", "omnibus_session=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0");
+        out.headers.emplace_back("Set-Cookie", access.config().cookie_name + "=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0");
         return out;
       }
       return post(form, parts);

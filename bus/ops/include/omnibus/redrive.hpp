@@ -55,7 +55,8 @@ struct OMNIBUS_API dead_letter_page {
                                                                  const dead_letter_filter& filter,
                                                                  std::optional<std::int64_t> before_id, std::size_t limit);
 
-/// How many dead letters match, now. A dry run of a redrive.
+/// How many dead letters match now, leaving out those still pending in a running or paused
+/// redrive (start_redrive leaves them out too). A dry run of a redrive.
 [[nodiscard]] OMNIBUS_API std::uint64_t count_dead_letters(pqxx::connection_base& conn, std::string_view schema,
                                                            const dead_letter_filter& filter);
 
