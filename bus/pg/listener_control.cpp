@@ -1,5 +1,7 @@
 #include "omnibus/listener_control.hpp"
 
+#include <algorithm>
+
 #include <pqxx/pqxx>
 
 #include "core/schema.hpp"
@@ -60,6 +62,22 @@ std::vector<listener_report> list_listener_reports(pqxx::connection_base& conn, 
            static_cast<double>(fresh_within.count()))) {
     out.push_back({row[0].as<std::string>(), row[1].as<std::string>(), row[2].as<std::string>(),
                    row[3].as<std::string>(), from_micros(row[4].as<std::int64_t>()), from_micros(row[5].as<std::int64_t>())});
+  }
+  return out;
+}
+
+std::vector<listener_minute> list_listener_minutes(pqxx::connection_base& conn, std::string_view schema, int minutes) {
+  check_schema_name(schema);
+  pqxx::read_transaction tx{conn};
+  std::vector<listener_minute> out;
+  const std::string table = detail::table_name(schema, "bus_listener_minutes");
+  if (tx.exec_params1("SELECT to_regclass($1) IS NULL", table)[0].as<bool>()) return out;  // not migrated yet
+  for (const auto& row : tx.exec_params(
+           "SELECT listener, (extract(epoch FROM minute) * 1000000)::bigint, handled, failed FROM " + table +
+               " WHERE minute > date_trunc('minute', now()) - make_interval(mins => $1) ORDER BY listener, minute",
+           std::clamp(minutes, 1, 120))) {
+    out.push_back({row[0].as<std::string>(), from_micros(row[1].as<std::int64_t>()), row[2].as<std::uint64_t>(),
+                   row[3].as<std::uint64_t>()});
   }
   return out;
 }

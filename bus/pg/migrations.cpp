@@ -186,6 +186,14 @@ constexpr std::array migrations{
     migration{11, "dead letters listed by listener or event name, newest first (the dashboard's pages)",
               "CREATE INDEX bus_dead_letters_listener_id ON {s}.bus_dead_letters (listener, id);\n"
               "CREATE INDEX bus_dead_letters_event_id_order ON {s}.bus_dead_letters (event_name, id);\n"},
+    migration{12, "each listener's handler calls per minute, summed over the workers (the dashboard's rates)",
+              "CREATE TABLE {s}.bus_listener_minutes (\n"
+              "  listener text NOT NULL,\n"
+              "  minute timestamptz NOT NULL,\n"
+              "  handled bigint NOT NULL,\n"
+              "  failed bigint NOT NULL,\n"
+              "  PRIMARY KEY (listener, minute)\n"
+              ");\n"},
 };
 
 const char* version_table_sql =

@@ -183,6 +183,22 @@ class pg_store final : public store {
                       static_cast<double>(std::chrono::duration_cast<std::chrono::microseconds>(
                                               r.since.time_since_epoch()).count()));
     }
+    // The calls since the last report, added to this minute's row of each listener (summed over
+    // the workers): the dashboard's per-minute rates. Two hours are kept.
+    const std::string minutes = table_name(opts_.schema, "bus_listener_minutes");
+    bool any = false;
+    for (const listener_report& r : reports) {
+      if (r.handled == 0 && r.failed == 0) continue;
+      any = true;
+      tx.exec_params0("INSERT INTO " + minutes + " (listener, minute, handled, failed) VALUES ($1, date_trunc('minute', "
+                      "now()), $2, $3) ON CONFLICT (listener, minute) DO UPDATE SET handled = " + minutes +
+                      ".handled + EXCLUDED.handled, failed = " + minutes + ".failed + EXCLUDED.failed",
+                      r.listener, static_cast<std::int64_t>(r.handled), static_cast<std::int64_t>(r.failed));
+    }
+    if (any && ++reports_since_trim_ >= 60) {
+      reports_since_trim_ = 0;
+      tx.exec0("DELETE FROM " + minutes + " WHERE minute < now() - interval '2 hours'");
+    }
     tx.commit();
   }
 
@@ -258,6 +274,7 @@ class pg_store final : public store {
  private:
   pg_store_options opts_;
   connection_pool pool_;
+  int reports_since_trim_ = 0;  // report_states runs on the worker's control thread only
 };
 
 }  // namespace

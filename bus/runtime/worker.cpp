@@ -82,6 +82,11 @@ struct listener_state {
   int stuck = 0;      // past the deadline, handler still running
   int read_ahead = 0;  // events fetched beyond the slots, to wait for one (see set_read_ahead)
   double mean_call_us = 0;  // handler calls' duration, a moving average; 0 until the first
+  // Calls that handled their event, and calls that failed (retry, dead letter, parked, timed
+  // out), since the worker started; reported to the store as deltas (the dashboard's per-minute
+  // rates across workers).
+  std::atomic<std::uint64_t> calls_handled{0}, calls_failed{0};
+  std::uint64_t reported_handled = 0, reported_failed = 0;  // the control thread's: what the store has
   job_list jobs;
   // The listener's handler slots: `concurrency` threads. Last: its threads go first.
   std::unique_ptr<detail::slot_pool<std::shared_ptr<job>>> slots;
@@ -291,9 +296,16 @@ struct worker::impl {
       } else {
         reports.push_back({l->def->name, worker_id, detail::to_string(r.state), r.reason, r.since, {}});
       }
+      reports.back().handled = l->calls_handled.load(std::memory_order_relaxed) - l->reported_handled;
+      reports.back().failed = l->calls_failed.load(std::memory_order_relaxed) - l->reported_failed;
     }
     stats.paused_now = n;
     db->report_states(worker_id, reports);
+    // Stored: counted from here on. A failed report keeps its counts for the next one.
+    for (std::size_t i = 0; i < listeners.size(); ++i) {
+      listeners[i]->reported_handled += reports[i].handled;
+      listeners[i]->reported_failed += reports[i].failed;
+    }
     return pausing;
   }
   void watch_controls(std::stop_token stop) {
@@ -466,6 +478,19 @@ struct worker::impl {
     run_observed(j);
     const double us = std::chrono::duration<double, std::micro>(clock::now() - began).count();
     std::lock_guard lock(l.mutex);
+    switch (j.timed_out ? handle_outcome::timed_out : j.outcome) {  // the calls the dashboard rates
+      case handle_outcome::handled:
+        l.calls_handled.fetch_add(1, std::memory_order_relaxed);
+        break;
+      case handle_outcome::retry:
+      case handle_outcome::dead_letter:
+      case handle_outcome::parked:
+      case handle_outcome::timed_out:
+        l.calls_failed.fetch_add(1, std::memory_order_relaxed);
+        break;
+      default:
+        break;
+    }
     if (j.outcome == handle_outcome::handled || j.outcome == handle_outcome::skipped) {
       l.set_read_ahead(us, std::chrono::duration_cast<std::chrono::microseconds>(opts.read_ahead_window));
     } else {  // failing, or slow past its deadline: fetch only what the slots run until calls succeed

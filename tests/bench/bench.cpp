@@ -22,6 +22,7 @@ void bench_flow();
 void bench_cluster();
 void bench_schedule();
 void bench_scale(const std::string& self);
+void bench_dashboard();
 int drain_child(const std::string& stream, const std::string& prefix, const std::string& schema);
 void bench_latency(bool through_outbox);
 void bench_peers();
@@ -56,6 +57,7 @@ int main(int argc, char** argv) {
     else if (group == "cluster") bench::bench_cluster();
     else if (group == "schedule") bench::bench_schedule();
     else if (group == "scale") bench::bench_scale("/proc/self/exe");
+    else if (group == "dashboard") bench::bench_dashboard();
     else if (group == "peers") bench::bench_peers();  // scripts/bench peers: beside tests/bench/peers
     else if (group == "latency") {
       bench::bench_latency(false);

@@ -21,6 +21,7 @@
 #include "omnibus/schedules.hpp"
 #include "omnibus/worker.hpp"
 #include "omnibus/jetstream.hpp"
+#include "omnibus/listener_control.hpp"
 #include "omnibus/nats_connection.hpp"
 #include "models/order_placed.hpp"
 #include "models/user_registered.hpp"
@@ -60,6 +61,17 @@ TEST_CASE_METHOD(shop_fixture, "retrying a dead letter from the CLI re-runs only
   const std::string emails = "SELECT count(*) FROM \"" + shop_opts.schema + "\".emails WHERE kind = 'confirmation'";
   const std::string loyalty = "SELECT count(*) FROM \"" + shop_opts.schema + "\".loyalty";
   REQUIRE(test_env::eventually([&] { return omnibus::list_dead_letters(db, opts.schema).size() == 1 && count(emails) == 1; }, 20s));
+  // The worker reports its calls per listener and minute (the dashboard's rates): the
+  // confirmation handled once; loyalty failed twice (a retry, then the dead letter).
+  auto calls = [&](const std::string& listener, bool handled) {
+    std::uint64_t n = 0;
+    for (const auto& m : omnibus::list_listener_minutes(db, opts.schema)) {
+      if (m.listener == listener) n += handled ? m.handled : m.failed;
+    }
+    return n;
+  };
+  CHECK(test_env::eventually([&] { return calls("confirmation_email", true) == 1 && calls("loyalty", false) == 2; }, 10s));
+  CHECK(calls("loyalty", true) == 0);
   runner.request_stop();
   runner.join();
   const auto dl = omnibus::list_dead_letters(db, opts.schema).front();

@@ -96,6 +96,15 @@ TEST_CASE_METHOD(dashboard_fixture, "every dashboard page answers with its secur
                  "[integration][dashboard]") {
   dead_letters("loyalty", 1, 250);
   dead_letters("customer_stats", 1000, 5, "stats database unreachable");
+  // The per-minute rates, as the workers report them: the last full minute and the last hour.
+  {
+    pqxx::work tx{db};
+    tx.exec0("INSERT INTO \"" + opts.schema + "\".bus_listener_minutes (listener, minute, handled, failed) VALUES "
+             "('loyalty', date_trunc('minute', now()) - interval '1 minute', 1234, 56), "
+             "('loyalty', date_trunc('minute', now()) - interval '30 minutes', 99, 0), "
+             "('loyalty', date_trunc('minute', now()) - interval '3 hours', 5, 5)");
+    tx.commit();
+  }
   auto w = cli({"run", "--no-redrives", "--http", "127.0.0.1:0"});
   const int port = http_port(w);
   for (const std::string& path : std::vector<std::string>{"/", "/dead-letters", "/dead-letters/bulk?action=retry&listener=loyalty", "/redrives",
@@ -112,6 +121,8 @@ TEST_CASE_METHOD(dashboard_fixture, "every dashboard page answers with its secur
   }
   // The overview: every listener, and the dead letters counted.
   const auto overview = http_get(port, "/").body;
+  CHECK_THAT(overview, Catch::Contains("<td class=\"num\">1,234</td><td class=\"num\">56</td><td><svg class=\"spark\""));
+  CHECK_THAT(overview, Catch::Contains("<title>last hour: up to 1,234 calls a minute</title>"));
   CHECK_THAT(overview, Catch::Contains("data-listener=\"loyalty\""));
   CHECK_THAT(overview, Catch::Contains("<a href=\"/dead-letters?listener=loyalty\">250</a>"));
   CHECK_THAT(overview, Catch::Contains("<div class=\"label\">dead letters</div><div class=\"value\">255</div>"));

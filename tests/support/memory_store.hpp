@@ -29,6 +29,7 @@ struct store_state {
   std::map<std::string, int> tokens;                    // rate-limit tokens left per listener
   std::map<std::string, int> drawn;                     // rate-limit tokens drawn per listener
   std::vector<omnibus::listener_report> reports;        // what the worker last reported
+  std::map<std::string, std::pair<std::uint64_t, std::uint64_t>> calls;  // listener -> (handled, failed) reported in all
   bool unavailable = false;      // every call throws, as when PostgreSQL is down
   bool refuse_letters = false;   // write_dead_letter throws row_refused
   bool commit_in_doubt = false;  // inbox commits throw commit_in_doubt (and do commit)
@@ -105,7 +106,13 @@ class memory_store final : public omnibus::detail::store {
     });
   }
   void report_states(std::string_view, const std::vector<omnibus::listener_report>& reports) override {
-    with([&] { s_->reports = reports; });
+    with([&] {
+      s_->reports = reports;
+      for (const auto& r : reports) {
+        s_->calls[r.listener].first += r.handled;
+        s_->calls[r.listener].second += r.failed;
+      }
+    });
   }
   void forget_states(std::string_view) override {
     with([&] { s_->reports.clear(); });

@@ -536,6 +536,27 @@ TEST_CASE_METHOD(runtime, "each listener's state reaches the store, and leaves i
   CHECK(store->locked([&] { return store->reports.empty(); }));
 }
 
+TEST_CASE_METHOD(runtime, "each listener's handled and failed calls reach the store once each, as deltas",
+                 "[runtime][flow]") {
+  std::atomic<int> tries{0};
+  bus.add_async_listener<parcel_sent>("tracker", [&](omnibus::context&, const parcel_sent&) {}, quick(3));
+  bus.add_async_listener<parcel_sent>("flaky", [&](omnibus::context&, const parcel_sent&) {
+    if (++tries <= 2) throw std::runtime_error("not yet");
+  }, quick(3));
+  start();
+  for (int i = 0; i < 4; ++i) bus.publish(ctx, parcel_sent{i});
+  // Reported every control poll, never twice: the sums are the calls made.
+  using calls = std::pair<std::uint64_t, std::uint64_t>;
+  REQUIRE(eventually([&] {
+    return store->locked([&] { return store->calls["tracker"] == calls{4, 0} && store->calls["flaky"] == calls{4, 2}; });
+  }, 5s));
+  for (int i = 4; i < 6; ++i) bus.publish(ctx, parcel_sent{i});
+  REQUIRE(eventually([&] {
+    return store->locked([&] { return store->calls["tracker"].first == 6 && store->calls["flaky"].first == 6; });
+  }, 5s));
+  CHECK(store->locked([&] { return store->calls["flaky"].second; }) == 2);
+}
+
 TEST_CASE_METHOD(runtime, "an event past its deadline in an outage is not called again here; its redelivery is",
                  "[runtime][flow]") {
   std::atomic<int> calls{0};

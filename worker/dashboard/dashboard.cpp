@@ -1,6 +1,7 @@
 #include "dashboard/dashboard.hpp"
 
 #include <algorithm>
+#include <array>
 #include <charconv>
 #include <cmath>
 #include <cstdio>
@@ -276,6 +277,7 @@ struct dashboard::impl {
   std::mutex overview_mutex;  // one refresh at a time; the others wait and share it
   std::optional<stats_view> overview;
   std::vector<std::string> overview_workers;
+  std::vector<listener_minute> overview_minutes;  // the last hour, every worker's calls summed
   std::chrono::steady_clock::time_point overview_at{};
   std::string overview_error;
 
@@ -349,6 +351,7 @@ struct dashboard::impl {
       stats_view v = read_stats(bus, *conn);
       std::set<std::string> workers;
       for (const auto& r : list_listener_reports(*conn, schema(), std::chrono::seconds(15))) workers.insert(r.worker);
+      overview_minutes = list_listener_minutes(*conn, schema(), 61);
       overview = std::move(v);
       overview_workers.assign(workers.begin(), workers.end());
       overview_error.clear();
@@ -401,13 +404,16 @@ struct dashboard::impl {
     }
     card("workers", std::to_string(overview_workers.size()));
     b.raw("</section><h2>Listeners</h2><table class=\"grid\"><thead><tr><th>listener</th><th>pending</th>"
-          "<th>ack pending</th><th>redelivered</th><th>oldest waiting</th><th>dead letters</th><th>state</th>"
-          "<th>workers</th><th></th></tr></thead><tbody>");
+          "<th>ack pending</th><th>redelivered</th><th>oldest waiting</th><th>handled/min</th><th>failed/min</th>"
+          "<th>last hour</th><th>dead letters</th><th>state</th><th>workers</th><th></th></tr></thead><tbody>");
+    const auto this_minute = std::chrono::floor<std::chrono::minutes>(sys_clock::now());
     for (const auto& l : v.listeners) {
       b.raw("<tr data-listener=\"").attr(l.name).raw("\"><td>").text(l.name).raw("</td><td class=\"num\">")
           .text(format_count(l.pending)).raw("</td><td class=\"num\">").text(format_count(l.ack_pending))
           .raw("</td><td class=\"num\">").text(format_count(l.redelivered)).raw("</td><td>")
-          .text(l.oldest_unacked_age ? age(*l.oldest_unacked_age) : "—").raw("</td><td class=\"num\">");
+          .text(l.oldest_unacked_age ? age(*l.oldest_unacked_age) : "—").raw("</td>");
+      rates(b, l.name, this_minute);
+      b.raw("<td class=\"num\">");
       if (l.dead_letters > 0) {
         b.raw("<a href=\"/dead-letters?listener=").attr(url_encode(l.name)).raw("\">")
             .text(format_count(l.dead_letters)).raw("</a>");
@@ -436,6 +442,44 @@ struct dashboard::impl {
       b.raw("</ul>");
     }
     return page("Overview", "Overview", b, 200, "5000");
+  }
+
+  // The listener's calls in the last full minute, and a sparkline of the last hour (handled
+  // in blue, failed in red), summed over every worker. Inline SVG: no script, no style attribute.
+  void rates(html& b, const std::string& listener, sys_clock::time_point this_minute) const {
+    std::array<std::uint64_t, 60> handled{}, failed{};  // [59]: the minute before this one
+    for (const auto& m : overview_minutes) {
+      if (m.listener != listener) continue;
+      const auto ago = std::chrono::duration_cast<std::chrono::minutes>(this_minute - m.minute).count();
+      if (ago < 1 || ago > 60) continue;  // the current minute is still filling
+      handled[static_cast<std::size_t>(60 - ago)] = m.handled;
+      failed[static_cast<std::size_t>(60 - ago)] = m.failed;
+    }
+    b.raw("<td class=\"num\">").text(format_count(handled[59])).raw("</td><td class=\"num\">")
+        .text(format_count(failed[59])).raw("</td><td>");
+    const std::uint64_t top = std::max(*std::max_element(handled.begin(), handled.end()),
+                                       *std::max_element(failed.begin(), failed.end()));
+    if (top == 0) {
+      b.raw("<span class=\"note\">—</span></td>");
+      return;
+    }
+    auto points = [&](const std::array<std::uint64_t, 60>& v) {
+      std::string out;
+      for (std::size_t i = 0; i < v.size(); ++i) {
+        const double y = 22.0 - 20.0 * static_cast<double>(v[i]) / static_cast<double>(top);
+        char buf[32];
+        std::snprintf(buf, sizeof buf, "%s%zu,%.1f", i == 0 ? "" : " ", i * 2, y);
+        out += buf;
+      }
+      return out;
+    };
+    b.raw("<svg class=\"spark\" viewBox=\"0 0 120 24\" width=\"120\" height=\"24\" role=\"img\"><title>")
+        .text("last hour: up to " + format_count(top) + " calls a minute").raw("</title><polyline fill=\"none\" "
+        "stroke=\"#1d4ed8\" stroke-width=\"1.5\" points=\"").attr(points(handled)).raw("\"/>");
+    if (*std::max_element(failed.begin(), failed.end()) > 0) {
+      b.raw("<polyline fill=\"none\" stroke=\"#b91c1c\" stroke-width=\"1.5\" points=\"").attr(points(failed)).raw("\"/>");
+    }
+    b.raw("</svg></td>");
   }
 
   // ---------------------------------------------------------------- dead letters

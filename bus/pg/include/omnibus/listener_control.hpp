@@ -42,7 +42,25 @@ struct OMNIBUS_API listener_report {
   std::string reason;                                   ///< empty while running
   std::chrono::system_clock::time_point since{};        ///< in this state since
   std::chrono::system_clock::time_point reported_at{};  ///< by the database's clock
+  /// Handler calls that handled their event since this worker's previous report (added to
+  /// `bus_listener_minutes`; list_listener_reports leaves it 0).
+  std::uint64_t handled = 0;
+  /// Handler calls that failed (retried, dead-lettered, parked, timed out) since the previous report.
+  std::uint64_t failed = 0;
 };
+
+/// One listener's handler calls in one minute, summed over every worker.
+struct OMNIBUS_API listener_minute {
+  std::string listener;                            ///< the async listener's name
+  std::chrono::system_clock::time_point minute{};  ///< the minute's start
+  std::uint64_t handled = 0;                       ///< calls that handled their event
+  std::uint64_t failed = 0;                        ///< calls that failed
+};
+
+/// The last `minutes` minutes (the current one included, at most 120 are kept) of every
+/// listener that had calls, by listener then minute; none before the schema's migration 12.
+[[nodiscard]] OMNIBUS_API std::vector<listener_minute> list_listener_minutes(pqxx::connection_base& conn,
+                                                                           std::string_view schema, int minutes = 60);
 
 /// The reports of workers heard from within `fresh_within` (older ones are a killed worker's
 /// leftovers), by listener then worker; none before the schema's migration 7.
