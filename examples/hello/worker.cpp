@@ -2,6 +2,8 @@
 // omnibus-worker (run, dead-letters, parked, consumers, stream, schedules, migrations; --help
 // lists them).
 //   OMNIBUS_DATABASE_URL=postgresql://... hello-worker run
+// and with the web dashboard, /metrics, /healthz and /readyz on http://127.0.0.1:9464/:
+//   OMNIBUS_DATABASE_URL=postgresql://... hello-worker run --http 127.0.0.1:9464
 
 #include <cstdio>
 

@@ -146,6 +146,27 @@ preview=$(LD_LIBRARY_PATH=$libdir ./hello-worker schedules preview "0 9 * * *" -
 [ "$preview" = "$(printf '2026-07-01T07:00:00Z\n2026-07-02T07:00:00Z')" ] \
   || { echo "install: schedules preview printed: $preview" >&2; exit 1; }
 say "hello-worker dead-letters list, consumers list, schedules list and preview, and its configuration errors work"
+# The dashboard comes with worker_main too, its files compiled into the installed library.
+: >"$work/worker.log"
+LD_LIBRARY_PATH=$libdir ./hello-worker run --http 127.0.0.1:0 >"$work/worker.log" 2>&1 &
+worker_pid=$!
+wait_for "/readyz on port " 30
+port=$(grep -o '/readyz on port [0-9]*' "$work/worker.log" | grep -o '[0-9]*$')
+http_get() {  # bash's /dev/tcp: nothing more to install
+  exec 3<>"/dev/tcp/127.0.0.1/$port"
+  printf 'GET %s HTTP/1.0\r\nHost: 127.0.0.1:%s\r\n\r\n' "$1" "$port" >&3
+  cat <&3
+  exec 3<&-
+}
+page=$(http_get /)
+grep -q 'HTTP/1.0 200' <<<"$page" && grep -q 'data-listener="greeter"' <<<"$page" \
+  || { echo "install: the dashboard's overview did not show the greeter:" >&2; echo "$page" | head -20 >&2; exit 1; }
+grep -q "^Content-Type: text/javascript" <<<"$(http_get /assets/app.js | tr -d '\r')" \
+  || { echo "install: the dashboard's script is not served" >&2; exit 1; }
+kill -TERM "$worker_pid"
+wait "$worker_pid" || { echo "install: the worker did not exit 0 on SIGTERM" >&2; cat "$work/worker.log" >&2; exit 1; }
+worker_pid=
+say "hello-worker run --http serves the dashboard from the installed library"
 run_pair ./build-meson/hello-worker ./build-meson/hello-publisher
 say "meson build: the publisher's greeting reached the worker's async listener"
 run_pair ./build-cmake/hello-worker ./build-cmake/hello-publisher
