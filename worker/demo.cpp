@@ -27,6 +27,7 @@
 #include "omnibus/schedules.hpp"
 #include "omnibus/jetstream.hpp"
 #include "omnibus/nats_connection.hpp"
+#include "models/review_requested.hpp"
 #include "services/shop.hpp"
 #include "support/process.hpp"
 
@@ -280,6 +281,14 @@ int main(int argc, char** argv) {
     long loyalty_after = loyalty;
     if (leave_dead_letters) {
       std::printf("  (left as they are, to retry from the dashboard: --leave-dead-letters)\n");
+      // And three review requests due in an hour, for the dashboard's schedules page.
+      pqxx::work tx{db};
+      omnibus::context ctx{tx};
+      for (int i = 1; i <= 3; ++i) {
+        (void)bus.publish_after(ctx, std::chrono::hours(1), models::review_requested{-i, "later@example.com"});
+      }
+      tx.commit();
+      std::printf("  3 review requests scheduled an hour from now (cancel them from the dashboard)\n");
     } else if (!dead.empty()) {
       worker_process retry{exe, {"--schema", schema, "--shop-schema", shop_schema, "--flaky-rate", "0", "dead-letters",
                                  "retry", "--all", "--listener", "loyalty"}, "/tmp/omnibus-demo-retry.log"};

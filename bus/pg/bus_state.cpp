@@ -13,11 +13,13 @@ bus_state read_bus_state(pqxx::connection_base& conn, std::string_view schema) {
   out.schema_version = schema_version(conn, schema);
   pqxx::read_transaction tx{conn};
   // The relay's lock is an advisory lock on a 64-bit key: pg_locks shows it as two 32-bit halves.
-  out.relay_active = tx.exec_params1("SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted "
-                                     "AND objsubid = 1 AND ((classid::bigint << 32) | objid::bigint) = "
-                                     "hashtextextended($1, 0))",
-                                     "omnibus:relay:" + std::string(schema))[0]
-                         .as<bool>();
+  const auto holder = tx.exec_params("SELECT coalesce(NULLIF(a.application_name, ''), 'PostgreSQL backend ' || l.pid) "
+                                     "FROM pg_locks l LEFT JOIN pg_stat_activity a ON a.pid = l.pid WHERE l.locktype = "
+                                     "'advisory' AND l.granted AND l.objsubid = 1 AND ((l.classid::bigint << 32) | "
+                                     "l.objid::bigint) = hashtextextended($1, 0) LIMIT 1",
+                                     "omnibus:relay:" + std::string(schema));
+  out.relay_active = !holder.empty();
+  if (out.relay_active) out.relay_holder = holder[0][0].as<std::string>();
   if (out.schema_version == 0) return out;
   const auto backlog = tx.exec1("SELECT count(*), (extract(epoch FROM now() - min(created_at)) * 1000)::bigint FROM " +
                                 detail::table_name(schema, "bus_outbox"));

@@ -6,6 +6,8 @@
 #include <vector>
 
 #include <pqxx/pqxx>
+
+#include <unistd.h>
 #include <spdlog/spdlog.h>
 
 #include "omnibus/envelope.hpp"
@@ -55,6 +57,10 @@ class relay::session {
 
   bool try_lock() {
     pqxx::nontransaction tx{conn};
+    // Named, so that whoever looks (the dashboard, pg_stat_activity) sees which process holds it.
+    char host[256] = {};
+    if (::gethostname(host, sizeof host - 1) != 0) host[0] = '\0';
+    tx.exec0("SET application_name = " + tx.quote("omnibus relay " + std::string(host) + ":" + std::to_string(::getpid())));
     return tx.exec_params1("SELECT pg_try_advisory_lock(hashtextextended($1, 0))", lock_key)[0].as<bool>();
   }
 

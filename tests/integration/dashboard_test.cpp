@@ -15,6 +15,7 @@
 #include "omnibus/dead_letters.hpp"
 #include "omnibus/listener_control.hpp"
 #include "omnibus/redrive.hpp"
+#include "omnibus/schedules.hpp"
 #include "support/http_client.hpp"
 #include "support/shop_fixture.hpp"
 #include "support/wait.hpp"
@@ -438,4 +439,72 @@ TEST_CASE_METHOD(dashboard_fixture, "in a real browser: overview, filter, decode
   if (const char* keep = std::getenv("OMNIBUS_SCREENSHOTS"); keep && *keep) {
     CHECK(std::system(("cp " + artifacts + "/*.png '" + keep + "/'").c_str()) == 0);
   }
+}
+
+TEST_CASE_METHOD(dashboard_fixture, "schedules, parked listeners and redrives: each action on its page takes effect",
+                 "[integration][dashboard]") {
+  dead_letters("loyalty", 1, 5);
+  {  // one order: its review request stays scheduled for an hour (the fixture's review_delay)
+    omnibus::event_bus b{js, as_worker_run()};  // the stream as the worker makes it
+    auto shop = services::make_shop(b, shop_opts);
+    b.provision();
+    pqxx::work tx{db};
+    omnibus::context ctx{tx};
+    shop->inventory.restock(ctx, "mug", 1);
+    shop->orders.place(ctx, "ada@example.com", "mug", 1, 1200);
+    tx.commit();
+  }
+  auto w = cli({"--flaky-rate", "0", "run", "--no-redrives", "--http", "127.0.0.1:0"});
+  const int port = http_port(w);
+  REQUIRE(test_env::eventually([&] { return omnibus::list_scheduled(db, opts.schema).size() == 1; }, 30s));
+  REQUIRE(test_env::eventually([&] { return !omnibus::list_recurring(db, opts.schema).empty(); }, 30s));
+  const auto page = http_get(port, "/schedules");
+  REQUIRE(page.status == 200);
+  CHECK_THAT(page.body, Catch::Contains("<td>sales_report</td>"));
+  const std::string id = omnibus::list_scheduled(db, opts.schema)[0].id.to_string();
+  CHECK_THAT(page.body, Catch::Contains(id));
+  const std::string csrf = "csrf=" + csrf_of(page.body);
+  auto act = [&](const std::string& path) { return post(port, path, csrf, {origin(port)}); };
+  auto report_paused = [&] { return omnibus::list_recurring(db, opts.schema)[0].paused; };
+
+  CHECK(act("/recurring/sales_report/pause").status == 303);
+  CHECK(report_paused());
+  CHECK(act("/recurring/sales_report/resume").status == 303);
+  CHECK_FALSE(report_paused());
+  CHECK(act("/recurring/nobody/pause").status == 409);
+  CHECK(act("/recurring/sales_report/trigger").status == 303);
+  CHECK(test_env::eventually([&] {
+    return count("SELECT count(*) FROM \"" + shop_opts.schema + "\".emails WHERE kind = 'report'") == 1;
+  }, 30s));
+  CHECK(act("/schedules/" + id + "/cancel").status == 303);
+  CHECK(omnibus::list_scheduled(db, opts.schema).empty());
+  CHECK(act("/schedules/" + id + "/cancel").status == 409);
+  CHECK(act("/schedules/not-an-id/cancel").status == 400);
+
+  // A parked listener (a row as an ordered listener leaves it): retry and skip are asked for.
+  omnibus::park(db, opts.schema, {"audit_trail", "0190e5c1-0000-7000-8000-000000000001", "order.placed", 7, "boom", 3, ""});
+  const auto parked = http_get(port, "/parked");
+  CHECK_THAT(parked.body, Catch::Contains("<td>audit_trail</td>"));
+  CHECK(act("/parked/audit_trail/skip").status == 303);
+  CHECK(omnibus::find_parked(db, opts.schema, "audit_trail")->action == "skip");
+  CHECK(act("/parked/nobody/retry").status == 409);
+
+  // A redrive paused, resumed and cancelled from its page (no runner here: it stays put).
+  omnibus::redrive_request req;
+  req.filter.listener = "loyalty";
+  req.requested_by = "test";
+  const std::int64_t r = omnibus::start_redrive(db, opts.schema, req).id;
+  const std::string base = "/redrives/" + std::to_string(r);
+  CHECK_THAT(http_get(port, base).body, Catch::Contains("action=\"" + base + "/pause\""));
+  CHECK(act(base + "/pause").status == 303);
+  CHECK(omnibus::find_redrive(db, opts.schema, r)->state == "paused");
+  CHECK(omnibus::find_redrive(db, opts.schema, r)->updated_by == "dashboard");
+  CHECK(act(base + "/resume").status == 303);
+  CHECK(omnibus::find_redrive(db, opts.schema, r)->state == "running");
+  CHECK(act(base + "/cancel").status == 303);
+  CHECK(omnibus::find_redrive(db, opts.schema, r)->state == "cancelled");
+  CHECK(act(base + "/cancel").status == 409);
+  CHECK(act(base + "/explode").status == 404);
+  w.signal(SIGTERM);
+  CHECK(w.wait(30s) == 0);
 }

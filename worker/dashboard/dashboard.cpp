@@ -387,7 +387,7 @@ struct dashboard::impl {
     };
     card("outbox backlog", format_count(v.db.outbox_rows), v.db.unrelayed(options.alert_after));
     card("oldest outbox row", v.db.outbox_oldest_age ? age(*v.db.outbox_oldest_age) : "none");
-    card("relay", v.db.relay_active ? "active" : "none running", !v.db.relay_active);
+    card("relay", v.db.relay_active ? v.db.relay_holder : "none running", !v.db.relay_active);
     std::uint64_t dead = 0;
     for (const auto& [l, n] : v.db.dead_letters) dead += n;
     card("dead letters", format_count(dead), dead > 0);

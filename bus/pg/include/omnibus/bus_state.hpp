@@ -22,6 +22,8 @@ struct OMNIBUS_API bus_state {
   /// How long the oldest outbox row has waited, by the database's clock; nullopt: none waits.
   std::optional<std::chrono::milliseconds> outbox_oldest_age;
   bool relay_active = false;              ///< some session holds the schema's relay lock
+  /// Who holds it: "omnibus relay <host>:<pid>" (the relay names its session), else the backend's pid.
+  std::string relay_holder;
   /// Dead letters per listener (listeners with none are absent), by listener name.
   std::vector<std::pair<std::string, std::uint64_t>> dead_letters;
   std::vector<std::string> parked;        ///< the listeners parked at an event, by name
