@@ -127,6 +127,7 @@ struct http_server::impl {
   asio::io_context io;
   tcp::acceptor acceptor;
   asio::thread_pool pool;  // after io: handlers it drops on stop release sessions while io lives
+  asio::thread_pool priority_pool{1};  // limits.priority_paths: probes never wait for a page
   std::thread thread;
 
   // One connection: read a request, answer it, repeat while the client keeps it alive.
@@ -191,7 +192,11 @@ struct http_server::impl {
       const auto q = target.find('?');
       r.path = std::string(target.substr(0, q));
       if (q != std::string_view::npos) r.query = std::string(target.substr(q + 1));
-      if (!acceptable_path(r.path)) return reply_error(400, "bad request path", req.keep_alive());
+      // An error to a HEAD carries a body all the same: the connection closes after it, so the
+      // client never reads those bytes as the next answer.
+      if (!acceptable_path(r.path)) {
+        return reply_error(400, "bad request path", req.keep_alive() && req.method() != http::verb::head);
+      }
       auto header = [&](http::field f) {
         const auto it = req.find(f);
         return it == req.end() ? std::string() : std::string(it->value());
@@ -209,13 +214,14 @@ struct http_server::impl {
       const bool head = req.method() == http::verb::head;
       const unsigned version = req.version();
       const bool keep_alive = req.keep_alive();
-      const auto& inline_paths = server.limits.inline_paths;
-      if (std::find(inline_paths.begin(), inline_paths.end(), r.path) != inline_paths.end()) {
-        return answer(call_route(r), head, version, keep_alive);
-      }
-      // The route may read the database: on the pool, and the answer goes back to this
+      auto listed = [&](const std::vector<std::string>& paths) {
+        return std::find(paths.begin(), paths.end(), r.path) != paths.end();
+      };
+      if (listed(server.limits.inline_paths)) return answer(call_route(r), head, version, keep_alive);
+      // The route may read the database: on a pool, and the answer goes back to this
       // connection's strand.
-      asio::post(server.pool, [self = shared_from_this(), r = std::move(r), head, version, keep_alive]() mutable {
+      auto& pool = listed(server.limits.priority_paths) ? server.priority_pool : server.pool;
+      asio::post(pool, [self = shared_from_this(), r = std::move(r), head, version, keep_alive]() mutable {
         http_reply out = self->call_route(r);
         asio::post(self->stream.get_executor(), [self, out = std::move(out), head, version, keep_alive]() mutable {
           self->answer(std::move(out), head, version, keep_alive);
@@ -313,8 +319,10 @@ http_server::http_server(const std::string& address, route_function route, std::
 http_server::~http_server() {
   impl_->io.stop();
   if (impl_->thread.joinable()) impl_->thread.join();
-  impl_->pool.stop();  // queued routes never run
-  impl_->pool.join();  // running ones finish; their answers are dropped with io
+  for (auto* p : {&impl_->pool, &impl_->priority_pool}) {
+    p->stop();  // queued routes never run
+    p->join();  // running ones finish; their answers are dropped with io
+  }
 }
 
 unsigned short http_server::port() const noexcept { return impl_->acceptor.local_endpoint().port(); }

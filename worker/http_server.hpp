@@ -49,9 +49,12 @@ struct http_limits {
   std::size_t max_body_bytes = 1024;                       ///< a GET or HEAD needs none (413 beyond)
   std::size_t max_post_bytes = 16 * 1024;                  ///< a form POST (413 beyond)
   std::size_t handler_threads = 2;                         ///< routes run here, not on the I/O thread
-  /// Paths answered on the I/O thread itself (health probes, metrics): never queued behind
-  /// slow pages, so a stalled database cannot fail a liveness probe.
+  /// Paths answered on the I/O thread itself: quick ones that touch no server (/healthz), so
+  /// a stalled database or NATS can never fail a liveness probe.
   std::vector<std::string> inline_paths;
+  /// Paths answered on a thread of their own (/metrics, /readyz): never queued behind slow
+  /// pages, and never holding up the I/O thread when what they read is slow.
+  std::vector<std::string> priority_paths;
   std::chrono::milliseconds read_timeout{5000};            ///< to receive one whole request
   std::chrono::milliseconds write_timeout{10000};          ///< to send one answer
 };

@@ -21,6 +21,7 @@
 #include "omnibus/nats_connection.hpp"
 #include "omnibus/relay.hpp"
 #include "omnibus/worker.hpp"
+#include "connect_timeout.hpp"
 #include "json_log.hpp"
 
 namespace omnibus::detail {
@@ -288,7 +289,10 @@ struct worker_metrics::impl {
 
   void refresh_postgres() {
     try {
-      if (!db || !db->is_open()) db.emplace(src.database_url);
+      if (!db || !db->is_open()) {
+        db.emplace(with_connect_timeout(src.database_url));  // a probe gives up rather than hang
+        pqxx::nontransaction(*db).exec0("SET statement_timeout = '5s'");
+      }
       const bus_state st = read_bus_state(*db, src.bus->options().schema);
       postgres_ok = true;
       postgres_error.clear();

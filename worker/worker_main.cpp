@@ -590,7 +590,8 @@ struct worker_program::impl {
       dopt.redrives_here = c.redrives;
       board.emplace(bus, metrics.get(), *access, std::move(dopt), log);
       detail::http_limits limits;
-      limits.inline_paths = {"/metrics", "/healthz", "/readyz"};  // never queued behind a slow page
+      limits.inline_paths = {"/healthz"};                    // touches nothing: answered at once
+      limits.priority_paths = {"/metrics", "/readyz"};       // never queued behind a slow page
       http.emplace(c.http, [&d = *board](const detail::http_request& req) { return d.handle(req); }, log, limits);
       log->info("http: serving the dashboard, /metrics, /healthz and /readyz on port {}{}{}", http->port(),
                 c.http_token.empty() ? "" : " (token required)", c.http_read_only ? " (read-only)" : "");

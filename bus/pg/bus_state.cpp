@@ -13,10 +13,12 @@ bus_state read_bus_state(pqxx::connection_base& conn, std::string_view schema) {
   out.schema_version = schema_version(conn, schema);
   pqxx::read_transaction tx{conn};
   // The relay's lock is an advisory lock on a 64-bit key: pg_locks shows it as two 32-bit halves.
-  const auto holder = tx.exec_params("SELECT coalesce(NULLIF(a.application_name, ''), 'PostgreSQL backend ' || l.pid) "
-                                     "FROM pg_locks l LEFT JOIN pg_stat_activity a ON a.pid = l.pid WHERE l.locktype = "
-                                     "'advisory' AND l.granted AND l.objsubid = 1 AND ((l.classid::bigint << 32) | "
-                                     "l.objid::bigint) = hashtextextended($1, 0) LIMIT 1",
+  // pg_locks holds every database's locks; an advisory lock is this database's only.
+  const auto holder = tx.exec_params("SELECT coalesce(NULLIF(a.application_name, ''), 'PostgreSQL backend ' || "
+                                     "coalesce(l.pid::text, '?')) FROM pg_locks l LEFT JOIN pg_stat_activity a ON a.pid = "
+                                     "l.pid WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1 AND l.database = "
+                                     "(SELECT oid FROM pg_database WHERE datname = current_database()) AND "
+                                     "((l.classid::bigint << 32) | l.objid::bigint) = hashtextextended($1, 0) LIMIT 1",
                                      "omnibus:relay:" + std::string(schema));
   out.relay_active = !holder.empty();
   if (out.relay_active) out.relay_holder = holder[0][0].as<std::string>();

@@ -73,11 +73,12 @@ std::vector<listener_minute> list_listener_minutes(pqxx::connection_base& conn, 
   const std::string table = detail::table_name(schema, "bus_listener_minutes");
   if (tx.exec_params1("SELECT to_regclass($1) IS NULL", table)[0].as<bool>()) return out;  // not migrated yet
   for (const auto& row : tx.exec_params(
-           "SELECT listener, (extract(epoch FROM minute) * 1000000)::bigint, handled, failed FROM " + table +
+           "SELECT listener, (extract(epoch FROM minute) * 1000000)::bigint, handled, failed, "
+           "(extract(epoch FROM date_trunc('minute', now()) - minute) / 60)::int FROM " + table +
                " WHERE minute > date_trunc('minute', now()) - make_interval(mins => $1) ORDER BY listener, minute",
            std::clamp(minutes, 1, 120))) {
     out.push_back({row[0].as<std::string>(), from_micros(row[1].as<std::int64_t>()), row[2].as<std::uint64_t>(),
-                   row[3].as<std::uint64_t>()});
+                   row[3].as<std::uint64_t>(), row[4].as<int>()});
   }
   return out;
 }

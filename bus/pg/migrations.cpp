@@ -256,8 +256,10 @@ std::string migrations_sql(std::string_view schema) {
            ".bus_schema_version WHERE version = " + std::to_string(m.version) + ") THEN\n";
     std::string body = detail::with_schema(m.sql, schema);
     out += "    EXECUTE $sql$" + body + "$sql$;\n";
+    std::string quoted;  // a description is prose: its apostrophes doubled for the SQL literal
+    for (const char c : std::string_view(m.description)) quoted += c == '\'' ? std::string("''") : std::string(1, c);
     out += "    INSERT INTO " + detail::with_schema("{s}", schema) + ".bus_schema_version (version, description) VALUES (" +
-           std::to_string(m.version) + ", '" + m.description + "');\n  END IF;\nEND $omnibus$;\n";
+           std::to_string(m.version) + ", '" + quoted + "');\n  END IF;\nEND $omnibus$;\n";
   }
   out += "COMMIT;\n";
   return out;

@@ -187,7 +187,12 @@ class pg_store final : public store {
     // the workers): the dashboard's per-minute rates. Two hours are kept.
     const std::string minutes = table_name(opts_.schema, "bus_listener_minutes");
     bool any = false;
-    for (const listener_report& r : reports) {
+    // In name order: programs sharing the schema take the rows' locks in one order (no deadlock).
+    std::vector<const listener_report*> by_name;
+    for (const listener_report& r : reports) by_name.push_back(&r);
+    std::sort(by_name.begin(), by_name.end(), [](const auto* a, const auto* b) { return a->listener < b->listener; });
+    for (const listener_report* rp : by_name) {
+      const listener_report& r = *rp;
       if (r.handled == 0 && r.failed == 0) continue;
       any = true;
       tx.exec_params0("INSERT INTO " + minutes + " (listener, minute, handled, failed) VALUES ($1, date_trunc('minute', "

@@ -1193,7 +1193,13 @@ void worker::run(std::stop_token stop) {
                  w.in_flight());
   }
   if (abandoned > 0) w.log->warn("worker: returned {} unfinished message(s) for redelivery", abandoned);
-  // Only now, with nothing of ours running: a replay reads a worker without reports as done.
+  // The calls made since the control thread's last report (the dashboard's counts), then,
+  // only now, with nothing of ours running: a replay reads a worker without reports as done.
+  try {
+    (void)w.refresh_controls();
+  } catch (const std::exception& e) {
+    w.log->warn("worker: could not report its last calls: {}", e.what());
+  }
   try {
     w.db->forget_states(w.worker_id);
   } catch (const std::exception& e) {  // they age out of `listeners list` anyway

@@ -277,14 +277,7 @@ TEST_CASE_METHOD(dashboard_fixture, "with a token: pages need it or a login, pro
   CHECK(http_send(port, "GET", "/", {"Authorization: Bearer wrong-token-wrong-token"}).status == 401);
   // A login sets a session cookie; the cookie opens the pages, and logging out closes them.
   CHECK(post(port, "/login", "token=wrong", {origin(port)}).status == 401);
-  // Within a second of a wrong token even the right one is refused unchecked (one guess a second).
-  test_env::http_result login;
-  const auto wrong_at = std::chrono::steady_clock::now();
-  REQUIRE(test_env::eventually([&] {
-    login = post(port, "/login", "token=" + token, {origin(port)});
-    return login.status == 303;
-  }, 10s));
-  CHECK(std::chrono::steady_clock::now() - wrong_at >= 900ms);
+  const auto login = post(port, "/login", "token=" + token, {origin(port)});
   const std::string cookie = test_env::header_of(login.raw, "Set-Cookie");
   CHECK_THAT(cookie, Catch::Contains("HttpOnly"));
   CHECK_THAT(cookie, Catch::Contains("SameSite=Strict"));

@@ -65,6 +65,8 @@ TEST_CASE("without a token, on loopback: pages open, actions need the CSRF token
   CHECK(a.decide(get("/", "127.0.0.1.evil.example:9464"), "") == access_verdict::misdirected);
   CHECK(a.decide(get("/metrics", "evil.example"), "") == access_verdict::misdirected);  // a rebinding page reads nothing
   CHECK(a.decide(get("/metrics", "127.0.0.1:9464"), "") == access_verdict::allow);
+  CHECK(a.decide(get("/healthz", ""), "") == access_verdict::allow);  // an HTTP/1.0 checker here sends no Host
+  CHECK(a.decide(get("/", ""), "") == access_verdict::misdirected);
   auto proxied = get("/");
   proxied.forwarded = true;  // a reverse proxy on this machine: without a token nothing is open that way
   CHECK(a.decide(proxied, "") == access_verdict::unauthorized);
@@ -100,9 +102,7 @@ TEST_CASE("with a token: Bearer or a session for pages; probes free from loopbac
   };
   CHECK(a.decide(get("/"), "") == access_verdict::unauthorized);
   CHECK(a.decide(with(get("/"), "Bearer 0123456789abcdef0123"), "") == access_verdict::allow);
-  auto guesser = with(get("/"), "Bearer 0123456789abcdef012");
-  guesser.peer = "198.51.100.7";
-  CHECK(a.decide(guesser, "") == access_verdict::unauthorized);
+  CHECK(a.decide(with(get("/"), "Bearer 0123456789abcdef012"), "") == access_verdict::unauthorized);
   CHECK(a.decide(with(get("/"), "Basic 0123456789abcdef0123"), "") == access_verdict::unauthorized);
   CHECK(a.decide(get("/login"), "") == access_verdict::allow);
   CHECK(a.decide(get("/assets/style.css"), "") == access_verdict::allow);
@@ -123,21 +123,15 @@ TEST_CASE("with a token: Bearer or a session for pages; probes free from loopbac
     r.cookie = "omnibus_session=" + id;
     return r;
   };
-  http_request from_a = get("/login");
-  from_a.peer = "192.0.2.1";
-  http_request from_b = get("/login");
-  from_b.peer = "192.0.2.2";
-  const std::string id = a.login(from_a, "0123456789abcdef0123");
+  const std::string id = a.login("0123456789abcdef0123");
   REQUIRE(id.size() == 64);
   CHECK(a.decide(session_request(id), "") == access_verdict::allow);
   CHECK(a.decide(session_request(id + "0"), "") == access_verdict::unauthorized);
   CHECK(a.decide(session_request("planted; omnibus_session=" + id), "") == access_verdict::allow);
-  CHECK(a.login(from_a, "wrong").empty());
-  CHECK(a.login(from_a, "0123456789abcdef0123").empty());  // within a second of a wrong one: not looked at
-  auto page_a = with(from_a, "Bearer 0123456789abcdef0123");
-  page_a.path = "/";
-  CHECK(a.decide(page_a, "") == access_verdict::unauthorized);  // Bearer too
-  CHECK(a.login(from_b, "0123456789abcdef0123").size() == 64);  // another address is not held up
+  CHECK(a.login("wrong").empty());
+  CHECK(a.login("0123456789abcdef012").empty());
+  CHECK(a.login("0123456789abcdef0123").size() == 64);  // a wrong one before never holds up the right one
+  CHECK(a.login("0123456789abcdef0123") != id);          // a new session each time
   a.logout("omnibus_session=" + id);
   CHECK(a.decide(session_request(id), "") == access_verdict::unauthorized);
 

@@ -24,6 +24,7 @@
 #include "omnibus/redrive.hpp"
 #include "omnibus/schedule.hpp"
 #include "omnibus/schedules.hpp"
+#include "connect_timeout.hpp"
 #include "dashboard/assets.hpp"
 #include "dashboard/html.hpp"
 #include "dashboard/msgpack_json.hpp"
@@ -203,16 +204,6 @@ std::vector<std::string_view> split_path(std::string_view path) {
     path.remove_prefix(slash + 1);
   }
   return out;
-}
-
-// The URL with connect_timeout=5 unless it names one: a database that drops packets must not
-// hold a handler thread for minutes (statement_timeout only starts once connected).
-std::string with_connect_timeout(const std::string& url) {
-  if (url.find("connect_timeout") != std::string::npos) return url;
-  if (url.rfind("postgres://", 0) == 0 || url.rfind("postgresql://", 0) == 0) {
-    return url + (url.find('?') == std::string::npos ? "?" : "&") + "connect_timeout=5";
-  }
-  return url + " connect_timeout=5";
 }
 
 // A few connections, reused by the handler threads; a broken one is dropped, not returned.
@@ -406,13 +397,12 @@ struct dashboard::impl {
     b.raw("</section><h2>Listeners</h2><table class=\"grid\"><thead><tr><th>listener</th><th>pending</th>"
           "<th>ack pending</th><th>redelivered</th><th>oldest waiting</th><th>handled/min</th><th>failed/min</th>"
           "<th>last hour</th><th>dead letters</th><th>state</th><th>workers</th><th></th></tr></thead><tbody>");
-    const auto this_minute = std::chrono::floor<std::chrono::minutes>(sys_clock::now());
     for (const auto& l : v.listeners) {
       b.raw("<tr data-listener=\"").attr(l.name).raw("\"><td>").text(l.name).raw("</td><td class=\"num\">")
           .text(format_count(l.pending)).raw("</td><td class=\"num\">").text(format_count(l.ack_pending))
           .raw("</td><td class=\"num\">").text(format_count(l.redelivered)).raw("</td><td>")
           .text(l.oldest_unacked_age ? age(*l.oldest_unacked_age) : "—").raw("</td>");
-      rates(b, l.name, this_minute);
+      rates(b, l.name);
       b.raw("<td class=\"num\">");
       if (l.dead_letters > 0) {
         b.raw("<a href=\"/dead-letters?listener=").attr(url_encode(l.name)).raw("\">")
@@ -446,11 +436,11 @@ struct dashboard::impl {
 
   // The listener's calls in the last full minute, and a sparkline of the last hour (handled
   // in blue, failed in red), summed over every worker. Inline SVG: no script, no style attribute.
-  void rates(html& b, const std::string& listener, sys_clock::time_point this_minute) const {
+  void rates(html& b, const std::string& listener) const {
     std::array<std::uint64_t, 60> handled{}, failed{};  // [59]: the minute before this one
     for (const auto& m : overview_minutes) {
       if (m.listener != listener) continue;
-      const auto ago = std::chrono::duration_cast<std::chrono::minutes>(this_minute - m.minute).count();
+      const int ago = m.minutes_ago;  // by the database's clock, which keyed the rows
       if (ago < 1 || ago > 60) continue;  // the current minute is still filling
       handled[static_cast<std::size_t>(60 - ago)] = m.handled;
       failed[static_cast<std::size_t>(60 - ago)] = m.failed;
@@ -753,7 +743,7 @@ struct dashboard::impl {
   http_reply login_page(int status, bool failed) const {
     html b;
     b.raw("<h1>Sign in</h1>");
-    if (failed) b.raw("<p class=\"error\">That token is not this worker's (one try a second).</p>");
+    if (failed) b.raw("<p class=\"error\">That token is not this worker's.</p>");
     b.raw("<form method=\"post\" action=\"/login\" class=\"login\"><label>token <input type=\"password\" name=\"token\" "
           "autocomplete=\"current-password\" autofocus></label> <button type=\"submit\">Sign in</button></form>"
           "<p class=\"note\">The token is the worker's OMNIBUS_HTTP_TOKEN (or --http-token-file).</p>");
@@ -778,6 +768,7 @@ struct dashboard::impl {
       return redirect("/redrives/" + std::to_string(s.id));
     }
     if (n == 1 && parts[0] == "redrives") {
+      form.only({"csrf", "action", "listener", "event", "error", "since", "until", "all", "rate", "expected"});
       redrive_request req;
       const std::string action = form.text("action", 16);
       if (action != "retry" && action != "discard") throw bad_request("action must be retry or discard");
@@ -800,7 +791,7 @@ struct dashboard::impl {
               .text(format_count(static_cast<std::uint64_t>(*expected))).raw("; ").text(format_count(now_matching))
               .raw(" match now. Nothing was started.</p><p><a href=\"/dead-letters/bulk?action=").attr(action)
               .attr(filter_query(form).empty() ? std::string() : "&" + filter_query(form))
-              .raw("\">See the dry run again</a></p>");
+              .raw("&amp;rate=").attr(form.text("rate", 32)).raw("\">See the dry run again</a></p>");
           return page("Count changed", "Dead letters", b, 409);
         }
       }
@@ -896,7 +887,7 @@ struct dashboard::impl {
     if (r.method == "POST") {
       const params form(r.body);
       if (r.path == "/login") {
-        const std::string session = access.login(r, form.text("token", 4096));
+        const std::string session = access.login(form.text("token", 4096));
         if (session.empty()) return login_page(401, true);
         http_reply out = redirect("/");
         out.headers.emplace_back("Set-Cookie", access.config().cookie_name + "=" + session + "; HttpOnly; SameSite=Strict; Path=/" +

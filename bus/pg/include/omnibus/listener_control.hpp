@@ -55,6 +55,8 @@ struct OMNIBUS_API listener_minute {
   std::chrono::system_clock::time_point minute{};  ///< the minute's start
   std::uint64_t handled = 0;                       ///< calls that handled their event
   std::uint64_t failed = 0;                        ///< calls that failed
+  /// Whole minutes before the database's current minute (0: the current one, still filling).
+  int minutes_ago = 0;
 };
 
 /// The last `minutes` minutes (the current one included, at most 120 are kept) of every
