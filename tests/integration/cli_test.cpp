@@ -593,16 +593,7 @@ TEST_CASE_METHOD(shop_fixture, "stream purge --handled deletes only what every c
 
 TEST_CASE_METHOD(shop_fixture, "schedules: list, show, cancel a pending event; pause, resume and trigger a recurring one",
                  "[integration][cli][scheduler]") {
-  omnibus::event_bus b{js, as_worker_run()};  // the worker's `run` below makes the stream as this
-  auto shop = services::make_shop(b, shop_opts);
-  b.provision();
-  {
-    pqxx::work tx{db};
-    omnibus::context ctx{tx};
-    shop->inventory.restock(ctx, "mug", 10);
-    shop->orders.place(ctx, "ada@example.com", "mug", 1, 1200);
-    tx.commit();
-  }
+  place_one_order();  // the worker's `run` below makes the stream as this publisher did
   auto list = cli({"schedules", "list"});
   REQUIRE(list.wait(20s) == 0);
   CHECK_THAT(list.output(), Catch::Contains("1 scheduled event(s) pending") && Catch::Contains("order.review_requested") &&

@@ -34,13 +34,7 @@ struct dashboard_fixture : test_env::shop_fixture {
   // The port a worker started with --http 127.0.0.1:0 listens on (it logs it).
   static int http_port(test_env::child_process& w) {
     int port = 0;
-    REQUIRE(test_env::eventually([&] {
-      const std::string out = w.output();
-      const auto at = out.find("/readyz on port ");
-      if (at == std::string::npos) return false;
-      port = std::atoi(out.c_str() + at + 16);
-      return port > 0;
-    }, 30s));
+    REQUIRE(test_env::eventually([&] { return (port = test_env::logged_http_port(w.output())) > 0; }, 30s));
     // Ready: the stream, the consumers and the schema are there for the pages to show.
     REQUIRE(test_env::eventually([&] { return http_get(port, "/readyz").status == 200; }, 30s));
     return port;
@@ -437,16 +431,7 @@ TEST_CASE_METHOD(dashboard_fixture, "in a real browser: overview, filter, decode
 TEST_CASE_METHOD(dashboard_fixture, "schedules, parked listeners and redrives: each action on its page takes effect",
                  "[integration][dashboard]") {
   dead_letters("loyalty", 1, 5);
-  {  // one order: its review request stays scheduled for an hour (the fixture's review_delay)
-    omnibus::event_bus b{js, as_worker_run()};  // the stream as the worker makes it
-    auto shop = services::make_shop(b, shop_opts);
-    b.provision();
-    pqxx::work tx{db};
-    omnibus::context ctx{tx};
-    shop->inventory.restock(ctx, "mug", 1);
-    shop->orders.place(ctx, "ada@example.com", "mug", 1, 1200);
-    tx.commit();
-  }
+  place_one_order();  // its review request stays scheduled for an hour
   auto w = cli({"--flaky-rate", "0", "run", "--no-redrives", "--http", "127.0.0.1:0"});
   const int port = http_port(w);
   REQUIRE(test_env::eventually([&] { return omnibus::list_scheduled(db, opts.schema).size() == 1; }, 30s));

@@ -84,13 +84,7 @@ struct metrics_fixture {
   // The port a worker started with --http 127.0.0.1:0 listens on (it logs it).
   static int http_port(test_env::child_process& w) {
     int port = 0;
-    REQUIRE(eventually([&] {
-      const std::string out = w.output();
-      const auto at = out.find("/readyz on port ");
-      if (at == std::string::npos) return false;
-      port = std::atoi(out.c_str() + at + 16);
-      return port > 0;
-    }, 30s));
+    REQUIRE(eventually([&] { return (port = test_env::logged_http_port(w.output())) > 0; }, 30s));
     return port;
   }
 

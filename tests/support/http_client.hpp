@@ -4,6 +4,7 @@
 
 #include <chrono>
 #include <cctype>
+#include <cstdlib>
 #include <cstring>
 #include <string>
 #include <vector>
@@ -99,6 +100,13 @@ inline http_result http_send(int port, const std::string& method, const std::str
   if (!body.empty() || method == "POST") req += "Content-Length: " + std::to_string(body.size()) + "\r\n";
   req += "\r\n" + body;
   return raw_request(port, req);
+}
+
+/// The port a worker started with `--http 127.0.0.1:0` logged ("... /readyz on port N"), or 0.
+inline int logged_http_port(const std::string& output) {
+  const std::string marker = "/readyz on port ";
+  const auto at = output.find(marker);
+  return at == std::string::npos ? 0 : std::atoi(output.c_str() + at + marker.size());
 }
 
 /// GET `path`, one request per connection.

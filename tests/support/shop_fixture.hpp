@@ -81,6 +81,18 @@ struct shop_fixture {
       omnibus::write_dead_letter(db, opts.schema, dl);
     }
   }
+  /// One order placed by a publisher as the worker's `run` would make the stream: its events
+  /// go through the outbox, and its review request stays scheduled (review_delay: an hour).
+  void place_one_order() {
+    omnibus::event_bus b{js, as_worker_run()};
+    auto shop = services::make_shop(b, shop_opts);
+    b.provision();
+    pqxx::work tx{db};
+    omnibus::context ctx{tx};
+    shop->inventory.restock(ctx, "mug", 1);
+    shop->orders.place(ctx, "ada@example.com", "mug", 1, 1200);
+    tx.commit();
+  }
   long items(std::int64_t redrive, const std::string& state) {
     return count("SELECT count(*) FROM \"" + opts.schema + "\".bus_redrive_items WHERE redrive_id = " +
                  std::to_string(redrive) + " AND state = '" + state + "'");
