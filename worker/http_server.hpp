@@ -28,9 +28,9 @@ struct http_request {
   std::string cookie;         ///< the Cookie header
   std::string authorization;  ///< the Authorization header
   std::string content_type;   ///< the Content-Type header
-  bool forwarded = false;     ///< X-Forwarded-For or Forwarded present: it came through a proxy
+  bool forwarded = false;     ///< X-Forwarded-For, Forwarded or X-Real-IP present: it came through a proxy
   bool peer_loopback = false; ///< the TCP peer is 127.0.0.0/8 or ::1 (or ::ffff:127.0.0.0/104)
-  std::string peer;           ///< the TCP peer's address, for throttling (never trusted for access)
+  std::string peer;           ///< the TCP peer's address, for logs (never trusted for access)
 };
 
 /// One answer.

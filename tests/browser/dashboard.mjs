@@ -1,8 +1,9 @@
 // Drives Debian's chromium (headless, through playwright-core) against a worker's dashboard the
 // way an operator would: reads the overview, filters dead letters, opens one and reads its body,
 // retries it, runs a bulk retry with a dry run first and watches its progress, looks at a
-// hostile dead letter, and tries a cross-site form post. The C++ test that starts it
-// (tests/integration/dashboard_browser_test.cpp) seeds the data and checks the database after.
+// hostile dead letter, and tries a cross-site form post. The C++ test that starts it (the
+// [browser] case of tests/integration/dashboard_test.cpp) seeds the data and checks the
+// database after.
 //
 //   node dashboard.mjs --base http://127.0.0.1:PORT --artifacts DIR --hostile ID --expect-dead N
 //

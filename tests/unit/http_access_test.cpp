@@ -63,6 +63,8 @@ TEST_CASE("without a token, on loopback: pages open, actions need the CSRF token
   CHECK(a.decide(get("/", "[::1]:9464"), "") == access_verdict::allow);
   CHECK(a.decide(get("/", "evil.example"), "") == access_verdict::misdirected);
   CHECK(a.decide(get("/", "127.0.0.1.evil.example:9464"), "") == access_verdict::misdirected);
+  CHECK(a.decide(get("/", "127.0.0.2:9464"), "") == access_verdict::allow);  // --http may bind any of 127/8
+  CHECK(a.decide(get("/", "127.evil:9464"), "") == access_verdict::misdirected);
   CHECK(a.decide(get("/metrics", "evil.example"), "") == access_verdict::misdirected);  // a rebinding page reads nothing
   CHECK(a.decide(get("/metrics", "127.0.0.1:9464"), "") == access_verdict::allow);
   CHECK(a.decide(get("/healthz", ""), "") == access_verdict::allow);  // an HTTP/1.0 checker here sends no Host

@@ -103,7 +103,8 @@ bool access_control::has_session(std::string_view cookie_header) const {
 bool access_control::host_allowed(std::string_view host) const {
   if (!config_.loopback_bind) return true;
   const std::string h = host_part(host);
-  if (h == "127.0.0.1" || h == "localhost" || h == "[::1]") return true;
+  const bool loopback_literal = h.rfind("127.", 0) == 0 && h.find_first_not_of("0123456789.") == std::string::npos;
+  if (h == "localhost" || h == "[::1]" || loopback_literal) return true;  // any of 127/8: --http may bind 127.0.0.2
   for (const auto& o : config_.origins) {
     const auto scheme = o.find("://");
     if (host_part(scheme == std::string::npos ? o : o.substr(scheme + 3)) == h) return true;
