@@ -178,6 +178,7 @@ omnibus::consumer_info to_info(const jsConsumerInfo& ci) {
   info.last_delivered = time_of(ci.Delivered.Last);
   info.ack_floor = ci.AckFloor.Stream;
   info.deliveries = ci.Delivered.Consumer;
+  info.delivered_sequence = ci.Delivered.Stream;
   info.created = time_of(ci.Created);
   return info;
 }

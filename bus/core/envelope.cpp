@@ -24,7 +24,7 @@ bool valid_header_value(std::string_view v) noexcept {
 
 bool is_omnibus_header(std::string_view k) noexcept {
   return k == header::msg_id || k == header::event || k == header::version || k == header::published ||
-         k == header::correlation_id || k == header::traceparent || k == header::tracestate ||
+         k == header::correlation_id || k == header::traceparent || k == header::tracestate || k == header::key ||
          (k.size() > header::meta_prefix.size() && k.substr(0, header::meta_prefix.size()) == header::meta_prefix);
 }
 
@@ -115,7 +115,43 @@ bool parse_int(std::string_view s, Int& out) noexcept {
   return ec == std::errc{} && p == s.data() + s.size();
 }
 
+// A key a keyed event may carry: 1..max_key_bytes of UTF-8 without control characters.
+bool valid_key(std::string_view k) noexcept {
+  if (k.empty() || k.size() > max_key_bytes || !is_utf8(k)) return false;
+  for (char c : k) {
+    if (static_cast<unsigned char>(c) < 0x20 || c == 0x7f) return false;
+  }
+  return true;
+}
+
+// The partition in a keyed subject's last token "k<n>", or -1.
+int subject_partition(std::string_view token) noexcept {
+  if (token.size() < 2 || token.size() > 5 || token[0] != 'k' || (token[1] == '0' && token.size() > 2)) return -1;
+  int n = 0;
+  for (char c : token.substr(1)) {
+    if (c < '0' || c > '9') return -1;
+    n = n * 10 + (c - '0');
+  }
+  return n < max_partitions ? n : -1;
+}
+
 }  // namespace
+
+int partition_of(std::string_view key, int partitions) noexcept {
+  std::uint64_t h = 0xcbf29ce484222325ULL;
+  for (char c : key) {
+    h ^= static_cast<unsigned char>(c);
+    h *= 0x100000001b3ULL;
+  }
+  return partitions > 0 ? static_cast<int>(h % static_cast<std::uint64_t>(partitions)) : 0;
+}
+
+std::string partition_subject(std::string_view prefix, std::string_view event_name, int partition) {
+  std::string s = subject_for(prefix, event_name);
+  s += ".k";
+  s += std::to_string(partition);
+  return s;
+}
 
 std::string subject_for(std::string_view prefix, std::string_view event_name) {
   std::string s;
@@ -144,6 +180,17 @@ void encode_into(message& m, const envelope& env, std::string_view prefix, std::
   m.subject.assign(prefix);
   m.subject += '.';
   m.subject += env.name;
+  if (env.partitions > 0) {
+    if (!valid_key(env.key)) {
+      throw std::invalid_argument("event " + env.name + " " + env.id.to_string() + ": its ordering key '" +
+                                  to_text(env.key) + "' must be 1-" + std::to_string(max_key_bytes) +
+                                  " bytes of UTF-8 without control characters");
+    }
+    char part[8];
+    const auto [end, ec] = std::to_chars(part, part + sizeof part, partition_of(env.key, env.partitions));
+    m.subject += ".k";
+    m.subject.append(part, end);
+  }
   std::size_t at = 0;
   char id[id_text_size];
   write_id(id, env.id);
@@ -161,6 +208,7 @@ void encode_into(message& m, const envelope& env, std::string_view prefix, std::
   for (const auto& [k, v] : env.meta.values) {
     put_header(m, at, std::string(header::meta_prefix) + k, v, true);
   }
+  if (env.partitions > 0) put_header(m, at, header::key, env.key, false);  // checked above
   m.headers.resize(at);
   m.body.assign(env.body);
 }
@@ -170,6 +218,21 @@ envelope decode(const message& msg, std::string_view prefix, std::size_t max_bod
   check_headers(msg);
   const std::string& name = required(msg, header::event);
   std::string_view subject = msg.subject;
+  if (const std::string* key = msg.header(header::key); key != nullptr) {
+    // A keyed event: "<prefix>.<name>.k<n>"; the partition is the worker's to check.
+    if (!valid_key(*key)) {
+      throw decode_error(decode_failure::bad_header, "Omnibus-Key '" + to_text(*key) + "' is not 1-" +
+                                                         std::to_string(max_key_bytes) +
+                                                         " bytes of UTF-8 without control characters");
+    }
+    const std::size_t dot = subject.rfind('.');
+    if (dot == std::string_view::npos || subject_partition(subject.substr(dot + 1)) < 0) {
+      throw decode_error(decode_failure::name_mismatch, "a keyed event's subject '" + to_text(msg.subject) +
+                                                            "' does not end in .k<partition>");
+    }
+    subject = subject.substr(0, dot);
+    env.key = *key;
+  }
   if (subject.size() <= prefix.size() + 1 || subject.substr(0, prefix.size()) != prefix ||
       subject[prefix.size()] != '.' || subject.substr(prefix.size() + 1) != name) {
     throw decode_error(decode_failure::name_mismatch,

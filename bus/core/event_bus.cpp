@@ -44,6 +44,18 @@ void event_bus::freeze() {
   std::lock_guard lock(mutex_);
   if (frozen_.load(std::memory_order_relaxed)) return;
   // Nothing is added after this, so the listener vectors never move again.
+  // A keyed event's listeners that are not per key read "<prefix>.<name>.*": no other event
+  // may be named "<name>.<word>" in the same bus.
+  for (const async_listener& l : async_) {
+    if (l.partitions == 0) continue;
+    for (const auto& [other, slot] : names_) {
+      if (other.size() > l.event_name.size() && other.substr(0, l.event_name.size()) == l.event_name &&
+          other[l.event_name.size()] == '.') {
+        throw std::logic_error("bus: event " + std::string(other) + " extends the name of keyed event " + l.event_name +
+                               ", whose subjects are " + l.event_name + ".k<n>: rename one of them");
+      }
+    }
+  }
   dispatch_.assign(types_.size(), dispatch_range{});
   for (std::size_t slot = 0; slot < types_.size(); ++slot) {
     const type_entry& e = types_[slot];
@@ -115,7 +127,25 @@ void event_bus::add_async(std::size_t slot, std::string_view event_name, async_l
   check_flow_options(l);
   if (l.name == "_abandoned") throw std::logic_error("bus: the listener name _abandoned is the worker's own");
   l.consumer_name = options_.group + "_" + l.name;
-  if (l.options.ordered) l.options.concurrency = 1;  // one in flight, across all workers
+  if (l.options.order == ordering::total) l.options.ordered = true;
+  if (l.options.ordered) {
+    if (l.options.order == ordering::per_key) {
+      throw std::logic_error("bus: listener " + l.name + " is both ordered (total) and ordering::per_key: choose one");
+    }
+    l.options.order = ordering::total;
+    l.options.concurrency = 1;  // one in flight, across all workers
+  }
+  if (l.per_key()) {
+    if (l.partitions == 0) {
+      throw std::logic_error("bus: listener " + l.name + " has ordering::per_key, but event " + l.event_name +
+                             " names no ordering key (static constexpr int partitions and ordering_key(), README "
+                             "\"Ordered per key\")");
+    }
+    if (l.options.breaker.enabled || l.options.rate.per_second > 0) {
+      throw std::logic_error("bus: listener " + l.name + ": a circuit breaker or rate limit is not available with "
+                             "ordering::per_key yet");
+    }
+  }
   std::lock_guard lock(mutex_);
   // Checks frozen and the name; an async-only type has an entry too. The entry keeps a view of
   // the name: E::name's static storage, never l.event_name (a short one lives inside `l`).
@@ -129,14 +159,39 @@ void event_bus::add_async(std::size_t slot, std::string_view event_name, async_l
   async_.push_back(std::move(l));
 }
 
+std::vector<std::string> async_listener::consumer_names() const {
+  if (!per_key()) return {consumer_name};
+  std::vector<std::string> out;
+  out.reserve(static_cast<std::size_t>(partitions));
+  for (int p = 0; p < partitions; ++p) out.push_back(consumer_name + "_k" + std::to_string(p));
+  return out;
+}
+
 std::vector<consumer_config> event_bus::consumer_configs() const {
   std::vector<consumer_config> out;
   out.reserve(async_.size());
   for (const async_listener& l : async_) {
+    if (l.per_key()) {  // one consumer per partition; a worker holding its lease reads it
+      for (int p = 0; p < l.partitions; ++p) {
+        consumer_config c;
+        c.name = l.consumer_name + "_k" + std::to_string(p);
+        c.group = options_.group;
+        c.filter_subject = partition_subject(options_.stream.subject_prefix, l.event_name, p);
+        c.ack_wait = l.options.ack_wait;
+        c.max_ack_pending = l.options.max_in_flight > 0 ? l.options.max_in_flight
+                                                        : std::max<std::int64_t>(1000, l.options.concurrency);
+        c.start_time = l.options.replay_from;
+        c.max_deliver = options_.max_deliveries;
+        out.push_back(std::move(c));
+      }
+      continue;
+    }
     consumer_config c;
     c.name = l.consumer_name;
     c.group = options_.group;
-    c.filter_subject = subject_for(options_.stream.subject_prefix, l.event_name);
+    // A keyed event travels on one subject per partition: its other listeners read them all.
+    c.filter_subject = l.partitions > 0 ? subject_for(options_.stream.subject_prefix, l.event_name) + ".*"
+                                        : subject_for(options_.stream.subject_prefix, l.event_name);
     c.ack_wait = l.options.ack_wait;
     c.max_ack_pending = l.options.ordered           ? 1
                         : l.options.max_in_flight > 0 ? l.options.max_in_flight
@@ -185,7 +240,7 @@ envelope event_bus::make_envelope(const context& ctx, std::string_view name, int
 }
 
 batch_report event_bus::emit_batch(context& ctx, std::string_view name, int version, std::string_view bodies,
-                                   std::span<const std::size_t> ends) {
+                                   std::span<const std::size_t> ends, std::span<const std::string> keys, int partitions) {
   batch_report report;
   const std::size_t count = ends.size();
   report.ids.reserve(count);
@@ -196,8 +251,10 @@ batch_report event_bus::emit_batch(context& ctx, std::string_view name, int vers
   };
   // One envelope, made into each event in turn (its memory reused), as one message is.
   envelope env = make_envelope(ctx, name, version, {});
+  env.partitions = keys.empty() ? 0 : partitions;
   auto envelope_of = [&](std::size_t i) -> const envelope& {
     env.id = report.ids[i];
+    if (!keys.empty()) env.key.assign(keys[i]);
     env.published_at = std::chrono::time_point_cast<std::chrono::microseconds>(std::chrono::system_clock::now());
     env.body.assign(body_of(i));
     return env;
@@ -207,7 +264,7 @@ batch_report event_bus::emit_batch(context& ctx, std::string_view name, int vers
   // encoding checks (the name, the context's metadata) is the same for every event of a batch,
   // so encoding the first checks it for all.
   for (std::size_t i = 0; i < count; ++i) {
-    if (i == 0 || body_of(i).size() > options_.max_body_bytes) {
+    if (i == 0 || body_of(i).size() > options_.max_body_bytes || !keys.empty()) {  // each key is checked too
       encode_into(current, envelope_of(i), options_.stream.subject_prefix, options_.max_body_bytes);
     }
   }
@@ -232,7 +289,8 @@ batch_report event_bus::emit_batch(context& ctx, std::string_view name, int vers
   // what the stream stores for each is what it stores for the first, less its body, plus its own.
   const std::size_t around_body = count == 0 ? 0 : detail::stored_size(current) - current.body.size();
   std::vector<std::size_t> sizes(count);
-  for (std::size_t i = 0; i < count; ++i) sizes[i] = around_body + body_of(i).size();
+  // (Keys differ in length: each counts its own, with room for its partition's digits.)
+  for (std::size_t i = 0; i < count; ++i) sizes[i] = around_body + body_of(i).size() + (keys.empty() ? 0 : keys[i].size() + 4);
   const detail::fill_guard::verdict room = fill_->admit_sizes(sizes);
   // Then each is encoded just before it is sent: a large batch is never held twice in memory,
   // and the stream starts storing while the rest are made.
@@ -258,8 +316,13 @@ batch_report event_bus::emit_batch(context& ctx, std::string_view name, int vers
   return report;
 }
 
-event_id event_bus::emit(context& ctx, std::string_view name, int version, std::string body) {
+event_id event_bus::emit(context& ctx, std::string_view name, int version, std::string body, std::string_view key,
+                         int partitions) {
   envelope env = make_envelope(ctx, name, version, std::move(body));
+  if (partitions > 0) {
+    env.key = key;
+    env.partitions = partitions;
+  }
   message msg = encode(env, options_.stream.subject_prefix, options_.max_body_bytes);
   const publish_path path = ctx.transaction() != nullptr ? publish_path::outbox : publish_path::direct;
   if (path == publish_path::direct && queue_ == nullptr) {

@@ -8,6 +8,7 @@
 #include "core/schema.hpp"
 #include "omnibus/listener_control.hpp"
 #include "omnibus/migrations.hpp"
+#include "omnibus/parked_keys.hpp"
 #include "pg/connection_pool.hpp"
 
 namespace omnibus::detail {
@@ -81,6 +82,10 @@ class pg_session final : public job_session {
 
   pqxx::transaction_base* transaction() noexcept override { return tx_ ? &*tx_ : nullptr; }
 
+  bool fence(std::string_view listener, int partition, std::string_view owner, std::uint64_t epoch) override {
+    return !tx_ || hold_fence(*tx_, opts_.schema, listener, partition, owner, epoch);
+  }
+
   void commit() override {
     if (!tx_) return;
     try {
@@ -142,6 +147,53 @@ class pg_store final : public store {
   void unpark(std::string_view listener) override {
     auto lease = pool_.acquire(opts_.db_wait);
     omnibus::unpark(*lease, opts_.schema, listener);
+  }
+
+  bool has_partitions() const noexcept override { return true; }
+  lease_round lease_partitions(std::string_view listener, int partitions, std::string_view owner,
+                               std::chrono::milliseconds lease,
+                               const std::vector<std::pair<int, std::uint64_t>>& release) override {
+    auto c = pool_.acquire(opts_.db_wait);
+    return detail::lease_partitions(*c, opts_.schema, listener, partitions, owner, lease, release);
+  }
+  void leave_partitions(std::string_view listener, std::string_view owner,
+                        const std::vector<std::pair<int, std::uint64_t>>& release) override {
+    auto c = pool_.acquire(opts_.db_wait);
+    detail::leave_partitions(*c, opts_.schema, listener, owner, release);
+  }
+  bool park_event(std::string_view listener, std::string_view key, int partition, std::string_view owner,
+                  std::uint64_t epoch, std::string_view event_name, const stored_event& ev,
+                  std::string_view error) override {
+    auto c = pool_.acquire(opts_.db_wait);
+    return detail::park_event(*c, opts_.schema, listener, key, partition, owner, epoch, event_name, ev, error);
+  }
+  std::vector<std::string> parked_keys_of(std::string_view listener, int partition) override {
+    auto c = pool_.acquire(opts_.db_wait);
+    return detail::parked_keys_of(*c, opts_.schema, listener, partition);
+  }
+  std::vector<key_request> key_requests(std::string_view listener) override {
+    auto c = pool_.acquire(opts_.db_wait);
+    return detail::key_requests(*c, opts_.schema, listener);
+  }
+  std::optional<stored_event> first_parked_event(std::string_view listener, std::string_view key) override {
+    auto c = pool_.acquire(opts_.db_wait);
+    return detail::first_parked_event(*c, opts_.schema, listener, key);
+  }
+  void drop_parked_event(std::string_view listener, std::string_view key, std::uint64_t seq, bool skip) override {
+    auto c = pool_.acquire(opts_.db_wait);
+    detail::drop_parked_event(*c, opts_.schema, listener, key, seq, skip);
+  }
+  bool release_parked_key(std::string_view listener, std::string_view key) override {
+    auto c = pool_.acquire(opts_.db_wait);
+    return detail::release_parked_key(*c, opts_.schema, listener, key);
+  }
+  void repark_key(std::string_view listener, std::string_view key, std::uint64_t seq, std::string_view error) override {
+    auto c = pool_.acquire(opts_.db_wait);
+    detail::repark_key(*c, opts_.schema, listener, key, seq, error);
+  }
+  std::int64_t discard_parked_key(std::string_view listener, std::string_view key) override {
+    auto c = pool_.acquire(opts_.db_wait);
+    return detail::discard_parked_key(*c, opts_.schema, listener, key);
   }
 
   std::vector<paused_listener> paused_listeners() override {

@@ -20,6 +20,7 @@
 #include "omnibus/export.hpp"
 #include "omnibus/fwd.hpp"
 #include "omnibus/listener_control.hpp"
+#include "omnibus/parked_keys.hpp"
 
 namespace omnibus::detail {
 
@@ -67,6 +68,11 @@ class job_session {
   [[nodiscard]] virtual pqxx::transaction_base* transaction() noexcept = 0;
   /// Commits the inbox transaction. Throws commit_in_doubt when its outcome is unknown.
   virtual void commit() = 0;
+  /// After claim(), for a per-key listener: whether `owner` still holds the partition's lease
+  /// at `epoch`, holding it (nobody claims it) until the transaction ends.
+  virtual bool fence(std::string_view /*listener*/, int /*partition*/, std::string_view /*owner*/, std::uint64_t /*epoch*/) {
+    return true;
+  }
 };
 
 /// A listener's position in the stream, as a worker last checked it (the loss check, README
@@ -131,6 +137,28 @@ class store {
                                                const std::function<mark_check(const std::optional<stream_mark>&)>& check) = 0;
   /// Deletes inbox rows older than `older_than`; returns how many.
   virtual std::size_t prune_inbox(std::chrono::seconds older_than) = 0;
+
+  // Per-key listeners (omnibus/parked_keys.hpp has what each does). A store without them
+  // throws: the worker refuses per-key listeners on it at start.
+  [[nodiscard]] virtual bool has_partitions() const noexcept { return false; }
+  virtual lease_round lease_partitions(std::string_view, int, std::string_view, std::chrono::milliseconds,
+                                       const std::vector<std::pair<int, std::uint64_t>>&) {
+    throw error("this store has no partition leases");
+  }
+  virtual void leave_partitions(std::string_view, std::string_view, const std::vector<std::pair<int, std::uint64_t>>&) {}
+  virtual bool park_event(std::string_view, std::string_view, int, std::string_view, std::uint64_t, std::string_view,
+                          const stored_event&, std::string_view) {
+    throw error("this store cannot park keys");
+  }
+  [[nodiscard]] virtual std::vector<std::string> parked_keys_of(std::string_view, int) { return {}; }
+  [[nodiscard]] virtual std::vector<key_request> key_requests(std::string_view) { return {}; }
+  [[nodiscard]] virtual std::optional<stored_event> first_parked_event(std::string_view, std::string_view) {
+    return std::nullopt;
+  }
+  virtual void drop_parked_event(std::string_view, std::string_view, std::uint64_t, bool) {}
+  virtual bool release_parked_key(std::string_view, std::string_view) { return true; }
+  virtual void repark_key(std::string_view, std::string_view, std::uint64_t, std::string_view) {}
+  virtual std::int64_t discard_parked_key(std::string_view, std::string_view) { return 0; }
 };
 
 /// Timings of the PostgreSQL store.

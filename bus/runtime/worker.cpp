@@ -3,6 +3,9 @@
 #include <algorithm>
 #include <cmath>
 #include <condition_variable>
+#include <deque>
+#include <unordered_map>
+#include <unordered_set>
 #include <stdexcept>
 #include <mutex>
 #include <limits>
@@ -48,6 +51,7 @@ double unit_random() {
 }
 
 struct listener_state;
+struct partition_state;
 struct job;
 using job_list = std::list<std::shared_ptr<job>>;
 
@@ -68,6 +72,39 @@ struct job {
   // What observers are told (run_job's thread only): the last settlement this thread made.
   handle_outcome outcome = handle_outcome::returned;
   std::string error;
+  // Per-key listeners only.
+  partition_state* part = nullptr;  // the partition it came from (set: a per-key job)
+  std::uint64_t epoch = 0;          // the partition's lease when it was fetched
+  std::string key;                  // its Omnibus-Key; empty: none (dead-lettered on arrival)
+  std::uint64_t attempt = 0;        // attempts so far, local retries included
+  std::string drain;                // a parked key's drain: "retry", "skip" or "discard" (no delivery)
+  clock::time_point retry_at{};     // waiting for a local retry (in the listener's `retrying`)
+};
+
+// One partition of a per-key listener, as this worker holds it (or not). Under the listener's
+// mutex but for `parked` (under park_mutex, taken before the listener's mutex).
+struct partition_state {
+  int n = 0;
+  std::string consumer_name;
+  std::unique_ptr<consumer> cons;  // open while held
+  std::uint64_t epoch = 0;         // the lease held; 0: none
+  bool releasing = false;          // above this worker's share: fetch no more, hand it back once empty
+  clock::time_point closing_since{};  // releasing and empty: the consumer's open requests end
+  int held = 0;                    // deliveries fetched and not settled, and drains running
+  std::unordered_set<std::uint64_t> sequences;  // the stream sequences held (a redelivery of one is dropped)
+  // Each key's jobs in stream order: the front runs (or waits for its retry), the rest wait.
+  std::unordered_map<std::string, std::deque<std::shared_ptr<job>>> keys;
+  std::unordered_set<std::string> draining;  // keys whose parked events a drain job runs
+  // After a claim: what the previous owner left unacked (stream sequences <= gather_below)
+  // comes back first; nothing runs until all `gather_count` are here, then in stream order.
+  bool gathering = false;
+  std::uint64_t gather_below = 0;
+  std::uint64_t gather_count = 0;
+  std::uint64_t gathered_old = 0;
+  clock::time_point gather_until{};
+  std::vector<std::shared_ptr<job>> gathered;
+  std::mutex park_mutex;
+  std::unordered_set<std::string> parked;  // under park_mutex: keys parked (loaded at the claim)
 };
 
 struct listener_state {
@@ -88,6 +125,12 @@ struct listener_state {
   std::atomic<std::uint64_t> calls_handled{0}, calls_failed{0};
   std::uint64_t reported_handled = 0, reported_failed = 0;  // the control thread's: what the store has
   job_list jobs;
+  // Per-key listeners: the partitions, the lease's known end (local clock, from the last
+  // heartbeat's start), and jobs waiting for a local retry.
+  std::vector<std::unique_ptr<partition_state>> parts;
+  std::chrono::milliseconds lease{0};
+  clock::time_point valid_until{};  // under mutex
+  std::vector<std::shared_ptr<job>> retrying;  // under mutex
   // The listener's handler slots: `concurrency` threads. Last: its threads go first.
   std::unique_ptr<detail::slot_pool<std::shared_ptr<job>>> slots;
 
@@ -147,6 +190,33 @@ dead_letter letter_of(const async_listener& def, const delivery& d, std::string 
 }
 
 enum class parked_outcome { not_parked, retry, settled };
+
+// A parked key's event as its drain runs it again: read from PostgreSQL, settled there (its
+// row deleted or kept), so settling the delivery itself does nothing.
+class stored_delivery final : public delivery {
+ public:
+  stored_delivery(message m, std::uint64_t seq, std::uint64_t count) : msg_(std::move(m)), seq_(seq), count_(count) {}
+  const message& msg() const noexcept override { return msg_; }
+  std::uint64_t delivery_count() const noexcept override { return count_; }
+  std::uint64_t stream_sequence() const noexcept override { return seq_; }
+  void ack() override {}
+  void nak(std::chrono::milliseconds) override {}
+  void term() override {}
+  void in_progress() override {}
+
+ private:
+  message msg_;
+  std::uint64_t seq_;
+  std::uint64_t count_;
+};
+
+// How many of a partition's events a worker holds at once (running, waiting behind their key,
+// or for a retry): enough to keep the slots busy across keys, few enough that a partition
+// handed to a newcomer drains quickly. At most what its consumer lets out (MaxAckPending).
+int partition_cap(const async_listener& def) {
+  const int consumer = def.options.max_in_flight > 0 ? def.options.max_in_flight : std::max(1000, def.options.concurrency);
+  return std::min(consumer, std::max(64, 8 * def.options.concurrency));
+}
 
 // Max-deliveries reports read per fetch: they are rare, and each is one small write.
 constexpr std::size_t abandoned_batch = 16;
@@ -208,6 +278,7 @@ struct worker::impl {
     for (auto& l : listeners) {
       if (stop.stop_requested()) return;
       const async_listener& def = *l->def;
+      if (def.per_key()) continue;  // not yet checked: one consumer per partition
       try {
         const std::optional<detail::mark_check> stored = db->check_mark(
             def.consumer_name, opts.stream_check_every / 2, [&](const std::optional<detail::stream_mark>& last) {
@@ -538,7 +609,8 @@ struct worker::impl {
   }
 
   struct handler_result {
-    enum class kind { handled, duplicate, failed, unavailable, in_doubt, settled };
+    // deferred, permanent and fenced: per-key jobs only, which are never settled by call_handler.
+    enum class kind { handled, duplicate, failed, unavailable, in_doubt, settled, deferred, permanent, fenced };
     kind what = kind::handled;
     std::string error;  // failed, unavailable, in_doubt
   };
@@ -546,6 +618,10 @@ struct worker::impl {
   // Admit the message, hold it while its ordered listener is parked, call the handler, then
   // settle by the outcome.
   void process(job& j) {
+    if (j.part != nullptr) {
+      process_keyed(j);
+      return;
+    }
     if (shutting_down) {
       settle(j, "returning", [](delivery& x) { x.nak(std::chrono::milliseconds(0)); });
       return;
@@ -660,6 +736,8 @@ struct worker::impl {
       if (def.options.inbox) {
         const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(j.deadline - clock::now());
         if (!session->claim(def.name, env.id.to_string(), left)) return {kind::duplicate, {}};
+        // Per key: the lease is still ours, and stays ours until this transaction ends.
+        if (j.part != nullptr && !session->fence(def.name, j.part->n, worker_id, j.epoch)) return {kind::fenced, {}};
         access::set_transaction(ctx, session->transaction());
       }
       def.handler(ctx, env);
@@ -669,9 +747,14 @@ struct worker::impl {
       }
       return {kind::handled, {}};
     } catch (const decode_error& e) {
+      if (j.part != nullptr) {  // per key: held here, in order, rather than settled
+        const detail::settle_decision then = detail::after_decode_error(e);
+        return {then.what == detail::settle_decision::action::defer ? kind::deferred : kind::permanent, then.error};
+      }
       settle_decode_error(j, env, e);
       return {kind::settled, {}};
     } catch (const permanent_error& e) {
+      if (j.part != nullptr) return {kind::permanent, e.what()};
       dead_letter_now(j, "permanent", e.what(), j.d->delivery_count());
       return {kind::settled, {}};
     } catch (const detail::commit_in_doubt& e) {
@@ -708,6 +791,9 @@ struct worker::impl {
     switch (result.what) {
       case kind::settled:
       case kind::unavailable:  // held by process() until it is not
+      case kind::deferred:     // per-key kinds: never here
+      case kind::permanent:
+      case kind::fenced:
         return;
       case kind::in_doubt:
         // Committed or not, nobody knows: never ack. The redelivery asks the inbox.
@@ -908,7 +994,11 @@ struct worker::impl {
   void record_abandoned(delivery& d) {
     const async_listener* def = nullptr;
     for (const auto& l : listeners) {
-      if (l->def->consumer_name == d.abandoned_by()) def = l->def;
+      const std::string& c = l->def->consumer_name;
+      const std::string_view by = d.abandoned_by();
+      if (c == by || (l->def->per_key() && by.size() > c.size() + 2 && by.substr(0, c.size() + 2) == c + "_k")) {
+        def = l->def;
+      }
     }
     try {
       if (def == nullptr) {  // another group's consumer: that group's workers record it
@@ -949,6 +1039,701 @@ struct worker::impl {
     }
   }
 
+  // ---- Per-key listeners (README "Ordered per key", DESIGN decision 22) ----
+  //
+  // Each partition has its own consumer, read only by the worker holding its lease. Its
+  // fetcher opens and closes the consumer as the lease thread claims and hands back; a key's
+  // events queue behind one another (the front runs); a failed event is retried here, in
+  // place, so nothing of its key overtakes it; an exhausted one parks its key in PostgreSQL.
+
+  // Under l.mutex: whether a job of `p` fetched at `epoch` may start: the lease is still that
+  // one, and known valid past the handler's deadline.
+  static bool may_start(const listener_state& l, const partition_state& p, std::uint64_t epoch, clock::time_point now) {
+    return epoch != 0 && p.epoch == epoch && now + l.def->options.deadline + std::chrono::seconds(1) < l.valid_until;
+  }
+  // Whether `j`'s outcome may still be settled here (acked): the lease is the one it ran under.
+  static bool still_held(const job& j) {
+    std::lock_guard lock(j.l->mutex);
+    return j.part->epoch == j.epoch && clock::now() < j.l->valid_until;
+  }
+
+  void keyed_fetch_loop(listener_state& l, partition_state& p, std::stop_token stop) {
+    const async_listener& def = *l.def;
+    const int cap = partition_cap(def);
+    bool failing = false;
+    while (!stop.stop_requested()) {
+      enum class step { wait, open, close, fetch } what = step::wait;
+      std::uint64_t epoch = 0;
+      int take = 0;
+      {
+        std::unique_lock lock(l.mutex);
+        const auto next = [&] {
+          if (!p.cons && p.epoch != 0 && !p.releasing) return step::open;
+          if (p.cons && (p.epoch == 0 || (p.releasing && p.held == 0))) return step::close;
+          if (p.cons && !p.releasing && p.held < cap && may_start(l, p, p.epoch, clock::now()) && !l.gate->paused()) {
+            return step::fetch;
+          }
+          return step::wait;
+        };
+        (void)l.slot_freed.wait_for(lock, stop, opts.tick, [&] { return next() != step::wait; });
+        what = next();
+        epoch = p.epoch;
+        take = cap - p.held;
+      }
+      if (stop.stop_requested()) break;
+      switch (what) {
+        case step::wait:
+          if (p.gathering) check_gather(l, p);
+          continue;
+        case step::open:
+          open_partition(l, p, epoch);
+          continue;
+        case step::close:
+          close_partition(l, p, epoch);
+          continue;
+        case step::fetch:
+          break;
+      }
+      std::vector<std::unique_ptr<delivery>> batch;
+      try {
+        batch = p.cons->fetch(static_cast<std::size_t>(take), opts.fetch_wait);
+        if (failing) log->info("listener {}: partition {} fetches again", def.name, p.n);
+        failing = false;
+      } catch (const std::exception& e) {
+        if (!failing) log->warn("listener {}: fetching partition {} failed: {}; retrying every {} ms", def.name, p.n,
+                                e.what(), opts.fetch_retry.count());
+        failing = true;
+        (void)detail::wait_for(stop, opts.fetch_retry);
+        continue;
+      }
+      std::vector<std::shared_ptr<job>> run, back;
+      {
+        std::lock_guard lock(l.mutex);
+        for (auto& d : batch) {
+          if (p.sequences.contains(d->stream_sequence())) continue;  // a redelivery of one held here: the held copy settles
+          auto j = std::make_shared<job>();
+          j->l = &l;
+          j->part = &p;
+          j->epoch = epoch;
+          j->d = std::move(d);
+          j->deadline = clock::time_point::max();
+          j->last_progress = clock::now();
+          j->attempt = j->d->delivery_count();
+          if (const std::string* k = j->d->msg().header(header::key); k != nullptr) j->key = *k;
+          if (p.epoch != epoch) {  // lost meanwhile: back for the new owner
+            back.push_back(std::move(j));
+            continue;
+          }
+          ++p.held;
+          ++l.in_flight;
+          p.sequences.insert(j->d->stream_sequence());
+          j->self = l.jobs.insert(l.jobs.end(), j);
+          if (p.gathering) {
+            if (j->d->stream_sequence() <= p.gather_below) ++p.gathered_old;
+            p.gathered.push_back(std::move(j));
+          } else {
+            route(p, j, run);
+          }
+        }
+      }
+      for (auto& j : back) (void)settle(*j, "returning", [](delivery& x) { x.nak(std::chrono::milliseconds(0)); });
+      if (!run.empty()) l.slots->push(run);
+      if (p.gathering) check_gather(l, p);
+    }
+  }
+
+  // Under l.mutex: queues `j` behind its key's earlier events; adds it to `run` when it is the
+  // key's first. A message without a key runs at once (to be dead-lettered).
+  static void route(partition_state& p, const std::shared_ptr<job>& j, std::vector<std::shared_ptr<job>>& run) {
+    if (j->key.empty()) {
+      run.push_back(j);
+      return;
+    }
+    auto& q = p.keys[j->key];
+    q.push_back(j);
+    if (q.size() == 1) run.push_back(j);
+  }
+
+  // A claimed partition: what the previous owner left unacked is gathered first (the server
+  // redelivers it in no promised order), then everything runs in stream order.
+  void open_partition(listener_state& l, partition_state& p, std::uint64_t epoch) {
+    const async_listener& def = *l.def;
+    try {
+      const std::optional<consumer_info> info = bus.target()->info(bus.options().stream, p.consumer_name);
+      std::unique_ptr<consumer> cons = bus.target()->open_consumer(bus.options().stream, p.consumer_name);
+      std::vector<std::string> parked = db->parked_keys_of(def.name, p.n);
+      {
+        std::lock_guard park(p.park_mutex);
+        p.parked = {parked.begin(), parked.end()};
+      }
+      std::lock_guard lock(l.mutex);
+      if (p.epoch != epoch) return;  // lost meanwhile; `cons` closes
+      p.cons = std::move(cons);
+      p.gather_count = info ? info->ack_pending : 0;
+      p.gather_below = info ? info->delivered_sequence : 0;
+      p.gathered_old = 0;
+      p.gathering = p.gather_count > 0;
+      p.gather_until = clock::now() + def.options.ack_wait + std::chrono::seconds(5);
+      log->info("listener {}: partition {} claimed (epoch {}){}", def.name, p.n, epoch,
+                p.gathering ? "; gathering " + std::to_string(p.gather_count) + " unacked event(s) first" : "");
+    } catch (const std::exception& e) {
+      log->warn("listener {}: cannot open partition {}: {}; retrying", def.name, p.n, e.what());
+      (void)sleep_unless_shutdown(opts.fetch_retry);
+    }
+  }
+
+  // Gathering ends when every event the previous owner left unacked is here (or, should it
+  // have acked some after all, once the server must have redelivered them all).
+  void check_gather(listener_state& l, partition_state& p) {
+    std::vector<std::shared_ptr<job>> run;
+    {
+      std::lock_guard lock(l.mutex);
+      if (!p.gathering) return;
+      const bool late = clock::now() >= p.gather_until;
+      if (p.gathered_old < p.gather_count && !late) return;
+      if (late) {
+        log->warn("listener {}: partition {}: {} of {} unacked event(s) came back within AckWait; going on", l.def->name,
+                  p.n, p.gathered_old, p.gather_count);
+      }
+      std::sort(p.gathered.begin(), p.gathered.end(),
+                [](const auto& a, const auto& b) { return a->d->stream_sequence() < b->d->stream_sequence(); });
+      for (auto& j : p.gathered) route(p, j, run);
+      p.gathered.clear();
+      p.gathering = false;
+    }
+    if (!run.empty()) l.slots->push(run);
+  }
+
+  // Handed back (or lost): the consumer closes once the pull requests it left open have
+  // ended, so that nothing is delivered to it after the next owner counted what is unacked.
+  void close_partition(listener_state& l, partition_state& p, std::uint64_t epoch) {
+    std::unique_ptr<consumer> cons;
+    std::vector<std::shared_ptr<job>> back;
+    {
+      std::lock_guard lock(l.mutex);
+      cons = std::move(p.cons);
+      back.swap(p.gathered);
+      p.gathering = false;
+    }
+    for (auto& j : back) {
+      (void)settle(*j, "returning", [](delivery& x) { x.nak(std::chrono::milliseconds(0)); });
+      finish(j);
+    }
+    cons->give_back();
+    std::this_thread::sleep_for(opts.fetch_wait + std::chrono::milliseconds(500));
+    cons->give_back();
+    cons.reset();
+    std::lock_guard lock(l.mutex);
+    if (p.releasing && p.epoch == epoch && epoch != 0) p.closing_since = clock::now();  // ready to hand back
+  }
+
+  // One per-key job on a slot: a drain of a parked key, or an event.
+  void run_keyed(job& j) {
+    listener_state& l = *j.l;
+    if (!j.drain.empty()) {
+      run_drain(j);
+      return;
+    }
+    run_observed(j);
+    switch (j.outcome) {
+      case handle_outcome::handled: l.calls_handled.fetch_add(1, std::memory_order_relaxed); break;
+      case handle_outcome::retry:
+      case handle_outcome::dead_letter:
+      case handle_outcome::parked:
+      case handle_outcome::timed_out: l.calls_failed.fetch_add(1, std::memory_order_relaxed); break;
+      default: break;
+    }
+  }
+
+  void return_job(job& j) {
+    (void)settle(j, "returning", [](delivery& x) { x.nak(std::chrono::milliseconds(0)); });
+    j.outcome = handle_outcome::returned;
+  }
+
+  void process_keyed(job& j) {
+    listener_state& l = *j.l;
+    partition_state& p = *j.part;
+    const async_listener& def = *l.def;
+    bool startable = false;
+    {
+      std::lock_guard lock(l.mutex);
+      startable = !shutting_down && may_start(l, p, j.epoch, clock::now());
+    }
+    if (!startable) {  // the lease is gone or ending: back, for its next holder
+      return_job(j);
+      return;
+    }
+    std::optional<envelope> env = admit(j);  // a message that cannot be read is dead-lettered
+    if (!env) return;
+    if (env->key.empty() || partition_of(env->key, def.partitions) != p.n) {
+      dead_letter_now(j, "bad_key",
+                      env->key.empty() ? "a per-key listener's event without an Omnibus-Key header"
+                                       : "key '" + to_text(env->key) + "' belongs to partition " +
+                                             std::to_string(partition_of(env->key, def.partitions)) + " of " +
+                                             std::to_string(def.partitions) + ", not " + std::to_string(p.n) +
+                                             " (its subject's): the producer's hash or partition count differs",
+                      j.attempt);
+      return;
+    }
+    {
+      std::unique_lock park(p.park_mutex);
+      if (p.parked.contains(j.key)) {
+        set_aside(j, *env, park);
+        return;
+      }
+    }
+    j.stop = std::stop_source{};
+    set_deadline(j, clock::now() + def.options.deadline);
+    const handler_result result = call_handler(j, *env);
+    {
+      std::lock_guard lock(l.mutex);
+      j.deadline = clock::time_point::max();
+      if (j.timed_out) {  // past its deadline, never nak'd (per key): its outcome counts as usual
+        j.timed_out = false;
+        --l.stuck;
+      }
+    }
+    using kind = handler_result::kind;
+    const auto max = static_cast<std::uint64_t>(def.options.retry.max_attempts);
+    switch (result.what) {
+      case kind::handled:
+      case kind::duplicate:
+        if (!still_held(j)) {  // the next owner runs it again (an inbox listener: once)
+          return_job(j);
+          return;
+        }
+        settle(j, "acking", [](delivery& x) { x.ack(); });
+        j.outcome = result.what == kind::handled ? handle_outcome::handled : handle_outcome::skipped;
+        (result.what == kind::handled ? stats.handled : stats.duplicates).fetch_add(1, std::memory_order_relaxed);
+        if (j.attempt > 1) {
+          try {
+            db->clear_failure(def.name, env->id.to_string());
+          } catch (const std::exception& e) {
+            log->warn("listener {}: could not clear the failure history of {}: {}", def.name, env->id.to_string(), e.what());
+          }
+        }
+        return;
+      case kind::fenced:
+        return_job(j);
+        return;
+      case kind::settled:
+        return;
+      case kind::unavailable:
+      case kind::in_doubt:
+        stats.outage_retries.fetch_add(1, std::memory_order_relaxed);
+        retry_locally(j, opts.outage_retry, false, result.error);
+        return;
+      case kind::deferred:
+        stats.deferred.fetch_add(1, std::memory_order_relaxed);
+        retry_locally(j, opts.newer_version_delay, false, result.error);
+        return;
+      case kind::permanent:
+        exhaust(j, *env, result.error, "permanent");
+        return;
+      case kind::failed:
+        log->warn("listener {}: {} {} (key {}) attempt {}/{} failed: {}", def.name, env->name, env->id.to_string(),
+                  to_text(j.key), j.attempt, max, result.error);
+        if (j.attempt >= max) {
+          exhaust(j, *env, result.error, "handler_failed");
+          return;
+        }
+        try {
+          db->record_failure(def.name, env->id.to_string(), result.error);
+        } catch (const std::exception& e) {
+          log->warn("listener {}: could not record the failure of {}: {}", def.name, env->id.to_string(), e.what());
+        }
+        stats.failed.fetch_add(1, std::memory_order_relaxed);
+        retry_locally(j, retry_delay(def.options.retry, j.attempt, unit_random()), true, result.error);
+        return;
+    }
+  }
+
+  // Runs `j` again after `delay`, holding it (in progress) meanwhile: its key waits behind it.
+  void retry_locally(job& j, std::chrono::milliseconds delay, bool spend, const std::string& why) {
+    j.outcome = handle_outcome::retry;
+    j.error = why;
+    std::lock_guard lock(j.l->mutex);
+    if (spend) ++j.attempt;
+    j.retry_at = clock::now() + delay;
+    j.l->retrying.push_back(*j.self);
+  }
+
+  // Attempts ran out (or can never succeed): the key parks at this event, or, by the listener's
+  // policy, the event is dead-lettered and the key goes on.
+  void exhaust(job& j, const envelope& env, const std::string& error, const char* reason) {
+    const async_listener& def = *j.l->def;
+    partition_state& p = *j.part;
+    if (!def.options.park_when_exhausted) {
+      dead_letter_now(j, reason, error, j.attempt);
+      return;
+    }
+    std::unique_lock park(p.park_mutex);
+    if (!write_parked(j, env, error, park)) return;
+    p.parked.insert(j.key);
+    park.unlock();
+    settle(j, "acking a parked", [](delivery& x) { x.ack(); });
+    j.outcome = handle_outcome::parked;
+    j.error = error;
+    stats.parked.fetch_add(1, std::memory_order_relaxed);
+    log->error("listener {}: key {} parked at {} {} after {} attempt(s): {}. Its later events wait in {}.bus_parked_events "
+               "until `omnibus-worker parked retry {} {}` (or skip, or discard); other keys go on",
+               def.name, to_text(j.key), env.name, env.id.to_string(), j.attempt, error, bus.options().schema, def.name,
+               to_text(j.key));
+  }
+
+  // An event of a parked key: set aside behind the key's first, in order (park held).
+  void set_aside(job& j, const envelope& env, std::unique_lock<std::mutex>& park) {
+    if (!write_parked(j, env, "", park)) return;
+    park.unlock();
+    settle(j, "acking a set-aside", [](delivery& x) { x.ack(); });
+    j.outcome = handle_outcome::parked;
+    stats.set_aside.fetch_add(1, std::memory_order_relaxed);
+  }
+
+  // Writes `j` to its key's parked events (park held). False when it did not: the lease is
+  // lost (returned), or the store failed (retried here, park released).
+  bool write_parked(job& j, const envelope& env, const std::string& error, std::unique_lock<std::mutex>& park) {
+    const async_listener& def = *j.l->def;
+    detail::stored_event ev;
+    ev.stream_sequence = j.d->stream_sequence();
+    ev.event_id = env.id.to_string();
+    ev.msg = j.d->msg();
+    ev.attempts = static_cast<int>(std::min<std::uint64_t>(j.attempt, std::numeric_limits<int>::max()));
+    try {
+      if (db->park_event(def.name, j.key, j.part->n, worker_id, j.epoch, env.name, ev, error)) return true;
+      park.unlock();
+      return_job(j);
+    } catch (const std::exception& e) {
+      park.unlock();
+      log->warn("listener {}: cannot set {} aside for parked key {}: {}; retrying", def.name, ev.event_id,
+                to_text(j.key), e.what());
+      retry_locally(j, opts.fetch_retry, false, e.what());
+    }
+    return false;
+  }
+
+  // An operator's request for a parked key, carried out by the partition's holder: its events
+  // run again in stream order (a skip drops the first); new events of the key are set aside
+  // behind them meanwhile; the key is released when none is left, in the transaction that
+  // finds none. A failure parks the key again where it failed.
+  void run_drain(job& j) {
+    listener_state& l = *j.l;
+    partition_state& p = *j.part;
+    const async_listener& def = *l.def;
+    std::string action = j.drain;
+    try {
+      while (!shutting_down && still_held(j)) {
+        if (action == "discard") {
+          std::lock_guard park(p.park_mutex);
+          const std::int64_t n = db->discard_parked_key(def.name, j.key);
+          p.parked.erase(j.key);
+          log->warn("listener {}: parked key {} discarded by an operator ({} event(s) dropped)", def.name,
+                    to_text(j.key), n);
+          break;
+        }
+        std::optional<detail::stored_event> ev = db->first_parked_event(def.name, j.key);
+        if (!ev) {
+          std::lock_guard park(p.park_mutex);
+          if (!db->release_parked_key(def.name, j.key)) continue;  // one was set aside meanwhile
+          p.parked.erase(j.key);
+          log->info("listener {}: key {} released: its parked events ran in order; live events go on", def.name,
+                    to_text(j.key));
+          break;
+        }
+        if (action == "skip") {
+          db->drop_parked_event(def.name, j.key, ev->stream_sequence, true);
+          stats.skipped.fetch_add(1, std::memory_order_relaxed);
+          log->warn("listener {}: parked event {} of key {} skipped by an operator", def.name, ev->event_id,
+                    to_text(j.key));
+          action = "retry";
+          continue;
+        }
+        j.d = std::make_unique<stored_delivery>(ev->msg, ev->stream_sequence, static_cast<std::uint64_t>(ev->attempts) + 1);
+        detail::settle_decision first = detail::before_handler(j.d->msg(), j.d->header_error(),
+                                                               bus.options().stream.subject_prefix, bus.options().max_body_bytes);
+        handler_result result{handler_result::kind::permanent, first.error};
+        if (first.what == detail::settle_decision::action::run) {
+          j.stop = std::stop_source{};
+          set_deadline(j, clock::now() + def.options.deadline);
+          result = call_handler(j, first.env);
+          std::lock_guard lock(l.mutex);
+          j.deadline = clock::time_point::max();
+          if (j.timed_out) {
+            j.timed_out = false;
+            --l.stuck;
+          }
+        }
+        if (result.what == handler_result::kind::handled || result.what == handler_result::kind::duplicate) {
+          db->drop_parked_event(def.name, j.key, ev->stream_sequence, false);
+          stats.handled.fetch_add(1, std::memory_order_relaxed);
+          l.calls_handled.fetch_add(1, std::memory_order_relaxed);
+          continue;
+        }
+        if (result.what == handler_result::kind::fenced) break;
+        l.calls_failed.fetch_add(1, std::memory_order_relaxed);
+        db->repark_key(def.name, j.key, ev->stream_sequence, result.error);
+        log->error("listener {}: retrying parked key {} failed at event {}: {}; the key stays parked there", def.name,
+                   to_text(j.key), ev->event_id, result.error);
+        break;
+      }
+    } catch (const std::exception& e) {  // the request stays: the next heartbeat starts it again
+      log->warn("listener {}: carrying out {} of parked key {} failed: {}", def.name, j.drain, to_text(j.key), e.what());
+    }
+    std::lock_guard settled(j.settle_mutex);
+    j.settled = true;
+  }
+
+  // After a slot ran a per-key job: unless it waits for a local retry, its key's next event
+  // may run.
+  void finish_keyed(const std::shared_ptr<job>& j) {
+    {
+      std::lock_guard settled(j->settle_mutex);
+      if (!j->settled) return;  // waiting in `retrying`: still its key's front
+    }
+    listener_state& l = *j->l;
+    partition_state& p = *j->part;
+    std::vector<std::shared_ptr<job>> run, back;
+    {
+      std::lock_guard lock(l.mutex);
+      --l.in_flight;
+      --p.held;
+      if (j->timed_out) --l.stuck;
+      l.jobs.erase(j->self);
+      if (!j->drain.empty()) {
+        p.draining.erase(j->key);
+      } else {
+        p.sequences.erase(j->d->stream_sequence());
+        if (auto it = p.keys.find(j->key); !j->key.empty() && it != p.keys.end()) {
+          if (!it->second.empty() && it->second.front() == j) it->second.pop_front();
+          if (it->second.empty()) {
+            p.keys.erase(it);
+          } else if (shutting_down) {
+            back.assign(it->second.begin(), it->second.end());
+            p.keys.erase(it);
+          } else {
+            run.push_back(it->second.front());
+          }
+        }
+      }
+    }
+    for (auto& b : back) {  // at shutdown: the key's waiting events go back, unstarted
+      (void)settle(*b, "returning", [](delivery& x) { x.nak(std::chrono::milliseconds(0)); });
+      std::lock_guard lock(l.mutex);
+      --l.in_flight;
+      --p.held;
+      p.sequences.erase(b->d->stream_sequence());
+      l.jobs.erase(b->self);
+    }
+    if (!run.empty()) l.slots->push(run);
+    l.slot_freed.notify_all();
+  }
+
+  // Every heartbeat: renew, hand back what is drained, claim up to this worker's share, and
+  // start the drains operators asked for.
+  void lease_loop(std::stop_token stop) {
+    std::vector<std::string> warned(listeners.size());
+    do {
+      for (std::size_t i = 0; i < listeners.size(); ++i) {
+        if (listeners[i]->def->per_key()) heartbeat(*listeners[i], warned[i]);
+      }
+    } while (detail::wait_for(stop, opts.partition_heartbeat));
+  }
+
+  void heartbeat(listener_state& l, std::string& warned) {
+    const async_listener& def = *l.def;
+    std::vector<std::pair<int, std::uint64_t>> release;
+    {
+      std::lock_guard lock(l.mutex);
+      for (auto& p : l.parts) {
+        if (p->releasing && p->epoch != 0 && !p->cons && p->held == 0 && p->closing_since != clock::time_point{}) {
+          release.emplace_back(p->n, p->epoch);
+        }
+      }
+    }
+    const auto began = clock::now();
+    detail::lease_round round;
+    try {
+      round = db->lease_partitions(def.name, def.partitions, worker_id, l.lease, release);
+      if (!warned.empty()) log->info("listener {}: renewing its partition leases again", def.name);
+      warned.clear();
+    } catch (const std::exception& e) {
+      if (warned != e.what()) {
+        log->warn("listener {}: cannot renew its partition leases: {}; its partitions stop {} ms after the last renewal",
+                  def.name, e.what(), l.lease.count());
+      }
+      warned = e.what();
+      std::vector<std::shared_ptr<job>> run;
+      {
+        std::lock_guard lock(l.mutex);
+        if (clock::now() >= l.valid_until) {
+          for (auto& p : l.parts) {
+            if (p->epoch != 0) lose(l, *p, run);
+          }
+        }
+      }
+      if (!run.empty()) l.slots->push(run);
+      l.slot_freed.notify_all();
+      return;
+    }
+    std::vector<std::shared_ptr<job>> run;
+    {
+      std::lock_guard lock(l.mutex);
+      l.valid_until = began + l.lease;
+      for (const auto& [n, epoch] : release) {
+        partition_state& p = *l.parts[static_cast<std::size_t>(n)];
+        if (p.epoch != epoch) continue;
+        p.epoch = 0;
+        p.releasing = false;
+        p.closing_since = {};
+        log->info("listener {}: partition {} handed back (epoch {})", def.name, n, epoch);
+      }
+      std::vector<bool> held(l.parts.size(), false);
+      for (const auto& [n, epoch] : round.held) {
+        partition_state& p = *l.parts[static_cast<std::size_t>(n)];
+        held[static_cast<std::size_t>(n)] = true;
+        if (p.epoch == epoch) continue;
+        if (p.epoch != 0) lose(l, p, run);  // taken and given back to us meanwhile: start anew
+        p.epoch = epoch;                     // its fetcher opens it
+        p.releasing = false;
+        p.closing_since = {};
+      }
+      int count = 0;
+      for (auto& p : l.parts) {
+        if (p->epoch != 0 && !held[static_cast<std::size_t>(p->n)]) lose(l, *p, run);
+        if (p->epoch != 0) ++count;
+      }
+      // Above its share (another worker came): hand back the highest partitions once drained.
+      for (auto it = l.parts.rbegin(); it != l.parts.rend(); ++it) {
+        partition_state& p = **it;
+        if (p.epoch == 0) continue;
+        if (count > round.share) {
+          if (!p.releasing) log->info("listener {}: handing partition {} back ({} held, share {})", def.name, p.n, count,
+                                      round.share);
+          p.releasing = true;
+          --count;
+        } else if (p.releasing && p.cons) {
+          p.releasing = false;  // the share grew again before it closed
+        }
+      }
+    }
+    if (!run.empty()) l.slots->push(run);
+    l.slot_freed.notify_all();
+    try {
+      for (const detail::key_request& r : db->key_requests(def.name)) start_drain(l, r);
+    } catch (const std::exception& e) {
+      log->warn("listener {}: cannot read requests for parked keys: {}", def.name, e.what());
+    }
+  }
+
+  // Under l.mutex: `p` is no longer ours. What waits for a local retry runs now (and goes
+  // back, its lease gone) rather than at its time: the next owner gathers it.
+  void lose(listener_state& l, partition_state& p, std::vector<std::shared_ptr<job>>& run) {
+    log->warn("listener {}: partition {} (epoch {}) is no longer held by this worker", l.def->name, p.n, p.epoch);
+    p.epoch = 0;
+    p.releasing = false;
+    p.closing_since = {};
+    std::erase_if(l.retrying, [&](const std::shared_ptr<job>& j) {
+      if (j->part != &p) return false;
+      run.push_back(j);
+      return true;
+    });
+  }
+
+  void start_drain(listener_state& l, const detail::key_request& r) {
+    if (r.partition < 0 || static_cast<std::size_t>(r.partition) >= l.parts.size()) return;
+    partition_state& p = *l.parts[static_cast<std::size_t>(r.partition)];
+    auto j = std::make_shared<job>();
+    {
+      std::lock_guard lock(l.mutex);
+      if (p.epoch == 0 || !p.cons || p.gathering || p.releasing || p.draining.contains(r.key)) return;
+      j->l = &l;
+      j->part = &p;
+      j->epoch = p.epoch;
+      j->key = r.key;
+      j->drain = r.action;
+      j->deadline = clock::time_point::max();
+      j->last_progress = clock::now();
+      p.draining.insert(r.key);
+      ++p.held;
+      ++l.in_flight;
+      j->self = l.jobs.insert(l.jobs.end(), j);
+    }
+    log->info("listener {}: carrying out {} of parked key {}", l.def->name, r.action, to_text(r.key));
+    std::vector<std::shared_ptr<job>> run{j};
+    l.slots->push(run);
+  }
+
+  // The monitor's part for per-key listeners: local retries that are due run again.
+  void due_retries(listener_state& l, clock::time_point now) {
+    std::vector<std::shared_ptr<job>> run;
+    {
+      std::lock_guard lock(l.mutex);
+      std::erase_if(l.retrying, [&](const std::shared_ptr<job>& j) {
+        if (j->retry_at > now && !shutting_down) return false;
+        run.push_back(j);
+        return true;
+      });
+    }
+    if (!run.empty()) l.slots->push(run);
+  }
+
+  // At shutdown, before the slots' queues are emptied: every per-key event that waits (behind
+  // its key, for a retry, or gathered) goes back unstarted.
+  void return_waiting(listener_state& l) {
+    std::vector<std::shared_ptr<job>> back;
+    {
+      std::lock_guard lock(l.mutex);
+      for (auto& j : l.retrying) back.push_back(j);
+      l.retrying.clear();
+      for (auto& p : l.parts) {
+        for (auto& j : p->gathered) back.push_back(j);
+        p->gathered.clear();
+        for (auto& [key, q] : p->keys) {
+          // The front runs (or is queued on a slot); a retrying front is in `back` already.
+          for (std::size_t i = 1; i < q.size(); ++i) back.push_back(q[i]);
+          q.resize(1);
+        }
+      }
+    }
+    for (auto& j : back) {
+      (void)settle(*j, "returning", [](delivery& x) { x.nak(std::chrono::milliseconds(0)); });
+      std::lock_guard lock(l.mutex);
+      --l.in_flight;
+      --j->part->held;
+      j->part->sequences.erase(j->d->stream_sequence());
+      l.jobs.erase(j->self);
+      if (auto it = j->part->keys.find(j->key); it != j->part->keys.end() && !it->second.empty() &&
+                                                it->second.front() == j) {
+        j->part->keys.erase(it);
+      }
+    }
+  }
+
+  // At shutdown, once nothing runs: the consumers close, their open requests end, and the
+  // partitions are handed back at once (the others need not wait for the leases to expire).
+  void leave_partitions(listener_state& l) {
+    std::vector<std::pair<int, std::uint64_t>> release;
+    for (auto& p : l.parts) {
+      std::lock_guard lock(l.mutex);
+      if (p->cons) p->cons->give_back();
+    }
+    std::this_thread::sleep_for(opts.fetch_wait + std::chrono::milliseconds(500));
+    {
+      std::lock_guard lock(l.mutex);
+      for (auto& p : l.parts) {
+        if (p->cons) p->cons->give_back();
+        p->cons.reset();
+        if (p->epoch != 0 && p->held == 0) release.emplace_back(p->n, p->epoch);
+      }
+    }
+    try {
+      db->leave_partitions(l.def->name, worker_id, release);
+    } catch (const std::exception& e) {
+      log->warn("listener {}: could not hand its partitions back ({}); the others take them when the leases expire",
+                l.def->name, e.what());
+    }
+  }
+
   // Signals progress for long handlers, and enforces deadlines. Returns the name of a listener
   // whose every slot is stuck, or "".
   std::string monitor() {
@@ -956,10 +1741,23 @@ struct worker::impl {
     for (auto& lp : listeners) {
       listener_state& l = *lp;
       const auto progress_every = std::max<clock::duration>(l.def->options.ack_wait / 4, opts.tick);
+      if (l.def->per_key()) due_retries(l, now);
       std::lock_guard lock(l.mutex);
       for (const auto& jp : l.jobs) {
         job& j = *jp;
         if (j.timed_out) continue;
+        if (j.part != nullptr && now >= j.deadline) {
+          // Per key: never nak'd (its key's next event would overtake it); asked to stop, and
+          // its outcome, whenever it comes, counts.
+          j.timed_out = true;
+          ++l.stuck;
+          stats.timed_out.fetch_add(1, std::memory_order_relaxed);
+          j.stop.request_stop();
+          log->warn("listener {}: a handler call of key {} passed its {} ms deadline; asked to stop", l.def->name,
+                    to_text(j.key), l.def->options.deadline.count());
+          continue;
+        }
+        if (j.d == nullptr) continue;  // a parked key's drain between its events
         if (now >= j.deadline) {
           j.timed_out = true;
           ++l.stuck;
@@ -1085,6 +1883,10 @@ void validate(const event_bus& bus, const worker_options& o) {
   if (o.read_ahead_window.count() < 0) {
     throw std::invalid_argument("worker_options::read_ahead_window must not be negative (0: no read-ahead)");
   }
+  positive(o.partition_heartbeat, "partition_heartbeat");
+  if (o.partition_lease < 3 * o.partition_heartbeat) {
+    throw std::invalid_argument("worker_options::partition_lease must be at least three partition_heartbeats");
+  }
   if (any_inbox(bus) && o.inbox_retention <= bus.options().stream.max_age) {
     throw std::invalid_argument("worker: inbox_retention must exceed the stream's max_age: while the stream holds an "
                                 "event it can be delivered again, and only its inbox row stops a second run");
@@ -1103,13 +1905,30 @@ void worker::run(std::stop_token stop) {
                                   w.opts.db_wait, w.opts.inbox_lock_timeout});
   }
   w.db->migrate();
+  for (const async_listener& l : w.bus.async_listeners()) {
+    if (l.per_key() && !w.db->has_partitions()) {
+      throw std::invalid_argument("worker: listener " + l.name + " runs per key, which needs PostgreSQL (partition leases)");
+    }
+  }
   w.bus.provision();
   const bool prunes = any_inbox(w.bus);
   for (const async_listener& l : w.bus.async_listeners()) {
     auto st = std::make_unique<listener_state>();
     st->def = &l;
     st->gate = std::make_unique<detail::flow_gate>(l.name, l.options, w.log);
-    st->cons = w.bus.target()->open_consumer(w.bus.options().stream, l.consumer_name);
+    if (l.per_key()) {  // its partitions' consumers open as their leases are claimed
+      st->lease = std::max<std::chrono::milliseconds>(w.opts.partition_lease,
+                                                      l.options.deadline + std::chrono::seconds(3));
+      const std::vector<std::string> names = l.consumer_names();
+      for (int p = 0; p < l.partitions; ++p) {
+        auto part = std::make_unique<partition_state>();
+        part->n = p;
+        part->consumer_name = names[static_cast<std::size_t>(p)];
+        st->parts.push_back(std::move(part));
+      }
+    } else {
+      st->cons = w.bus.target()->open_consumer(w.bus.options().stream, l.consumer_name);
+    }
     w.listeners.push_back(std::move(st));
   }
   // Opened before any thread starts: a failure here leaves nothing running.
@@ -1120,6 +1939,11 @@ void worker::run(std::stop_token stop) {
   for (auto& l : w.listeners) {
     l->slots = std::make_unique<detail::slot_pool<std::shared_ptr<job>>>(
         static_cast<std::size_t>(std::max(l->def->options.concurrency, 1)), [&w](std::shared_ptr<job>& j) {
+          if (j->part != nullptr) {
+            w.run_keyed(*j);
+            w.finish_keyed(j);
+            return;
+          }
           w.run_job(*j);
           w.finish(j);
         });
@@ -1128,9 +1952,19 @@ void worker::run(std::stop_token stop) {
 
   std::stop_source fetch_stop;
   std::vector<std::jthread> fetchers;
+  bool keyed = false;
   for (auto& l : w.listeners) {
+    if (l->def->per_key()) {
+      keyed = true;
+      for (auto& p : l->parts) {
+        fetchers.emplace_back([&w, &l, &p, token = fetch_stop.get_token()] { w.keyed_fetch_loop(*l, *p, token); });
+      }
+      continue;
+    }
     fetchers.emplace_back([&w, &l, token = fetch_stop.get_token()] { w.fetch_loop(*l, token); });
   }
+  std::jthread lease_keeper;
+  if (keyed) lease_keeper = std::jthread([&w](std::stop_token st) { w.lease_loop(st); });
 
   w.stats.ready = true;
   std::jthread stream_watch([&w](std::stop_token st) { w.watch_stream(st); });
@@ -1154,10 +1988,17 @@ void worker::run(std::stop_token stop) {
     report_reader.request_stop();
     report_reader.join();
   }
+  if (lease_keeper.joinable()) {  // no claim or hand-back from here on; the leases stay ours
+    lease_keeper.request_stop();
+    lease_keeper.join();
+  }
   w.shutting_down = true;
   fetch_stop.request_stop();
   for (auto& l : w.listeners) l->slot_freed.notify_all();
   fetchers.clear();  // joins: no fetch after this
+  for (auto& l : w.listeners) {
+    if (l->def->per_key()) w.return_waiting(*l);
+  }
   // Fetched but not started (waiting for a slot): back at once (decision 14); the slots' threads
   // end after what they run. What the consumers received ahead goes back as they close.
   for (auto& l : w.listeners) {
@@ -1185,6 +2026,9 @@ void worker::run(std::stop_token stop) {
     w.bus.target()->flush(w.opts.flush_timeout);
   } catch (const std::exception& e) {
     w.log->error("worker: flushing acks at shutdown failed: {}", e.what());
+  }
+  for (auto& l : w.listeners) {
+    if (l->def->per_key()) w.leave_partitions(*l);
   }
   if (w.in_flight() == 0) {
     for (auto& l : w.listeners) l->slots->join();

@@ -114,7 +114,7 @@ struct worker_fixture {
       }
     });
     // The worker provisions before it drains: wait for its consumers.
-    REQUIRE(test_env::eventually([&] { return js.consumers(opts.stream).size() >= b.async_listeners().size(); }, 10s));
+    REQUIRE(test_env::eventually([&] { return js.consumers(opts.stream).size() >= b.consumer_configs().size(); }, 10s));
   }
   void stop_worker() {
     if (runner.joinable()) {

@@ -27,6 +27,7 @@ inline constexpr std::string_view correlation_id = "Omnibus-Correlation-Id";  //
 inline constexpr std::string_view traceparent = "traceparent";  ///< metadata::traceparent (W3C), when set
 inline constexpr std::string_view tracestate = "tracestate";  ///< metadata::tracestate (W3C), when set
 inline constexpr std::string_view meta_prefix = "Omnibus-Meta-";  ///< + key: one header per metadata::values entry
+inline constexpr std::string_view key = "Omnibus-Key";  ///< a keyed event's ordering key (1..256 bytes of UTF-8)
 }  // namespace header
 
 /// The most headers a message may carry to decode: Omnibus' own and metadata, with room to spare.
@@ -44,14 +45,32 @@ struct OMNIBUS_API envelope {
   std::chrono::sys_time<std::chrono::microseconds> published_at{};
   omnibus::metadata meta;  ///< the publisher's context metadata
   std::string body;  ///< the msgpack map
+  /// A keyed event's ordering key (E::ordering_key), or empty: the Omnibus-Key header.
+  std::string key;
+  /// A keyed event's partitions (E::partitions), or 0: with a key, the subject is
+  /// "<prefix>.<name>.k<partition_of(key, partitions)>". Not on the wire (decode leaves 0).
+  int partitions = 0;
 };
+
+/// The longest ordering key, in bytes.
+inline constexpr std::size_t max_key_bytes = 256;
+
+/// The partition of `key` among `partitions` (1..1024): FNV-1a 64 of the key's bytes (offset
+/// basis 0xcbf29ce484222325, prime 0x100000001b3) modulo `partitions`. Part of the wire
+/// format: a producer in another language computes the same to publish a keyed event.
+[[nodiscard]] OMNIBUS_API int partition_of(std::string_view key, int partitions) noexcept;
+
+/// A keyed event's subject: "<prefix>.<event name>.k<partition>".
+[[nodiscard]] OMNIBUS_API std::string partition_subject(std::string_view prefix, std::string_view event_name,
+                                                        int partition);
 
 /// "<prefix>.<name>".
 [[nodiscard]] OMNIBUS_API std::string subject_for(std::string_view prefix, std::string_view event_name);
 
 /// The message for `env`. Throws event_too_large when the body is over `max_body_bytes`, and
 /// std::invalid_argument for a metadata key or value that cannot be a header (a CR or LF, or
-/// bytes that are not UTF-8).
+/// bytes that are not UTF-8), or for a keyed event's key that is empty, longer than
+/// max_key_bytes, not UTF-8 or holds a control character.
 [[nodiscard]] OMNIBUS_API message encode(const envelope& env, std::string_view prefix,
                              std::size_t max_body_bytes = default_max_body_bytes);
 /// encode() into `out`, reusing the memory of the message it held: encoding many events one
@@ -60,7 +79,8 @@ struct OMNIBUS_API envelope {
 OMNIBUS_API void encode_into(message& out, const envelope& env, std::string_view prefix,
                              std::size_t max_body_bytes = default_max_body_bytes);
 
-/// Reads and checks the headers against the subject; the body stays encoded. Throws
+/// Reads and checks the headers against the subject ("<prefix>.<name>", or "<prefix>.<name>.k<n>"
+/// with an Omnibus-Key header); the body stays encoded. Throws
 /// decode_error: too_many_headers past max_headers; bad_header for an empty header name, an
 /// Omnibus header given twice, a value that is not UTF-8 (Omnibus headers, trace context and
 /// metadata), or one that does not parse; missing_header; name_mismatch; oversized.

@@ -99,6 +99,13 @@ struct OMNIBUS_API rate_limit {
   int burst = 0;          ///< the bucket's size; 0: a tenth of a second's worth, at least 1
 };
 
+/// In what order an async listener's events run (README "Ordering").
+enum class ordering {
+  none,     ///< in parallel, up to the concurrency of each worker
+  total,    ///< one event at a time across all workers, in stream order (listener_options::ordered)
+  per_key,  ///< each key's events one at a time in stream order; keys in parallel (a keyed event)
+};
+
 /// How one async listener runs in the worker.
 struct OMNIBUS_API listener_options {
   int concurrency = 4;  ///< handler slots: messages of this listener in flight in one worker
@@ -108,9 +115,16 @@ struct OMNIBUS_API listener_options {
   /// Strictly in stream order, one event in flight across all workers (MaxAckPending 1,
   /// concurrency 1). A failure is nak'd with a delay and stays pending, so nothing overtakes it.
   bool ordered = false;
+  /// ordering::total is `ordered`; ordering::per_key needs a keyed event (omnibus::keyed_event):
+  /// each key's events run one at a time, in stream order, across every worker, while other
+  /// keys run in parallel (up to `concurrency` per worker). Breaker and rate limits are not
+  /// available with per_key yet.
+  omnibus::ordering order = omnibus::ordering::none;
   /// For an ordered listener whose attempts ran out: true parks it at that event until an
   /// operator retries or skips it (omnibus-worker parked ...); false dead-letters the event and
-  /// goes on (a dead letter retried later runs out of order).
+  /// goes on (a dead letter retried later runs out of order). A per_key listener parks the
+  /// event's key only: that event and every later one of its key are set aside in order while
+  /// other keys go on (omnibus-worker parked retry LISTENER KEY).
   bool park_when_exhausted = true;
   /// Exactly-once effects: the worker opens a transaction, records (listener, event id) in
   /// `<schema>.bus_inbox`, runs the handler with that transaction in its context (ctx.tx();
@@ -132,7 +146,12 @@ struct OMNIBUS_API async_listener {
   std::string consumer_name;  ///< "<group>_<name>"
   std::string event_name;     ///< E::name: the event type it handles
   int event_version = 0;      ///< E::version: the newest version it decodes; newer ones are deferred
+  int partitions = 0;         ///< E::partitions for a keyed event, else 0
   listener_options options;   ///< as given to add_async_listener()
+  /// Whether it runs per key: its consumers are "<consumer_name>_k<n>", one per partition.
+  [[nodiscard]] bool per_key() const noexcept { return options.order == ordering::per_key; }
+  /// The durable consumers it reads: consumer_name, or one per partition for per_key.
+  [[nodiscard]] std::vector<std::string> consumer_names() const;
   /// Decodes the envelope as the listener's event type and calls the user's handler.
   /// Throws decode_error for a bad body, or whatever the handler throws.
   std::function<void(context&, const envelope&)> handler;
@@ -173,6 +192,15 @@ class OMNIBUS_API transient_error : public error {
 
 namespace detail {
 OMNIBUS_API std::size_t next_type_slot() noexcept;
+/// `env` with E's ordering key when E is keyed.
+template <class E>
+envelope keyed(envelope env, const E& event) {
+  if constexpr (keyed_event<E>) {
+    env.key = std::string(std::string_view(E::ordering_key(event)));
+    env.partitions = E::partitions;
+  }
+  return env;
+}
 /// A dense per-type index, the same in every bus. A variable, not a function-local static, so
 /// reading it on the publish path costs a load and no initialization guard.
 template <class E>
@@ -346,11 +374,14 @@ class OMNIBUS_API event_bus {
   type_entry& entry_for(std::size_t slot, std::string_view name);  // under mutex_, not frozen
   void add_async(std::size_t slot, std::string_view event_name, async_listener l);  // event_name: E::name
   void check_name_free(std::size_t slot, std::string_view name) const;
-  event_id emit(context& ctx, std::string_view name, int version, std::string body);
+  event_id emit(context& ctx, std::string_view name, int version, std::string body, std::string_view key = {},
+               int partitions = 0);
   [[nodiscard]] envelope make_envelope(const context& ctx, std::string_view name, int version, std::string body) const;
   // Events `name` whose msgpack bodies lie end to end in `bodies`, body i ending at ends[i].
+  // A keyed type's keys are keys[i] (one per event) with `partitions`; otherwise keys is empty.
   [[nodiscard]] batch_report emit_batch(context& ctx, std::string_view name, int version, std::string_view bodies,
-                                        std::span<const std::size_t> ends);
+                                        std::span<const std::size_t> ends, std::span<const std::string> keys = {},
+                                        int partitions = 0);
   // The scheduling calls' one body: in ctx's transaction (or its handler connection), or on conn.
   event_id schedule(context* ctx, pqxx::connection_base* conn, std::optional<std::chrono::system_clock::time_point> at,
                     std::chrono::milliseconds after, envelope env, const schedule_options& options);
@@ -410,6 +441,7 @@ void event_bus::add_async_listener(std::string name, F&& handler, listener_optio
   l.name = std::move(name);
   l.event_name = E::name;
   l.event_version = E::version;
+  l.partitions = partitions_of<E>;
   l.options = options;
   l.handler = [fn = fn_t(std::forward<F>(handler))](context& ctx, const envelope& env) mutable {
     const E event = decode_event<E>(env);
@@ -473,7 +505,13 @@ batch_report event_bus::publish_batch(context& ctx, std::span<const E> events) {
     msgpack::pack(bodies, event);
     ends.push_back(bodies.size());
   }
-  batch_report report = emit_batch(ctx, E::name, E::version, std::string_view(bodies.data(), bodies.size()), ends);
+  std::vector<std::string> keys;
+  if constexpr (keyed_event<E>) {
+    keys.reserve(events.size());
+    for (const E& event : events) keys.emplace_back(E::ordering_key(event));
+  }
+  batch_report report = emit_batch(ctx, E::name, E::version, std::string_view(bodies.data(), bodies.size()), ends, keys,
+                                   partitions_of<E>);
   if (r.phased != nullptr) {
     for (std::size_t i = 0; i < events.size(); ++i) {
       if (report.results[i].ack || ctx.transaction() != nullptr) record_phased(ctx, *r.phased, std::make_shared<E>(events[i]));
@@ -495,7 +533,11 @@ inline event_id event_bus::publish(context& ctx, const E& event) {
     check_name_free(slot, E::name);
   }
   event_id id;
-  if constexpr (!is_local_only<E>) id = emit(ctx, E::name, E::version, detail::encode_body(event));
+  if constexpr (keyed_event<E>) {
+    id = emit(ctx, E::name, E::version, detail::encode_body(event), E::ordering_key(event), E::partitions);
+  } else if constexpr (!is_local_only<E>) {
+    id = emit(ctx, E::name, E::version, detail::encode_body(event));
+  }
   if (r.phased != nullptr) [[unlikely]] record_phased(ctx, *r.phased, std::make_shared<E>(event));
   return id;
 }
@@ -505,7 +547,7 @@ event_id event_bus::publish_at(context& ctx, std::chrono::system_clock::time_poi
                                const schedule_options& options) {
   detail::check_event<E>();
   static_assert(!is_local_only<E>, "bus: a local-only event never leaves the process, so it cannot be scheduled");
-  return schedule(&ctx, nullptr, when, {}, make_envelope(ctx, E::name, E::version, detail::encode_body(event)), options);
+  return schedule(&ctx, nullptr, when, {}, detail::keyed(make_envelope(ctx, E::name, E::version, detail::encode_body(event)), event), options);
 }
 
 template <class E>
@@ -513,7 +555,7 @@ event_id event_bus::publish_at(pqxx::connection_base& conn, std::chrono::system_
                                const schedule_options& options) {
   detail::check_event<E>();
   static_assert(!is_local_only<E>, "bus: a local-only event never leaves the process, so it cannot be scheduled");
-  return schedule(nullptr, &conn, when, {}, make_envelope(context{}, E::name, E::version, detail::encode_body(event)), options);
+  return schedule(nullptr, &conn, when, {}, detail::keyed(make_envelope(context{}, E::name, E::version, detail::encode_body(event)), event), options);
 }
 
 template <class E>
@@ -521,7 +563,7 @@ event_id event_bus::publish_after(context& ctx, std::chrono::milliseconds delay,
                                   const schedule_options& options) {
   detail::check_event<E>();
   static_assert(!is_local_only<E>, "bus: a local-only event never leaves the process, so it cannot be scheduled");
-  return schedule(&ctx, nullptr, std::nullopt, delay, make_envelope(ctx, E::name, E::version, detail::encode_body(event)),
+  return schedule(&ctx, nullptr, std::nullopt, delay, detail::keyed(make_envelope(ctx, E::name, E::version, detail::encode_body(event)), event),
                   options);
 }
 
@@ -531,7 +573,7 @@ event_id event_bus::publish_after(pqxx::connection_base& conn, std::chrono::mill
   detail::check_event<E>();
   static_assert(!is_local_only<E>, "bus: a local-only event never leaves the process, so it cannot be scheduled");
   return schedule(nullptr, &conn, std::nullopt, delay,
-                  make_envelope(context{}, E::name, E::version, detail::encode_body(event)), options);
+                  detail::keyed(make_envelope(context{}, E::name, E::version, detail::encode_body(event)), event), options);
 }
 
 template <class F>
@@ -559,7 +601,7 @@ void event_bus::add_schedule(std::string name, std::string_view expression, std:
         return fn();
       }
     }();
-    return make_envelope(context{}, E::name, E::version, detail::encode_body(event));
+    return detail::keyed(make_envelope(context{}, E::name, E::version, detail::encode_body(event)), event);
   };
   add_recurring(detail::type_slot<E>, E::name, std::move(s));
 }

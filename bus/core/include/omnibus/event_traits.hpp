@@ -28,6 +28,31 @@ inline constexpr bool is_local_only = [] {
   }
 }();
 
+/// True when E names an ordering key (README "Ordered per key"): `static constexpr int
+/// partitions` (1..1024, part of the wire format: fixed per event name) and a static
+/// `ordering_key(const E&)` returning the key (convertible to std::string_view, 1..256 bytes).
+/// Its events carry the key in the Omnibus-Key header and travel on "<prefix>.<name>.k<n>",
+/// n = partition_of(key, partitions); listeners with ordering::per_key run each key's events
+/// one at a time, in order, across workers.
+template <class E>
+concept keyed_event = requires(const E& e) {
+  { E::partitions } -> std::convertible_to<int>;
+  { E::ordering_key(e) } -> std::convertible_to<std::string_view>;
+};
+
+/// E's partitions, or 0 for an event without an ordering key.
+template <class E>
+inline constexpr int partitions_of = [] {
+  if constexpr (keyed_event<E>) {
+    return static_cast<int>(E::partitions);
+  } else {
+    return 0;
+  }
+}();
+
+/// The most partitions an event type may have.
+inline constexpr int max_partitions = 1024;
+
 namespace detail {
 
 /// Event names: lower-case dotted words, as they become NATS subject tokens.
@@ -53,6 +78,11 @@ constexpr void check_event() {
                   "bus: an event name is lower-case words of [a-z0-9_-] joined by dots, e.g. "
                   "\"order.placed\"");
     static_assert(E::version >= 1, "bus: an event's version starts at 1");
+    if constexpr (requires { E::partitions; }) {
+      static_assert(keyed_event<E>, "bus: an event with `partitions` also needs `static std::string ordering_key(const E&)`");
+      static_assert(partitions_of<E> >= 1 && partitions_of<E> <= max_partitions,
+                    "bus: an event's partitions are 1..1024");
+    }
   }
 }
 

@@ -162,6 +162,8 @@ struct OMNIBUS_API consumer_info {
   std::uint64_t ack_floor = 0;
   /// Deliveries so far, redeliveries included (the consumer's delivered sequence); 0 when not known.
   std::uint64_t deliveries = 0;
+  /// The stream sequence of the newest message it delivered; 0 when none, or not known.
+  std::uint64_t delivered_sequence = 0;
   /// When the server created the consumer; a replay recreates it. nullopt when not known.
   std::optional<std::chrono::system_clock::time_point> created;
 };

@@ -73,6 +73,13 @@ struct OMNIBUS_API worker_options {
   /// left the stream before it handled them (README "Operations": lost events).
   std::chrono::milliseconds stream_check_every{std::chrono::seconds(30)};
   double stream_full_warning = 0.8;  ///< fill (of max_bytes or max_msgs) from which each check logs a warning
+  /// Per-key listeners (README "Ordered per key"): how long a worker holds its partitions
+  /// without renewing them (the database's clock); a killed worker's partitions move to the
+  /// others after it. Each listener's lease is at least its deadline + 3 s.
+  std::chrono::milliseconds partition_lease{15000};
+  /// Per-key listeners: how often a worker renews its leases, rebalances and reads operators'
+  /// requests for parked keys.
+  std::chrono::milliseconds partition_heartbeat{1000};
 };
 
 /// Counters, readable from any thread while the worker runs.
@@ -82,7 +89,8 @@ struct OMNIBUS_API worker_stats {
   std::atomic<std::uint64_t> dead_lettered{0};  ///< written to bus_dead_letters, then termed
   std::atomic<std::uint64_t> timed_out{0};      ///< handler passed its deadline
   std::atomic<std::uint64_t> deferred{0};       ///< a newer version than this build knows, nak'd with a delay
-  std::atomic<std::uint64_t> parked{0};         ///< ordered listeners parked at an event
+  std::atomic<std::uint64_t> parked{0};         ///< ordered listeners parked at an event; per-key: keys parked
+  std::atomic<std::uint64_t> set_aside{0};      ///< per-key: events set aside behind their parked key
   std::atomic<std::uint64_t> skipped{0};        ///< parked events skipped by an operator
   std::atomic<std::uint64_t> duplicates{0};     ///< inbox listeners: already handled, acked without running
   std::atomic<std::uint64_t> in_doubt{0};       ///< inbox commits whose outcome was unknown: not acked
