@@ -50,6 +50,7 @@ struct name_hash {
 
 struct worker_metrics::impl {
   struct listener_series {
+    const async_listener* def = nullptr;  // the bus's, stable once frozen
     std::array<prometheus::Counter*, outcomes.size()> handled{};
     prometheus::Histogram* duration = nullptr;
     prometheus::Gauge* in_flight = nullptr;
@@ -158,6 +159,7 @@ struct worker_metrics::impl {
         series.flow[i] = &flow_family->Add({{"listener", l.name}, {"state", std::string(flow_state_names[i])}});
       }
       series.consumer = l.consumer_name;
+      series.def = &l;
       listeners.emplace(l.name, std::move(series));
       // The events the bus knows get their publish series at zero, so that every family is in
       // the exposition from the first scrape (others are added at their first publish).
@@ -271,7 +273,7 @@ struct worker_metrics::impl {
         stream_fill->Set(std::max(by_bytes, by_count));
       }
       for (auto& [name, s] : listeners) {
-        if (auto info = q->info(stream, s.consumer)) {
+        if (auto info = s.def != nullptr ? listener_info(*q, stream, *s.def) : std::nullopt) {
           s.pending->Set(static_cast<double>(info->pending));
           s.ack_pending->Set(static_cast<double>(info->ack_pending));
           s.redelivered->Set(static_cast<double>(info->redelivered));

@@ -19,7 +19,7 @@ stats_view read_stats(const event_bus& bus, pqxx::connection_base& db) {
     listener_stats s;
     s.name = l.name;
     s.consumer = l.consumer_name;
-    if (auto info = q.info(stream, l.consumer_name)) {
+    if (auto info = listener_info(q, stream, l)) {
       s.consumer_found = true;
       s.pending = info->pending;
       s.ack_pending = info->ack_pending;

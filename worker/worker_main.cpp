@@ -35,6 +35,7 @@
 #include "omnibus/migrations.hpp"
 #include "omnibus/nats_error.hpp"
 #include "omnibus/operations.hpp"
+#include "omnibus/parked_keys.hpp"
 #include "omnibus/redrive.hpp"
 #include "omnibus/relay.hpp"
 #include "omnibus/scheduler.hpp"
@@ -259,8 +260,11 @@ struct worker_program::impl {
   double stats_every_s = 0;
   CLI::App *stats_cmd,
       *run_cmd, *dl_list, *dl_show, *dl_retry, *dl_discard, *parked_list, *parked_retry, *parked_skip,
+      *parked_discard, *partitions_cmd,
       *consumers_list, *consumers_prune, *stream_cmd, *stream_info, *stream_purge, *mig_sql, *mig_apply;
   CLI::Option *retry_id;
+  std::string parked_key_arg;
+  bool discard_confirmed = false;
   std::string sched_due_before, sched_key, sched_id, sched_name, sched_expression, sched_zone = "UTC", sched_from;
   int sched_count = 10;
   CLI::App *schedules_cmd, *sched_list, *sched_show, *sched_cancel, *sched_trigger, *sched_pause, *sched_resume,
@@ -392,13 +396,22 @@ struct worker_program::impl {
     listeners_losses->add_flag("--acknowledge", acknowledge_losses,
                                "mark them seen (after dealing with them): /readyz stops failing for them");
 
-    auto* parked_cmd = cli.add_subcommand("parked", "Ordered listeners parked at an event");
+    auto* parked_cmd = cli.add_subcommand("parked", "Ordered listeners parked at an event, and per-key listeners' parked keys");
     parked_cmd->require_subcommand(1);
-    parked_list = parked_cmd->add_subcommand("list", "Show every parked listener");
-    parked_retry = parked_cmd->add_subcommand("retry", "Run the parked event once more (after fixing the cause)");
+    parked_list = parked_cmd->add_subcommand("list", "Show every parked listener and parked key");
+    parked_retry = parked_cmd->add_subcommand(
+        "retry", "Run the parked event once more (after fixing the cause); with KEY, the key's parked events in order");
     parked_retry->add_option("listener", listener, "listener name")->required();
-    parked_skip = parked_cmd->add_subcommand("skip", "Move past the parked event without handling it");
+    parked_retry->add_option("key", parked_key_arg, "a per-key listener's parked key");
+    parked_skip = parked_cmd->add_subcommand(
+        "skip", "Move past the parked event without handling it; with KEY, drop the key's first and run the rest");
     parked_skip->add_option("listener", listener, "listener name")->required();
+    parked_skip->add_option("key", parked_key_arg, "a per-key listener's parked key");
+    parked_discard = parked_cmd->add_subcommand("discard", "Drop every parked event of a per-key listener's key");
+    parked_discard->add_option("listener", listener, "listener name")->required();
+    parked_discard->add_option("key", parked_key_arg, "the parked key")->required();
+    parked_discard->add_flag("--yes", discard_confirmed, "confirm (else: what would be dropped, and exit 2)");
+    partitions_cmd = cli.add_subcommand("partitions", "Which worker holds each partition of the per-key listeners");
 
     auto* consumers_cmd = cli.add_subcommand("consumers", "The stream's durable consumers");
     consumers_cmd->require_subcommand(1);
@@ -1011,6 +1024,17 @@ struct worker_program::impl {
       return 0;
     }
     if (rd_run->parsed()) return carry_out(db, id, setup);
+    if (partitions_cmd->parsed()) {
+      const auto leases = list_partition_leases(db, c.bus.schema);
+      for (const auto& l : leases) {
+        std::printf("%s partition %d: %s\n", l.listener.c_str(), l.partition,
+                    l.owner.empty() ? "free"
+                                    : (shown(l.owner) + " epoch " + std::to_string(l.epoch) + (l.live ? " (live)" : " (expired)"))
+                                          .c_str());
+      }
+      std::printf("%zu partition(s)\n", leases.size());
+      return 0;
+    }
     if (parked_list->parsed()) {
       auto all = list_parked(db, c.bus.schema);
       for (const auto& p : all) {
@@ -1018,7 +1042,32 @@ struct worker_program::impl {
                     shown(p.event_name).c_str(), shown(p.event_id).c_str(), static_cast<unsigned long long>(p.stream_sequence),
                     p.attempts, shown(p.error).c_str(), p.action.empty() ? "" : (" [" + p.action + " requested]").c_str());
       }
-      std::printf("%zu parked listener(s)\n", all.size());
+      const auto keys = list_parked_keys(db, c.bus.schema);
+      for (const auto& k : keys) {
+        std::printf("%s key %s (partition %d): parked at %s %s after %d attempt(s): %s; %lld event(s) wait%s\n",
+                    k.listener.c_str(), shown(k.key).c_str(), k.partition, shown(k.event_name).c_str(),
+                    shown(k.first_event_id).c_str(), k.attempts, shown(k.error).c_str(), static_cast<long long>(k.waiting),
+                    k.action.empty() ? "" : (" [" + k.action + " requested]").c_str());
+      }
+      std::printf("%zu parked listener(s), %zu parked key(s)\n", all.size(), keys.size());
+      return 0;
+    }
+    if (!parked_key_arg.empty() || parked_discard->parsed()) {  // a per-key listener's key
+      const std::string action = parked_retry->parsed() ? "retry" : parked_skip->parsed() ? "skip" : "discard";
+      const auto keys = list_parked_keys(db, c.bus.schema, listener);
+      const auto it = std::find_if(keys.begin(), keys.end(), [&](const parked_key& k) { return k.key == parked_key_arg; });
+      if (it == keys.end()) throw error("listener " + listener + " has no parked key " + shown(parked_key_arg));
+      if (action == "discard" && !discard_confirmed) {
+        std::printf("would drop the %lld parked event(s) of key %s of %s and release the key; add --yes to do it\n",
+                    static_cast<long long>(it->waiting), shown(parked_key_arg).c_str(), listener.c_str());
+        return 2;
+      }
+      if (!request_parked_key_action(db, c.bus.schema, listener, parked_key_arg, action)) {
+        throw error("listener " + listener + " has no parked key " + shown(parked_key_arg));
+      }
+      std::printf("%s requested for key %s of %s (%lld event(s)): the worker holding partition %d carries it out within "
+                  "a heartbeat\n", action.c_str(), shown(parked_key_arg).c_str(), listener.c_str(),
+                  static_cast<long long>(it->waiting), it->partition);
       return 0;
     }
     // parked retry / skip

@@ -167,6 +167,28 @@ std::vector<std::string> async_listener::consumer_names() const {
   return out;
 }
 
+std::optional<consumer_info> listener_info(queue& q, const stream_config& stream, const async_listener& l) {
+  if (!l.per_key()) return q.info(stream, l.consumer_name);
+  std::optional<consumer_info> sum;
+  for (const std::string& name : l.consumer_names()) {
+    const std::optional<consumer_info> one = q.info(stream, name);
+    if (!one) continue;
+    if (!sum) {
+      sum = one;
+      sum->name = l.consumer_name;
+      continue;
+    }
+    sum->pending += one->pending;
+    sum->ack_pending += one->ack_pending;
+    sum->redelivered += one->redelivered;
+    sum->deliveries += one->deliveries;
+    if (one->oldest_unacked && (!sum->oldest_unacked || *one->oldest_unacked < *sum->oldest_unacked)) {
+      sum->oldest_unacked = one->oldest_unacked;
+    }
+  }
+  return sum;
+}
+
 std::vector<consumer_config> event_bus::consumer_configs() const {
   std::vector<consumer_config> out;
   out.reserve(async_.size());

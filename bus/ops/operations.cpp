@@ -111,7 +111,10 @@ std::vector<consumer_status> list_consumers(const event_bus& bus) {
   std::vector<consumer_status> out;
   for (consumer_info& c : queue_of(bus).consumers(bus.options().stream)) {
     const bool owned = std::any_of(bus.async_listeners().begin(), bus.async_listeners().end(),
-                                   [&](const async_listener& l) { return l.consumer_name == c.name; });
+                                   [&](const async_listener& l) {
+                                     const std::vector<std::string> names = l.consumer_names();
+                                     return std::find(names.begin(), names.end(), c.name) != names.end();
+                                   });
     out.push_back({std::move(c), owned});
   }
   return out;
@@ -164,6 +167,7 @@ consumer_config replay_config(const event_bus& bus, const async_listener& l, con
 
 replay_plan plan_replay(const event_bus& bus, const replay_request& r) {
   const async_listener& l = listener_named(bus, r.listener);
+  if (l.per_key()) throw error("replay of " + l.name + ": a per-key listener cannot be replayed yet");
   if (r.from_time.has_value() == r.from_sequence.has_value()) {
     throw error("replay: say where from: a time or a stream sequence (one of them)");
   }
@@ -215,6 +219,7 @@ replay_plan replay_listener(const event_bus& bus, pqxx::connection_base& conn, c
                             std::chrono::milliseconds settle) {
   const replay_plan plan = plan_replay(bus, r);
   const async_listener& l = listener_named(bus, r.listener);
+  if (l.per_key()) throw error("replay of " + l.name + ": a per-key listener cannot be replayed yet");
   const std::string& schema = bus.options().schema;
   (void)pause_listener(conn, schema, l.name, "replaying");
   // Every running worker stops fetching within its control poll, finishes what it runs of the

@@ -247,8 +247,12 @@ bool release_parked_key(pqxx::connection_base& conn, std::string_view schema, st
                                 "AND NOT EXISTS (SELECT 1 FROM " + t(schema, "bus_parked_events") +
                                 " e WHERE e.listener = $1 AND e.key = $2)",
                                 std::string(listener), std::string(key));
+  // Gone already (discarded meanwhile): released too.
+  const bool gone = r.affected_rows() > 0 ||
+                    tx.exec_params("SELECT 1 FROM " + t(schema, "bus_parked_keys") + " WHERE listener = $1 AND key = $2",
+                                   std::string(listener), std::string(key)).empty();
   tx.commit();
-  return r.affected_rows() > 0;
+  return gone;
 }
 
 void repark_key(pqxx::connection_base& conn, std::string_view schema, std::string_view listener, std::string_view key,

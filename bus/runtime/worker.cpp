@@ -88,6 +88,7 @@ struct partition_state {
   std::string consumer_name;
   std::unique_ptr<consumer> cons;  // open while held
   std::uint64_t epoch = 0;         // the lease held; 0: none
+  std::uint64_t open_epoch = 0;    // the lease `cons` was opened under
   bool releasing = false;          // above this worker's share: fetch no more, hand it back once empty
   clock::time_point closing_since{};  // releasing and empty: the consumer's open requests end
   int held = 0;                    // deliveries fetched and not settled, and drains running
@@ -330,6 +331,7 @@ struct worker::impl {
     std::lock_guard lock(j.settle_mutex);
     if (j.settled) return false;
     j.settled = true;
+    if (j.d == nullptr) return true;  // a parked key's drain between its events: nothing to settle
     try {
       f(*j.d);
     } catch (const std::exception& e) {
@@ -954,6 +956,10 @@ struct worker::impl {
       if (!refused && attempt < static_cast<std::uint64_t>(bus.options().max_deliveries)) {
         log->error("listener {}: could not write the dead letter of {} ({}): {}; it will be retried", def.name,
                    to_text(dl.event_id), to_text(error), e.what());
+        if (j.part != nullptr) {  // per key: held here, so that nothing of its key overtakes it
+          retry_locally(j, retry_delay(def.options.retry, attempt, unit_random()), false, e.what());
+          return;
+        }
         settle(j, "naking", [&](delivery& x) { x.nak(retry_delay(def.options.retry, attempt, unit_random())); });
         j.outcome = handle_outcome::retry;
         return;
@@ -1068,9 +1074,13 @@ struct worker::impl {
       {
         std::unique_lock lock(l.mutex);
         const auto next = [&] {
-          if (!p.cons && p.epoch != 0 && !p.releasing) return step::open;
-          if (p.cons && (p.epoch == 0 || (p.releasing && p.held == 0))) return step::close;
-          if (p.cons && !p.releasing && p.held < cap && may_start(l, p, p.epoch, clock::now()) && !l.gate->paused()) {
+          // A new lease opens only once nothing of an earlier one is held here any more.
+          if (!p.cons && p.epoch != 0 && !p.releasing && p.held == 0) return step::open;
+          if (p.cons && (p.epoch != p.open_epoch || (p.releasing && p.held == 0))) return step::close;
+          // Gathering: room for what is still to come back beyond the cap, so that new events
+          // never crowd out the previous owner's.
+          const int room = cap + (p.gathering ? static_cast<int>(p.gather_count - std::min(p.gather_count, p.gathered_old)) : 0);
+          if (p.cons && !p.releasing && p.held < room && may_start(l, p, p.epoch, clock::now()) && !l.gate->paused()) {
             return step::fetch;
           }
           return step::wait;
@@ -1078,7 +1088,8 @@ struct worker::impl {
         (void)l.slot_freed.wait_for(lock, stop, opts.tick, [&] { return next() != step::wait; });
         what = next();
         epoch = p.epoch;
-        take = cap - p.held;
+        take = std::max(1, cap + (p.gathering ? static_cast<int>(p.gather_count - std::min(p.gather_count, p.gathered_old)) : 0) -
+                               p.held);
       }
       if (stop.stop_requested()) break;
       switch (what) {
@@ -1169,6 +1180,7 @@ struct worker::impl {
       std::lock_guard lock(l.mutex);
       if (p.epoch != epoch) return;  // lost meanwhile; `cons` closes
       p.cons = std::move(cons);
+      p.open_epoch = epoch;
       p.gather_count = info ? info->ack_pending : 0;
       p.gather_below = info ? info->delivered_sequence : 0;
       p.gathered_old = 0;
@@ -1217,14 +1229,26 @@ struct worker::impl {
     }
     for (auto& j : back) {
       (void)settle(*j, "returning", [](delivery& x) { x.nak(std::chrono::milliseconds(0)); });
-      finish(j);
+      unhold(l, j);
     }
     cons->give_back();
     std::this_thread::sleep_for(opts.fetch_wait + std::chrono::milliseconds(500));
     cons->give_back();
     cons.reset();
     std::lock_guard lock(l.mutex);
+    p.open_epoch = 0;
     if (p.releasing && p.epoch == epoch && epoch != 0) p.closing_since = clock::now();  // ready to hand back
+  }
+
+  // A per-key job that leaves without running (returned): its place in the partition goes.
+  void unhold(listener_state& l, const std::shared_ptr<job>& j) {
+    std::lock_guard lock(l.mutex);
+    --l.in_flight;
+    --j->part->held;
+    if (j->timed_out) --l.stuck;
+    if (j->d != nullptr && j->drain.empty()) j->part->sequences.erase(j->d->stream_sequence());
+    if (!j->drain.empty()) j->part->draining.erase(j->key);
+    l.jobs.erase(j->self);
   }
 
   // One per-key job on a slot: a drain of a parked key, or an event.
@@ -1254,12 +1278,17 @@ struct worker::impl {
     listener_state& l = *j.l;
     partition_state& p = *j.part;
     const async_listener& def = *l.def;
-    bool startable = false;
+    bool startable = false, ours = false;
     {
       std::lock_guard lock(l.mutex);
       startable = !shutting_down && may_start(l, p, j.epoch, clock::now());
+      ours = !shutting_down && p.epoch == j.epoch;
     }
-    if (!startable) {  // the lease is gone or ending: back, for its next holder
+    if (!startable && ours) {  // held, but not known for long enough: after the next heartbeat
+      retry_locally(j, opts.partition_heartbeat, false, "waiting for the partition's lease to be renewed");
+      return;
+    }
+    if (!startable) {  // the lease is gone: back, for its next holder
       return_job(j);
       return;
     }
@@ -1282,8 +1311,11 @@ struct worker::impl {
         return;
       }
     }
-    j.stop = std::stop_source{};
-    set_deadline(j, clock::now() + def.options.deadline);
+    {
+      std::lock_guard lock(l.mutex);
+      j.stop = std::stop_source{};
+      j.deadline = clock::now() + def.options.deadline;
+    }
     const handler_result result = call_handler(j, *env);
     {
       std::lock_guard lock(l.mutex);
@@ -1350,6 +1382,15 @@ struct worker::impl {
 
   // Runs `j` again after `delay`, holding it (in progress) meanwhile: its key waits behind it.
   void retry_locally(job& j, std::chrono::milliseconds delay, bool spend, const std::string& why) {
+    bool keep = false;
+    {
+      std::lock_guard lock(j.l->mutex);
+      keep = !shutting_down && j.part->epoch == j.epoch;
+    }
+    if (!keep) {  // shutting down, or the lease is gone: back, for the next holder
+      return_job(j);
+      return;
+    }
     j.outcome = handle_outcome::retry;
     j.error = why;
     std::lock_guard lock(j.l->mutex);
@@ -1448,13 +1489,19 @@ struct worker::impl {
           action = "retry";
           continue;
         }
-        j.d = std::make_unique<stored_delivery>(ev->msg, ev->stream_sequence, static_cast<std::uint64_t>(ev->attempts) + 1);
+        {
+          std::lock_guard lock(l.mutex);  // the monitor reads j.d under it
+          j.d = std::make_unique<stored_delivery>(ev->msg, ev->stream_sequence, static_cast<std::uint64_t>(ev->attempts) + 1);
+        }
         detail::settle_decision first = detail::before_handler(j.d->msg(), j.d->header_error(),
                                                                bus.options().stream.subject_prefix, bus.options().max_body_bytes);
         handler_result result{handler_result::kind::permanent, first.error};
         if (first.what == detail::settle_decision::action::run) {
-          j.stop = std::stop_source{};
-          set_deadline(j, clock::now() + def.options.deadline);
+          {
+            std::lock_guard lock(l.mutex);
+            j.stop = std::stop_source{};
+            j.deadline = clock::now() + def.options.deadline;
+          }
           result = call_handler(j, first.env);
           std::lock_guard lock(l.mutex);
           j.deadline = clock::time_point::max();
@@ -1518,11 +1565,7 @@ struct worker::impl {
     }
     for (auto& b : back) {  // at shutdown: the key's waiting events go back, unstarted
       (void)settle(*b, "returning", [](delivery& x) { x.nak(std::chrono::milliseconds(0)); });
-      std::lock_guard lock(l.mutex);
-      --l.in_flight;
-      --p.held;
-      p.sequences.erase(b->d->stream_sequence());
-      l.jobs.erase(b->self);
+      unhold(l, b);
     }
     if (!run.empty()) l.slots->push(run);
     l.slot_freed.notify_all();
@@ -1562,20 +1605,20 @@ struct worker::impl {
                   def.name, e.what(), l.lease.count());
       }
       warned = e.what();
-      std::vector<std::shared_ptr<job>> run;
+      std::vector<std::shared_ptr<job>> back;
       {
         std::lock_guard lock(l.mutex);
         if (clock::now() >= l.valid_until) {
           for (auto& p : l.parts) {
-            if (p->epoch != 0) lose(l, *p, run);
+            if (p->epoch != 0) lose(l, *p, back);
           }
         }
       }
-      if (!run.empty()) l.slots->push(run);
+      give_back_all(l, back);
       l.slot_freed.notify_all();
       return;
     }
-    std::vector<std::shared_ptr<job>> run;
+    std::vector<std::shared_ptr<job>> back;
     {
       std::lock_guard lock(l.mutex);
       l.valid_until = began + l.lease;
@@ -1592,14 +1635,14 @@ struct worker::impl {
         partition_state& p = *l.parts[static_cast<std::size_t>(n)];
         held[static_cast<std::size_t>(n)] = true;
         if (p.epoch == epoch) continue;
-        if (p.epoch != 0) lose(l, p, run);  // taken and given back to us meanwhile: start anew
+        if (p.epoch != 0) lose(l, p, back);  // taken and given back to us meanwhile: start anew
         p.epoch = epoch;                     // its fetcher opens it
         p.releasing = false;
         p.closing_since = {};
       }
       int count = 0;
       for (auto& p : l.parts) {
-        if (p->epoch != 0 && !held[static_cast<std::size_t>(p->n)]) lose(l, *p, run);
+        if (p->epoch != 0 && !held[static_cast<std::size_t>(p->n)]) lose(l, *p, back);
         if (p->epoch != 0) ++count;
       }
       // Above its share (another worker came): hand back the highest partitions once drained.
@@ -1616,7 +1659,7 @@ struct worker::impl {
         }
       }
     }
-    if (!run.empty()) l.slots->push(run);
+    give_back_all(l, back);
     l.slot_freed.notify_all();
     try {
       for (const detail::key_request& r : db->key_requests(def.name)) start_drain(l, r);
@@ -1627,16 +1670,44 @@ struct worker::impl {
 
   // Under l.mutex: `p` is no longer ours. What waits for a local retry runs now (and goes
   // back, its lease gone) rather than at its time: the next owner gathers it.
-  void lose(listener_state& l, partition_state& p, std::vector<std::shared_ptr<job>>& run) {
+  // Everything of it that is not running goes back (`back`, nak'd and let go by the caller
+  // outside the mutex): the next holder gathers it. What runs goes back when it ends.
+  void lose(listener_state& l, partition_state& p, std::vector<std::shared_ptr<job>>& back) {
     log->warn("listener {}: partition {} (epoch {}) is no longer held by this worker", l.def->name, p.n, p.epoch);
     p.epoch = 0;
     p.releasing = false;
     p.closing_since = {};
     std::erase_if(l.retrying, [&](const std::shared_ptr<job>& j) {
       if (j->part != &p) return false;
-      run.push_back(j);
+      back.push_back(j);
+      if (auto it = p.keys.find(j->key); it != p.keys.end() && !it->second.empty() && it->second.front() == j) {
+        it->second.pop_front();
+      }
       return true;
     });
+    for (auto it = p.keys.begin(); it != p.keys.end();) {
+      auto& q = it->second;
+      // A front still in the queue (retrying, taken above) is gone; one running or on a slot stays.
+      const bool front_stays = !q.empty() && std::find(back.begin(), back.end(), q.front()) == back.end();
+      for (std::size_t i = front_stays ? 1 : 0; i < q.size(); ++i) back.push_back(q[i]);
+      if (front_stays) {
+        q.resize(1);
+        ++it;
+      } else {
+        it = p.keys.erase(it);
+      }
+    }
+    for (auto& j : p.gathered) back.push_back(j);
+    p.gathered.clear();
+    p.gathering = false;
+  }
+
+  void give_back_all(listener_state& l, std::vector<std::shared_ptr<job>>& back) {
+    for (auto& j : back) {
+      (void)settle(*j, "returning", [](delivery& x) { x.nak(std::chrono::milliseconds(0)); });
+      unhold(l, j);
+    }
+    back.clear();
   }
 
   void start_drain(listener_state& l, const detail::key_request& r) {
@@ -1669,7 +1740,7 @@ struct worker::impl {
     {
       std::lock_guard lock(l.mutex);
       std::erase_if(l.retrying, [&](const std::shared_ptr<job>& j) {
-        if (j->retry_at > now && !shutting_down) return false;
+        if (j->retry_at > now || shutting_down) return false;  // at shutdown return_waiting has them
         run.push_back(j);
         return true;
       });
@@ -1696,16 +1767,15 @@ struct worker::impl {
       }
     }
     for (auto& j : back) {
-      (void)settle(*j, "returning", [](delivery& x) { x.nak(std::chrono::milliseconds(0)); });
-      std::lock_guard lock(l.mutex);
-      --l.in_flight;
-      --j->part->held;
-      j->part->sequences.erase(j->d->stream_sequence());
-      l.jobs.erase(j->self);
-      if (auto it = j->part->keys.find(j->key); it != j->part->keys.end() && !it->second.empty() &&
-                                                it->second.front() == j) {
-        j->part->keys.erase(it);
+      {
+        std::lock_guard lock(l.mutex);
+        if (auto it = j->part->keys.find(j->key); it != j->part->keys.end() && !it->second.empty() &&
+                                                  it->second.front() == j) {
+          j->part->keys.erase(it);  // a retrying front: its tail went above
+        }
       }
+      (void)settle(*j, "returning", [](delivery& x) { x.nak(std::chrono::milliseconds(0)); });
+      unhold(l, j);
     }
   }
 
@@ -1745,19 +1815,32 @@ struct worker::impl {
       std::lock_guard lock(l.mutex);
       for (const auto& jp : l.jobs) {
         job& j = *jp;
-        if (j.timed_out) continue;
-        if (j.part != nullptr && now >= j.deadline) {
-          // Per key: never nak'd (its key's next event would overtake it); asked to stop, and
-          // its outcome, whenever it comes, counts.
-          j.timed_out = true;
-          ++l.stuck;
-          stats.timed_out.fetch_add(1, std::memory_order_relaxed);
-          j.stop.request_stop();
-          log->warn("listener {}: a handler call of key {} passed its {} ms deadline; asked to stop", l.def->name,
-                    to_text(j.key), l.def->options.deadline.count());
+        if (j.part != nullptr) {
+          if (!j.drain.empty()) continue;  // a parked key's drain: its events are in PostgreSQL
+          if (!j.timed_out && now >= j.deadline) {
+            // Per key: never nak'd (its key's next event would overtake it); asked to stop, and
+            // its outcome, whenever it comes, counts. It stays in progress meanwhile.
+            j.timed_out = true;
+            ++l.stuck;
+            stats.timed_out.fetch_add(1, std::memory_order_relaxed);
+            j.stop.request_stop();
+            log->warn("listener {}: a handler call of key {} passed its {} ms deadline; asked to stop", l.def->name,
+                      to_text(j.key), l.def->options.deadline.count());
+          }
+          if (now - j.last_progress >= progress_every) {
+            std::lock_guard settle_lock(j.settle_mutex);
+            if (!j.settled) {
+              try {
+                j.d->in_progress();
+              } catch (const std::exception& e) {
+                log->warn("listener {}: in-progress signal for {} failed: {}", l.def->name, event_id_of(*j.d), e.what());
+              }
+            }
+            j.last_progress = now;
+          }
           continue;
         }
-        if (j.d == nullptr) continue;  // a parked key's drain between its events
+        if (j.timed_out) continue;
         if (now >= j.deadline) {
           j.timed_out = true;
           ++l.stuck;
@@ -1917,8 +2000,10 @@ void worker::run(std::stop_token stop) {
     st->def = &l;
     st->gate = std::make_unique<detail::flow_gate>(l.name, l.options, w.log);
     if (l.per_key()) {  // its partitions' consumers open as their leases are claimed
-      st->lease = std::max<std::chrono::milliseconds>(w.opts.partition_lease,
-                                                      l.options.deadline + std::chrono::seconds(3));
+      // Long enough that a handler started just after a renewal ends (by its deadline) while
+      // the lease is known valid, with three heartbeats to spare.
+      st->lease = std::max<std::chrono::milliseconds>(
+          w.opts.partition_lease, l.options.deadline + std::chrono::seconds(1) + 3 * w.opts.partition_heartbeat);
       const std::vector<std::string> names = l.consumer_names();
       for (int p = 0; p < l.partitions; ++p) {
         auto part = std::make_unique<partition_state>();
@@ -2004,7 +2089,11 @@ void worker::run(std::stop_token stop) {
   for (auto& l : w.listeners) {
     for (std::shared_ptr<job>& j : l->slots->take_queued()) {
       (void)w.settle(*j, "returning", [](delivery& x) { x.nak(std::chrono::milliseconds(0)); });
-      w.finish(j);
+      if (j->part != nullptr) {
+        w.finish_keyed(j);  // a drain's job too: settled above, nothing to nak
+      } else {
+        w.finish(j);
+      }
     }
     l->cons.reset();
   }

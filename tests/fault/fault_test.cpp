@@ -39,6 +39,7 @@
 #include "support/private_servers.hpp"
 #include "support/raw_nats.hpp"
 #include "support/worker_fixture.hpp"
+#include "tools/keyed_event.hpp"
 
 using namespace std::chrono_literals;
 
@@ -1075,4 +1076,87 @@ TEST_CASE("scheduler kills: kill -9 workers while their schedulers move due even
   CHECK(last > first);
   CHECK(f.scalar("SELECT count(DISTINCT n)" + ticks + " AND n <= " + std::to_string(last)) == last - first + 1);
   std::printf("chaos: scheduler_kills ticks=%ld (every second from the first, once)\n", last - first + 1);
+}
+
+TEST_CASE("per-key order: 4 workers, 200 keys, kill -9 at random, 5% flaky; each key exactly 1..n, in order, never two "
+          "at once", "[fault][per_key_order]") {
+  const unsigned seed = chaos_seed();
+  INFO(replay(seed));
+  const long keys = 200;
+  const long per_key = pick(100L, 500L);  // 20,000 events; 100,000 in the long run
+  const long events = keys * per_key;
+  const int kills = pick(6, 16);
+  chaos_fixture f;
+  {
+    pqxx::work tx{f.db};
+    tx.exec0("CREATE TABLE " + f.table("keyed_handled") +
+             " (key text NOT NULL, seq bigint NOT NULL, worker text NOT NULL, started timestamptz NOT NULL, "
+             "ended timestamptz NOT NULL)");
+    tx.commit();
+  }
+  omnibus::listener_options ko;  // as worker_tool registers it
+  ko.order = omnibus::ordering::per_key;
+  ko.inbox = true;
+  ko.ack_wait = 2s;
+  ko.concurrency = 8;
+  f.b.add_async_listener<keyed_event>("keyed", [](omnibus::context&, const keyed_event&) {}, ko);
+  f.b.provision();
+  std::mt19937 random{seed};
+  // Each key's events in order, the keys interleaved at random (seeded), published in batches.
+  {
+    std::vector<long> next(static_cast<std::size_t>(keys), 1);
+    std::vector<keyed_event> batch;
+    for (long i = 0; i < events; ++i) {
+      long k = static_cast<long>(random() % static_cast<unsigned>(keys));
+      while (next[static_cast<std::size_t>(k)] > per_key) k = (k + 1) % keys;
+      batch.push_back({"key-" + std::to_string(k), next[static_cast<std::size_t>(k)]++});
+      if (batch.size() == 1000 || i + 1 == events) {
+        omnibus::context ctx;
+        REQUIRE(f.b.publish_batch(ctx, std::span<const keyed_event>(batch)).ok());
+        batch.clear();
+      }
+    }
+  }
+  const std::vector<std::string> env{"OMNIBUS_TEST_KEYED=1", "OMNIBUS_TEST_FLAKY_PERCENT=5",
+                                     "OMNIBUS_TEST_ACK_WAIT_MS=2000", "OMNIBUS_TEST_DEADLINE_MS=1000",
+                                     "OMNIBUS_TEST_LEASE_MS=4000"};
+  const auto handled = [&] { return f.scalar("SELECT count(*) FROM " + f.table("keyed_handled")); };
+  std::vector<std::unique_ptr<test_env::child_process>> workers;
+  for (int i = 0; i < 4; ++i) workers.push_back(f.worker_process_ptr("w" + std::to_string(i), env));
+  int killed = 0;
+  for (long at : strike_points(random, kills, events / 20, events * 8 / 10)) {
+    REQUIRE(test_env::eventually([&] { return handled() >= at; }, pick(300s, 900s)));
+    auto& victim = workers[random() % workers.size()];
+    victim->signal(SIGKILL);
+    REQUIRE(victim->wait(10s) == 128 + SIGKILL);
+    victim = f.worker_process_ptr("w" + std::to_string(4 + killed), env);
+    ++killed;
+  }
+  (void)test_env::eventually([&] { return handled() >= events; }, pick(300s, 1200s));
+  const long distinct = f.scalar("SELECT count(*) FROM (SELECT DISTINCT key, seq FROM " + f.table("keyed_handled") + ") d");
+  const long rows = handled();
+  const long bad_keys = f.scalar("SELECT count(*) FROM (SELECT key FROM " + f.table("keyed_handled") +
+                                 " GROUP BY key HAVING count(DISTINCT seq) <> " + std::to_string(per_key) +
+                                 " OR min(seq) <> 1 OR max(seq) <> " + std::to_string(per_key) + ") b");
+  // By the instants the handlers started: each key's events ran 1, 2, 3, ... and each started
+  // after the one before it had ended (its transaction's last statement).
+  const long out_of_order = f.scalar("SELECT count(*) FROM (SELECT seq, lag(seq) OVER (PARTITION BY key ORDER BY started) "
+                                     "AS prev FROM " + f.table("keyed_handled") + ") x WHERE prev IS NOT NULL AND seq <> prev + 1");
+  const long overlapping = f.scalar("SELECT count(*) FROM (SELECT started, lag(ended) OVER (PARTITION BY key ORDER BY "
+                                    "started) AS prev_end FROM " + f.table("keyed_handled") + ") x WHERE started < prev_end");
+  const long dead = f.scalar("SELECT count(*) FROM " + f.table("bus_dead_letters"));
+  const long parked = f.scalar("SELECT count(*) FROM " + f.table("bus_parked_keys"));
+  std::printf("chaos: per_key_order seed=%u events=%ld handled=%ld lost=%ld duplicate_effects=%ld dead=%ld killed=%d "
+              "out_of_order=%ld overlapping=%ld parked=%ld\n", seed, events, distinct, events - distinct,
+              rows - distinct, dead, killed, out_of_order, overlapping, parked);
+  std::fflush(stdout);
+  stop_all(workers);
+  CHECK(killed == kills);
+  CHECK(distinct == events);
+  CHECK(rows == distinct);
+  CHECK(bad_keys == 0);
+  CHECK(out_of_order == 0);
+  CHECK(overlapping == 0);
+  CHECK(dead == 0);
+  CHECK(parked == 0);
 }

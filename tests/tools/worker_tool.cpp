@@ -22,6 +22,11 @@
 //   OMNIBUS_TEST_MAX_BODY    the bus's body limit in bytes (default: the library's)
 //   OMNIBUS_TEST_SCHEDULER   1: the process also runs a scheduler, as omnibus-worker does, and
 //                            prints "moved=N recurring=M" when it stops
+//   OMNIBUS_TEST_KEYED       1: the listener is "keyed", per key on keyed_event (inbox), instead of the
+//                            recorder: it INSERTs (key, seq, <tag>, started, ended) into
+//                            <schema>.keyed_handled in the inbox transaction
+//   OMNIBUS_TEST_FLAKY_PERCENT keyed: this share of attempts throw (seeded by the event)
+//   OMNIBUS_TEST_LEASE_MS    keyed: worker_options::partition_lease (default 15000)
 //   OMNIBUS_TEST_CRON        a cron expression: recurring schedule "tick" publishes tool_event
 //                            {n = its occurrence in epoch seconds}, in UTC; missed: all
 
@@ -45,6 +50,7 @@
 #include "omnibus/worker.hpp"
 #include "omnibus/jetstream.hpp"
 #include "omnibus/nats_connection.hpp"
+#include "keyed_event.hpp"
 #include "tool_event.hpp"
 
 namespace {
@@ -125,7 +131,30 @@ int main(int argc, char** argv) {
   lo.retry.initial = std::chrono::milliseconds(20);
   lo.retry.max_attempts = static_cast<int>(env_long("OMNIBUS_TEST_MAX_ATTEMPTS", lo.retry.max_attempts));
   lo.rate.per_second = static_cast<double>(env_long("OMNIBUS_TEST_RATE", 0));
-  b.add_async_listener<tool_event>("recorder", [&](omnibus::context& ctx, const tool_event& e) {
+  const bool keyed = env_long("OMNIBUS_TEST_KEYED", 0) == 1;
+  const long flaky = env_long("OMNIBUS_TEST_FLAKY_PERCENT", 0);
+  if (keyed) {
+    omnibus::listener_options ko = lo;
+    ko.order = omnibus::ordering::per_key;
+    ko.inbox = true;
+    ko.concurrency = 8;
+    ko.retry.max_attempts = 20;  // 5% flaky: never exhausted
+    ko.retry.max = std::chrono::milliseconds(200);
+    b.add_async_listener<keyed_event>("keyed", [&](omnibus::context& ctx, const keyed_event& e) {
+      const auto started = std::chrono::system_clock::now();
+      // Which attempts fail is drawn from the event and the attempt, so a replay fails the same.
+      const std::size_t draw = std::hash<std::string>{}(e.key + "/" + std::to_string(e.seq) + "/" +
+                                                        std::to_string(ctx.attempt()));
+      if (flaky > 0 && static_cast<long>(draw % 100) < flaky) throw std::runtime_error("flaky");
+      if (delay_ms > 0) std::this_thread::sleep_for(std::chrono::milliseconds(delay_ms));  // simulated work
+      ctx.tx().exec_params0("INSERT INTO \"" + schema + "\".keyed_handled (key, seq, worker, started, ended) VALUES "
+                            "($1, $2, $3, to_timestamp($4::float8 / 1000000), clock_timestamp())",
+                            e.key, e.seq, tag,
+                            static_cast<double>(std::chrono::duration_cast<std::chrono::microseconds>(
+                                                    started.time_since_epoch()).count()));
+    }, ko);
+  }
+  if (!keyed) b.add_async_listener<tool_event>("recorder", [&](omnibus::context& ctx, const tool_event& e) {
     if (stuck || (ctx.attempt() == 1 && hang_n.contains(e.n))) {
       std::promise<void> never;
       never.get_future().wait();  // a handler that never returns, whatever its deadline says
@@ -183,6 +212,7 @@ int main(int argc, char** argv) {
   wo.outage_retry = std::chrono::milliseconds(env_long("OMNIBUS_TEST_OUTAGE_RETRY_MS", 1000));
   wo.outage_retry_max = std::max(wo.outage_retry, std::chrono::milliseconds(env_long("OMNIBUS_TEST_OUTAGE_RETRY_MAX_MS", 30000)));
   wo.stream_check_every = std::chrono::milliseconds(env_long("OMNIBUS_TEST_STREAM_CHECK_MS", 30000));
+  wo.partition_lease = std::chrono::milliseconds(env_long("OMNIBUS_TEST_LEASE_MS", 15000));
   omnibus::worker w{b, wo, log};
   std::jthread signals([&](std::stop_token) {
     int sig = 0;

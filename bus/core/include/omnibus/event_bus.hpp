@@ -157,6 +157,12 @@ struct OMNIBUS_API async_listener {
   std::function<void(context&, const envelope&)> handler;
 };
 
+/// The server's counters of `l`'s consumer, or of a per-key listener's partition consumers summed
+/// (pending, ack_pending, redelivered, deliveries added; oldest_unacked the oldest); nullopt
+/// when none of them exists.
+[[nodiscard]] OMNIBUS_API std::optional<consumer_info> listener_info(queue& q, const stream_config& stream,
+                                                                     const async_listener& l);
+
 /// What publish_batch() did with each event, in the batch's order.
 struct OMNIBUS_API batch_report {
   std::vector<event_id> ids;          ///< the id given to each event
