@@ -729,7 +729,7 @@ struct worker::impl {
     ctx.meta() = env.meta;
     using access = detail::context_access;
     access::set_event_id(ctx, env.id);
-    access::set_attempt(ctx, j.d->delivery_count());
+    access::set_attempt(ctx, j.part != nullptr ? j.attempt : j.d->delivery_count());  // per key: retries in place count
     access::set_deadline(ctx, j.deadline);
     access::set_stop_token(ctx, j.stop.get_token());
     try {

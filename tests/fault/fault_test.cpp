@@ -1124,8 +1124,19 @@ TEST_CASE("per-key order: 4 workers, 200 keys, kill -9 at random, 5% flaky; each
   std::vector<std::unique_ptr<test_env::child_process>> workers;
   for (int i = 0; i < 4; ++i) workers.push_back(f.worker_process_ptr("w" + std::to_string(i), env));
   int killed = 0;
+  // What the workers said, for a run that stalls.
+  const auto outputs = [&] {
+    std::string all;
+    for (auto& w : workers) {
+      const std::string o = w->output();
+      all += "--- worker:\n" + (o.size() > 4000 ? o.substr(o.size() - 4000) : o);
+    }
+    return all;
+  };
   for (long at : strike_points(random, kills, events / 20, events * 8 / 10)) {
-    REQUIRE(test_env::eventually([&] { return handled() >= at; }, pick(300s, 900s)));
+    const bool reached = test_env::eventually([&] { return handled() >= at; }, pick(300s, 900s));
+    if (!reached) std::printf("stalled at %ld of %ld handled\n%s\n", handled(), at, outputs().c_str());
+    REQUIRE(reached);
     auto& victim = workers[random() % workers.size()];
     victim->signal(SIGKILL);
     REQUIRE(victim->wait(10s) == 128 + SIGKILL);
