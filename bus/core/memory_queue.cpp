@@ -80,6 +80,11 @@ const stream_config& memory_queue::stream_locked() const {
 bool memory_queue::matches(const durable& d, const std::string& subject) const {
   const std::string& f = d.cfg.filter_subject;
   if (f.empty() || f == subject) return true;
+  if (f.size() >= 2 && f.compare(f.size() - 2, 2, ".*") == 0) {  // one more token, whatever it is
+    const std::string_view base(f.data(), f.size() - 1);
+    return subject.size() > base.size() && subject.compare(0, base.size(), base) == 0 &&
+           subject.find('.', base.size()) == std::string::npos;
+  }
   return f.size() >= 2 && f.compare(f.size() - 2, 2, ".>") == 0 && subject.size() > f.size() - 1 &&
          subject.compare(0, f.size() - 1, f, 0, f.size() - 1) == 0;
 }

@@ -22,15 +22,15 @@ namespace omnibus {
 
 /// One parked key of a per-key listener.
 struct OMNIBUS_API parked_key {
-  std::string listener;
-  std::string key;
-  int partition = 0;
+  std::string listener;  ///< the per-key listener
+  std::string key;       ///< the parked key
+  int partition = 0;     ///< the key's partition
   std::string first_event_id;  ///< the event that ran out of attempts (the first of the key to run again)
-  std::string event_name;
+  std::string event_name;      ///< that event's name
   std::string error;           ///< its last error
-  int attempts = 0;
+  int attempts = 0;            ///< its attempts so far
   std::int64_t waiting = 0;    ///< events of the key set aside, the failed one included
-  std::chrono::system_clock::time_point parked_at;
+  std::chrono::system_clock::time_point parked_at;  ///< when the key was parked
   std::string action;  ///< "retry", "skip", "discard" while a worker has yet to carry it out; else empty
 };
 
@@ -47,8 +47,8 @@ OMNIBUS_API bool request_parked_key_action(pqxx::connection_base& conn, std::str
 
 /// One partition's lease.
 struct OMNIBUS_API partition_lease {
-  std::string listener;
-  int partition = 0;
+  std::string listener;  ///< the per-key listener
+  int partition = 0;     ///< 0 .. partitions - 1
   std::string owner;   ///< "host:pid" of the worker holding it; empty: free
   std::uint64_t epoch = 0;  ///< bumped at each claim
   bool live = false;   ///< its owner renewed within its lease
@@ -63,8 +63,8 @@ namespace detail {
 /// What one heartbeat left a worker holding: (partition, epoch) pairs, and how many workers
 /// share the listener now.
 struct lease_round {
-  std::vector<std::pair<int, std::uint64_t>> held;
-  int live = 1;
+  std::vector<std::pair<int, std::uint64_t>> held;  ///< (partition, epoch) held after the heartbeat
+  int live = 1;  ///< workers whose membership is live
   int share = 0;  ///< ceil(partitions / live): above it, the worker hands partitions back
 };
 
@@ -85,10 +85,10 @@ OMNIBUS_API bool hold_fence(pqxx::transaction_base& tx, std::string_view schema,
 
 /// An event set aside for its parked key.
 struct stored_event {
-  std::uint64_t stream_sequence = 0;
-  std::string event_id;
-  message msg;
-  int attempts = 0;
+  std::uint64_t stream_sequence = 0;  ///< its place in the stream: the key's order
+  std::string event_id;               ///< its id
+  message msg;                        ///< subject, headers and body as delivered
+  int attempts = 0;                   ///< attempts so far
 };
 
 /// Sets `ev` aside for (listener, key), parking the key when it is not yet (with `error` and
