@@ -1,6 +1,6 @@
 // omnibus_bench: every benchmark measures Omnibus and its raw baseline in the same run and
 // prints one line per metric (see bench_support.hpp). Groups: sync, codec, publish, outbox,
-// worker, latency, memory, cluster, schedule, scale. `scripts/bench` starts the servers and runs them all.
+// worker, latency, memory, cluster, schedule, scale, dashboard, per_key. `scripts/bench` starts the servers and runs them all.
 
 #include <atomic>
 #include <cstdio>
@@ -23,6 +23,7 @@ void bench_cluster();
 void bench_schedule();
 void bench_scale(const std::string& self);
 void bench_dashboard();
+void bench_per_key();
 int drain_child(const std::string& stream, const std::string& prefix, const std::string& schema);
 void bench_latency(bool through_outbox);
 void bench_peers();
@@ -40,7 +41,7 @@ void operator delete(void* p, std::size_t) noexcept { std::free(p); }
 
 int main(int argc, char** argv) {
   if (argc < 2) {
-    std::fprintf(stderr, "usage: omnibus_bench sync|codec|publish|outbox|worker|metrics|flow|latency|memory|cluster|schedule|scale|peers\n");
+    std::fprintf(stderr, "usage: omnibus_bench sync|codec|publish|outbox|worker|metrics|flow|latency|memory|cluster|schedule|scale|dashboard|per_key|peers\n");
     return 2;
   }
   const std::string group = argv[1];
@@ -58,6 +59,7 @@ int main(int argc, char** argv) {
     else if (group == "schedule") bench::bench_schedule();
     else if (group == "scale") bench::bench_scale("/proc/self/exe");
     else if (group == "dashboard") bench::bench_dashboard();
+    else if (group == "per_key") bench::bench_per_key();
     else if (group == "peers") bench::bench_peers();  // scripts/bench peers: beside tests/bench/peers
     else if (group == "latency") {
       bench::bench_latency(false);
