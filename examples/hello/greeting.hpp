@@ -16,6 +16,18 @@ struct greeting {
   OMNIBUS_FIELDS(to, times);
 };
 
+// A keyed event: one visitor's visits are handled one at a time, in the order they were
+// published, across every worker; different visitors' in parallel (README "Ordered per key").
+struct visit {
+  static constexpr std::string_view name = "hello.visit";  // subjects <prefix>.hello.visit.k0 .. k3
+  static constexpr int version = 1;
+  static constexpr int partitions = 4;
+  static std::string ordering_key(const visit& v) { return v.visitor; }
+  std::string visitor;
+  std::int64_t number = 0;
+  OMNIBUS_FIELDS(visitor, number);
+};
+
 // Where the example's events go: group "hello", and the same environment variables the worker
 // reads (OMNIBUS_STREAM, OMNIBUS_SUBJECT_PREFIX, OMNIBUS_SCHEMA), when set.
 inline omnibus::bus_options hello_options() {

@@ -32,6 +32,8 @@ int main(int argc, char** argv) {
   try {
     const omnibus::event_id id = bus.publish(ctx, greeting{argc > 1 ? argv[1] : "world", 1});
     std::printf("published hello.greeting %s\n", id.to_string().c_str());
+    for (std::int64_t n = 1; n <= 3; ++n) (void)bus.publish(ctx, visit{argc > 1 ? argv[1] : "world", n});
+    std::printf("published 3 visits, handled in order by hello-worker\n");
   } catch (const omnibus::publish_error& e) {
     // not_sent: nothing was stored (NATS down, or the stream nearly full: publishers stop at
     // stream_config::hold_above), safe to retry later. unknown: it may have landed; retry with

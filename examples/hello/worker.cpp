@@ -22,6 +22,14 @@ struct greeter {
                   static_cast<unsigned long long>(ctx.attempt()));
       std::fflush(stdout);
     }, o);
+    // Each visitor's visits in order, across workers; a visit that keeps failing parks its
+    // visitor (hello-worker parked list / parked retry visits KEY) while other visitors go on.
+    omnibus::listener_options per_key;
+    per_key.order = omnibus::ordering::per_key;
+    bus.add_async_listener<visit>("visits", [](omnibus::context&, const visit& v) {
+      std::printf("visit %lld of %s\n", static_cast<long long>(v.number), v.visitor.c_str());
+      std::fflush(stdout);
+    }, per_key);
     // A recurring event: every worker's scheduler fires each occurrence once, between them.
     bus.add_schedule("morning_greeting", "0 9 * * *", "Europe/Berlin", [] { return greeting{"the morning", 1}; });
   }

@@ -125,6 +125,9 @@ run_pair() {
     && grep -q "after-commit listener: $who's greeting is on its way" "$work/publisher.log" \
     || { echo "install: the publisher's listeners did not run; its output:" >&2; cat "$work/publisher.log" >&2; exit 1; }
   wait_for "hello, $who" 20
+  wait_for "visit 3 of $who" 20
+  grep "of $who\$" "$work/worker.log" | tr '\n' ' ' | grep -q "visit 1 of $who visit 2 of $who visit 3 of $who" \
+    || { echo "install: the visits of $who did not run in order:" >&2; cat "$work/worker.log" >&2; exit 1; }
   kill -TERM "$worker_pid"
   wait "$worker_pid" || { echo "install: the worker did not exit 0 on SIGTERM" >&2; cat "$work/worker.log" >&2; exit 1; }
   worker_pid=

@@ -75,7 +75,7 @@ struct OMNIBUS_API worker_options {
   double stream_full_warning = 0.8;  ///< fill (of max_bytes or max_msgs) from which each check logs a warning
   /// Per-key listeners (README "Ordered per key"): how long a worker holds its partitions
   /// without renewing them (the database's clock); a killed worker's partitions move to the
-  /// others after it. Each listener's lease is at least its deadline + 3 s.
+  /// others after it. Each listener's lease is at least its deadline + 1 s + 3 heartbeats.
   std::chrono::milliseconds partition_lease{15000};
   /// Per-key listeners: how often a worker renews its leases, rebalances and reads operators'
   /// requests for parked keys.
