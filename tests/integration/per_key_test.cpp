@@ -107,6 +107,18 @@ struct keyed_fixture : test_env::worker_fixture {
     REQUIRE(b.publish_batch(ctx, std::span<const keyed_event>(events)).ok());
   }
   std::vector<omnibus::parked_key> parked() { return omnibus::list_parked_keys(db, opts.schema); }
+  // omnibus-worker's operator commands on this test's schema and stream.
+  std::string cli(std::vector<std::string> args, int want_exit = 0) {
+    std::vector<std::string> argv{test_env::tool_path("OMNIBUS_WORKER_BIN"), "--group", opts.group, "--schema", opts.schema,
+                                  "--shop-schema", opts.schema + "_shop", "--stream", opts.stream.name,
+                                  "--subject-prefix", opts.stream.subject_prefix};
+    argv.insert(argv.end(), args.begin(), args.end());
+    test_env::child_process p(argv, {"OMNIBUS_NATS_URL=" + where.nats_url, "OMNIBUS_DATABASE_URL=" + where.database_url});
+    const int code = p.wait(60s);
+    INFO(p.output());
+    CHECK(code == want_exit);
+    return p.output();
+  }
   // The workers' log, for a failing test's report.
   std::string tail_of_logs() {
     const std::string all = logs();
@@ -208,12 +220,21 @@ TEST_CASE("per key: an exhausted event parks its key, other keys go on; retry ru
     std::lock_guard lock(f.watch.mutex);
     CHECK(f.watch.handled["K"] == std::vector<std::int64_t>{1, 2, 3, 4});
   }
+  // What an operator sees.
+  const std::string listed = f.cli({"parked", "list"});
+  CHECK(listed.find("ordered key K (partition " + std::to_string(omnibus::partition_of("K", 8)) + "): parked at test.keyed " +
+                    k.first_event_id + " after 3 attempt(s): poison: the fix is not deployed; 16 event(s) wait") !=
+        std::string::npos);
+  CHECK(listed.find("0 parked listener(s), 1 parked key(s)") != std::string::npos);
+  CHECK(f.cli({"parked", "retry", "ordered", "nope"}, 1).find("has no parked key nope") != std::string::npos);
+  CHECK(f.cli({"partitions"}).find("8 partition(s)") != std::string::npos);
   // New events of K are set aside too; another key's events still run.
   f.publish_keys({"K", "other-0"}, 2);
   REQUIRE(test_env::eventually([&] { return f.parked()[0].waiting == 18; }, 30s));
   // The fix is out: retry, while K's events keep coming.
   poisoned = false;
-  REQUIRE(omnibus::request_parked_key_action(f.db, f.opts.schema, "ordered", "K", "retry"));
+  CHECK(f.cli({"parked", "retry", "ordered", "K"}).find("retry requested for key K of ordered (18 event(s))") !=
+        std::string::npos);
   for (int i = 0; i < 10; ++i) f.publish_keys({"K"}, 3);
   REQUIRE(test_env::eventually([&] { return f.parked().empty(); }, 30s));
   f.publish_keys({"K"}, 5);
@@ -247,7 +268,10 @@ TEST_CASE("per key: skip drops the failed event and releases the rest in order; 
   CHECK_THROWS_AS(omnibus::request_parked_key_action(f.db, f.opts.schema, "ordered", "A", "explode"),
                   std::invalid_argument);
   REQUIRE(omnibus::request_parked_key_action(f.db, f.opts.schema, "ordered", "A", "skip"));
-  REQUIRE(omnibus::request_parked_key_action(f.db, f.opts.schema, "ordered", "B", "discard"));
+  CHECK(f.cli({"parked", "discard", "ordered", "B"}, 2).find("would drop the 4 parked event(s) of key B") !=
+        std::string::npos);
+  CHECK(f.parked().size() == 2);
+  CHECK(f.cli({"parked", "discard", "ordered", "B", "--yes"}).find("discard requested for key B") != std::string::npos);
   REQUIRE(test_env::eventually([&] { return f.parked().empty(); }, 30s));
   f.publish_keys({"A", "B"}, 1);
   REQUIRE(test_env::eventually([&] {
