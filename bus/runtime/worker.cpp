@@ -1804,6 +1804,19 @@ struct worker::impl {
     }
   }
 
+  // Restarts `j`'s AckWait (in progress) unless it was settled meanwhile. Under l.mutex.
+  void signal_progress(listener_state& l, job& j, clock::time_point now) {
+    std::lock_guard settle_lock(j.settle_mutex);
+    if (!j.settled) {
+      try {
+        j.d->in_progress();
+      } catch (const std::exception& e) {
+        log->warn("listener {}: in-progress signal for {} failed: {}", l.def->name, event_id_of(*j.d), e.what());
+      }
+    }
+    j.last_progress = now;
+  }
+
   // Signals progress for long handlers, and enforces deadlines. Returns the name of a listener
   // whose every slot is stuck, or "".
   std::string monitor() {
@@ -1827,17 +1840,7 @@ struct worker::impl {
             log->warn("listener {}: a handler call of key {} passed its {} ms deadline; asked to stop", l.def->name,
                       to_text(j.key), l.def->options.deadline.count());
           }
-          if (now - j.last_progress >= progress_every) {
-            std::lock_guard settle_lock(j.settle_mutex);
-            if (!j.settled) {
-              try {
-                j.d->in_progress();
-              } catch (const std::exception& e) {
-                log->warn("listener {}: in-progress signal for {} failed: {}", l.def->name, event_id_of(*j.d), e.what());
-              }
-            }
-            j.last_progress = now;
-          }
+          if (now - j.last_progress >= progress_every) signal_progress(l, j, now);
           continue;
         }
         if (j.timed_out) continue;
@@ -1859,15 +1862,7 @@ struct worker::impl {
           }
           j.stop.request_stop();
         } else if (now - j.last_progress >= progress_every) {
-          std::lock_guard settle_lock(j.settle_mutex);
-          if (!j.settled) {
-            try {
-              j.d->in_progress();
-            } catch (const std::exception& e) {
-              log->warn("listener {}: in-progress signal for {} failed: {}", l.def->name, event_id_of(*j.d), e.what());
-            }
-          }
-          j.last_progress = now;
+          signal_progress(l, j, now);
         }
       }
       if (l.stuck >= l.def->options.concurrency) return l.def->name;
