@@ -256,16 +256,17 @@ bool release_parked_key(pqxx::connection_base& conn, std::string_view schema, st
 }
 
 void repark_key(pqxx::connection_base& conn, std::string_view schema, std::string_view listener, std::string_view key,
-                std::uint64_t stream_sequence, std::string_view error) {
+                std::uint64_t stream_sequence, std::string_view error, std::string_view done_action) {
   pqxx::work tx{conn};
   const std::string l(listener), k(key);
   tx.exec_params0("UPDATE " + t(schema, "bus_parked_events") + " SET error = $4, attempts = attempts + 1 "
                   "WHERE listener = $1 AND key = $2 AND stream_sequence = $3",
                   l, k, static_cast<std::int64_t>(stream_sequence), std::string(error));
-  tx.exec_params0("UPDATE " + t(schema, "bus_parked_keys") + " k SET action = NULL, error = $3, first_event_id = "
-                  "e.event_id, attempts = e.attempts FROM " + t(schema, "bus_parked_events") + " e WHERE k.listener = $1 "
-                  "AND k.key = $2 AND e.listener = $1 AND e.key = $2 AND e.stream_sequence = $4",
-                  l, k, std::string(error), static_cast<std::int64_t>(stream_sequence));
+  tx.exec_params0("UPDATE " + t(schema, "bus_parked_keys") + " k SET action = CASE WHEN k.action = $5 THEN NULL ELSE "
+                  "k.action END, error = $3, first_event_id = e.event_id, attempts = e.attempts FROM " +
+                  t(schema, "bus_parked_events") + " e WHERE k.listener = $1 AND k.key = $2 AND e.listener = $1 AND "
+                  "e.key = $2 AND e.stream_sequence = $4",
+                  l, k, std::string(error), static_cast<std::int64_t>(stream_sequence), std::string(done_action));
   tx.commit();
 }
 

@@ -187,9 +187,10 @@ class pg_store final : public store {
     auto c = pool_.acquire(opts_.db_wait);
     return detail::release_parked_key(*c, opts_.schema, listener, key);
   }
-  void repark_key(std::string_view listener, std::string_view key, std::uint64_t seq, std::string_view error) override {
+  void repark_key(std::string_view listener, std::string_view key, std::uint64_t seq, std::string_view error,
+                  std::string_view done_action) override {
     auto c = pool_.acquire(opts_.db_wait);
-    detail::repark_key(*c, opts_.schema, listener, key, seq, error);
+    detail::repark_key(*c, opts_.schema, listener, key, seq, error, done_action);
   }
   std::int64_t discard_parked_key(std::string_view listener, std::string_view key) override {
     auto c = pool_.acquire(opts_.db_wait);

@@ -157,7 +157,7 @@ class store {
   }
   virtual void drop_parked_event(std::string_view, std::string_view, std::uint64_t, bool) {}
   virtual bool release_parked_key(std::string_view, std::string_view) { return true; }
-  virtual void repark_key(std::string_view, std::string_view, std::uint64_t, std::string_view) {}
+  virtual void repark_key(std::string_view, std::string_view, std::uint64_t, std::string_view, std::string_view) {}
   virtual std::int64_t discard_parked_key(std::string_view, std::string_view) { return 0; }
 };
 

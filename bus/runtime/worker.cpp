@@ -79,6 +79,7 @@ struct job {
   std::uint64_t attempt = 0;        // attempts so far, local retries included
   std::string drain;                // a parked key's drain: "retry", "skip" or "discard" (no delivery)
   clock::time_point retry_at{};     // waiting for a local retry (in the listener's `retrying`)
+  bool wants_retry = false;         // its slot asked for a local retry: finish_keyed() files it
 };
 
 // One partition of a per-key listener, as this worker holds it (or not). Under the listener's
@@ -89,8 +90,11 @@ struct partition_state {
   std::unique_ptr<consumer> cons;  // open while held
   std::uint64_t epoch = 0;         // the lease held; 0: none
   std::uint64_t open_epoch = 0;    // the lease `cons` was opened under
+  // Bumped whenever the partition is lost here, even if the same lease comes back later: what
+  // was fetched or opened before a loss never mixes with what comes after.
+  std::uint64_t generation = 0;
+  std::uint64_t open_generation = 0;
   bool releasing = false;          // above this worker's share: fetch no more, hand it back once empty
-  clock::time_point closing_since{};  // releasing and empty: the consumer's open requests end
   int held = 0;                    // deliveries fetched and not settled, and drains running
   std::unordered_set<std::uint64_t> sequences;  // the stream sequences held (a redelivery of one is dropped)
   // Each key's jobs in stream order: the front runs (or waits for its retry), the rest wait.
@@ -1069,18 +1073,21 @@ struct worker::impl {
     bool failing = false;
     while (!stop.stop_requested()) {
       enum class step { wait, open, close, fetch } what = step::wait;
-      std::uint64_t epoch = 0;
+      std::uint64_t epoch = 0, generation = 0;
       int take = 0;
       {
         std::unique_lock lock(l.mutex);
         const auto next = [&] {
           // A new lease opens only once nothing of an earlier one is held here any more.
           if (!p.cons && p.epoch != 0 && !p.releasing && p.held == 0) return step::open;
-          if (p.cons && (p.epoch != p.open_epoch || (p.releasing && p.held == 0))) return step::close;
-          // Gathering: room for what is still to come back beyond the cap, so that new events
-          // never crowd out the previous owner's.
-          const int room = cap + (p.gathering ? static_cast<int>(p.gather_count - std::min(p.gather_count, p.gathered_old)) : 0);
-          if (p.cons && !p.releasing && p.held < room && may_start(l, p, p.epoch, clock::now()) && !l.gate->paused()) {
+          if (p.cons && (p.epoch != p.open_epoch || p.generation != p.open_generation || (p.releasing && p.held == 0))) {
+            return step::close;
+          }
+          // Gathering: fetch until the previous owner's events are all here, whatever is held
+          // (the consumer's MaxAckPending bounds it), so that new events never crowd them out.
+          const bool missing_old = p.gathering && p.gathered_old < p.gather_count;
+          if (p.cons && !p.releasing && (p.held < cap || missing_old) && may_start(l, p, p.epoch, clock::now()) &&
+              !l.gate->paused()) {
             return step::fetch;
           }
           return step::wait;
@@ -1088,8 +1095,9 @@ struct worker::impl {
         (void)l.slot_freed.wait_for(lock, stop, opts.tick, [&] { return next() != step::wait; });
         what = next();
         epoch = p.epoch;
-        take = std::max(1, cap + (p.gathering ? static_cast<int>(p.gather_count - std::min(p.gather_count, p.gathered_old)) : 0) -
-                               p.held);
+        generation = p.generation;
+        const int missing = p.gathering ? static_cast<int>(p.gather_count - std::min(p.gather_count, p.gathered_old)) : 0;
+        take = std::max({1, cap - p.held, missing});
       }
       if (stop.stop_requested()) break;
       switch (what) {
@@ -1097,10 +1105,10 @@ struct worker::impl {
           if (p.gathering) check_gather(l, p);
           continue;
         case step::open:
-          open_partition(l, p, epoch);
+          open_partition(l, p, epoch, generation);
           continue;
         case step::close:
-          close_partition(l, p, epoch);
+          close_partition(l, p);
           continue;
         case step::fetch:
           break;
@@ -1131,7 +1139,7 @@ struct worker::impl {
           j->last_progress = clock::now();
           j->attempt = j->d->delivery_count();
           if (const std::string* k = j->d->msg().header(header::key); k != nullptr) j->key = *k;
-          if (p.epoch != epoch) {  // lost meanwhile: back for the new owner
+          if (p.epoch != epoch || p.generation != generation) {  // lost meanwhile: back for the next owner
             back.push_back(std::move(j));
             continue;
           }
@@ -1167,7 +1175,7 @@ struct worker::impl {
 
   // A claimed partition: what the previous owner left unacked is gathered first (the server
   // redelivers it in no promised order), then everything runs in stream order.
-  void open_partition(listener_state& l, partition_state& p, std::uint64_t epoch) {
+  void open_partition(listener_state& l, partition_state& p, std::uint64_t epoch, std::uint64_t generation) {
     const async_listener& def = *l.def;
     try {
       const std::optional<consumer_info> info = bus.target()->info(bus.options().stream, p.consumer_name);
@@ -1178,9 +1186,10 @@ struct worker::impl {
         p.parked = {parked.begin(), parked.end()};
       }
       std::lock_guard lock(l.mutex);
-      if (p.epoch != epoch) return;  // lost meanwhile; `cons` closes
+      if (p.epoch != epoch || p.generation != generation) return;  // lost meanwhile; `cons` closes
       p.cons = std::move(cons);
       p.open_epoch = epoch;
+      p.open_generation = generation;
       p.gather_count = info ? info->ack_pending : 0;
       p.gather_below = info ? info->delivered_sequence : 0;
       p.gathered_old = 0;
@@ -1218,7 +1227,7 @@ struct worker::impl {
 
   // Handed back (or lost): the consumer closes once the pull requests it left open have
   // ended, so that nothing is delivered to it after the next owner counted what is unacked.
-  void close_partition(listener_state& l, partition_state& p, std::uint64_t epoch) {
+  void close_partition(listener_state& l, partition_state& p) {
     std::unique_ptr<consumer> cons;
     std::vector<std::shared_ptr<job>> back;
     {
@@ -1236,8 +1245,7 @@ struct worker::impl {
     cons->give_back();
     cons.reset();
     std::lock_guard lock(l.mutex);
-    p.open_epoch = 0;
-    if (p.releasing && p.epoch == epoch && epoch != 0) p.closing_since = clock::now();  // ready to hand back
+    p.open_epoch = 0;  // closed, its requests ended: a releasing partition may be handed back now
   }
 
   // A per-key job that leaves without running (returned): its place in the partition goes.
@@ -1381,22 +1389,14 @@ struct worker::impl {
   }
 
   // Runs `j` again after `delay`, holding it (in progress) meanwhile: its key waits behind it.
+  // finish_keyed() files it once its slot is done with it (or returns it: shutdown, lease gone).
   void retry_locally(job& j, std::chrono::milliseconds delay, bool spend, const std::string& why) {
-    bool keep = false;
-    {
-      std::lock_guard lock(j.l->mutex);
-      keep = !shutting_down && j.part->epoch == j.epoch;
-    }
-    if (!keep) {  // shutting down, or the lease is gone: back, for the next holder
-      return_job(j);
-      return;
-    }
     j.outcome = handle_outcome::retry;
     j.error = why;
-    std::lock_guard lock(j.l->mutex);
     if (spend) ++j.attempt;
+    std::lock_guard lock(j.l->mutex);
     j.retry_at = clock::now() + delay;
-    j.l->retrying.push_back(*j.self);
+    j.wants_retry = true;
   }
 
   // Attempts ran out (or can never succeed): the key parks at this event, or, by the listener's
@@ -1492,6 +1492,7 @@ struct worker::impl {
         {
           std::lock_guard lock(l.mutex);  // the monitor reads j.d under it
           j.d = std::make_unique<stored_delivery>(ev->msg, ev->stream_sequence, static_cast<std::uint64_t>(ev->attempts) + 1);
+          j.attempt = static_cast<std::uint64_t>(ev->attempts) + 1;
         }
         detail::settle_decision first = detail::before_handler(j.d->msg(), j.d->header_error(),
                                                                bus.options().stream.subject_prefix, bus.options().max_body_bytes);
@@ -1518,7 +1519,7 @@ struct worker::impl {
         }
         if (result.what == handler_result::kind::fenced) break;
         l.calls_failed.fetch_add(1, std::memory_order_relaxed);
-        db->repark_key(def.name, j.key, ev->stream_sequence, result.error);
+        db->repark_key(def.name, j.key, ev->stream_sequence, result.error, action);
         log->error("listener {}: retrying parked key {} failed at event {}: {}; the key stays parked there", def.name,
                    to_text(j.key), ev->event_id, result.error);
         break;
@@ -1533,12 +1534,25 @@ struct worker::impl {
   // After a slot ran a per-key job: unless it waits for a local retry, its key's next event
   // may run.
   void finish_keyed(const std::shared_ptr<job>& j) {
-    {
-      std::lock_guard settled(j->settle_mutex);
-      if (!j->settled) return;  // waiting in `retrying`: still its key's front
-    }
     listener_state& l = *j->l;
     partition_state& p = *j->part;
+    bool settled = false;
+    {
+      std::lock_guard lock(j->settle_mutex);
+      settled = j->settled;
+    }
+    if (!settled) {
+      {
+        std::lock_guard lock(l.mutex);
+        const bool retry = j->wants_retry;
+        j->wants_retry = false;
+        if (retry && !shutting_down && p.epoch == j->epoch) {
+          l.retrying.push_back(j);  // still its key's front; the monitor runs it again when due
+          return;
+        }
+      }
+      return_job(*j);  // shutting down, or the lease is gone: back, for the next holder
+    }
     std::vector<std::shared_ptr<job>> run, back;
     {
       std::lock_guard lock(l.mutex);
@@ -1588,7 +1602,9 @@ struct worker::impl {
     {
       std::lock_guard lock(l.mutex);
       for (auto& p : l.parts) {
-        if (p->releasing && p->epoch != 0 && !p->cons && p->held == 0 && p->closing_since != clock::time_point{}) {
+        // Closed (its pull requests ended: close_partition clears open_epoch after that wait),
+        // or never opened.
+        if (p->releasing && p->epoch != 0 && !p->cons && p->held == 0 && p->open_epoch == 0) {
           release.emplace_back(p->n, p->epoch);
         }
       }
@@ -1627,7 +1643,6 @@ struct worker::impl {
         if (p.epoch != epoch) continue;
         p.epoch = 0;
         p.releasing = false;
-        p.closing_since = {};
         log->info("listener {}: partition {} handed back (epoch {})", def.name, n, epoch);
       }
       std::vector<bool> held(l.parts.size(), false);
@@ -1638,7 +1653,6 @@ struct worker::impl {
         if (p.epoch != 0) lose(l, p, back);  // taken and given back to us meanwhile: start anew
         p.epoch = epoch;                     // its fetcher opens it
         p.releasing = false;
-        p.closing_since = {};
       }
       int count = 0;
       for (auto& p : l.parts) {
@@ -1676,21 +1690,18 @@ struct worker::impl {
     log->warn("listener {}: partition {} (epoch {}) is no longer held by this worker", l.def->name, p.n, p.epoch);
     p.epoch = 0;
     p.releasing = false;
-    p.closing_since = {};
+    ++p.generation;
     std::erase_if(l.retrying, [&](const std::shared_ptr<job>& j) {
       if (j->part != &p) return false;
-      back.push_back(j);
-      if (auto it = p.keys.find(j->key); it != p.keys.end() && !it->second.empty() && it->second.front() == j) {
-        it->second.pop_front();
-      }
+      back.push_back(j);  // a front waiting for its retry: its queue goes below
       return true;
     });
     for (auto it = p.keys.begin(); it != p.keys.end();) {
       auto& q = it->second;
-      // A front still in the queue (retrying, taken above) is gone; one running or on a slot stays.
-      const bool front_stays = !q.empty() && std::find(back.begin(), back.end(), q.front()) == back.end();
-      for (std::size_t i = front_stays ? 1 : 0; i < q.size(); ++i) back.push_back(q[i]);
-      if (front_stays) {
+      // The rest of each queue goes back; a front that runs (or waits on a slot) stays until it
+      // ends (finish_keyed returns it), a front that waited for its retry went above.
+      for (std::size_t i = 1; i < q.size(); ++i) back.push_back(q[i]);
+      if (!q.empty() && std::find(back.begin(), back.end(), q.front()) == back.end()) {
         q.resize(1);
         ++it;
       } else {
@@ -1840,7 +1851,8 @@ struct worker::impl {
             log->warn("listener {}: a handler call of key {} passed its {} ms deadline; asked to stop", l.def->name,
                       to_text(j.key), l.def->options.deadline.count());
           }
-          if (now - j.last_progress >= progress_every) signal_progress(l, j, now);
+          // A job of a partition lost here is left to expire: the next holder gathers it.
+          if (now - j.last_progress >= progress_every && j.part->epoch == j.epoch) signal_progress(l, j, now);
           continue;
         }
         if (j.timed_out) continue;

@@ -1078,6 +1078,80 @@ TEST_CASE("scheduler kills: kill -9 workers while their schedulers move due even
   std::printf("chaos: scheduler_kills ticks=%ld (every second from the first, once)\n", last - first + 1);
 }
 
+namespace {
+
+// The per-key scenarios' world: worker_tool's "keyed" listener (per key, inbox) provisioned, and
+// <schema>.keyed_handled, where each handler call records its key, sequence and instants.
+void provision_keyed(chaos_fixture& f) {
+  pqxx::work tx{f.db};
+  tx.exec0("CREATE TABLE " + f.table("keyed_handled") +
+           " (key text NOT NULL, seq bigint NOT NULL, worker text NOT NULL, started timestamptz NOT NULL, "
+           "ended timestamptz NOT NULL)");
+  tx.commit();
+  omnibus::listener_options ko;  // as worker_tool registers it
+  ko.order = omnibus::ordering::per_key;
+  ko.inbox = true;
+  ko.ack_wait = 2s;
+  ko.concurrency = 8;
+  f.b.add_async_listener<keyed_event>("keyed", [](omnibus::context&, const keyed_event&) {}, ko);
+  f.b.provision();
+}
+
+// Each of `keys` keys' events numbered 1..per_key, the keys interleaved at random (seeded).
+void publish_keyed(chaos_fixture& f, std::mt19937& random, long keys, long per_key) {
+  std::vector<long> next(static_cast<std::size_t>(keys), 1);
+  std::vector<keyed_event> batch;
+  for (long i = 0; i < keys * per_key; ++i) {
+    long k = static_cast<long>(random() % static_cast<unsigned>(keys));
+    while (next[static_cast<std::size_t>(k)] > per_key) k = (k + 1) % keys;
+    batch.push_back({"key-" + std::to_string(k), next[static_cast<std::size_t>(k)]++});
+    if (batch.size() == 1000 || i + 1 == keys * per_key) {
+      omnibus::context ctx;
+      REQUIRE(f.b.publish_batch(ctx, std::span<const keyed_event>(batch)).ok());
+      batch.clear();
+    }
+  }
+}
+
+const std::vector<std::string> keyed_env{"OMNIBUS_TEST_KEYED=1", "OMNIBUS_TEST_FLAKY_PERCENT=5",
+                                         "OMNIBUS_TEST_ACK_WAIT_MS=2000", "OMNIBUS_TEST_DEADLINE_MS=1000",
+                                         "OMNIBUS_TEST_LEASE_MS=4000"};
+
+long keyed_handled(chaos_fixture& f) { return f.scalar("SELECT count(*) FROM " + f.table("keyed_handled")); }
+
+// Waits (bounded) for every event, prints the scenario's line and checks it: per key exactly
+// 1..per_key, once each (the inbox), by the handlers' start instants in order and never one
+// started before the previous ended; no dead letter, no key parked.
+void settle_keyed(chaos_fixture& f, const char* scenario, unsigned seed, long keys, long per_key, int killed,
+                  std::chrono::milliseconds within) {
+  const long events = keys * per_key;
+  (void)test_env::eventually([&] { return keyed_handled(f) >= events; }, within);
+  const long distinct = f.scalar("SELECT count(*) FROM (SELECT DISTINCT key, seq FROM " + f.table("keyed_handled") + ") d");
+  const long rows = keyed_handled(f);
+  const long bad_keys = f.scalar("SELECT count(*) FROM (SELECT key FROM " + f.table("keyed_handled") +
+                                 " GROUP BY key HAVING count(DISTINCT seq) <> " + std::to_string(per_key) +
+                                 " OR min(seq) <> 1 OR max(seq) <> " + std::to_string(per_key) + ") b");
+  const long out_of_order = f.scalar("SELECT count(*) FROM (SELECT seq, lag(seq) OVER (PARTITION BY key ORDER BY started) "
+                                     "AS prev FROM " + f.table("keyed_handled") + ") x WHERE prev IS NOT NULL AND seq <> prev + 1");
+  const long overlapping = f.scalar("SELECT count(*) FROM (SELECT started, lag(ended) OVER (PARTITION BY key ORDER BY "
+                                    "started) AS prev_end FROM " + f.table("keyed_handled") + ") x WHERE started < prev_end");
+  const long dead = f.scalar("SELECT count(*) FROM " + f.table("bus_dead_letters"));
+  const long parked = f.scalar("SELECT count(*) FROM " + f.table("bus_parked_keys"));
+  std::printf("chaos: %s seed=%u events=%ld handled=%ld lost=%ld duplicate_effects=%ld dead=%ld killed=%d "
+              "out_of_order=%ld overlapping=%ld parked=%ld\n", scenario, seed, events, distinct, events - distinct,
+              rows - distinct, dead, killed, out_of_order, overlapping, parked);
+  std::fflush(stdout);
+  CHECK(distinct == events);
+  CHECK(rows == distinct);
+  CHECK(bad_keys == 0);
+  CHECK(out_of_order == 0);
+  CHECK(overlapping == 0);
+  CHECK(dead == 0);
+  CHECK(parked == 0);
+}
+
+}  // namespace
+
 TEST_CASE("per-key order: 4 workers, 200 keys, kill -9 at random, 5% flaky; each key exactly 1..n, in order, never two "
           "at once", "[fault][per_key_order]") {
   const unsigned seed = chaos_seed();
@@ -1087,43 +1161,11 @@ TEST_CASE("per-key order: 4 workers, 200 keys, kill -9 at random, 5% flaky; each
   const long events = keys * per_key;
   const int kills = pick(6, 16);
   chaos_fixture f;
-  {
-    pqxx::work tx{f.db};
-    tx.exec0("CREATE TABLE " + f.table("keyed_handled") +
-             " (key text NOT NULL, seq bigint NOT NULL, worker text NOT NULL, started timestamptz NOT NULL, "
-             "ended timestamptz NOT NULL)");
-    tx.commit();
-  }
-  omnibus::listener_options ko;  // as worker_tool registers it
-  ko.order = omnibus::ordering::per_key;
-  ko.inbox = true;
-  ko.ack_wait = 2s;
-  ko.concurrency = 8;
-  f.b.add_async_listener<keyed_event>("keyed", [](omnibus::context&, const keyed_event&) {}, ko);
-  f.b.provision();
+  provision_keyed(f);
   std::mt19937 random{seed};
-  // Each key's events in order, the keys interleaved at random (seeded), published in batches.
-  {
-    std::vector<long> next(static_cast<std::size_t>(keys), 1);
-    std::vector<keyed_event> batch;
-    for (long i = 0; i < events; ++i) {
-      long k = static_cast<long>(random() % static_cast<unsigned>(keys));
-      while (next[static_cast<std::size_t>(k)] > per_key) k = (k + 1) % keys;
-      batch.push_back({"key-" + std::to_string(k), next[static_cast<std::size_t>(k)]++});
-      if (batch.size() == 1000 || i + 1 == events) {
-        omnibus::context ctx;
-        REQUIRE(f.b.publish_batch(ctx, std::span<const keyed_event>(batch)).ok());
-        batch.clear();
-      }
-    }
-  }
-  const std::vector<std::string> env{"OMNIBUS_TEST_KEYED=1", "OMNIBUS_TEST_FLAKY_PERCENT=5",
-                                     "OMNIBUS_TEST_ACK_WAIT_MS=2000", "OMNIBUS_TEST_DEADLINE_MS=1000",
-                                     "OMNIBUS_TEST_LEASE_MS=4000"};
-  const auto handled = [&] { return f.scalar("SELECT count(*) FROM " + f.table("keyed_handled")); };
+  publish_keyed(f, random, keys, per_key);
   std::vector<std::unique_ptr<test_env::child_process>> workers;
-  for (int i = 0; i < 4; ++i) workers.push_back(f.worker_process_ptr("w" + std::to_string(i), env));
-  int killed = 0;
+  for (int i = 0; i < 4; ++i) workers.push_back(f.worker_process_ptr("w" + std::to_string(i), keyed_env));
   // What the workers said, for a run that stalls.
   const auto outputs = [&] {
     std::string all;
@@ -1133,41 +1175,51 @@ TEST_CASE("per-key order: 4 workers, 200 keys, kill -9 at random, 5% flaky; each
     }
     return all;
   };
+  int killed = 0;
   for (long at : strike_points(random, kills, events / 20, events * 8 / 10)) {
-    const bool reached = test_env::eventually([&] { return handled() >= at; }, pick(300s, 900s));
-    if (!reached) std::printf("stalled at %ld of %ld handled\n%s\n", handled(), at, outputs().c_str());
+    const bool reached = test_env::eventually([&] { return keyed_handled(f) >= at; }, pick(300s, 900s));
+    if (!reached) std::printf("stalled at %ld of %ld handled\n%s\n", keyed_handled(f), at, outputs().c_str());
     REQUIRE(reached);
     auto& victim = workers[random() % workers.size()];
     victim->signal(SIGKILL);
     REQUIRE(victim->wait(10s) == 128 + SIGKILL);
-    victim = f.worker_process_ptr("w" + std::to_string(4 + killed), env);
+    victim = f.worker_process_ptr("w" + std::to_string(4 + killed), keyed_env);
     ++killed;
   }
-  (void)test_env::eventually([&] { return handled() >= events; }, pick(300s, 1200s));
-  const long distinct = f.scalar("SELECT count(*) FROM (SELECT DISTINCT key, seq FROM " + f.table("keyed_handled") + ") d");
-  const long rows = handled();
-  const long bad_keys = f.scalar("SELECT count(*) FROM (SELECT key FROM " + f.table("keyed_handled") +
-                                 " GROUP BY key HAVING count(DISTINCT seq) <> " + std::to_string(per_key) +
-                                 " OR min(seq) <> 1 OR max(seq) <> " + std::to_string(per_key) + ") b");
-  // By the instants the handlers started: each key's events ran 1, 2, 3, ... and each started
-  // after the one before it had ended (its transaction's last statement).
-  const long out_of_order = f.scalar("SELECT count(*) FROM (SELECT seq, lag(seq) OVER (PARTITION BY key ORDER BY started) "
-                                     "AS prev FROM " + f.table("keyed_handled") + ") x WHERE prev IS NOT NULL AND seq <> prev + 1");
-  const long overlapping = f.scalar("SELECT count(*) FROM (SELECT started, lag(ended) OVER (PARTITION BY key ORDER BY "
-                                    "started) AS prev_end FROM " + f.table("keyed_handled") + ") x WHERE started < prev_end");
-  const long dead = f.scalar("SELECT count(*) FROM " + f.table("bus_dead_letters"));
-  const long parked = f.scalar("SELECT count(*) FROM " + f.table("bus_parked_keys"));
-  std::printf("chaos: per_key_order seed=%u events=%ld handled=%ld lost=%ld duplicate_effects=%ld dead=%ld killed=%d "
-              "out_of_order=%ld overlapping=%ld parked=%ld\n", seed, events, distinct, events - distinct,
-              rows - distinct, dead, killed, out_of_order, overlapping, parked);
-  std::fflush(stdout);
+  settle_keyed(f, "per_key_order", seed, keys, per_key, killed, pick(300s, 1200s));
   stop_all(workers);
   CHECK(killed == kills);
-  CHECK(distinct == events);
-  CHECK(rows == distinct);
-  CHECK(bad_keys == 0);
-  CHECK(out_of_order == 0);
-  CHECK(overlapping == 0);
-  CHECK(dead == 0);
-  CHECK(parked == 0);
+}
+
+TEST_CASE("per-key order through a PostgreSQL outage longer than the lease: the workers give their partitions up, "
+          "claim them again, and each key stays in order", "[fault][per_key_outage]") {
+  const unsigned seed = chaos_seed();
+  INFO(replay(seed));
+  const long keys = 100;
+  const long per_key = pick(60L, 300L);
+  test_env::private_postgres pg;
+  chaos_fixture f{test_env::servers{test_env::nats_url(), pg.url()}};
+  provision_keyed(f);
+  std::mt19937 random{seed};
+  publish_keyed(f, random, keys, per_key);
+  std::vector<std::unique_ptr<test_env::child_process>> workers;
+  for (int i = 0; i < 2; ++i) workers.push_back(f.worker_process_ptr("w" + std::to_string(i), keyed_env));
+  const long at = keys * per_key / 4 + static_cast<long>(random() % static_cast<unsigned>(keys * per_key / 4));
+  REQUIRE(test_env::eventually([&] { return keyed_handled(f) >= at; }, pick(120s, 600s)));
+  pg.down();
+  // Down until every worker that held partitions has seen its lease run out and given them up.
+  const bool lost = test_env::eventually([&] {
+    for (auto& w : workers) {
+      const std::string o = w->output();
+      if (o.find("claimed (epoch") != std::string::npos && o.find("is no longer held by this worker") == std::string::npos) {
+        return false;
+      }
+    }
+    return true;
+  }, 60s);
+  pg.up();
+  REQUIRE(lost);
+  settle_keyed(f, "per_key_outage", seed, keys, per_key, 0, pick(180s, 600s));
+  for (auto& w : workers) CHECK(w->wait(0ms) == -1);
+  stop_all(workers);
 }

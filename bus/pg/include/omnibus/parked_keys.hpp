@@ -118,9 +118,11 @@ OMNIBUS_API void drop_parked_event(pqxx::connection_base& conn, std::string_view
 /// Releases the key when none of its events waits: true when released.
 OMNIBUS_API bool release_parked_key(pqxx::connection_base& conn, std::string_view schema, std::string_view listener,
                                     std::string_view key);
-/// The retry failed: the key stays parked at `stream_sequence` with `error`, the request done.
+/// The retry failed: the key stays parked at `stream_sequence` with `error`; the request is done
+/// unless an operator made another one meanwhile (its action is no longer `done_action`).
 OMNIBUS_API void repark_key(pqxx::connection_base& conn, std::string_view schema, std::string_view listener,
-                            std::string_view key, std::uint64_t stream_sequence, std::string_view error);
+                            std::string_view key, std::uint64_t stream_sequence, std::string_view error,
+                            std::string_view done_action);
 /// Drops every parked event of the key and releases it.
 OMNIBUS_API std::int64_t discard_parked_key(pqxx::connection_base& conn, std::string_view schema,
                                             std::string_view listener, std::string_view key);
