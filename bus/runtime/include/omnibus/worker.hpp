@@ -2,9 +2,11 @@
 // The worker: drains every async listener's durable consumer with retries, dead letters,
 // deadlines and graceful shutdown (DESIGN decisions 8, 9, 11, 13, 14, 15).
 //
-// Threads: one fetcher per listener (a blocking fetch never occupies a handler thread), a
-// Boost.Asio pool with one thread per handler slot for the handlers (never NATS.c's threads),
-// and the thread that calls run(), which signals in-progress and enforces deadlines.
+// Threads: one fetcher per listener, or per partition of a per-key listener (a blocking fetch
+// never occupies a handler thread), a pool with one thread per handler slot for the handlers
+// (never NATS.c's threads), a lease keeper when some listener runs per key (README "Ordered
+// per key"), and the thread that calls run(), which signals in-progress, enforces deadlines
+// and starts per-key retries when they are due.
 
 #include <atomic>
 #include <chrono>
