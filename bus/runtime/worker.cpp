@@ -1994,7 +1994,25 @@ void worker::run(std::stop_token stop) {
                                   w.opts.pool_size > 0 ? w.opts.pool_size : std::max<std::size_t>(slots, 1),
                                   w.opts.db_wait, w.opts.inbox_lock_timeout});
   }
-  w.db->migrate();
+  // PostgreSQL restarting just as the worker starts (a deploy, a failover) is waited out, for
+  // up to start_wait; unreachable for longer (or a wrong URL), run() throws.
+  const auto start_deadline = clock::now() + w.opts.start_wait;
+  const auto with_database = [&](const char* step, const auto& f) {
+    for (bool warned = false;;) {
+      try {
+        return f();
+      } catch (const std::exception& e) {
+        if (!detail::is_unavailable(e) || clock::now() >= start_deadline || stop.stop_requested()) throw;
+        if (!warned) {
+          w.log->warn("worker: {}: PostgreSQL is unreachable ({}); trying again every 500 ms for up to {} s", step,
+                      e.what(), std::chrono::duration_cast<std::chrono::seconds>(w.opts.start_wait).count());
+        }
+        warned = true;
+        if (!detail::wait_for(stop, std::chrono::milliseconds(500))) throw;
+      }
+    }
+  };
+  with_database("migrating", [&] { w.db->migrate(); });
   for (const async_listener& l : w.bus.async_listeners()) {
     if (l.per_key() && !w.db->has_partitions()) {
       throw std::invalid_argument("worker: listener " + l.name + " runs per key, which needs PostgreSQL (partition leases)");
@@ -2027,7 +2045,8 @@ void worker::run(std::stop_token stop) {
   std::unique_ptr<consumer> reports =
       w.listeners.empty() ? nullptr : w.bus.target()->open_abandoned(w.bus.options().stream, w.bus.options().group);
   w.gates_ready.store(true, std::memory_order_release);
-  (void)w.refresh_controls();  // a paused listener does not fetch even once at start
+  // A paused listener does not fetch even once at start.
+  with_database("reading which listeners are paused", [&] { (void)w.refresh_controls(); });
   for (auto& l : w.listeners) {
     l->slots = std::make_unique<detail::slot_pool<std::shared_ptr<job>>>(
         static_cast<std::size_t>(std::max(l->def->options.concurrency, 1)), [&w](std::shared_ptr<job>& j) {

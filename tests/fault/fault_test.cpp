@@ -456,6 +456,38 @@ TEST_CASE("PostgreSQL restart: relay, worker and inbox reconnect", "[fault][post
   stop_all(workers);
 }
 
+TEST_CASE("PostgreSQL down as a worker starts: it waits and drains once it is back; down past start_wait, the "
+          "worker stops naming it", "[fault][postgres_at_start]") {
+  const unsigned seed = chaos_seed();
+  INFO(replay(seed));
+  test_env::private_postgres pg;
+  chaos_fixture f{test_env::servers{test_env::nats_url(), pg.url()}};
+  f.provision_listeners(true, 5s);
+  const long events = pick(500L, 5000L);
+  f.commit_direct(0, events);
+  pg.down();
+  std::vector<std::unique_ptr<test_env::child_process>> workers;
+  workers.push_back(f.worker("w0", {"OMNIBUS_TEST_BYSTANDER=1"}));
+  REQUIRE(test_env::eventually([&] {
+    return workers[0]->output().find("PostgreSQL is unreachable") != std::string::npos || workers[0]->wait(0ms) != -1;
+  }, 60s));
+  INFO(workers[0]->output());
+  REQUIRE(workers[0]->wait(0ms) == -1);  // waiting, not gone
+  pg.up();
+  const tally t = f.settle_and_report("postgres_at_start", seed, true, 120s);
+  check_line(t);
+  CHECK(workers[0]->wait(0ms) == -1);
+  stop_all(workers);
+
+  // Down for longer than start_wait: the worker's run() throws, and the process says why.
+  pg.down();
+  auto late = f.worker("w1", {"OMNIBUS_TEST_START_WAIT_MS=1000"});
+  CHECK(late->wait(60s) == 1);
+  CHECK_THAT(late->output(), Catch::Contains("PostgreSQL is unreachable") &&
+                                 Catch::Contains("the worker stopped: cannot connect to PostgreSQL"));
+  pg.up();
+}
+
 namespace {
 long occurrences(const std::string& text, const std::string& needle) {
   long n = 0;

@@ -2,7 +2,8 @@
 //   worker_tool <schema> <stream> <tag>
 // Runs one async listener, "recorder", on tool_event: it INSERTs (n, <tag>) into
 // <schema>.handled through the worker's pooled connection. SIGTERM or SIGINT stop it
-// gracefully (exit 0); a stuck worker exits 3.
+// gracefully (exit 0); a stuck worker exits 3, one whose run() throws (PostgreSQL unreachable
+// past start_wait, say) exits 1.
 // Environment: OMNIBUS_NATS_URL, OMNIBUS_DATABASE_URL, and for the tests:
 //   OMNIBUS_TEST_DELAY_MS    work each handler call simulates (default 0)
 //   OMNIBUS_TEST_ACK_WAIT_MS the consumer's AckWait (default 30000)
@@ -27,6 +28,7 @@
 //                            <schema>.keyed_handled in the inbox transaction
 //   OMNIBUS_TEST_FLAKY_PERCENT keyed: this share of attempts throw (seeded by the event)
 //   OMNIBUS_TEST_LEASE_MS    keyed: worker_options::partition_lease (default 15000)
+//   OMNIBUS_TEST_START_WAIT_MS worker_options::start_wait (default 30000)
 //   OMNIBUS_TEST_CRON        a cron expression: recurring schedule "tick" publishes tool_event
 //                            {n = its occurrence in epoch seconds}, in UTC; missed: all
 
@@ -213,6 +215,7 @@ int main(int argc, char** argv) {
   wo.outage_retry_max = std::max(wo.outage_retry, std::chrono::milliseconds(env_long("OMNIBUS_TEST_OUTAGE_RETRY_MAX_MS", 30000)));
   wo.stream_check_every = std::chrono::milliseconds(env_long("OMNIBUS_TEST_STREAM_CHECK_MS", 30000));
   wo.partition_lease = std::chrono::milliseconds(env_long("OMNIBUS_TEST_LEASE_MS", 15000));
+  wo.start_wait = std::chrono::milliseconds(env_long("OMNIBUS_TEST_START_WAIT_MS", 30000));
   omnibus::worker w{b, wo, log};
   std::jthread signals([&](std::stop_token) {
     int sig = 0;
@@ -227,6 +230,10 @@ int main(int argc, char** argv) {
       log->critical("{}", e.what());
       std::fflush(nullptr);
       std::_Exit(3);  // the stuck threads cannot be joined
+    } catch (const std::exception& e) {
+      log->critical("worker_tool: the worker stopped: {}", e.what());
+      std::fflush(nullptr);
+      std::_Exit(1);  // the main thread waits for a signal
     }
   });
   signals.join();  // a signal arrived
