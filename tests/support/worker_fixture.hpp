@@ -14,7 +14,7 @@
 
 #include <catch2/catch.hpp>
 #include <pqxx/pqxx>
-#include <spdlog/sinks/ostream_sink.h>
+#include <spdlog/sinks/base_sink.h>
 #include <spdlog/spdlog.h>
 
 #include "omnibus/dead_letters.hpp"
@@ -45,16 +45,34 @@ struct servers {
   static servers shared() { return {test_env::nats_url(), test_env::database_url()}; }
 };
 
+/// A log sink that keeps the text, readable while the workers still log.
+class text_sink final : public spdlog::sinks::base_sink<std::mutex> {
+ public:
+  std::string text() {
+    std::lock_guard lock(mutex_);
+    return out_.str();
+  }
+
+ protected:
+  void sink_it_(const spdlog::details::log_msg& msg) override {
+    spdlog::memory_buf_t line;
+    formatter_->format(msg, line);
+    out_.write(line.data(), static_cast<std::streamsize>(line.size()));
+  }
+  void flush_() override {}
+
+ private:
+  std::ostringstream out_;
+};
+
 struct worker_fixture {
   servers where;
   omnibus::nats_connection conn{{.url = where.nats_url}};
   omnibus::jetstream js{conn};
   omnibus::bus_options opts = stream_options(where);
   pqxx::connection db{where.database_url};
-  std::ostringstream log_text;
-  std::mutex log_mutex;
-  std::shared_ptr<spdlog::logger> log =
-      std::make_shared<spdlog::logger>("test", std::make_shared<spdlog::sinks::ostream_sink_mt>(log_text));
+  std::shared_ptr<text_sink> log_sink = std::make_shared<text_sink>();
+  std::shared_ptr<spdlog::logger> log = std::make_shared<spdlog::logger>("test", log_sink);
   omnibus::event_bus b{js, opts};
   std::unique_ptr<omnibus::worker> w;
   std::jthread runner;
@@ -134,10 +152,7 @@ struct worker_fixture {
     auto i = js.info(opts.stream, "g_" + listener);
     return i && i->pending == 0 && i->ack_pending == 0;
   }
-  std::string logs() {
-    log->flush();
-    return log_text.str();
-  }
+  std::string logs() { return log_sink->text(); }
   static omnibus::listener_options quick_retries(int attempts) {
     omnibus::listener_options o;
     o.retry.max_attempts = attempts;
