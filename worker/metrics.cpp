@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <array>
+#include <map>
 #include <mutex>
 #include <optional>
 #include <sstream>
@@ -60,11 +61,15 @@ struct worker_metrics::impl {
     prometheus::Gauge* oldest_age = nullptr;
     prometheus::Gauge* dead_letters = nullptr;
     prometheus::Gauge* parked = nullptr;
+    prometheus::Gauge* parked_keys = nullptr;
     prometheus::Gauge* paused = nullptr;
     prometheus::Gauge* lost = nullptr;
     prometheus::Gauge* lost_unacknowledged = nullptr;
     std::array<prometheus::Gauge*, flow_state_names.size()> flow{};
-    std::string consumer;
+    std::vector<std::string> consumers;  // the listener's durable consumers (a per-key one's: one per partition)
+    [[nodiscard]] bool reads(const std::string& consumer) const {
+      return std::find(consumers.begin(), consumers.end(), consumer) != consumers.end();
+    }
   };
 
   impl(metrics_sources s, std::shared_ptr<spdlog::logger> l, std::chrono::milliseconds c)
@@ -89,6 +94,9 @@ struct worker_metrics::impl {
                                .Help("Dead letters waiting for an operator, by listener").Register(reg);
     parked_family = &prometheus::BuildGauge().Name("omnibus_parked")
                          .Help("1 when the ordered listener is parked at an event").Register(reg);
+    parked_keys_family = &prometheus::BuildGauge().Name("omnibus_parked_keys")
+                              .Help("Keys a per-key listener has parked, each at an event that ran out of attempts")
+                              .Register(reg);
     lost_family = &prometheus::BuildGauge().Name("omnibus_events_lost")
                        .Help("Events that left the stream before the listener handled them (max_age, the stream's "
                              "limits), as the database records them for all workers")
@@ -152,13 +160,14 @@ struct worker_metrics::impl {
       series.oldest_age = &oldest_age_family->Add({{"listener", l.name}});
       series.dead_letters = &dead_letters_family->Add({{"listener", l.name}});
       series.parked = &parked_family->Add({{"listener", l.name}});
+      series.parked_keys = &parked_keys_family->Add({{"listener", l.name}});
       series.paused = &paused_family->Add({{"listener", l.name}});
       series.lost = &lost_family->Add({{"listener", l.name}});
       series.lost_unacknowledged = &lost_unack_family->Add({{"listener", l.name}});
       for (std::size_t i = 0; i < flow_state_names.size(); ++i) {
         series.flow[i] = &flow_family->Add({{"listener", l.name}, {"state", std::string(flow_state_names[i])}});
       }
-      series.consumer = l.consumer_name;
+      series.consumers = l.consumer_names();
       series.def = &l;
       listeners.emplace(l.name, std::move(series));
       // The events the bus knows get their publish series at zero, so that every family is in
@@ -185,6 +194,7 @@ struct worker_metrics::impl {
   prometheus::Family<prometheus::Gauge>* oldest_age_family;
   prometheus::Family<prometheus::Gauge>* dead_letters_family;
   prometheus::Family<prometheus::Gauge>* parked_family;
+  prometheus::Family<prometheus::Gauge>* parked_keys_family;
   prometheus::Family<prometheus::Gauge>* paused_family;
   prometheus::Family<prometheus::Gauge>* lost_family;
   prometheus::Family<prometheus::Gauge>* lost_unack_family;
@@ -310,19 +320,26 @@ struct worker_metrics::impl {
       for (auto& [name, s] : listeners) {
         s.dead_letters->Set(0);
         s.parked->Set(0);
+        s.parked_keys->Set(0);
         s.paused->Set(0);
         s.lost->Set(0);
         s.lost_unacknowledged->Set(0);
       }
-      lost_unacknowledged.clear();
+      // Summed over the listener's consumers: a per-key listener has one per partition.
+      std::map<std::string, std::pair<std::uint64_t, std::uint64_t>> lost;  // listener -> (events, unacknowledged)
       for (const auto& x : st.lost_events) {
         auto* s = find(x.listener);
-        if (s == nullptr || s->consumer != x.consumer) continue;  // another group's listener in the same schema
-        s->lost->Set(static_cast<double>(x.events));
-        s->lost_unacknowledged->Set(static_cast<double>(x.unacknowledged));
-        if (x.unacknowledged > 0) {
-          lost_unacknowledged += (lost_unacknowledged.empty() ? "" : ", ") + x.listener + " lost " +
-                                 std::to_string(x.unacknowledged);
+        if (s == nullptr || !s->reads(x.consumer)) continue;  // another group's listener in the same schema
+        lost[x.listener].first += x.events;
+        lost[x.listener].second += x.unacknowledged;
+      }
+      lost_unacknowledged.clear();
+      for (const auto& [listener, n] : lost) {
+        auto* s = find(listener);
+        s->lost->Set(static_cast<double>(n.first));
+        s->lost_unacknowledged->Set(static_cast<double>(n.second));
+        if (n.second > 0) {
+          lost_unacknowledged += (lost_unacknowledged.empty() ? "" : ", ") + listener + " lost " + std::to_string(n.second);
         }
       }
       for (const auto& listener : st.paused) {
@@ -333,6 +350,9 @@ struct worker_metrics::impl {
       }
       for (const auto& listener : st.parked) {
         if (auto* s = find(listener)) s->parked->Set(1);
+      }
+      for (const auto& [listener, n] : st.parked_keys) {
+        if (auto* s = find(listener)) s->parked_keys->Set(static_cast<double>(n));
       }
     } catch (const std::exception& e) {
       db.reset();  // reconnect next time

@@ -33,6 +33,9 @@ stats_view read_stats(const event_bus& bus, pqxx::connection_base& db) {
       if (name == l.name) s.dead_letters = n;
     }
     for (const auto& name : v.db.parked) s.parked = s.parked || name == l.name;
+    for (const auto& [name, n] : v.db.parked_keys) {
+      if (name == l.name) s.parked_keys = n;
+    }
     for (const auto& name : v.db.paused) s.paused = s.paused || name == l.name;
     for (const auto& r : reports) {
       if (r.listener != l.name) continue;
@@ -62,16 +65,20 @@ std::string age(const std::optional<std::chrono::milliseconds>& a) {
 }  // namespace
 
 std::string stats_text(const stats_view& v, std::chrono::milliseconds alert_after, bool colour) {
-  std::string out = format("%-24s %10s %12s %12s %10s %13s %7s %7s %8s  %s\n", "listener", "pending", "ack pending",
+  std::string out = format("%-24s %10s %12s %12s %10s %13s %9s %7s %8s  %s\n", "listener", "pending", "ack pending",
                            "redelivered", "oldest", "dead letters", "parked", "paused", "workers", "flow");
   for (const auto& l : v.listeners) {
     std::string flow;
     for (const auto& f : l.flow) flow += (flow.empty() ? "" : ",") + f;
-    out += format("%-24s %10llu %12llu %12llu %10s %13llu %7s %7s %8zu  %s%s\n", l.name.c_str(),
+    // A per-key listener parks keys, not itself: how many.
+    const std::string parked = l.parked_keys > 0 ? format("%llu key%s", static_cast<unsigned long long>(l.parked_keys),
+                                                          l.parked_keys == 1 ? "" : "s")
+                               : l.parked ? "YES" : "no";
+    out += format("%-24s %10llu %12llu %12llu %10s %13llu %9s %7s %8zu  %s%s\n", l.name.c_str(),
                   static_cast<unsigned long long>(l.pending), static_cast<unsigned long long>(l.ack_pending),
                   static_cast<unsigned long long>(l.redelivered), age(l.oldest_unacked_age).c_str(),
                   static_cast<unsigned long long>(l.dead_letters),
-                  l.parked ? "YES" : "no", l.paused ? "YES" : "no", l.workers, flow.empty() ? "-" : flow.c_str(),
+                  parked.c_str(), l.paused ? "YES" : "no", l.workers, flow.empty() ? "-" : flow.c_str(),
                   l.consumer_found ? "" : "  (no consumer: run the worker once to provision it)");
   }
   out += format("\noutbox     %llu row(s) waiting, oldest %s\n", static_cast<unsigned long long>(v.db.outbox_rows),
@@ -114,7 +121,8 @@ std::string stats_json(const stats_view& v, std::chrono::milliseconds alert_afte
                   static_cast<unsigned long long>(l.redelivered), static_cast<unsigned long long>(l.dead_letters)) +
            ",\"oldest_unacked_age_seconds\":" +
            (l.oldest_unacked_age ? format("%.3f", static_cast<double>(l.oldest_unacked_age->count()) / 1000.0) : "null") +
-           ",\"parked\":" + (l.parked ? "true" : "false") + ",\"paused\":" + (l.paused ? "true" : "false") +
+           ",\"parked\":" + (l.parked ? "true" : "false") +
+           format(",\"parked_keys\":%llu", static_cast<unsigned long long>(l.parked_keys)) + ",\"paused\":" + (l.paused ? "true" : "false") +
            format(",\"workers\":%zu,\"flow\":[", l.workers);
     for (std::size_t i = 0; i < l.flow.size(); ++i) out += (i > 0 ? "," : "") + json_quote(l.flow[i]);
     out += "]}";

@@ -25,6 +25,7 @@ struct listener_stats {
   std::optional<std::chrono::milliseconds> oldest_unacked_age;
   std::uint64_t dead_letters = 0;
   bool parked = false;
+  std::uint64_t parked_keys = 0;  ///< a per-key listener's parked keys
   bool paused = false;
   bool consumer_found = false;  ///< false: the consumer does not exist (never provisioned?)
   std::size_t workers = 0;      ///< running workers reporting the listener

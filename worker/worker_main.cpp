@@ -705,7 +705,8 @@ struct worker_program::impl {
       const auto lost = list_lost_events(db, c.bus.schema, true);
       for (const auto& l : local.async_listeners()) {
         std::uint64_t n = 0;
-        for (const auto& x : lost) n += x.consumer == l.consumer_name ? x.events : 0;
+        const std::vector<std::string> mine = l.consumer_names();  // a per-key listener's: one per partition
+        for (const auto& x : lost) n += std::find(mine.begin(), mine.end(), x.consumer) != mine.end() ? x.events : 0;
         const std::string lost_note =
             n > 0 ? "; LOST " + std::to_string(n) + " event(s) unhandled (listeners losses)" : std::string();
         const paused_listener* p = nullptr;
@@ -743,10 +744,12 @@ struct worker_program::impl {
   // listeners losses [listener] [--acknowledge]
   int losses(pqxx::connection& db, const event_bus& local) {
     const worker_config& c = config;
-    // This group's consumers only: another group may share the schema.
+    // This group's consumers only: another group may share the schema. A per-key listener
+    // has one per partition.
     std::vector<std::string> consumers;
     for (const auto& l : local.async_listeners()) {
-      if (listener.empty() || l.name == listener) consumers.push_back(l.consumer_name);
+      if (!listener.empty() && l.name != listener) continue;
+      for (std::string& name : l.consumer_names()) consumers.push_back(std::move(name));
     }
     if (!listener.empty() && consumers.empty()) {
       throw config_error("no listener named '" + shown(listener) + "' in this build");

@@ -34,6 +34,12 @@ bus_state read_bus_state(pqxx::connection_base& conn, std::string_view schema) {
   for (const auto& row : tx.exec("SELECT listener FROM " + detail::table_name(schema, "bus_parked") + " ORDER BY listener")) {
     out.parked.push_back(row[0].as<std::string>());
   }
+  if (out.schema_version >= 13) {
+    for (const auto& row : tx.exec("SELECT listener, count(*) FROM " + detail::table_name(schema, "bus_parked_keys") +
+                                   " GROUP BY listener ORDER BY listener")) {
+      out.parked_keys.emplace_back(row[0].as<std::string>(), row[1].as<std::uint64_t>());
+    }
+  }
   if (out.schema_version >= 6) {
     for (const auto& row : tx.exec("SELECT listener FROM " + detail::table_name(schema, "bus_paused") + " ORDER BY listener")) {
       out.paused.push_back(row[0].as<std::string>());

@@ -43,15 +43,16 @@ void release_in(pqxx::transaction_base& tx, std::string_view schema, std::string
 
 }  // namespace
 
-std::vector<parked_key> list_parked_keys(pqxx::connection_base& conn, std::string_view schema, std::string_view listener) {
+std::vector<parked_key> list_parked_keys(pqxx::connection_base& conn, std::string_view schema, std::string_view listener,
+                                         std::size_t limit) {
   check_schema_name(schema);
   pqxx::read_transaction tx{conn};
   const auto rows = tx.exec_params(
       "SELECT k.listener, k.key, k.partition, k.first_event_id, coalesce(k.event_name, ''), k.error, k.attempts, "
       "(SELECT count(*) FROM " + t(schema, "bus_parked_events") + " e WHERE e.listener = k.listener AND e.key = k.key), "
       "(extract(epoch FROM k.parked_at) * 1000000)::bigint, coalesce(k.action, '') FROM " +
-          t(schema, "bus_parked_keys") + " k WHERE $1 = '' OR k.listener = $1 ORDER BY k.listener, k.parked_at, k.key",
-      std::string(listener));
+          t(schema, "bus_parked_keys") + " k WHERE $1 = '' OR k.listener = $1 ORDER BY k.listener, k.parked_at, k.key LIMIT NULLIF($2, 0)",
+      std::string(listener), static_cast<std::int64_t>(limit));
   std::vector<parked_key> out;
   for (const auto& r : rows) {
     parked_key k;

@@ -3,7 +3,6 @@
 #include <algorithm>
 #include <cstdint>
 
-#include "omnibus/envelope.hpp"
 
 namespace omnibus::detail {
 
@@ -18,20 +17,20 @@ std::uint64_t lowest_unhandled(queue& q, const stream_config& stream, const cons
 }
 
 std::optional<mark_check> check_losses(queue& q, const stream_config& stream, const std::string& group,
-                                       const async_listener& listener, const std::optional<stream_mark>& last) {
-  const std::string subject = subject_for(stream.subject_prefix, listener.event_name);
+                                       const checked_consumer& c, const std::optional<stream_mark>& last) {
+  const std::string& subject = c.subject;
   // The stream before and after the consumer: every event up to before->last_sequence existed
   // when the consumer's counts were taken, and none after after->last_sequence did.
   const std::optional<stream_state> before = q.state(stream);
   if (!before) return std::nullopt;
-  const std::optional<consumer_info> ci = q.info(stream, listener.consumer_name);
+  const std::optional<consumer_info> ci = q.info(stream, c.consumer);
   if (!ci) return std::nullopt;
   const std::optional<stream_state> after = q.state(stream);
   if (!after) return std::nullopt;
 
   mark_check out;
   stream_mark& m = out.next;
-  m.listener = listener.name;
+  m.listener = c.listener;
   m.consumer_created = ci->created;
   m.pending = ci->pending;
   m.deliveries = ci->deliveries;
@@ -51,7 +50,7 @@ std::optional<mark_check> check_losses(queue& q, const stream_config& stream, co
   std::uint64_t arrivals = 0;
   if (before->last_sequence > last->last_sequence) {
     consumer_config probe;
-    probe.name = listener.consumer_name + "__loss_check";
+    probe.name = c.consumer + "__loss_check";
     probe.group = group;
     probe.filter_subject = subject;
     probe.start_sequence = last->last_sequence + 1;

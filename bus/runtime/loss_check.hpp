@@ -23,12 +23,20 @@ namespace omnibus::detail {
                                              const std::string& subject, std::uint64_t first_sequence,
                                              std::uint64_t last_sequence);
 
-/// Reads the stream and `listener`'s consumer and compares them with `last`: the mark to keep,
-/// and the events lost since `last` (a lower bound: redeliveries count as deliveries). Throws
-/// what the queue throws; nullopt when the queue keeps no stream (memory_queue) or the
-/// consumer is missing.
+/// One durable consumer the loss check reads: a listener's, or one partition's of a per-key
+/// listener (each partition consumer has a mark of its own).
+struct checked_consumer {
+  std::string listener;  ///< the async listener's name
+  std::string consumer;  ///< its durable consumer
+  std::string subject;   ///< what the consumer filters (a keyed event's other listeners: "<prefix>.<event>.*")
+};
+
+/// Reads the stream and the consumer and compares them with `last`: the mark to keep, and the
+/// events lost since `last` (a lower bound: redeliveries count as deliveries). Throws what the
+/// queue throws; nullopt when the queue keeps no stream (memory_queue) or the consumer is
+/// missing.
 [[nodiscard]] std::optional<mark_check> check_losses(queue& q, const stream_config& stream, const std::string& group,
-                                                     const async_listener& listener,
+                                                     const checked_consumer& c,
                                                      const std::optional<stream_mark>& last);
 
 }  // namespace omnibus::detail

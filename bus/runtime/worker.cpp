@@ -279,35 +279,53 @@ struct worker::impl {
   // lets only one worker check a listener per half interval.
   std::string loss_check_failed;  // the last failure logged (each once)
   void check_losses(const std::stop_token& stop) {
-    const stream_config& stream = bus.options().stream;
+    std::unordered_map<std::string, std::string> filters;  // consumer -> the subject it filters
+    for (const consumer_config& c : bus.consumer_configs()) filters.emplace(c.name, c.filter_subject);
     for (auto& l : listeners) {
-      if (stop.stop_requested()) return;
       const async_listener& def = *l->def;
-      if (def.per_key()) continue;  // not yet checked: one consumer per partition
-      try {
-        const std::optional<detail::mark_check> stored = db->check_mark(
-            def.consumer_name, opts.stream_check_every / 2, [&](const std::optional<detail::stream_mark>& last) {
-              std::optional<detail::mark_check> found =
-                  detail::check_losses(*bus.target(), stream, bus.options().group, def, last);
-              return found ? std::move(*found) : detail::mark_check{last.value_or(detail::stream_mark{}), std::nullopt};
-            });
-        if (stored && stored->lost) {  // recorded: now say so, once
-          const detail::lost_events& x = *stored->lost;
-          stats.lost_events.fetch_add(x.events, std::memory_order_relaxed);
-          log->error("listener {}: {} of its event(s) left stream {} before it handled them (among sequences {}..{}; "
-                     "the stream now starts at {} or later): max_age or the stream's limits removed them, and no "
-                     "replay can bring them back. Recorded in {}.bus_lost_events until acknowledged (listeners "
-                     "losses --acknowledge)",
-                     def.name, x.events, stream.name, x.first_sequence, x.last_sequence, x.last_sequence + 1,
-                     bus.options().schema);
+      // A per-key listener's partition consumers: each checked by the worker holding it.
+      std::vector<std::string> consumers;
+      if (def.per_key()) {
+        std::lock_guard lock(l->mutex);
+        for (const auto& p : l->parts) {
+          if (p->epoch != 0) consumers.push_back(p->consumer_name);
         }
-        loss_check_failed.clear();
-      } catch (const std::exception& e) {
-        if (loss_check_failed != e.what()) {
-          log->warn("worker: cannot check listener {} for events that left the stream: {}", def.name, e.what());
-        }
-        loss_check_failed = e.what();
+      } else {
+        consumers.push_back(def.consumer_name);
       }
+      for (const std::string& consumer : consumers) {
+        if (stop.stop_requested()) return;
+        const auto filter = filters.find(consumer);
+        if (filter == filters.end()) continue;  // cannot be: every consumer the bus has is configured
+        check_losses_of({def.name, consumer, filter->second}, def.per_key());
+      }
+    }
+  }
+  void check_losses_of(const detail::checked_consumer& c, bool partition) {
+    const stream_config& stream = bus.options().stream;
+    try {
+      const std::optional<detail::mark_check> stored = db->check_mark(
+          c.consumer, opts.stream_check_every / 2, [&](const std::optional<detail::stream_mark>& last) {
+            std::optional<detail::mark_check> found = detail::check_losses(*bus.target(), stream, bus.options().group, c, last);
+            return found ? std::move(*found) : detail::mark_check{last.value_or(detail::stream_mark{}), std::nullopt};
+          });
+      if (stored && stored->lost) {  // recorded: now say so, once
+        const detail::lost_events& x = *stored->lost;
+        stats.lost_events.fetch_add(x.events, std::memory_order_relaxed);
+        log->error("listener {}{}: {} of its event(s) left stream {} before it handled them (among sequences {}..{}; "
+                   "the stream now starts at {} or later): max_age or the stream's limits removed them, and no "
+                   "replay can bring them back. Recorded in {}.bus_lost_events until acknowledged (listeners "
+                   "losses --acknowledge)",
+                   c.listener, partition ? " (partition consumer " + c.consumer + ")" : std::string(), x.events,
+                   stream.name, x.first_sequence, x.last_sequence, x.last_sequence + 1, bus.options().schema);
+      }
+      loss_check_failed.clear();
+    } catch (const std::exception& e) {
+      if (loss_check_failed != e.what()) {
+        log->warn("worker: cannot check listener {} ({}) for events that left the stream: {}", c.listener, c.consumer,
+                  e.what());
+      }
+      loss_check_failed = e.what();
     }
   }
   void check_stream() {

@@ -14,6 +14,7 @@
 
 #include "omnibus/dead_letters.hpp"
 #include "omnibus/listener_control.hpp"
+#include "omnibus/parked_keys.hpp"
 #include "omnibus/redrive.hpp"
 #include "omnibus/schedules.hpp"
 #include "support/http_client.hpp"
@@ -466,6 +467,71 @@ TEST_CASE_METHOD(dashboard_fixture, "schedules, parked listeners and redrives: e
   CHECK(act("/parked/audit_trail/skip").status == 303);
   CHECK(omnibus::find_parked(db, opts.schema, "audit_trail")->action == "skip");
   CHECK(act("/parked/nobody/retry").status == 409);
+
+  // Parked keys (rows as a per-key listener leaves them; no worker here runs "visits", so the
+  // requests stay put): listed with markup escaped, each action carrying the key in its form.
+  const auto round = omnibus::detail::lease_partitions(db, opts.schema, "visits", 4, "test:1", 60s, {});
+  REQUIRE(round.held.size() == 4);
+  const auto park = [&](const std::string& key, int events) {
+    const int partition = omnibus::partition_of(key, 4);
+    std::uint64_t epoch = 0;
+    for (const auto& [p, e] : round.held) {
+      if (p == partition) epoch = e;
+    }
+    for (int i = 1; i <= events; ++i) {
+      omnibus::detail::stored_event ev;
+      ev.stream_sequence = static_cast<std::uint64_t>(100 * partition + i);
+      ev.event_id = key + "-" + std::to_string(i);
+      ev.msg.subject = opts.stream.subject_prefix + ".hello.visit.k" + std::to_string(partition);
+      ev.msg.body = "\x80";
+      ev.attempts = 3;
+      REQUIRE(omnibus::detail::park_event(db, opts.schema, "visits", key, partition, "test:1", epoch, "hello.visit", ev,
+                                          "<script>alert('key')</script>"));
+    }
+  };
+  // A key with what a path may not hold (a backslash, a ".." start, a slash), markup, a space, UTF-8:
+  // the actions carry it in the form, the confirmation in the query.
+  const std::string key = "..\\cust/<b>42</b> \xC3\xA9";
+  const std::string key_encoded = "..%5Ccust%2F%3Cb%3E42%3C%2Fb%3E%20%C3%A9";
+  park(key, 3);
+  park("plain", 1);
+  const auto keys_page = http_get(port, "/parked");
+  const std::string key_html = "..\\cust/&lt;b&gt;42&lt;/b&gt; \xC3\xA9";
+  CHECK_THAT(keys_page.body, Catch::Contains("<td class=\"key\">" + key_html + "</td>"));
+  CHECK_THAT(keys_page.body, Catch::Contains("&lt;script&gt;alert(&#39;key&#39;)&lt;/script&gt;"));
+  CHECK_THAT(keys_page.body, !Catch::Contains("<script>alert"));
+  CHECK_THAT(keys_page.body, Catch::Contains("action=\"/parked/visits/keys/retry\">"));
+  CHECK_THAT(keys_page.body, Catch::Contains("<input type=\"hidden\" name=\"key\" value=\"" + key_html + "\">"));
+  CHECK_THAT(keys_page.body, Catch::Contains("href=\"/parked/visits/keys/discard?key=" + key_encoded + "\""));
+  CHECK_THAT(keys_page.body, Catch::Contains("<td>visits</td><td class=\"num\">4</td><td>test:1 (4)</td>"));
+  const auto action_of = [&](const std::string& k) {
+    for (const auto& p : omnibus::list_parked_keys(db, opts.schema, "visits")) {
+      if (p.key == k) return p.action;
+    }
+    return std::string("(not parked)");
+  };
+  const auto act_on = [&](const std::string& action, const std::string& encoded_key) {
+    return post(port, "/parked/visits/keys/" + action, csrf + "&key=" + encoded_key, {origin(port)}).status;
+  };
+  // Discard asks first (a GET changes nothing), then takes a POST.
+  const auto confirm = http_get(port, "/parked/visits/keys/discard?key=" + key_encoded);
+  CHECK(confirm.status == 200);
+  CHECK_THAT(confirm.body, Catch::Contains("drop the <strong>3</strong> parked event(s) of key <strong>" + key_html));
+  CHECK_THAT(confirm.body, Catch::Contains("<input type=\"hidden\" name=\"key\" value=\"" + key_html + "\">"));
+  CHECK(action_of(key).empty());
+  CHECK(act_on("skip", key_encoded) == 303);
+  CHECK(action_of(key) == "skip");
+  CHECK(act_on("discard", key_encoded) == 303);
+  CHECK(action_of(key) == "discard");
+  CHECK(act_on("retry", "plain") == 303);
+  CHECK(action_of("plain") == "retry");
+  CHECK(act_on("retry", "nope") == 409);
+  CHECK(act_on("explode", "plain") == 404);
+  CHECK(act_on("retry", "") == 400);
+  CHECK(act_on("retry", std::string(300, 'k')) == 400);
+  CHECK(http_get(port, "/parked/visits/keys/discard?key=nope").status == 404);
+  CHECK(http_get(port, "/parked/visits/keys/discard").status == 400);
+  CHECK(http_get(port, "/parked/visits/keys/discard?key=plain&more=1").status == 400);
 
   // A redrive paused, resumed and cancelled from its page (no runner here: it stays put).
   omnibus::redrive_request req;

@@ -10,6 +10,9 @@
 
 #include <catch2/catch.hpp>
 
+#include "metrics.hpp"
+#include "omnibus/bus_state.hpp"
+#include "omnibus/listener_control.hpp"
 #include "omnibus/parked_keys.hpp"
 #include "support/worker_fixture.hpp"
 #include "tools/keyed_event.hpp"
@@ -58,16 +61,19 @@ struct order_watch {
 };
 
 struct keyed_fixture : test_env::worker_fixture {
+  using worker_fixture::worker_fixture;
   order_watch watch;
   std::map<std::string, std::int64_t> published;  // key -> its last seq
   std::vector<std::unique_ptr<omnibus::worker>> extra;
   std::vector<std::jthread> extra_runs;
 
+  // Every worker stops before `watch` goes (the base class would stop the first one after).
   ~keyed_fixture() {
     for (auto& r : extra_runs) {
       r.request_stop();
       if (r.joinable()) r.join();
     }
+    stop_worker();
   }
 
   static omnibus::worker_options quick(const std::string& url) {
@@ -120,6 +126,14 @@ struct keyed_fixture : test_env::worker_fixture {
     CHECK(code == want_exit);
     return p.output();
   }
+  // What a worker's /metrics says of this bus now (PostgreSQL and the stream read afresh).
+  std::string scrape() {
+    omnibus::detail::metrics_sources src;
+    src.bus = &b;
+    src.database_url = where.database_url;
+    omnibus::detail::worker_metrics m(src, log, 0ms);
+    return m.scrape();
+  }
   // The workers' log, for a failing test's report.
   std::string tail_of_logs() {
     const std::string all = logs();
@@ -138,9 +152,9 @@ std::vector<std::string> keys_named(const std::string& stem, int n) {
 
 TEST_CASE("per key: each key's events run one at a time in stream order, across three workers, with flaky "
           "handlers and retries", "[per_key]") {
-  keyed_fixture f;
-  std::mt19937 random{42};
+  std::mt19937 random{42};  // before f: the handlers use them until f's workers stop
   std::mutex random_mutex;
+  keyed_fixture f;
   f.b.add_async_listener<keyed_event>("ordered", [&](omnibus::context&, const keyed_event& e) {
     f.watch.enter(e.key);
     bool fail = false;
@@ -197,8 +211,8 @@ TEST_CASE("per key: each key's events run one at a time in stream order, across 
 
 TEST_CASE("per key: an exhausted event parks its key, other keys go on; retry runs it and the key's later events in "
           "order while new ones arrive", "[per_key]") {
+  std::atomic<bool> poisoned{true};  // before f: the handler reads it until f's workers stop
   keyed_fixture f;
-  std::atomic<bool> poisoned{true};
   f.b.add_async_listener<keyed_event>("ordered", [&](omnibus::context&, const keyed_event& e) {
     f.watch.enter(e.key);
     const bool fail = poisoned && e.key == "K" && e.seq == 5;
@@ -227,6 +241,10 @@ TEST_CASE("per key: an exhausted event parks its key, other keys go on; retry ru
                     k.first_event_id + " after 3 attempt(s): poison: the fix is not deployed; 16 event(s) wait") !=
         std::string::npos);
   CHECK(listed.find("0 parked listener(s), 1 parked key(s)") != std::string::npos);
+  // What stats, the metrics and the dashboard count.
+  CHECK(omnibus::read_bus_state(f.db, f.opts.schema).parked_keys ==
+        std::vector<std::pair<std::string, std::uint64_t>>{{"ordered", 1}});
+  CHECK_THAT(f.scrape(), Catch::Contains("omnibus_parked_keys{listener=\"ordered\"} 1\n"));
   CHECK(f.cli({"parked", "retry", "ordered", "nope"}, 1).find("has no parked key nope") != std::string::npos);
   CHECK(f.cli({"partitions"}).find("8 partition(s)") != std::string::npos);
   // New events of K are set aside too; another key's events still run.
@@ -248,8 +266,8 @@ TEST_CASE("per key: an exhausted event parks its key, other keys go on; retry ru
 
 TEST_CASE("per key: skip drops the failed event and releases the rest in order; discard drops them all",
           "[per_key]") {
+  std::atomic<bool> poisoned{true};  // before f: the handler reads it until f's workers stop
   keyed_fixture f;
-  std::atomic<bool> poisoned{true};
   f.b.add_async_listener<keyed_event>("ordered", [&](omnibus::context&, const keyed_event& e) {
     f.watch.enter(e.key);
     const bool fail = poisoned && e.seq == 2;
@@ -302,9 +320,10 @@ TEST_CASE("per key: rebalancing from one worker to four and back to two under lo
     const long before = f.watch.total();
     const auto t0 = std::chrono::steady_clock::now();
     (void)test_env::eventually([&] { return std::chrono::steady_clock::now() - t0 >= window; }, window + 1s);
-    return static_cast<double>(f.watch.total() - before) * 1000.0 / static_cast<double>(window.count());
+    const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    return static_cast<double>(f.watch.total() - before) / seconds;
   };
-  f.publish_keys(keys, 30);  // 6,000 events: a backlog for every phase
+  f.publish_keys(keys, 40);  // 8,000 events: a backlog for every phase
   REQUIRE(test_env::eventually([&] { return f.watch.total() > 50; }, 30s));
   const double one = rate_over(2s);
   for (int i = 0; i < 3; ++i) f.add_worker();
@@ -315,6 +334,8 @@ TEST_CASE("per key: rebalancing from one worker to four and back to two under lo
     return owners.size() == 4 && !owners.contains("");
   }, 20s));
   const double four = rate_over(2s);
+  INFO("handled when measured: " << f.watch.total() << " of 8,000");
+  CHECK(f.watch.total() < 8000);  // the rate measured the workers, not the end of the backlog
   f.stop_extra(0);
   f.stop_extra(1);
   f.publish_keys(keys, 5);
@@ -337,4 +358,59 @@ TEST_CASE("per key: rebalancing from one worker to four and back to two under lo
   CHECK(overlaps.empty());
   const long claims = q.exec1("SELECT count(*) FROM \"" + f.opts.schema + "\".bus_partition_lease_log")[0].as<long>();
   CHECK(claims >= 8 + 6);  // the first claims, then moves to the newcomers and back
+}
+
+TEST_CASE("per key: events that age out before a paused per-key listener handled them are counted lost, each "
+          "partition's, and summed per listener", "[per_key][lost]") {
+  test_env::servers short_lived = test_env::servers::shared();
+  short_lived.stream_max_age = 2s;
+  keyed_fixture f{short_lived};
+  f.b.add_async_listener<keyed_event>("ordered", [&](omnibus::context&, const keyed_event& e) {
+    f.watch.enter(e.key);
+    f.watch.leave(e.key, e.seq, true);
+  }, keyed_fixture::per_key());
+  f.b.provision();
+  REQUIRE(omnibus::pause_listener(f.db, f.opts.schema, "ordered", "lost events test"));
+  auto wo = keyed_fixture::quick(f.where.database_url);
+  wo.control_poll = 100ms;
+  wo.stream_check_every = 200ms;
+  f.start_worker(wo);
+  // Paused, and holding every partition (the loss check reads the partitions a worker holds).
+  REQUIRE(test_env::eventually([&] {
+    for (const auto& r : omnibus::list_listener_reports(f.db, f.opts.schema, 10s)) {
+      if (r.listener == "ordered" && r.state == "paused") return true;
+    }
+    return false;
+  }, 10s));
+  REQUIRE(test_env::eventually([&] {
+    int held = 0;
+    for (const auto& l : omnibus::list_partition_leases(f.db, f.opts.schema)) held += l.live ? 1 : 0;
+    return held == 8;
+  }, 20s));
+
+  const auto keys = keys_named("c-", 20);
+  f.publish_keys(keys, 2);  // 40 events over the partitions
+  std::set<int> partitions;
+  for (const auto& k : keys) partitions.insert(omnibus::partition_of(k, 8));
+  REQUIRE(test_env::eventually([&] { return f.js.state(f.opts.stream)->messages == 0; }, 30s));  // max_age took them
+  const auto lost = [&] {
+    std::uint64_t n = 0;
+    for (const auto& r : omnibus::list_lost_events(f.db, f.opts.schema, false)) n += r.listener == "ordered" ? r.events : 0;
+    return n;
+  };
+  const bool found = test_env::eventually([&] { return lost() >= 40; }, 10s);
+  INFO(f.tail_of_logs());
+  REQUIRE(found);
+  CHECK(lost() == 40);
+  std::set<std::string> consumers;
+  for (const auto& r : omnibus::list_lost_events(f.db, f.opts.schema, true)) consumers.insert(r.consumer);
+  CHECK(consumers.size() == partitions.size());  // one record (or more) per partition that had events
+  for (const auto& c : consumers) CHECK(c.rfind("g_ordered_k", 0) == 0);
+  CHECK(f.watch.total() == 0);
+  CHECK(test_env::eventually([&] { return f.w->stats().lost_events.load() == 40; }, 10s));
+  CHECK_THAT(f.logs(), Catch::Contains("listener ordered (partition consumer g_ordered_k"));
+  // The metrics sum the partitions.
+  const std::string metrics = f.scrape();
+  CHECK_THAT(metrics, Catch::Contains("omnibus_events_lost{listener=\"ordered\"} 40\n"));
+  CHECK_THAT(metrics, Catch::Contains("omnibus_events_lost_unacknowledged{listener=\"ordered\"} 40\n"));
 }

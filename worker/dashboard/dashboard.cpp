@@ -21,6 +21,7 @@
 
 #include "omnibus/dead_letters.hpp"
 #include "omnibus/listener_control.hpp"
+#include "omnibus/parked_keys.hpp"
 #include "omnibus/redrive.hpp"
 #include "omnibus/schedule.hpp"
 #include "omnibus/schedules.hpp"
@@ -187,6 +188,12 @@ std::string segment(std::string_view encoded) {
   return *v;
 }
 
+// "/parked/<listener>/keys/<action>": a parked key's action; the key goes in the form (or the
+// query), since a key may hold what a path may not (a backslash, a "." or ".." segment).
+std::string parked_key_path(std::string_view listener, std::string_view action) {
+  return "/parked/" + url_encode(listener) + "/keys/" + std::string(action);
+}
+
 std::int64_t id_segment(std::string_view s) {
   std::int64_t id = 0;
   const auto [end, ec] = std::from_chars(s.data(), s.data() + s.size(), id);
@@ -279,11 +286,15 @@ struct dashboard::impl {
     h.raw("<input type=\"hidden\" name=\"csrf\" value=\"").attr(access.csrf_token()).raw("\">");
   }
 
-  // A one-button form that POSTs to `action` (already encoded).
-  void button(html& h, const std::string& action, std::string_view label, bool danger = false) const {
+  // A one-button form that POSTs to `action` (already encoded), with `fields` as hidden inputs.
+  void button(html& h, const std::string& action, std::string_view label, bool danger = false,
+              std::initializer_list<std::pair<std::string_view, std::string_view>> fields = {}) const {
     if (!actions()) return;
     h.raw("<form class=\"inline\" method=\"post\" action=\"").attr(action).raw("\">");
     csrf_field(h);
+    for (const auto& [name, value] : fields) {
+      h.raw("<input type=\"hidden\" name=\"").attr(name).raw("\" value=\"").attr(value).raw("\">");
+    }
     h.raw("<button type=\"submit\"");
     if (danger) h.raw(" class=\"danger\"");
     h.raw(">").text(label).raw("</button></form>");
@@ -414,6 +425,10 @@ struct dashboard::impl {
       if (!l.consumer_found) b.raw("<span class=\"tag bad\">no consumer</span> ");
       if (l.paused) b.raw("<span class=\"tag warn\">paused</span> ");
       if (l.parked) b.raw("<a class=\"tag bad\" href=\"/parked\">parked</a> ");
+      if (l.parked_keys > 0) {  // a per-key listener goes on with its other keys
+        b.raw("<a class=\"tag warn\" href=\"/parked#keys\">")
+            .text(format_count(l.parked_keys) + (l.parked_keys == 1 ? " key parked" : " keys parked")).raw("</a> ");
+      }
       for (const auto& f : l.flow) b.raw("<span class=\"tag warn\">").text(f).raw("</span> ");
       if (l.consumer_found && !l.paused && !l.parked && l.flow.empty()) b.raw("<span class=\"tag ok\">running</span>");
       b.raw("</td><td class=\"num\">").number(static_cast<std::int64_t>(l.workers)).raw("</td><td>");
@@ -673,14 +688,19 @@ struct dashboard::impl {
 
   // ---------------------------------------------------------------- parked, schedules
 
+  // How many parked keys the page lists; `parked list` shows them all.
+  static constexpr std::size_t max_parked_keys_shown = 500;
+
   http_reply parked_page() {
     auto conn = pool.take();
     const auto all = list_parked(*conn, schema());
+    const auto keys = list_parked_keys(*conn, schema(), {}, max_parked_keys_shown + 1);
+    const auto leases = list_partition_leases(*conn, schema());
     html b;
-    b.raw("<h1>Parked listeners</h1><p class=\"summary\">An ordered listener stops at an event that used up its "
-          "attempts; nothing behind it runs until it is retried (after a fix) or skipped.</p>"
-          "<table class=\"grid\"><thead><tr><th>listener</th><th>event</th><th>event id</th><th>sequence</th>"
-          "<th>attempts</th><th>error</th><th>requested</th><th></th></tr></thead><tbody>");
+    b.raw("<h1>Parked</h1><h2>Ordered listeners</h2><p class=\"summary\">An ordered listener stops at an event that "
+          "used up its attempts; nothing behind it runs until it is retried (after a fix) or skipped.</p>"
+          "<table class=\"grid\" id=\"parked-listeners\"><thead><tr><th>listener</th><th>event</th><th>event id</th>"
+          "<th>sequence</th><th>attempts</th><th>error</th><th>requested</th><th></th></tr></thead><tbody>");
     for (const auto& p : all) {
       b.raw("<tr><td>").text(p.listener).raw("</td><td>").text(p.event_name).raw("</td><td>").text(p.event_id)
           .raw("</td><td class=\"num\">").number(static_cast<std::int64_t>(p.stream_sequence)).raw("</td><td class=\"num\">")
@@ -692,7 +712,80 @@ struct dashboard::impl {
     }
     if (all.empty()) b.raw("<tr><td colspan=\"8\" class=\"empty\">No listener is parked.</td></tr>");
     b.raw("</tbody></table>");
+
+    b.raw("<h2 id=\"keys\">Parked keys</h2><p class=\"summary\">A per-key listener parks a key whose event used up its "
+          "attempts: that event and every later one of the key wait, in stream order, while the other keys go on. "
+          "Retry runs them again in order; skip drops the failed one and runs the rest; discard drops them all. The "
+          "worker holding the key's partition carries the request out within a second or so.</p>"
+          "<table class=\"grid\" id=\"parked-keys\"><thead><tr><th>listener</th><th>key</th><th>partition</th>"
+          "<th>event</th><th>first event id</th><th>attempts</th><th>error</th><th>waiting</th><th>parked (UTC)</th>"
+          "<th>requested</th><th></th></tr></thead><tbody>");
+    for (std::size_t i = 0; i < keys.size() && i < max_parked_keys_shown; ++i) {
+      const parked_key& k = keys[i];
+      b.raw("<tr><td>").text(k.listener).raw("</td><td class=\"key\">").text(k.key).raw("</td><td class=\"num\">")
+          .number(k.partition).raw("</td><td>").text(k.event_name).raw("</td><td>").text(k.first_event_id)
+          .raw("</td><td class=\"num\">").number(k.attempts).raw("</td><td class=\"error\">").text(k.error)
+          .raw("</td><td class=\"num\">").text(format_count(static_cast<std::uint64_t>(k.waiting))).raw("</td><td>")
+          .text(when(k.parked_at)).raw("</td><td>").text(k.action).raw("</td><td>");
+      button(b, parked_key_path(k.listener, "retry"), "retry", false, {{"key", k.key}});
+      button(b, parked_key_path(k.listener, "skip"), "skip", true, {{"key", k.key}});
+      if (actions()) {
+        b.raw("<a class=\"action danger\" href=\"").attr(parked_key_path(k.listener, "discard") + "?key=" + url_encode(k.key))
+            .raw("\">discard…</a>");
+      }
+      b.raw("</td></tr>");
+    }
+    if (keys.empty()) b.raw("<tr><td colspan=\"11\" class=\"empty\">No key is parked.</td></tr>");
+    b.raw("</tbody></table>");
+    if (keys.size() > max_parked_keys_shown) {
+      b.raw("<p class=\"note\">More keys are parked than the ").number(static_cast<std::int64_t>(max_parked_keys_shown))
+          .raw(" shown: <code>omnibus-worker parked list</code> lists them all.</p>");
+    }
+
+    // Who holds each per-key listener's partitions, summed per worker.
+    b.raw("<h2 id=\"partitions\">Partitions</h2><table class=\"grid\" id=\"partition-leases\"><thead><tr>"
+          "<th>listener</th><th>partitions</th><th>held by (live)</th><th>free or expired</th></tr></thead><tbody>");
+    for (std::size_t i = 0; i < leases.size();) {
+      const std::string& listener = leases[i].listener;
+      std::map<std::string, int> held;
+      int total = 0, unheld = 0;
+      for (; i < leases.size() && leases[i].listener == listener; ++i) {
+        ++total;
+        if (leases[i].owner.empty() || !leases[i].live) {
+          ++unheld;
+        } else {
+          ++held[leases[i].owner];
+        }
+      }
+      std::string owners;
+      for (const auto& [owner, n] : held) owners += (owners.empty() ? "" : ", ") + owner + " (" + std::to_string(n) + ")";
+      b.raw("<tr><td>").text(listener).raw("</td><td class=\"num\">").number(total).raw("</td><td>")
+          .text(owners.empty() ? "—" : owners).raw("</td><td class=\"num\">").number(unheld).raw("</td></tr>");
+    }
+    if (leases.empty()) b.raw("<tr><td colspan=\"4\" class=\"empty\">No per-key listener has run yet.</td></tr>");
+    b.raw("</tbody></table>");
     return page("Parked", "Parked", b);
+  }
+
+  // The confirmation before a parked key's events are dropped: what will go, then one button.
+  http_reply discard_key_page(const std::string& listener, const params& q) {
+    q.only({"key"});
+    if (!actions()) return error_page(403, "this dashboard is read-only (--http-read-only)");
+    const std::string key = q.text("key", max_key_bytes);
+    if (key.empty()) throw bad_request("which key? the page takes ?key=");
+    auto conn = pool.take();
+    const auto keys = list_parked_keys(*conn, schema(), listener);
+    const auto k = std::find_if(keys.begin(), keys.end(), [&](const parked_key& p) { return p.key == key; });
+    if (k == keys.end()) throw not_found("key " + key + " of " + listener + " is not parked");
+    html b;
+    b.raw("<h1>Discard a parked key</h1><p class=\"warn\" id=\"discard-key\">This will drop the <strong>")
+        .text(format_count(static_cast<std::uint64_t>(k->waiting))).raw("</strong> parked event(s) of key <strong>")
+        .text(key).raw("</strong> of ").text(listener)
+        .raw(", the failed one included: no handler runs them. The key's later events run as they arrive.</p>"
+             "<div class=\"actions\">");
+    button(b, parked_key_path(listener, "discard"), "discard", true, {{"key", key}});
+    b.raw(" <a href=\"/parked#keys\">back</a></div>");
+    return page("Discard key", "Parked", b);
   }
 
   http_reply schedules_page(const params& p) {
@@ -814,6 +907,17 @@ struct dashboard::impl {
       }
       return redirect("/redrives/" + std::to_string(id));
     }
+    if (n == 4 && parts[0] == "parked" && parts[2] == "keys") {
+      const std::string listener = segment(parts[1]);
+      const std::string_view verb = parts[3];
+      if (verb != "retry" && verb != "skip" && verb != "discard") throw not_found("no such action");
+      const std::string key = form.text("key", max_key_bytes);
+      if (key.empty()) throw bad_request("which key? the form needs key");
+      if (!request_parked_key_action(*conn, schema(), listener, key, verb)) {
+        return error_page(409, "key " + key + " of " + listener + " is not parked");
+      }
+      return redirect("/parked#keys");
+    }
     if (n == 3 && parts[0] == "parked") {
       const std::string listener = segment(parts[1]);
       if (parts[2] != "retry" && parts[2] != "skip") throw not_found("no such action");
@@ -922,6 +1026,9 @@ struct dashboard::impl {
       if (parts.size() == 2) return redrive_page(id_segment(parts[1]));
     }
     if (parts.size() == 1 && parts[0] == "parked") return parked_page();
+    if (parts.size() == 4 && parts[0] == "parked" && parts[2] == "keys" && parts[3] == "discard") {
+      return discard_key_page(segment(parts[1]), q);
+    }
     if (parts.size() == 1 && parts[0] == "schedules") return schedules_page(q);
     throw not_found("no such page: try / for the overview");
   }

@@ -1,6 +1,6 @@
 #pragma once
 // What PostgreSQL holds about a bus, for operators: the outbox backlog, whether a relay is
-// active, dead letters and parked listeners. Read by the worker's metrics and its `stats`
+// active, dead letters, parked listeners and keys. Read by the worker's metrics and its `stats`
 // command; cheap (a few aggregate queries in one read transaction).
 
 #include <chrono>
@@ -27,12 +27,14 @@ struct OMNIBUS_API bus_state {
   /// Dead letters per listener (listeners with none are absent), by listener name.
   std::vector<std::pair<std::string, std::uint64_t>> dead_letters;
   std::vector<std::string> parked;        ///< the listeners parked at an event, by name
+  /// Parked keys per per-key listener (listeners with none are absent), by listener name.
+  std::vector<std::pair<std::string, std::uint64_t>> parked_keys;
   std::vector<std::string> paused;        ///< the listeners an operator paused, by name
   /// Events that left the stream before their listener handled them, per consumer (those with
   /// none are absent), by name: all recorded, and those not yet acknowledged.
   struct lost {
     std::string listener;            ///< the async listener's name
-    std::string consumer;            ///< its durable consumer, "<group>_<listener>"
+    std::string consumer;            ///< its durable consumer, "<group>_<listener>" (per-key: "..._k<n>")
     std::uint64_t events = 0;        ///< every recorded loss
     std::uint64_t unacknowledged = 0;  ///< losses no operator acknowledged yet
   };

@@ -34,9 +34,11 @@ struct OMNIBUS_API parked_key {
   std::string action;  ///< "retry", "skip", "discard" while a worker has yet to carry it out; else empty
 };
 
-/// Every parked key, by listener then time parked; `listener` empty: all listeners.
+/// Every parked key, by listener then time parked; `listener` empty: all listeners. `limit`:
+/// at most that many (0: all).
 [[nodiscard]] OMNIBUS_API std::vector<parked_key> list_parked_keys(pqxx::connection_base& conn, std::string_view schema,
-                                                                   std::string_view listener = {});
+                                                                   std::string_view listener = {},
+                                                                   std::size_t limit = 0);
 
 /// Asks the worker holding the key's partition to act (within a second or so): "retry" runs the
 /// parked events again in order, then releases the key to live events; "skip" drops the first
