@@ -36,6 +36,14 @@ std::optional<mark_check> check_losses(queue& q, const stream_config& stream, co
   m.deliveries = ci->deliveries;
   m.last_sequence = after->last_sequence;
   m.lowest_unhandled = lowest_unhandled(q, stream, *ci, subject, after->first_sequence, before->last_sequence);
+  // Events that left the stream while this check read it (after the consumer's counts, before
+  // the lookup above) are in those counts but were skipped by the lookup: such a mark would sit
+  // above them, and the next check would never see them pass. Keep it below them.
+  const std::optional<stream_state> settled = q.state(stream);
+  if (!settled) return std::nullopt;
+  if (settled->first_sequence != before->first_sequence && ci->pending + ci->ack_pending > 0) {
+    m.lowest_unhandled = std::min(m.lowest_unhandled, std::max(ci->ack_floor + 1, before->first_sequence));
+  }
 
   // A new consumer (a replay, a recreation) starts new counts. (The database keeps microseconds.)
   const auto micros = [](const std::optional<std::chrono::system_clock::time_point>& t) {
