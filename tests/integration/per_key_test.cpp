@@ -376,12 +376,7 @@ TEST_CASE("per key: events that age out before a paused per-key listener handled
   wo.stream_check_every = 200ms;
   f.start_worker(wo);
   // Paused, and holding every partition (the loss check reads the partitions a worker holds).
-  REQUIRE(test_env::eventually([&] {
-    for (const auto& r : omnibus::list_listener_reports(f.db, f.opts.schema, 10s)) {
-      if (r.listener == "ordered" && r.state == "paused") return true;
-    }
-    return false;
-  }, 10s));
+  REQUIRE(test_env::eventually([&] { return f.reported("ordered", "paused"); }, 10s));
   REQUIRE(test_env::eventually([&] {
     int held = 0;
     for (const auto& l : omnibus::list_partition_leases(f.db, f.opts.schema)) held += l.live ? 1 : 0;

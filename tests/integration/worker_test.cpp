@@ -480,12 +480,7 @@ TEST_CASE("events that age out before their listener handled them are counted, l
   wo.control_poll = 100ms;
   wo.stream_check_every = 200ms;
   f.start_worker(wo);
-  REQUIRE(test_env::eventually([&] {
-    for (const auto& r : omnibus::list_listener_reports(f.db, f.opts.schema, 10s)) {
-      if (r.listener == "paused" && r.state == "paused") return true;
-    }
-    return false;
-  }, 10s));
+  REQUIRE(test_env::eventually([&] { return f.reported("paused", "paused"); }, 10s));
 
   const long events = 40;
   for (long n = 0; n < events; ++n) f.publish(n);

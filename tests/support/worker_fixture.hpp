@@ -19,6 +19,7 @@
 
 #include "omnibus/dead_letters.hpp"
 #include "omnibus/event_bus.hpp"
+#include "omnibus/listener_control.hpp"
 #include "omnibus/migrations.hpp"
 #include "omnibus/worker.hpp"
 #include "omnibus/jetstream.hpp"
@@ -147,6 +148,13 @@ struct worker_fixture {
   }
   std::vector<omnibus::dead_letter> dead_letters(const std::string& listener = {}) {
     return omnibus::list_dead_letters(db, opts.schema, listener);
+  }
+  /// Whether a running worker reports `listener` in `state` ("paused", "running", ...).
+  bool reported(const std::string& listener, const std::string& state) {
+    for (const auto& r : omnibus::list_listener_reports(db, opts.schema, 10s)) {
+      if (r.listener == listener && r.state == state) return true;
+    }
+    return false;
   }
   bool settled(const std::string& listener) {  // nothing pending or unacked on its consumer
     auto i = js.info(opts.stream, "g_" + listener);
