@@ -1092,18 +1092,22 @@ TEST_CASE("scheduler kills: kill -9 workers while their schedulers move due even
   }
   std::mt19937 random{seed};
   // Every worker also fires a per-second recurring schedule ("tick", missed policy all).
+  // Batches of 100: 50 or more transactions move the rows, so the kills below land among them.
   const std::vector<std::string> env{"OMNIBUS_TEST_ACK_WAIT_MS=2000", "OMNIBUS_TEST_RELAY=1", "OMNIBUS_TEST_SCHEDULER=1",
-                                     "OMNIBUS_TEST_CRON=* * * * * *"};
+                                     "OMNIBUS_TEST_CRON=* * * * * *", "OMNIBUS_TEST_SCHEDULER_BATCH=100"};
   std::vector<std::unique_ptr<test_env::child_process>> workers;
   // One dies inside a transaction that moved due rows (deleted, in the outbox, not committed),
-  // the other inside one that fired an occurrence.
+  // then another inside one that fired an occurrence. One at a time: the first has every due
+  // row to itself, so it reaches its 2nd–11th move however late it started (two started
+  // together, a slow start left one fewer moves than its failpoint waited for: CI, seed
+  // 399560189).
   std::vector<std::string> doomed = env;
   doomed.push_back("OMNIBUS_FAILPOINT=scheduler_before_commit@" + std::to_string(2 + random() % 10));
   std::vector<std::string> doomed_tick = env;
   doomed_tick.push_back("OMNIBUS_FAILPOINT=scheduler_recurring_before_commit@" + std::to_string(1 + random() % 3));
   workers.push_back(f.worker("w0", doomed));
-  workers.push_back(f.worker("w1", doomed_tick));
   REQUIRE(workers[0]->wait(60s) == 86);
+  workers.push_back(f.worker("w1", doomed_tick));
   REQUIRE(workers[1]->wait(60s) == 86);
   workers[0] = f.worker("w2", env);
   workers[1] = f.worker("w3", env);

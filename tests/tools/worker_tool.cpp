@@ -23,6 +23,7 @@
 //   OMNIBUS_TEST_MAX_BODY    the bus's body limit in bytes (default: the library's)
 //   OMNIBUS_TEST_SCHEDULER   1: the process also runs a scheduler, as omnibus-worker does, and
 //                            prints "moved=N recurring=M" when it stops
+//   OMNIBUS_TEST_SCHEDULER_BATCH the scheduler's batch_size (default: the library's)
 //   OMNIBUS_TEST_KEYED       1: the listener is "keyed", per key on keyed_event (inbox), instead of the
 //                            recorder: it INSERTs (key, seq, <tag>, started, ended) into
 //                            <schema>.keyed_handled in the inbox transaction
@@ -206,6 +207,7 @@ int main(int argc, char** argv) {
     omnibus::scheduler_options so;
     so.database_url = db_url;
     so.retry_backoff = std::chrono::milliseconds(100);
+    so.batch_size = static_cast<std::size_t>(env_long("OMNIBUS_TEST_SCHEDULER_BATCH", static_cast<long>(so.batch_size)));
     scheduler.emplace(b, so, log);
     scheduler->start();
   }
