@@ -1270,6 +1270,13 @@ TEST_CASE("per-key order through a PostgreSQL outage longer than the lease: the 
     return true;
   }, 60s);
   pg.up();
+  if (!lost) {  // which worker kept its partitions: alive or not, and the end of what it said
+    for (std::size_t i = 0; i < workers.size(); ++i) {
+      const std::string o = workers[i]->output();
+      UNSCOPED_INFO("w" << i << " (wait: " << workers[i]->wait(0ms) << "), the last of its output:\n"
+                        << o.substr(o.size() > 6000 ? o.size() - 6000 : 0));
+    }
+  }
   REQUIRE(lost);
   settle_keyed(f, "per_key_outage", seed, keys, per_key, 0, pick(180s, 600s));
   for (auto& w : workers) CHECK(w->wait(0ms) == -1);
