@@ -186,6 +186,13 @@ struct chaos_fixture : test_env::process_fixture {
   }
 };
 
+/// The end of a worker's output, for a failure's message (CI shows a failure's messages, not
+/// the whole log).
+std::string output_end(const test_env::child_process& w, std::size_t chars = 2500) {
+  const std::string o = w.output();
+  return o.substr(o.size() > chars ? o.size() - chars : 0);
+}
+
 /// SIGTERM to every worker: each must stop gracefully (exit 0), or, where `stuck_ok`, may
 /// have exited 3 on its own meanwhile because every slot of a listener was stuck.
 void stop_all(std::vector<std::unique_ptr<test_env::child_process>>& workers, bool stuck_ok = false) {
@@ -199,10 +206,21 @@ void stop_all(std::vector<std::unique_ptr<test_env::child_process>>& workers, bo
   }
   for (auto& w : workers) {
     const int code = w->wait(60s);
+    if (code != 0) UNSCOPED_INFO("worker exited " << code << " (-1: still running); the end of its output:\n" << output_end(*w));
     CHECK((code == 0 || (stuck_ok && code == 3)));
     if (code != 0 || std::getenv("OMNIBUS_FAULT_VERBOSE") != nullptr) {
       std::printf("--- worker output (exit %d):\n%s\n", code, w->output().c_str());
     }
+  }
+}
+
+/// Every worker still running: none exited on its own (of one that did, its exit code and the
+/// end of its output go with the failure).
+void check_running(const std::vector<std::unique_ptr<test_env::child_process>>& workers) {
+  for (std::size_t i = 0; i < workers.size(); ++i) {
+    const int code = workers[i]->wait(0ms);
+    if (code != -1) UNSCOPED_INFO("worker " << i << " exited " << code << "; the end of its output:\n" << output_end(*workers[i]));
+    CHECK(code == -1);
   }
 }
 
@@ -392,13 +410,13 @@ TEST_CASE("nats-server restart mid-publish and mid-drain (file storage)", "[faul
   INFO(direct_errors << " direct publish(es) failed with a documented publish_error");
   {
     std::lock_guard lock(odd_mutex);
+    for (auto& e : odd_errors) UNSCOPED_INFO("undocumented error: " << e);  // shown with the check below
     CHECK(odd_errors.empty());
-    for (auto& e : odd_errors) UNSCOPED_INFO("undocumented error: " << e);
   }
   CHECK(outbox_done == per_publisher / 5 * 5);  // outbox publishers all finished
   check_line(t);
   CHECK(test_env::eventually([&] { return f.outbox_rows() == 0; }, 10s));  // deleted after the stream's ack
-  for (auto& w : workers) CHECK(w->wait(0ms) == -1);  // the workers reconnected, never exited
+  check_running(workers);  // the workers reconnected, never exited
   stop_all(workers);
 }
 
@@ -452,7 +470,7 @@ TEST_CASE("PostgreSQL restart: relay, worker and inbox reconnect", "[fault][post
   INFO(tx_failed << " transaction(s) failed while the database restarted");
   check_line(t);
   CHECK(test_env::eventually([&] { return f.outbox_rows() == 0; }, 10s));  // deleted after the stream's ack
-  for (auto& w : workers) CHECK(w->wait(0ms) == -1);
+  check_running(workers);
   stop_all(workers);
 }
 
@@ -530,7 +548,7 @@ TEST_CASE("PostgreSQL down for many times the retry budget: nothing dead-lettere
   pg.up();
   const tally t = f.settle_and_report("postgres_outage", seed, true, 180s);
   check_line(t);
-  for (auto& w : workers) CHECK(w->wait(0ms) == -1);
+  check_running(workers);
   stop_all(workers);
   for (auto& w : workers) {
     const std::string out = w->output();
@@ -767,7 +785,7 @@ TEST_CASE("garbage on the event subjects is dead-lettered with its reason and ex
     CHECK(test_env::eventually([&] { return f.js.info(f.opts.stream, "g_" + std::string(listener))->ack_pending == 0; }, 10s));
   }
   CHECK(f.js.state(f.opts.stream)->messages == static_cast<std::uint64_t>(published));
-  for (auto& w : workers) CHECK(w->wait(0ms) == -1);  // no garbage crashed it
+  check_running(workers);  // no garbage crashed it
   stop_all(workers);
 }
 
@@ -1062,13 +1080,13 @@ TEST_CASE("a three-node cluster with an R3 stream: its leader, a follower and a 
   std::fflush(stdout);
   {
     std::lock_guard lock(odd_mutex);
+    for (auto& e : odd_errors) UNSCOPED_INFO("undocumented error: " << e);  // shown with the check below
     CHECK(odd_errors.empty());
-    for (auto& e : odd_errors) UNSCOPED_INFO("undocumented error: " << e);
   }
   CHECK(outbox_done == per_publisher / 5 * 5);
   check_line(t);
   CHECK(test_env::eventually([&] { return f.outbox_rows() == 0; }, 10s));  // deleted after the stream's ack
-  for (auto& w : workers) CHECK(w->wait(0ms) == -1);  // the workers reconnected, never exited
+  check_running(workers);  // the workers reconnected, never exited
   stop_all(workers);
 }
 
@@ -1221,10 +1239,7 @@ TEST_CASE("per-key order: 4 workers, 200 keys, kill -9 at random, 5% flaky; each
   // What the workers said, for a run that stalls.
   const auto outputs = [&] {
     std::string all;
-    for (auto& w : workers) {
-      const std::string o = w->output();
-      all += "--- worker:\n" + (o.size() > 4000 ? o.substr(o.size() - 4000) : o);
-    }
+    for (auto& w : workers) all += "--- worker:\n" + output_end(*w, 4000);
     return all;
   };
   int killed = 0;
@@ -1272,13 +1287,12 @@ TEST_CASE("per-key order through a PostgreSQL outage longer than the lease: the 
   pg.up();
   if (!lost) {  // which worker kept its partitions: alive or not, and the end of what it said
     for (std::size_t i = 0; i < workers.size(); ++i) {
-      const std::string o = workers[i]->output();
       UNSCOPED_INFO("w" << i << " (wait: " << workers[i]->wait(0ms) << "), the last of its output:\n"
-                        << o.substr(o.size() > 6000 ? o.size() - 6000 : 0));
+                        << output_end(*workers[i], 6000));
     }
   }
   REQUIRE(lost);
   settle_keyed(f, "per_key_outage", seed, keys, per_key, 0, pick(180s, 600s));
-  for (auto& w : workers) CHECK(w->wait(0ms) == -1);
+  check_running(workers);
   stop_all(workers);
 }
