@@ -2015,20 +2015,28 @@ void worker::run(std::stop_token stop) {
   // PostgreSQL restarting just as the worker starts (a deploy, a failover) is waited out, for
   // up to start_wait; unreachable for longer (or a wrong URL), run() throws.
   const auto start_deadline = clock::now() + w.opts.start_wait;
-  const auto with_database = [&](const char* step, const auto& f) {
+  const auto patiently = [&](const char* step, const char* trouble, const auto& passing, const auto& f) {
     for (bool warned = false;;) {
       try {
         return f();
       } catch (const std::exception& e) {
-        if (!detail::is_unavailable(e) || clock::now() >= start_deadline || stop.stop_requested()) throw;
+        if (!passing(e) || clock::now() >= start_deadline || stop.stop_requested()) throw;
         if (!warned) {
-          w.log->warn("worker: {}: PostgreSQL is unreachable ({}); trying again every 500 ms for up to {} s", step,
-                      e.what(), std::chrono::duration_cast<std::chrono::seconds>(w.opts.start_wait).count());
+          w.log->warn("worker: {}: {} ({}); trying again every 500 ms for up to {} s", step, trouble, e.what(),
+                      std::chrono::duration_cast<std::chrono::seconds>(w.opts.start_wait).count());
         }
         warned = true;
         if (!detail::wait_for(stop, std::chrono::milliseconds(500))) throw;
       }
     }
+  };
+  const auto with_database = [&](const char* step, const auto& f) {
+    return patiently(step, "PostgreSQL is unreachable", [](const std::exception& e) { return detail::is_unavailable(e); }, f);
+  };
+  // Right after provision() every consumer exists as configured: failing to open one now is the
+  // broker's passing trouble (a cluster electing a leader for it), waited out the same way.
+  const auto with_broker = [&](const char* step, const auto& f) {
+    return patiently(step, "the broker did not answer", [](const std::exception&) { return true; }, f);
   };
   with_database("migrating", [&] { w.db->migrate(); });
   for (const async_listener& l : w.bus.async_listeners()) {
@@ -2055,13 +2063,16 @@ void worker::run(std::stop_token stop) {
         st->parts.push_back(std::move(part));
       }
     } else {
-      st->cons = w.bus.target()->open_consumer(w.bus.options().stream, l.consumer_name);
+      st->cons = with_broker("opening consumers", [&] { return w.bus.target()->open_consumer(w.bus.options().stream, l.consumer_name); });
     }
     w.listeners.push_back(std::move(st));
   }
   // Opened before any thread starts: a failure here leaves nothing running.
-  std::unique_ptr<consumer> reports =
-      w.listeners.empty() ? nullptr : w.bus.target()->open_abandoned(w.bus.options().stream, w.bus.options().group);
+  std::unique_ptr<consumer> reports;
+  if (!w.listeners.empty()) {
+    reports = with_broker("opening the reports of abandoned messages",
+                          [&] { return w.bus.target()->open_abandoned(w.bus.options().stream, w.bus.options().group); });
+  }
   w.gates_ready.store(true, std::memory_order_release);
   // A paused listener does not fetch even once at start.
   with_database("reading which listeners are paused", [&] { (void)w.refresh_controls(); });
@@ -2079,18 +2090,19 @@ void worker::run(std::stop_token stop) {
   }
   w.log->info("worker: {} listener(s), {} handler slot(s)", w.listeners.size(), slots);
 
-  std::stop_source fetch_stop;
+  // Each stopped through its own token: should anything below throw, unwinding stops and joins
+  // them (a token shared from elsewhere would leave the joins waiting forever).
   std::vector<std::jthread> fetchers;
   bool keyed = false;
   for (auto& l : w.listeners) {
     if (l->def->per_key()) {
       keyed = true;
       for (auto& p : l->parts) {
-        fetchers.emplace_back([&w, &l, &p, token = fetch_stop.get_token()] { w.keyed_fetch_loop(*l, *p, token); });
+        fetchers.emplace_back([&w, &l, &p](std::stop_token token) { w.keyed_fetch_loop(*l, *p, token); });
       }
       continue;
     }
-    fetchers.emplace_back([&w, &l, token = fetch_stop.get_token()] { w.fetch_loop(*l, token); });
+    fetchers.emplace_back([&w, &l](std::stop_token token) { w.fetch_loop(*l, token); });
   }
   std::jthread lease_keeper;
   if (keyed) lease_keeper = std::jthread([&w](std::stop_token st) { w.lease_loop(st); });
@@ -2122,7 +2134,7 @@ void worker::run(std::stop_token stop) {
     lease_keeper.join();
   }
   w.shutting_down = true;
-  fetch_stop.request_stop();
+  for (auto& f : fetchers) f.request_stop();
   for (auto& l : w.listeners) l->slot_freed.notify_all();
   fetchers.clear();  // joins: no fetch after this
   for (auto& l : w.listeners) {

@@ -8,6 +8,8 @@
 #include <condition_variable>
 #include <memory>
 #include <mutex>
+#include <optional>
+#include <span>
 #include <stdexcept>
 #include <string>
 #include <thread>
@@ -17,10 +19,12 @@
 #include <spdlog/sinks/null_sink.h>
 #include <spdlog/spdlog.h>
 
+#include "omnibus/error.hpp"
 #include "omnibus/event.hpp"
 #include "omnibus/event_bus.hpp"
 #include "omnibus/memory_queue.hpp"
 #include "omnibus/observer.hpp"
+#include "omnibus/queue.hpp"
 #include "omnibus/worker.hpp"
 #include "support/memory_store.hpp"
 #include "support/wait.hpp"
@@ -328,6 +332,91 @@ TEST_CASE_METHOD(runtime, "bad worker options are refused before the store or th
   opts.tick = 0ms;
   omnibus::worker zero{bus, opts, log, std::make_unique<test_env::memory_store>(store)};
   CHECK_THROWS_WITH(zero.run(never.get_token()), Catch::Contains("tick must be positive"));
+}
+
+namespace {
+
+// A memory queue whose first `refusals` open_consumer() calls fail, as a NATS cluster's API does
+// for a moment while it elects a consumer's leader.
+class slow_to_open final : public omnibus::queue {
+ public:
+  explicit slow_to_open(int refusals) : refusals_(refusals) {}
+  omnibus::memory_queue inner;
+  std::atomic<int> refused{0};
+
+  void provision(const omnibus::stream_config& s, std::span<const omnibus::consumer_config> c) override {
+    inner.provision(s, c);
+  }
+  omnibus::publish_ack publish(const omnibus::message& m, std::chrono::milliseconds t) override {
+    return inner.publish(m, t);
+  }
+  std::vector<omnibus::batch_result> publish_batch(std::span<const omnibus::message> m,
+                                                   std::chrono::milliseconds t) override {
+    return inner.publish_batch(m, t);
+  }
+  std::unique_ptr<omnibus::consumer> open_consumer(const omnibus::stream_config& s, const std::string& name) override {
+    if (refused.load() < refusals_) {
+      ++refused;
+      throw omnibus::error("opening consumer " + name + ": no leader yet");
+    }
+    return inner.open_consumer(s, name);
+  }
+  std::optional<omnibus::consumer_info> info(const omnibus::stream_config& s, const std::string& name) override {
+    return inner.info(s, name);
+  }
+  std::vector<omnibus::consumer_info> consumers(const omnibus::stream_config& s) override { return inner.consumers(s); }
+  bool delete_consumer(const omnibus::stream_config& s, const std::string& name) override {
+    return inner.delete_consumer(s, name);
+  }
+  void flush(std::chrono::milliseconds t) override { inner.flush(t); }
+
+ private:
+  int refusals_;
+};
+
+}  // namespace
+
+TEST_CASE("a worker whose consumers cannot be opened at first waits, up to start_wait, then runs", "[runtime]") {
+  auto log = std::make_shared<spdlog::logger>("runtime_test", std::make_shared<spdlog::sinks::null_sink_mt>());
+  auto store = std::make_shared<test_env::store_state>();
+  omnibus::bus_options bo;
+  bo.group = "rt";
+  bo.stream.subject_prefix = "rt";
+  std::stop_source never;
+
+  SECTION("a passing refusal: the worker starts and handles") {
+    slow_to_open q{3};
+    omnibus::event_bus bus{q, bo};
+    std::atomic<int> handled{0};
+    bus.add_async_listener<parcel_sent>("tracker", [&](omnibus::context&, const parcel_sent&) { ++handled; }, quick(3));
+    bus.provision();
+    omnibus::context ctx;
+    (void)bus.publish(ctx, parcel_sent{1});
+    omnibus::worker w{bus, runtime::fast(), log, std::make_unique<test_env::memory_store>(store)};
+    std::exception_ptr failure;
+    std::jthread t([&](std::stop_token st) {
+      try {
+        w.run(st);
+      } catch (...) {
+        failure = std::current_exception();
+      }
+    });
+    REQUIRE(eventually([&] { return handled == 1; }, 10s));
+    t.request_stop();
+    t.join();
+    CHECK_FALSE(failure);
+    CHECK(q.refused == 3);
+  }
+  SECTION("refused past start_wait: run() throws what the broker said") {
+    slow_to_open q{1'000'000};
+    omnibus::event_bus bus{q, bo};
+    bus.add_async_listener<parcel_sent>("tracker", [](omnibus::context&, const parcel_sent&) {}, quick(3));
+    auto o = runtime::fast();
+    o.start_wait = 1200ms;
+    omnibus::worker w{bus, o, log, std::make_unique<test_env::memory_store>(store)};
+    CHECK_THROWS_WITH(w.run(never.get_token()), Catch::Contains("opening consumer rt_tracker: no leader yet"));
+    CHECK(q.refused >= 2);  // tried again (every 500 ms) before giving up
+  }
 }
 
 namespace {

@@ -51,8 +51,9 @@ struct OMNIBUS_API worker_options {
   std::chrono::milliseconds newer_version_delay{30000};       ///< nak delay for a version this build cannot read
   std::chrono::milliseconds tick{50};                         ///< deadline and in-progress granularity
   std::chrono::milliseconds db_wait{5000};                    ///< for a pooled connection
-  /// How long run() waits for PostgreSQL at start (a restart, a failover under way) before it
-  /// throws: its first reads are tried again every half second until then.
+  /// How long run() waits for PostgreSQL at start (a restart, a failover under way), and for
+  /// consumers the broker cannot open yet (a cluster electing their leaders), before it throws:
+  /// its first reads are tried again every half second until then.
   std::chrono::milliseconds start_wait{30000};
   std::chrono::milliseconds fetch_retry{1000};                ///< after a failed fetch, before the next
   std::chrono::milliseconds flush_timeout{5000};              ///< for the last acks to reach the server at shutdown
