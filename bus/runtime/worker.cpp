@@ -2031,7 +2031,7 @@ void worker::run(std::stop_token stop) {
     }
   };
   const auto with_database = [&](const char* step, const auto& f) {
-    return patiently(step, "PostgreSQL is unreachable", [](const std::exception& e) { return detail::is_unavailable(e); }, f);
+    return patiently(step, "PostgreSQL is unreachable", detail::is_unavailable, f);
   };
   // Right after provision() every consumer exists as configured: failing to open one now is the
   // broker's passing trouble (a cluster electing a leader for it), waited out the same way.
@@ -2063,7 +2063,8 @@ void worker::run(std::stop_token stop) {
         st->parts.push_back(std::move(part));
       }
     } else {
-      st->cons = with_broker("opening consumers", [&] { return w.bus.target()->open_consumer(w.bus.options().stream, l.consumer_name); });
+      st->cons = with_broker("opening consumers",
+                             [&] { return w.bus.target()->open_consumer(w.bus.options().stream, l.consumer_name); });
     }
     w.listeners.push_back(std::move(st));
   }
