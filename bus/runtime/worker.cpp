@@ -122,6 +122,8 @@ struct listener_state {
   std::chrono::milliseconds token_wait{0};  // the fetcher's: after a draw that got none
   int in_flight = 0;  // fetched and not finished: running (stuck ones included) or waiting for a slot
   int stuck = 0;      // past the deadline, handler still running
+  // Since when every slot has been stuck (time_point{}: not so now), for monitor().
+  clock::time_point all_stuck_since{};
   int read_ahead = 0;  // events fetched beyond the slots, to wait for one (see set_read_ahead)
   double mean_call_us = 0;  // handler calls' duration, a moving average; 0 until the first
   // Calls that handled their event, and calls that failed (retry, dead letter, parked, timed
@@ -1847,7 +1849,7 @@ struct worker::impl {
   }
 
   // Signals progress for long handlers, and enforces deadlines. Returns the name of a listener
-  // whose every slot is stuck, or "".
+  // whose every slot has been stuck for db_wait, or "".
   std::string monitor() {
     const auto now = clock::now();
     for (auto& lp : listeners) {
@@ -1895,7 +1897,15 @@ struct worker::impl {
           signal_progress(l, j, now);
         }
       }
-      if (l.stuck >= l.def->options.concurrency) return l.def->name;
+      // Every slot stuck for db_wait on end: hung handlers. Less is a database outage's passing
+      // block (a handler waits at most db_wait for a pooled connection, then fails and returns).
+      if (l.stuck < l.def->options.concurrency) {
+        l.all_stuck_since = {};
+      } else if (l.all_stuck_since == clock::time_point{}) {
+        l.all_stuck_since = now;
+      } else if (now - l.all_stuck_since >= opts.db_wait) {
+        return l.def->name;
+      }
     }
     return {};
   }

@@ -315,6 +315,38 @@ TEST_CASE_METHOD(runtime, "a handler past its deadline is stopped and its event 
   CHECK(calls == 2);
 }
 
+TEST_CASE_METHOD(runtime, "every slot stuck for less than db_wait (a database outage's block) does not stop the worker",
+                 "[runtime]") {
+  std::atomic<int> calls{0};
+  std::atomic<bool> released{false};
+  std::mutex m;
+  std::condition_variable cv;
+  auto o = quick(3);
+  o.concurrency = 1;
+  o.deadline = 50ms;
+  bus.add_async_listener<parcel_sent>("blocked", [&](omnibus::context&, const parcel_sent&) {
+    if (++calls == 1) {  // blocked past its deadline, deaf to its stop token, as on a dead connection
+      std::unique_lock lock(m);
+      cv.wait(lock, [&] { return released.load(); });
+    }
+  }, o);
+  auto opts = fast();
+  opts.db_wait = 5s;
+  start(opts);
+  bus.publish(ctx, parcel_sent{1});
+  // Its only slot is stuck from here; it comes back well within db_wait.
+  REQUIRE(eventually([&] { return stats().timed_out == 1; }, 5s));
+  {
+    std::lock_guard lock(m);
+    released = true;
+  }
+  cv.notify_all();
+  REQUIRE(eventually([&] { return stats().handled == 1; }, 5s));  // the retry, in the freed slot
+  stop();
+  CHECK_FALSE(failure);
+  CHECK(calls == 2);
+}
+
 TEST_CASE_METHOD(runtime, "bad worker options are refused before the store or the queue is touched", "[runtime]") {
   auto o = quick(3);
   o.inbox = true;

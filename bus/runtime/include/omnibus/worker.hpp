@@ -116,7 +116,8 @@ struct OMNIBUS_API worker_stats {
   std::atomic<std::uint64_t> lost_events{0};
 };
 
-/// Thrown by run() when every handler slot of a listener is stuck past its deadline. The
+/// Thrown by run() when every handler slot of a listener has been stuck past its deadline for
+/// worker_options::db_wait (shorter is a database outage's passing block). The
 /// stuck threads cannot be stopped: exit the process (non-zero) so its supervisor restarts it.
 class OMNIBUS_API worker_stuck : public error {
  public:
