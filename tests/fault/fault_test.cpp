@@ -224,6 +224,22 @@ void check_running(const std::vector<std::unique_ptr<test_env::child_process>>& 
   }
 }
 
+/// Waits until every worker has started its listeners (its "handler slot(s)" line): a scenario
+/// that strikes at the database must not catch a worker still starting, which would wait for
+/// it at start (or give up) instead of holding events.
+void require_started(const std::vector<std::unique_ptr<test_env::child_process>>& workers) {
+  for (std::size_t i = 0; i < workers.size(); ++i) {
+    const bool started = test_env::eventually([&] {
+      return workers[i]->output().find("handler slot(s)") != std::string::npos || workers[i]->wait(0ms) != -1;
+    }, 60s);
+    if (!started || workers[i]->wait(0ms) != -1) {
+      UNSCOPED_INFO("worker " << i << " did not start its listeners (exit " << workers[i]->wait(0ms)
+                              << ", -1: running); the end of its output:\n" << output_end(*workers[i]));
+    }
+    REQUIRE((started && workers[i]->wait(0ms) == -1));
+  }
+}
+
 /// What every scenario requires of its line: nothing lost, no inbox effect twice, and only the
 /// dead letters it expects.
 void check_line(const tally& t, long expected_dead = 0) {
@@ -522,8 +538,6 @@ TEST_CASE("PostgreSQL down for many times the retry budget: nothing dead-lettere
   test_env::private_postgres pg;
   chaos_fixture f{test_env::servers{test_env::nats_url(), pg.url()}};
   f.provision_listeners(true, 5s);
-  const long events = pick(2000L, 20000L);
-  f.commit_direct(0, events);
   // A retry budget of 3 attempts 20 ms apart: without outage handling, a second without the
   // database dead-letters every event in flight.
   const std::vector<std::string> env{"OMNIBUS_TEST_BYSTANDER=1", "OMNIBUS_TEST_MAX_ATTEMPTS=3",
@@ -532,6 +546,11 @@ TEST_CASE("PostgreSQL down for many times the retry budget: nothing dead-lettere
   std::vector<std::unique_ptr<test_env::child_process>> workers;
   workers.push_back(f.worker("w0", env));
   workers.push_back(f.worker("w1", env));
+  // Both running before the events come: on a loaded machine one worker could otherwise drain
+  // the strike point alone while the other still starts, and meet the outage at its start.
+  require_started(workers);
+  const long events = pick(2000L, 20000L);
+  f.commit_direct(0, events);
   std::mt19937 random{seed};
   const long at = strike_points(random, 1, events / 10, events / 2).front();
   REQUIRE(test_env::eventually([&] { return f.distinct_handled() >= at; }, 120s));
@@ -539,12 +558,20 @@ TEST_CASE("PostgreSQL down for many times the retry budget: nothing dead-lettere
   // The outage lasts until each worker has held its events through many times the retry
   // budget (each held call logs "waits ... for a dependency" at debug level).
   const long held_calls = pick(150L, 1500L);
-  REQUIRE(test_env::eventually([&] {
+  const bool held_long = test_env::eventually([&] {
     for (auto& w : workers) {
       if (occurrences(w->output(), "for a dependency") < held_calls) return false;
     }
     return true;
-  }, 120s));
+  }, 120s);
+  if (!held_long) {
+    for (std::size_t i = 0; i < workers.size(); ++i) {
+      UNSCOPED_INFO("worker " << i << ": " << occurrences(workers[i]->output(), "for a dependency")
+                              << " held call(s) of " << held_calls << ", exit " << workers[i]->wait(0ms)
+                              << " (-1: running); the end of its output:\n" << output_end(*workers[i]));
+    }
+  }
+  REQUIRE(held_long);
   pg.up();
   const tally t = f.settle_and_report("postgres_outage", seed, true, 180s);
   check_line(t);
