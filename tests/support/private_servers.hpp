@@ -4,11 +4,15 @@
 
 #include <cstdio>
 #include <cstdlib>
+#include <mutex>
 #include <random>
+#include <set>
 #include <string>
 
 #include <arpa/inet.h>
+#include <fcntl.h>
 #include <netinet/in.h>
+#include <sys/file.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -28,12 +32,33 @@ inline bool loopback_port_free(int port) {
   return free;
 }
 
-/// A loopback port nothing listens on right now.
+/// Claims `port` for this test process against every other test process: a lock (flock) on
+/// /tmp/omnibus-test-port-<port>.lock, held until the process ends (the kernel drops it if the
+/// process dies). Tests run in parallel, and a probe alone cannot tell a port nobody uses from
+/// the port of another test's server that is down for a while: two tests drew the same port
+/// and one's client met the other's server. False when another process (or this one) holds it.
+inline bool claim_port(int port) {
+  static std::mutex mutex;
+  static std::set<int> held;
+  std::lock_guard lock(mutex);
+  if (held.contains(port)) return false;
+  const std::string path = "/tmp/omnibus-test-port-" + std::to_string(port) + ".lock";
+  const int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0666);
+  if (fd < 0) return false;
+  if (::flock(fd, LOCK_EX | LOCK_NB) != 0) {
+    ::close(fd);
+    return false;
+  }
+  held.insert(port);  // the descriptor stays open: the claim lasts as long as this process
+  return true;
+}
+
+/// A loopback port nothing listens on right now, claimed by this process (claim_port).
 inline int free_loopback_port() {
   std::mt19937 random{std::random_device{}()};
   for (int attempt = 0; attempt < 50; ++attempt) {
     const int port = 22000 + static_cast<int>(random() % 10000);  // below the kernel's ephemeral ports
-    if (loopback_port_free(port)) return port;
+    if (claim_port(port) && loopback_port_free(port)) return port;
   }
   FAIL("no free loopback port for a private server");
   return 0;
@@ -127,7 +152,8 @@ class private_cluster {
   }
 
  private:
-  // A base port whose client, route and monitoring ports (base..base+2, +2000, +4000) are free:
+  // A base port whose client, route and monitoring ports (base..base+2, +2000, +4000) are free
+  // and claimed (claim_port; a range that fails part-way keeps its first claims, harmlessly):
   // from 16500-17499, so that none of them meets free_loopback_port()'s range (22000-31999) or
   // the shared servers' ports.
   static int free_base() {
@@ -135,7 +161,9 @@ class private_cluster {
     for (int attempt = 0; attempt < 50; ++attempt) {
       const int base = 16500 + static_cast<int>(random() % 1000);
       bool all = true;
-      for (int offset : {0, 1, 2, 2000, 2001, 2002, 4000, 4001, 4002}) all = all && loopback_port_free(base + offset);
+      for (int offset : {0, 1, 2, 2000, 2001, 2002, 4000, 4001, 4002}) {
+        all = all && claim_port(base + offset) && loopback_port_free(base + offset);
+      }
       if (all) return base;
     }
     FAIL("no free loopback ports for a private cluster");
