@@ -257,6 +257,7 @@ struct worker_program::impl {
   bool acknowledge_losses = false, purge_handled = false;
   long outbox_alert_s = 60;
   double stream_check_s = 30;
+  double start_wait_s = 30;
   double stats_every_s = 0;
   CLI::App *stats_cmd,
       *run_cmd, *dl_list, *dl_show, *dl_retry, *dl_discard, *parked_list, *parked_retry, *parked_skip,
@@ -323,6 +324,9 @@ struct worker_program::impl {
     run_cmd->add_option("--stream-check-every", stream_check_s,
                         "seconds between reads of the stream's fill and checks for events that left it unhandled")
         ->envname("OMNIBUS_STREAM_CHECK_EVERY")->capture_default_str();
+    run_cmd->add_option("--start-wait", start_wait_s,
+                        "seconds to wait at start for PostgreSQL to answer (and the broker to open consumers) before giving up")
+        ->envname("OMNIBUS_START_WAIT")->capture_default_str();
     run_cmd->add_option("--http", c.http,
                         "serve the dashboard, /metrics, /healthz and /readyz on host:port, e.g. 127.0.0.1:9464 (an "
                         "address other than loopback needs a token)")
@@ -497,6 +501,7 @@ struct worker_program::impl {
     if (!(stream_check_s >= 0.05 && stream_check_s <= 86400)) {
       throw config_error("--stream-check-every must be between 0.05 and 86400 seconds");
     }
+    if (!(start_wait_s >= 0 && start_wait_s <= 86400)) throw config_error("--start-wait must be between 0 and 86400 seconds");
     if (!c.http.empty()) {
       try {
         detail::check_http_address(c.http);
@@ -555,6 +560,10 @@ struct worker_program::impl {
     const worker_config& c = config;
     signal_stop signals;
     auto log = make_logger(c, name);
+    const auto start_wait = std::chrono::milliseconds(static_cast<long>(start_wait_s * 1000));
+    // First, so that an application's setup finds the database reachable (the demo migrates
+    // its own tables there).
+    migrate_when_reachable(signals.token(), start_wait, *log);
     nats_connection nats{c.nats};
     jetstream js{nats};
     event_bus bus{js, c.bus};
@@ -583,6 +592,7 @@ struct worker_program::impl {
     worker_options wo;
     wo.database_url = c.database_url;
     wo.stream_check_every = std::chrono::milliseconds(static_cast<long>(stream_check_s * 1000));
+    wo.start_wait = start_wait;
     worker w{bus, wo, log};
     std::shared_ptr<detail::worker_metrics> metrics;
     std::optional<detail::access_control> access;
@@ -609,10 +619,6 @@ struct worker_program::impl {
       log->info("http: serving the dashboard, /metrics, /healthz and /readyz on port {}{}{}", http->port(),
                 c.http_token.empty() ? "" : " (token required)", c.http_read_only ? " (read-only)" : "");
     }
-    {
-      pqxx::connection db{c.database_url};
-      migrate(db, c.bus.schema);
-    }
     if (r) r->start();  // active or standby: any worker can be the relay
     if (sched) sched->start();  // every worker's scheduler shares the due rows (SKIP LOCKED)
     if (redrives) redrives->start();  // one process carries each redrive at a time (an advisory lock)
@@ -631,6 +637,37 @@ struct worker_program::impl {
                 static_cast<unsigned long long>(s.parked.load()));
     std::fflush(stdout);
     return 0;
+  }
+
+  // PostgreSQL may come up after the worker (one deploy starting both, a host restarting): the
+  // schema is migrated as worker::run() starts, trying again every 500 ms for up to
+  // `patience` and saying so once; past that (or on any other error) the worker stops with it.
+  void migrate_when_reachable(const std::stop_token& stop, std::chrono::milliseconds patience, spdlog::logger& log) {
+    const worker_config& c = config;
+    const auto deadline = std::chrono::steady_clock::now() + patience;
+    for (bool warned = false;;) {
+      try {
+        pqxx::connection db{c.database_url};
+        migrate(db, c.bus.schema);
+        return;
+      } catch (const std::exception& e) {
+        // Refused or cut (broken_connection), or a server still starting up or shutting down
+        // (SQLSTATE 57P0x): a passing state. Anything else (a bad password, a missing
+        // database) will not pass by waiting.
+        const auto* sql = dynamic_cast<const pqxx::sql_error*>(&e);
+        const bool passing = dynamic_cast<const pqxx::broken_connection*>(&e) != nullptr ||
+                             (sql != nullptr && sql->sqlstate().rfind("57P0", 0) == 0);
+        if (!passing || std::chrono::steady_clock::now() >= deadline) throw;
+        if (!warned) {
+          // libpq's text can repeat parts of the connection string: not logged.
+          log.warn("run: PostgreSQL is unreachable (check --database-url / OMNIBUS_DATABASE_URL); trying again every "
+                   "500 ms for up to {} s",
+                   std::chrono::duration_cast<std::chrono::seconds>(patience).count());
+        }
+        warned = true;
+        if (!wait_for(stop, std::chrono::milliseconds(500))) throw;
+      }
+    }
   }
 
   // Warns (every minute at most) while outbox rows wait with no process relaying them: the

@@ -27,6 +27,7 @@
 #include "models/user_registered.hpp"
 #include "services/shop.hpp"
 #include "support/child_process.hpp"
+#include "support/private_servers.hpp"
 #include "support/shop_fixture.hpp"
 #include "support/stream_reader.hpp"
 #include "support/schema.hpp"
@@ -435,6 +436,11 @@ TEST_CASE_METHOD(shop_fixture, "bad configuration gets a clear error and exit co
     auto both = cli({"stream", "purge", "--yes", "--handled"});
     CHECK(both.wait(20s) == 2);
   }
+  SECTION("a start wait out of range") {
+    auto p = cli({"run", "--start-wait", "-1"});
+    CHECK(p.wait(20s) == 2);
+    CHECK_THAT(p.output(), Catch::Contains("--start-wait must be between"));
+  }
   SECTION("an unknown log level") {
     auto p = cli({"--log-level", "loud", "run"});
     CHECK(p.wait(20s) == 2);
@@ -450,6 +456,33 @@ TEST_CASE_METHOD(shop_fixture, "bad configuration gets a clear error and exit co
     auto p = test_env::child_process({test_env::tool_path("OMNIBUS_WORKER_BIN"), "dead-letters", "retry", "--help"});
     CHECK(p.wait(20s) == 0);
     CHECK_THAT(p.output(), Catch::Contains("--all"));
+  }
+}
+
+TEST_CASE_METHOD(shop_fixture, "run waits for a PostgreSQL that is down at start, up to --start-wait, then runs or exits 1",
+                 "[integration][cli]") {
+  test_env::private_postgres pg;
+  pg.down();
+  SECTION("it comes back within the wait: the worker runs and handles") {
+    auto worker = cli({"--database-url", pg.url(), "run", "--start-wait", "120"});
+    REQUIRE(test_env::eventually([&] {
+      return worker.output().find("PostgreSQL is unreachable") != std::string::npos || worker.wait(0ms) != -1;
+    }, 30s));
+    INFO(worker.output());
+    REQUIRE(worker.wait(0ms) == -1);  // waiting, not gone
+    pg.up();
+    REQUIRE(test_env::eventually([&] { return worker.output().find("handler slot(s)") != std::string::npos; }, 60s));
+    worker.signal(SIGTERM);
+    CHECK(worker.wait(30s) == 0);
+  }
+  SECTION("it stays down: exit 1 after the wait, naming why, without the password") {
+    const auto t0 = std::chrono::steady_clock::now();
+    const std::string url = "postgresql://postgres:s3cret-pw@127.0.0.1:" + pg.url().substr(pg.url().rfind(':') + 1);
+    auto worker = cli({"--database-url", url, "run", "--start-wait", "1"});
+    CHECK(worker.wait(30s) == 1);
+    CHECK(std::chrono::steady_clock::now() - t0 >= 1s);
+    CHECK_THAT(worker.output(), Catch::Contains("PostgreSQL is unreachable") &&
+                                    Catch::Contains("cannot connect to PostgreSQL") && !Catch::Contains("s3cret-pw"));
   }
 }
 
