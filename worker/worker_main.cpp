@@ -20,6 +20,7 @@
 #include <vector>
 
 #include <CLI/CLI.hpp>
+#include <libpq-fe.h>
 #include <pqxx/pqxx>
 #include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/sinks/stdout_sinks.h>
@@ -42,6 +43,7 @@
 #include "omnibus/schedules.hpp"
 #include "omnibus/text.hpp"
 #include "omnibus/worker.hpp"
+#include "connect_timeout.hpp"
 #include "http_server.hpp"
 #include "dashboard/access.hpp"
 #include "dashboard/dashboard.hpp"
@@ -560,10 +562,12 @@ struct worker_program::impl {
     const worker_config& c = config;
     signal_stop signals;
     auto log = make_logger(c, name);
-    const auto start_wait = std::chrono::milliseconds(static_cast<long>(start_wait_s * 1000));
+    // One wait at start, in all: the migration's, then what is left of it for the worker's own.
+    const auto start_deadline =
+        std::chrono::steady_clock::now() + std::chrono::milliseconds(static_cast<long>(start_wait_s * 1000));
     // First, so that an application's setup finds the database reachable (the demo migrates
     // its own tables there).
-    migrate_when_reachable(signals.token(), start_wait, *log);
+    if (!migrate_when_reachable(signals.token(), start_deadline, *log)) return 0;
     nats_connection nats{c.nats};
     jetstream js{nats};
     event_bus bus{js, c.bus};
@@ -592,7 +596,9 @@ struct worker_program::impl {
     worker_options wo;
     wo.database_url = c.database_url;
     wo.stream_check_every = std::chrono::milliseconds(static_cast<long>(stream_check_s * 1000));
-    wo.start_wait = start_wait;
+    wo.start_wait = std::max(std::chrono::duration_cast<std::chrono::milliseconds>(
+                                 start_deadline - std::chrono::steady_clock::now()),
+                             std::chrono::milliseconds(0));
     worker w{bus, wo, log};
     std::shared_ptr<detail::worker_metrics> metrics;
     std::optional<detail::access_control> access;
@@ -640,34 +646,47 @@ struct worker_program::impl {
   }
 
   // PostgreSQL may come up after the worker (one deploy starting both, a host restarting): the
-  // schema is migrated as worker::run() starts, trying again every 500 ms for up to
-  // `patience` and saying so once; past that (or on any other error) the worker stops with it.
-  void migrate_when_reachable(const std::stop_token& stop, std::chrono::milliseconds patience, spdlog::logger& log) {
+  // schema is migrated as worker::run() starts, trying again every 500 ms until `deadline`
+  // and saying so once. False when a stop was asked for meanwhile; past the deadline, or on an
+  // error that waiting cannot mend, it throws what PostgreSQL said.
+  bool migrate_when_reachable(const std::stop_token& stop, std::chrono::steady_clock::time_point deadline,
+                              spdlog::logger& log) {
     const worker_config& c = config;
-    const auto deadline = std::chrono::steady_clock::now() + patience;
+    // Each attempt gives up after a few seconds: a host that drops packets would otherwise hold
+    // it for the kernel's connect timeout (minutes), past the deadline and deaf to a stop.
+    const std::string url = detail::with_connect_timeout(c.database_url);
     for (bool warned = false;;) {
       try {
-        pqxx::connection db{c.database_url};
+        pqxx::connection db{url};
         migrate(db, c.bus.schema);
-        return;
+        return true;
       } catch (const std::exception& e) {
-        // Refused or cut (broken_connection), or a server still starting up or shutting down
-        // (SQLSTATE 57P0x): a passing state. Anything else (a bad password, a missing
-        // database) will not pass by waiting.
-        const auto* sql = dynamic_cast<const pqxx::sql_error*>(&e);
-        const bool passing = dynamic_cast<const pqxx::broken_connection*>(&e) != nullptr ||
-                             (sql != nullptr && sql->sqlstate().rfind("57P0", 0) == 0);
-        if (!passing || std::chrono::steady_clock::now() >= deadline) throw;
+        if (!database_may_come_back(e, url) || std::chrono::steady_clock::now() >= deadline) throw;
         if (!warned) {
           // libpq's text can repeat parts of the connection string: not logged.
           log.warn("run: PostgreSQL is unreachable (check --database-url / OMNIBUS_DATABASE_URL); trying again every "
                    "500 ms for up to {} s",
-                   std::chrono::duration_cast<std::chrono::seconds>(patience).count());
+                   std::chrono::duration_cast<std::chrono::seconds>(deadline - std::chrono::steady_clock::now()).count());
         }
         warned = true;
-        if (!wait_for(stop, std::chrono::milliseconds(500))) throw;
+        if (!wait_for(stop, std::chrono::milliseconds(500))) {
+          log.info("run: stopped while waiting for PostgreSQL");
+          return false;
+        }
       }
     }
+  }
+
+  // Whether `e` from connecting to `url` can pass by waiting: nothing answers (down, still
+  // starting, a host restarting) or the server refuses connections for now (starting up,
+  // shutting down), SQLSTATE 57P0x included. libpqxx reports every failed connect alike, so
+  // the server is asked (PQping): one that accepts connections turned this one down for good
+  // (a wrong password, a missing database), and so does a URL libpq cannot use.
+  static bool database_may_come_back(const std::exception& e, const std::string& url) {
+    if (const auto* sql = dynamic_cast<const pqxx::sql_error*>(&e)) return sql->sqlstate().rfind("57P0", 0) == 0;
+    if (dynamic_cast<const pqxx::broken_connection*>(&e) == nullptr) return false;
+    const PGPing ping = PQping(url.c_str());
+    return ping == PQPING_NO_RESPONSE || ping == PQPING_REJECT;
   }
 
   // Warns (every minute at most) while outbox rows wait with no process relaying them: the

@@ -475,6 +475,26 @@ TEST_CASE_METHOD(shop_fixture, "run waits for a PostgreSQL that is down at start
     worker.signal(SIGTERM);
     CHECK(worker.wait(30s) == 0);
   }
+  SECTION("a stop while it waits: exit 0") {
+    auto worker = cli({"--database-url", pg.url(), "run", "--start-wait", "120"});
+    REQUIRE(test_env::eventually([&] {
+      return worker.output().find("PostgreSQL is unreachable") != std::string::npos || worker.wait(0ms) != -1;
+    }, 30s));
+    worker.signal(SIGTERM);
+    CHECK(worker.wait(30s) == 0);
+    CHECK_THAT(worker.output(), Catch::Contains("stopped while waiting for PostgreSQL"));
+  }
+  SECTION("a server that answers but has no such database: exit 1 at once, no waiting") {
+    // The shared server, up: waiting would not mend it.
+    const std::string shared = test_env::database_url();
+    const std::string missing = shared.substr(0, shared.rfind('/')) + "/no_such_database";
+    const auto t0 = std::chrono::steady_clock::now();
+    auto worker = cli({"--database-url", missing, "run", "--start-wait", "120"});
+    CHECK(worker.wait(60s) == 1);
+    CHECK(std::chrono::steady_clock::now() - t0 < 60s);
+    CHECK_THAT(worker.output(), Catch::Contains("cannot connect to PostgreSQL") &&
+                                    !Catch::Contains("PostgreSQL is unreachable"));
+  }
   SECTION("it stays down: exit 1 after the wait, naming why, without the password") {
     const auto t0 = std::chrono::steady_clock::now();
     const std::string url = "postgresql://postgres:s3cret-pw@127.0.0.1:" + pg.url().substr(pg.url().rfind(':') + 1);

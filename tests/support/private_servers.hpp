@@ -43,7 +43,9 @@ inline bool claim_port(int port) {
   std::lock_guard lock(mutex);
   if (held.contains(port)) return false;
   const std::string path = "/tmp/omnibus-test-port-" + std::to_string(port) + ".lock";
-  const int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0666);
+  // Read-only (flock needs no more), and readable by all: a file left by a run as root must
+  // not turn a later run as another user away from the port.
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CREAT | O_CLOEXEC, 0644);
   if (fd < 0) return false;
   if (::flock(fd, LOCK_EX | LOCK_NB) != 0) {
     ::close(fd);
