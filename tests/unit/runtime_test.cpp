@@ -105,6 +105,13 @@ struct runtime {
 
   [[nodiscard]] const omnibus::worker_stats& stats() const { return w->stats(); }
 
+  // Until the worker is past its start-up reads of the store (the last is its first state
+  // report, right before it starts fetching): a store taken down earlier catches the worker
+  // starting, which then waits for the store instead of handling anything.
+  void wait_started() const {
+    REQUIRE(eventually([&] { return store->locked([&] { return !store->reports.empty(); }); }, 10s));
+  }
+
   // Options whose outages are held for a millisecond or two between calls.
   static omnibus::worker_options quick_outages() {
     auto o = fast();
@@ -215,7 +222,7 @@ TEST_CASE_METHOD(runtime, "while the store is down a dead letter waits; it is wr
     throw omnibus::permanent_error("refused");
   }, quick(3));
   start();
-  REQUIRE(eventually([&] { return store->locked([&] { return store->migrations == 1; }); }, 5s));
+  wait_started();
   store->locked([&] { return store->unavailable = true; });
   bus.publish(ctx, parcel_sent{1});
   // The dead letter cannot be written: the message is nak'd, not lost, and comes back.
@@ -564,7 +571,7 @@ TEST_CASE_METHOD(runtime, "an outage longer than the retry budget spends no atte
   wo.outage_retry = 2ms;
   wo.outage_retry_max = 10ms;
   start(wo);
-  REQUIRE(eventually([&] { return store->locked([&] { return store->migrations == 1; }); }, 5s));
+  wait_started();
   store->locked([&] { return store->unavailable = true; });
   for (int i = 0; i < 5; ++i) bus.publish(ctx, parcel_sent{i});
   // Ten times the retry budget's calls: with attempts spent, every event would be a dead letter.
