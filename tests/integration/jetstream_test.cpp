@@ -306,7 +306,10 @@ TEST_CASE("a publish while the server is down fails within its bound, carrying t
     FAIL("a publish succeeded with the server down");
   } catch (const omnibus::publish_error& e) {
     const auto took = std::chrono::steady_clock::now() - start;
-    CHECK(took < opts.publish_timeout + 2s);
+    // Bounded, not hung. Made just as the server went away, while NATS.c reconnects, it can
+    // take some seconds past publish_timeout: a loaded sanitized CI run took 6.5 s for this
+    // 1.5 s one (the README says so).
+    CHECK(took < opts.publish_timeout + 10s);
     CHECK_FALSE(e.id().is_nil());
     CHECK_THAT(e.what(), Catch::Contains(e.id().to_string()));
     // NATS.c buffers publishes while it reconnects, so this one may still land later.
