@@ -314,7 +314,7 @@ TEST_CASE("per key: rebalancing from one worker to four and back to two under lo
     // The handler's work: I/O-bound and long beside the bus's own cost per event, so that more
     // workers drain faster even when the sanitizers slow everything else (4 ms was too short
     // for that: four sanitized workers on two cores ran out of CPU first).
-    std::this_thread::sleep_for(40ms);
+    std::this_thread::sleep_for(40ms);  // simulated work, not a wait
     f.watch.leave(e.key, e.seq, true);
   }, keyed_fixture::per_key(2));
   f.start_worker(keyed_fixture::quick(f.where.database_url));
